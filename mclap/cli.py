@@ -1,0 +1,93 @@
+"""Command-line plumbing shared by the `python -m mclap.*` jobs.
+
+Configs are big_vision-style Python files (`--config configs/muscall.py:demo`) whose keys are
+overridden with `--config.train.batch_size=16`. `config_flags` turns an unknown key into a long
+traceback; `run` checks every override against the config first and stops with one line naming
+the key and the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+
+import ml_collections
+from absl import app
+from ml_collections import config_flags
+
+
+class ConfigError(ValueError):
+  """A config file or override is wrong; the message says how to fix it."""
+
+
+def define_config_flag(name: str = "config") -> config_flags._ConfigFlag:  # noqa: SLF001
+  return config_flags.DEFINE_config_file(
+    name,
+    None,
+    f"Config file, optionally with an argument: configs/muscall.py:demo. Override any key with --{name}.a.b=value.",
+    lock_config=True,
+  )
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Calls `get_config(arg)` of the file in `spec` = 'path.py[:arg]'."""
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise ConfigError(f"config file {path} not found (expected e.g. configs/muscall.py:demo)")
+  module_spec = importlib.util.spec_from_file_location(f"_mclap_config_{pathlib.Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None) if arg else module.get_config()
+
+
+def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
+  """Raises ConfigError if `dotted_key` (e.g. 'train.batch_size') is not a key of `config`."""
+  node, walked = config, []
+  for part in dotted_key.split("."):
+    keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    if part not in keys:
+      where = ".".join(walked) or "the top level"
+      close = difflib.get_close_matches(part, keys, n=3)
+      hint = f"did you mean {', '.join(repr('.'.join(walked + [c])) for c in close)}? " if close else ""
+      raise ConfigError(
+        f"unknown config key '{dotted_key}': '{part}' is not in {where}; {hint}"
+        f"valid keys there: {', '.join(sorted(keys))}"
+      )
+    node = node[part]
+    walked.append(part)
+
+
+def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
+  """Validates `--config` and every `--config.key=value` in argv before absl parses them."""
+  spec, overrides = None, []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg in (f"--{flag}", f"-{flag}") and i + 1 < len(args):
+      spec = args[i + 1]
+    elif arg.startswith(f"--{flag}="):
+      spec = arg.split("=", 1)[1]
+    elif arg.startswith(f"--{flag}."):
+      overrides.append(arg[len(flag) + 3 :].split("=", 1)[0])
+  if spec is None:
+    if overrides:
+      raise ConfigError(f"--{flag}.* overrides given without --{flag}=FILE")
+    return
+  config = load_config(spec)
+  for key in overrides:
+    check_override(config, key.removeprefix("no"))  # --config.x.flag / --config.x.noflag
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`app.run` with one-line errors for bad config files and keys."""
+
+  def parse(argv):
+    try:
+      check_config_args(argv)
+    except ConfigError as e:
+      sys.exit(f"error: {e}")
+    return app.parse_flags_with_usage(argv)
+
+  app.run(main, flags_parser=parse)

@@ -1,0 +1,1 @@
+"""Data: mel front end, prepared-corpus format, sources and the Grain pipelines."""

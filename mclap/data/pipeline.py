@@ -1,0 +1,175 @@
+"""Grain input pipelines: crop, tokenize and batch prepared records for training and evaluation.
+
+Both pipelines stay `grain.MapDataset`s up to batching, so element `i` of the output is a pure
+function of (seed, i): the batches do not depend on the number of worker processes, and an
+iterator's state is just a position, which `get_state`/`set_state` save and restore. Each JAX
+process reads its own interleaved slice of the global order (multi-host ready).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from mclap.data import mel as mel_lib
+from mclap.data import records
+from mclap.data.tokenizer import TextTokenizer
+
+Example = dict[str, Any]
+
+
+def crop_or_pad(mel: np.ndarray, length: int, start: int, pad_value: float) -> tuple[np.ndarray, int]:
+  """`mel[:, start:start+length]`, padded on the right with `pad_value`; also the valid length."""
+  crop = mel[:, start : start + length]
+  valid = crop.shape[1]
+  if valid < length:
+    crop = np.pad(crop, ((0, 0), (0, length - valid)), constant_values=pad_value)
+  return crop, valid
+
+
+def crop_start(frames: int, length: int, rng: np.random.Generator | None) -> int:
+  """Uniform random start (training) or the central crop (rng None; MusCALL's evaluation)."""
+  room = max(frames - length, 0)
+  return int(rng.integers(room + 1)) if rng is not None else room // 2
+
+
+def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus_dir: str) -> None:
+  """The corpus must have been prepared with the mel settings the config (and model) expects."""
+  wanted = config.data.mel.to_dict()
+  have = info.get("mel", {})
+  diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+  if diff:
+    details = "; ".join(f"{k}: corpus {a!r}, config {b!r}" for k, (a, b) in diff.items())
+    raise records.CorpusError(
+      f"{corpus_dir} was prepared with other mel settings than config.data.mel ({details}). "
+      "Re-run prepare with matching --mel.* flags, or set --config.data.mel.* to the corpus values."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _AttachIndex:
+  """Adds the record's index in its split (Grain passes indices past the end in later epochs)."""
+
+  num_records: int
+
+  def __call__(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "index": index % self.num_records}
+
+
+@dataclasses.dataclass(frozen=True)
+class _MarkValid:
+  """Evaluation padding: positions past the split's end repeat early records with valid=0."""
+
+  num_records: int
+
+  def __call__(self, position: int, record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "valid": int(position < self.num_records)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ToExample:
+  """Record -> fixed-shape example: mel crop, tokens, label, multi-hot tags."""
+
+  crop_frames: int
+  pad_value: float
+  tokenizer: TextTokenizer
+  tag_vocab: tuple[str, ...]
+  caption: str  # random | first | join
+
+  def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> Example:
+    mel = record["mel"]
+    crop, valid = crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
+    captions = [c for c in record["captions"] if c.strip()]
+    if self.caption == "join":
+      text = " ".join(captions)
+    elif self.caption == "random" and rng is not None:
+      text = captions[rng.integers(len(captions))]
+    else:
+      text = captions[0]
+    tokens, token_mask = self.tokenizer([text])
+    tags = np.zeros(len(self.tag_vocab), np.uint8)
+    tags[[self.tag_vocab.index(t) for t in record["tags"] if t in self.tag_vocab]] = 1
+    return {
+      "mel": crop.astype(np.float16),
+      "mel_frames": np.int32(valid),
+      "tokens": tokens[0],
+      "token_mask": token_mask[0],
+      "label": np.int32(record["label"]),
+      "tags": tags,
+      "index": np.int32(record["index"]),
+      "valid": np.int32(record.get("valid", 1)),
+    }
+
+
+def _reader_and_transform(config, split: str) -> tuple[records.CorpusReader, ToExample]:
+  reader = records.CorpusReader(config.data.dir, split, require_captions=True)
+  check_corpus(reader.info, config, config.data.dir)
+  if config.data.caption not in ("random", "first", "join"):
+    raise ValueError(f"config.data.caption={config.data.caption!r}; use random, first or join")
+  transform = ToExample(
+    crop_frames=mel_lib.num_frames(config.data.crop_seconds, reader.info["mel"]),
+    pad_value=mel_lib.floor_db(reader.info["mel"]),
+    tokenizer=TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens),
+    tag_vocab=tuple(reader.info.get("tags", [])),
+    caption=config.data.caption,
+  )
+  return reader, transform
+
+
+def _local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(
+      f"batch size {global_batch} is not divisible by the {process_count} processes; use a multiple of {process_count}"
+    )
+  return global_batch // process_count
+
+
+def train_dataset(
+  config: ml_collections.ConfigDict, *, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
+  """Infinite, reshuffled-every-epoch batches of this process's share of the global batch."""
+  reader, transform = _reader_and_transform(config, config.data.train_split)
+  local_batch = _local_batch_size(config.train.batch_size, process_count)
+  if len(reader) < config.train.batch_size:
+    raise records.CorpusError(
+      f"split '{config.data.train_split}' of {config.data.dir} has {len(reader)} records, fewer "
+      f"than one batch ({config.train.batch_size}); lower --config.train.batch_size"
+    )
+  ds = grain.MapDataset.source(reader).map_with_index(_AttachIndex(len(reader)))
+  ds = ds.shuffle(seed=config.train.seed).repeat(None)
+  ds = ds[process_index::process_count]
+  ds = ds.random_map(transform, seed=config.train.seed)
+  return ds.batch(local_batch, drop_remainder=True)
+
+
+def eval_dataset(
+  config: ml_collections.ConfigDict, split: str, *, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
+  """Every record of `split` exactly once, in order, central crops, first caption.
+
+  The last global batch is padded with repeats marked `valid == 0`; metrics must mask them.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())  # Local copy: evaluation uses first captions.
+  config.data.caption = "first"
+  reader, transform = _reader_and_transform(config, split)
+  n = len(reader)
+  global_batch = config.data.eval_batch_size
+  local_batch = _local_batch_size(global_batch, process_count)
+  padded = max(1, math.ceil(n / global_batch)) * global_batch
+  ds = grain.MapDataset.source(reader).map_with_index(_AttachIndex(len(reader)))
+  ds = ds.repeat(math.ceil(padded / n))[:padded].map_with_index(_MarkValid(n))
+  ds = ds[process_index::process_count].map(transform)
+  return ds.batch(local_batch)
+
+
+def iterate(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+  """A checkpointable iterator, prefetched by `num_workers` processes (0: in this process)."""
+  it_ds = ds.to_iter_dataset()
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)

@@ -1,0 +1,163 @@
+"""The prepared corpus: record encoding, `dataset_info.json`, and a random-access reader.
+
+A corpus directory holds, per split, ArrayRecord shards `<split>-NNNNN-of-MMMMM.array_record`
+whose records are msgpack maps {id, mel (float16 [n_mels, frames]), captions, tags, label},
+plus `dataset_info.json` (mel settings, splits with shard names and counts, tag vocabulary,
+source, prepare version) and `rejects.jsonl`. Every source writes this format and one reader
+serves all of them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import pathlib
+from typing import Any
+
+import grain
+import msgpack
+import numpy as np
+
+INFO_FILE = "dataset_info.json"
+REJECTS_FILE = "rejects.jsonl"
+FORMAT_VERSION = 1
+
+
+class CorpusError(ValueError):
+  """A prepared corpus is missing, corrupt, or does not match what the config expects."""
+
+
+def encode(record: dict[str, Any]) -> bytes:
+  """Serialises one record; the mel is stored as float16 to halve disk and host traffic."""
+  mel = np.ascontiguousarray(record["mel"], dtype=np.float16)
+  return msgpack.packb(
+    {
+      "id": str(record["id"]),
+      "mel": mel.tobytes(),
+      "mel_shape": list(mel.shape),
+      "captions": [str(c) for c in record.get("captions", [])],
+      "tags": [str(t) for t in record.get("tags", [])],
+      "label": int(record.get("label", -1)),
+    },
+    use_bin_type=True,
+  )
+
+
+def decode(data: bytes) -> dict[str, Any]:
+  """Inverse of `encode`; raises ValueError describing what is malformed."""
+  try:
+    raw = msgpack.unpackb(data, raw=False)
+    shape = tuple(int(d) for d in raw["mel_shape"])
+    mel = np.frombuffer(raw["mel"], dtype=np.float16)
+    if len(shape) != 2 or mel.size != shape[0] * shape[1]:
+      raise ValueError(f"mel has {mel.size} values, which does not fit shape {list(shape)}")
+    return {
+      "id": raw["id"],
+      "mel": mel.reshape(shape),
+      "captions": list(raw["captions"]),
+      "tags": list(raw["tags"]),
+      "label": int(raw["label"]),
+    }
+  except (msgpack.UnpackException, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"malformed record ({type(e).__name__}: {e})") from e
+
+
+def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  """Writes JSON so that readers never see a half-written file (write, fsync, rename)."""
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_info(corpus_dir: str | os.PathLike) -> dict[str, Any]:
+  path = pathlib.Path(corpus_dir) / INFO_FILE
+  if not path.is_file():
+    raise CorpusError(
+      f"{path} not found: {corpus_dir} is not a prepared corpus. Create one with "
+      "`python -m mclap.data.prepare --source ... --output DIR`."
+    )
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise CorpusError(f"{path} is not valid JSON ({e}); re-run prepare on this directory.") from e
+
+
+class CorpusReader:
+  """Random access to the records of one split (a Grain `RandomAccessDataSource`).
+
+  Shards are opened lazily, so the reader pickles cheaply into Grain worker processes. Any
+  failure names the shard and record, and says what to do.
+  """
+
+  def __init__(self, corpus_dir: str | os.PathLike, split: str, require_captions: bool = False):
+    self.require_captions = require_captions
+    self.corpus_dir = pathlib.Path(corpus_dir)
+    self.split = split
+    self.info = read_info(corpus_dir)
+    splits = self.info.get("splits", {})
+    if split not in splits:
+      raise CorpusError(
+        f"split '{split}' not in {self.corpus_dir / INFO_FILE} (it has: {sorted(splits)}); "
+        "set config.data.*_split to one of those."
+      )
+    self.shards = [s["file"] for s in splits[split]["shards"]]
+    counts = [int(s["count"]) for s in splits[split]["shards"]]
+    self._starts = np.cumsum([0] + counts).tolist()
+    self._sources: list[grain.sources.ArrayRecordDataSource | None] = [None] * len(self.shards)
+    self.n_mels = int(self.info["mel"]["n_mels"])
+
+  def __len__(self) -> int:
+    return self._starts[-1]
+
+  def __getstate__(self):
+    return {**self.__dict__, "_sources": [None] * len(self.shards)}
+
+  def _open(self, shard: int) -> grain.sources.ArrayRecordDataSource:
+    if self._sources[shard] is None:
+      path = self.corpus_dir / self.shards[shard]
+      expected = self._starts[shard + 1] - self._starts[shard]
+      if not path.is_file():
+        raise CorpusError(f"shard {path} is missing; re-run prepare with the same --output.")
+      try:
+        source = grain.sources.ArrayRecordDataSource([str(path)])
+      except Exception as e:  # array_record raises bare RuntimeErrors on damaged files.
+        raise CorpusError(f"shard {path} is corrupt or truncated ({e}); delete it and re-run prepare.") from e
+      if len(source) != expected:
+        raise CorpusError(
+          f"shard {path} holds {len(source)} records but {INFO_FILE} lists {expected}; delete it and re-run prepare."
+        )
+      self._sources[shard] = source
+    return self._sources[shard]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range for split '{self.split}' ({len(self)})")
+    shard = bisect.bisect_right(self._starts, index) - 1
+    offset = index - self._starts[shard]
+    where = f"record {offset} of shard {self.corpus_dir / self.shards[shard]}"
+    try:
+      data = self._open(shard)[offset]
+    except CorpusError:
+      raise
+    except Exception as e:
+      raise CorpusError(f"{where} cannot be read ({e}); delete the shard and re-run prepare.") from e
+    try:
+      record = decode(data)
+    except ValueError as e:
+      raise CorpusError(f"{where}: {e}; delete the shard and re-run prepare.") from e
+    if record["mel"].shape[0] != self.n_mels:
+      raise CorpusError(
+        f"{where} (id '{record['id']}'): mel has shape {list(record['mel'].shape)}, expected "
+        f"[{self.n_mels}, frames] as {INFO_FILE} says; delete the shard and re-run prepare."
+      )
+    if self.require_captions and not any(c.strip() for c in record["captions"]):
+      raise CorpusError(
+        f"{where} (id '{record['id']}') has no caption, which training on captions needs; "
+        "fix the source and re-run prepare (it rejects empty captions)."
+      )
+    return record

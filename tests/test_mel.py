@@ -1,0 +1,38 @@
+import librosa
+import numpy as np
+
+from mclap.data import mel
+
+
+def test_log_mel_matches_librosa_melspectrogram_in_db():
+  rng = np.random.default_rng(0)
+  wave = rng.normal(0, 0.1, 16000).astype(np.float32)
+  cfg = mel.default_mel_config()
+  ours = mel.log_mel(wave, cfg)
+  power = librosa.feature.melspectrogram(
+    y=wave,
+    sr=16000,
+    n_fft=1024,
+    hop_length=512,
+    n_mels=128,
+    fmin=0.0,
+    fmax=8000.0,
+    power=2.0,
+    center=True,
+    pad_mode="constant",
+  )
+  expected = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=80.0)
+  assert ours.shape == (128, mel.num_frames(1.0, cfg)) == (128, 32)
+  np.testing.assert_allclose(ours, expected, atol=1e-3)
+
+
+def test_loudness_survives_the_log_scale():
+  wave = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
+  cfg = mel.default_mel_config()
+  difference = mel.log_mel(wave, cfg).max() - mel.log_mel(0.1 * wave, cfg).max()
+  np.testing.assert_allclose(difference, 20.0, atol=1e-3)  # 10x amplitude = +20 dB.
+
+
+def test_num_frames_matches_muscall_crop():
+  assert mel.num_frames(20.0, mel.default_mel_config()) == 626
+  assert mel.floor_db(mel.default_mel_config()) == -100.0

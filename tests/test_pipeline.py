@@ -1,0 +1,119 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mclap.data import pipeline, records
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames=st.integers(1, 40), length=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_crop_or_pad_against_numpy(frames, length, seed):
+  rng = np.random.default_rng(seed)
+  mel = rng.normal(size=(3, frames)).astype(np.float32)
+  start = pipeline.crop_start(frames, length, rng)
+  crop, valid = pipeline.crop_or_pad(mel, length, start, -100.0)
+  padded = np.concatenate([mel, np.full((3, length), -100.0, np.float32)], axis=1)
+  np.testing.assert_array_equal(crop, padded[:, start : start + length])
+  assert valid == min(length, frames - start)
+  assert 0 <= start <= max(frames - length, 0)
+  assert pipeline.crop_start(frames, length, None) == max(frames - length, 0) // 2
+
+
+def _batches(ds, n):
+  return [ds[i] for i in range(n)]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_train_batches_shapes(tiny_config):
+  batch = pipeline.train_dataset(tiny_config)[0]
+  assert batch["mel"].shape == (8, 32, 63) and batch["mel"].dtype == np.float16
+  assert batch["tokens"].shape == batch["token_mask"].shape == (8, 32)
+  assert batch["tags"].shape[0] == 8 and batch["tags"].sum(1).min() == 8  # Every clip has 8 tags.
+  assert (batch["tokens"][:, 0] == 101).all()  # [CLS]
+
+
+def test_same_seed_same_batches_other_seed_other_batches(tiny_config):
+  a = _batches(pipeline.train_dataset(tiny_config), 8)
+  _assert_same(a, _batches(pipeline.train_dataset(tiny_config), 8))
+  tiny_config.train.seed = 1
+  b = _batches(pipeline.train_dataset(tiny_config), 8)
+  assert not np.array_equal(a[0]["index"], b[0]["index"])
+
+
+def test_epochs_cover_the_split_and_reshuffle(tiny_config):
+  n = len(records.CorpusReader(tiny_config.data.dir, "train"))
+  tiny_config.train.batch_size = 1
+  order = [int(b["index"][0]) for b in _batches(pipeline.train_dataset(tiny_config), 2 * n)]
+  assert sorted(order[:n]) == sorted(order[n:]) == list(range(n))
+  assert order[:n] != order[n:]
+
+
+def test_restored_iterator_continues_identically(tiny_config):
+  ds = pipeline.train_dataset(tiny_config)
+  it = pipeline.iterate(ds, num_workers=0)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(4)]
+  restored = pipeline.iterate(pipeline.train_dataset(tiny_config), num_workers=0)
+  restored.set_state(state)
+  _assert_same([next(restored) for _ in range(4)], expected)
+
+
+def test_worker_processes_give_the_same_batches(tiny_config):
+  ds = pipeline.train_dataset(tiny_config)
+  it = pipeline.iterate(ds, num_workers=2)
+  try:
+    _assert_same([next(it) for _ in range(6)], _batches(ds, 6))
+  finally:
+    it.close()
+
+
+def test_processes_read_disjoint_shares_of_the_global_batch(tiny_config):
+  global_batches = _batches(pipeline.train_dataset(tiny_config), 4)
+  shares = [_batches(pipeline.train_dataset(tiny_config, process_index=p, process_count=2), 4) for p in range(2)]
+  for step in range(4):
+    merged = np.stack([shares[0][step]["index"], shares[1][step]["index"]], 1).reshape(-1)
+    np.testing.assert_array_equal(merged, global_batches[step]["index"])
+
+
+def test_eval_sees_every_record_once_in_order_with_padding_masked(tiny_config):
+  n = len(records.CorpusReader(tiny_config.data.dir, "test"))
+  tiny_config.data.eval_batch_size = 6
+  assert n % 6  # The last batch needs padding.
+  for process_count in (1, 2):
+    per_process = [
+      list(pipeline.eval_dataset(tiny_config, "test", process_index=p, process_count=process_count))
+      for p in range(process_count)
+    ]
+    assert len({len(b) for b in per_process}) == 1  # Every process runs the same number of steps.
+    indices = [int(i) for b in itertools.chain(*per_process) for i, v in zip(b["index"], b["valid"]) if v]
+    assert sorted(indices) == list(range(n))
+  batches = list(pipeline.eval_dataset(tiny_config, "test"))
+  assert [int(i) for b in batches for i, v in zip(b["index"], b["valid"]) if v] == list(range(n))
+  reader = records.CorpusReader(tiny_config.data.dir, "test")
+  first = reader[0]
+  start = (first["mel"].shape[1] - 63) // 2
+  np.testing.assert_array_equal(batches[0]["mel"][0], first["mel"][:, start : start + 63])
+
+
+def test_mel_settings_mismatch_is_explained(tiny_config):
+  tiny_config.data.mel.n_mels = 64
+  with pytest.raises(records.CorpusError, match="n_mels: corpus 32, config 64.*--mel"):
+    pipeline.train_dataset(tiny_config)
+
+
+def test_batch_not_divisible_by_processes(tiny_config):
+  tiny_config.train.batch_size = 9
+  with pytest.raises(ValueError, match="batch size 9 is not divisible by the 2 processes"):
+    pipeline.train_dataset(tiny_config, process_count=2)

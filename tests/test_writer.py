@@ -1,0 +1,118 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY_MEL, build_synthetic
+
+from mclap.data import records, writer
+
+
+def _work(item):
+  """Items name what to produce: good records, broken ones, crashes, rejects, duplicates."""
+  kind, i = item
+  mel = np.full((TINY_MEL["n_mels"], 4), float(i), np.float32)
+  if kind == "crash":
+    raise OSError("cannot decode")
+  if kind == "reject":
+    return writer.Reject(id=f"x{i}", reason="silent")
+  if kind == "nan":
+    mel[0, 0] = np.nan
+  if kind == "shape":
+    mel = mel[:3]
+  return {"id": "dup" if kind == "dup" else f"x{i}", "mel": mel, "captions": [f"c{i}"], "tags": [kind]}
+
+
+def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
+  kinds = ["ok", "crash", "ok", "nan", "reject", "shape", "dup", "dup", "ok"]
+  info = writer.write_corpus(
+    tmp_path,
+    {"train": list(zip(kinds, range(len(kinds))))},
+    _work,
+    mel_config=TINY_MEL,
+    source="test",
+    num_workers=0,
+    shard_size=4,
+    show_progress=False,
+  )
+  reader = records.CorpusReader(tmp_path, "train")
+  assert [reader[i]["id"] for i in range(len(reader))] == ["x0", "x2", "dup", "x8"]
+  rejects = [json.loads(line) for line in (tmp_path / records.REJECTS_FILE).read_text().splitlines()]
+  reasons = {r["id"]: r["reason"] for r in rejects}
+  assert reasons["x3"] == "non-finite mel values"
+  assert reasons["x4"] == "silent"
+  assert reasons["x5"].startswith("mel shape [3, 4]")
+  assert reasons["dup"] == "duplicate id"
+  assert "OSError: cannot decode" in [r for r in rejects if r["reason"] == "error"][0]["detail"]
+  assert info["num_rejected"] == 5 and info["splits"]["train"]["count"] == 4
+  assert info["tags"] == ["dup", "ok"]
+
+
+def _files(directory):
+  return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_worker_processes_write_the_same_corpus(tmp_path):
+  build_synthetic(tmp_path / "inline", num_clips=16, seconds=1.0, num_workers=0)
+  build_synthetic(tmp_path / "pool", num_clips=16, seconds=1.0, num_workers=2)
+  assert _files(tmp_path / "inline") == _files(tmp_path / "pool")
+
+
+def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path):
+  args = [
+    sys.executable,
+    "-m",
+    "mclap.data.prepare",
+    "--source",
+    "synthetic",
+    "--num_clips",
+    "64",
+    "--clip_seconds",
+    "1",
+    "--shard_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--mel.n_mels",
+    "32",
+  ]
+  subprocess.run(args + ["--output", str(tmp_path / "whole")], check=True, cwd=ROOT, capture_output=True)
+
+  out = tmp_path / "killed"
+  proc = subprocess.Popen(args + ["--output", str(out)], cwd=ROOT, stderr=subprocess.DEVNULL)
+  progress = out / ".progress"
+  deadline = time.time() + 120
+  while time.time() < deadline and len(list(progress.glob("*.json"))) < 3:
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  finished = {p.name for p in progress.glob("*.json")}
+  assert 3 <= len(finished) < 16 and not (out / records.INFO_FILE).exists()
+
+  result = subprocess.run(args + ["--output", str(out)], check=True, cwd=ROOT, capture_output=True, text=True)
+  assert f"({len(finished)} already done)" in result.stderr
+  assert _files(out) == _files(tmp_path / "whole")
+
+
+def test_changed_plan_rebuilds_and_drops_stale_shards(tmp_path):
+  build_synthetic(tmp_path, num_clips=32, seconds=1.0)
+  info = build_synthetic(tmp_path, num_clips=16, seconds=1.0)
+  shards = sorted(p.name for p in tmp_path.glob("*.array_record"))
+  assert shards == sorted(s["file"] for split in info["splits"].values() for s in split["shards"])
+  assert sum(v["count"] for v in info["splits"].values()) == 16
+
+
+@pytest.mark.parametrize("bad", ["bogus"])
+def test_unknown_source_is_a_one_line_error(tmp_path, bad):
+  result = subprocess.run(
+    [sys.executable, "-m", "mclap.data.prepare", "--source", bad, "--output", str(tmp_path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == f"error: unknown --source={bad}; choose one of: synthetic"
