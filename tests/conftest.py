@@ -1,6 +1,5 @@
 """Shared fixtures: one tiny synthetic corpus per test session, and configs pointing at it."""
 
-import functools
 import os
 import pathlib
 import sys
@@ -24,7 +23,7 @@ TINY_SECONDS = 3.0
 
 def build_synthetic(output, num_clips=TINY_CLIPS, seconds=TINY_SECONDS, seed=0, **kwargs):
   splits = synthetic.plan_clips(num_clips, seed, seconds)
-  work_fn = functools.partial(synthetic.make_record, mel_config=TINY_MEL)
+  work_fn = synthetic.make_record_fn(TINY_MEL)
   kwargs = {"num_workers": 0, "shard_size": 16, "show_progress": False, **kwargs}
   return writer.write_corpus(
     output,

@@ -7,7 +7,6 @@ the same command finishes an interrupted job. Mel settings come from `--mel.*` f
 
 from __future__ import annotations
 
-import functools
 
 from absl import flags
 from ml_collections import config_flags
@@ -28,7 +27,7 @@ _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length
 
 def _synthetic(mel_config: dict):
   splits = synthetic.plan_clips(_NUM_CLIPS.value, _SEED.value, _CLIP_SECONDS.value)
-  work_fn = functools.partial(synthetic.make_record, mel_config=mel_config)
+  work_fn = synthetic.make_record_fn(mel_config)
   extra = {
     "label_names": synthetic.LABEL_NAMES,
     "synthetic": {"seed": _SEED.value, "clip_seconds": _CLIP_SECONDS.value},

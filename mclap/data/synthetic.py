@@ -13,6 +13,7 @@ of worker processes or the order in which clips are rendered.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -402,3 +403,8 @@ def make_record(spec: ClipSpec, mel_config: dict[str, Any]) -> dict[str, Any]:
     "tags": tags_of(attrs),
     "label": LABEL_NAMES.index(attrs["instrument"]),
   }
+
+
+def make_record_fn(mel_config: dict[str, Any]) -> Callable[[ClipSpec], dict[str, Any]]:
+  """The picklable work function that renders clips with these mel settings."""
+  return functools.partial(make_record, mel_config=mel_config)
