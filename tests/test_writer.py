@@ -24,11 +24,12 @@ def _work(item):
     mel[0, 0] = np.nan
   if kind == "shape":
     mel = mel[:3]
-  return {"id": "dup" if kind == "dup" else f"x{i}", "mel": mel, "captions": [f"c{i}"], "tags": [kind]}
+  captions = [" ", ""] if kind == "empty" else [f"c{i}"]
+  return {"id": "dup" if kind == "dup" else f"x{i}", "mel": mel, "captions": captions, "tags": [kind]}
 
 
 def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
-  kinds = ["ok", "crash", "ok", "nan", "reject", "shape", "dup", "dup", "ok"]
+  kinds = ["ok", "crash", "ok", "nan", "reject", "shape", "dup", "dup", "empty", "ok"]
   info = writer.write_corpus(
     tmp_path,
     {"train": list(zip(kinds, range(len(kinds))))},
@@ -40,15 +41,16 @@ def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
     show_progress=False,
   )
   reader = records.CorpusReader(tmp_path, "train")
-  assert [reader[i]["id"] for i in range(len(reader))] == ["x0", "x2", "dup", "x8"]
+  assert [reader[i]["id"] for i in range(len(reader))] == ["x0", "x2", "dup", "x9"]
   rejects = [json.loads(line) for line in (tmp_path / records.REJECTS_FILE).read_text().splitlines()]
   reasons = {r["id"]: r["reason"] for r in rejects}
   assert reasons["x3"] == "non-finite mel values"
   assert reasons["x4"] == "silent"
   assert reasons["x5"].startswith("mel shape [3, 4]")
   assert reasons["dup"] == "duplicate id"
+  assert reasons["x8"] == "empty caption"
   assert "OSError: cannot decode" in [r for r in rejects if r["reason"] == "error"][0]["detail"]
-  assert info["num_rejected"] == 5 and info["splits"]["train"]["count"] == 4
+  assert info["num_rejected"] == 6 and info["splits"]["train"]["count"] == 4
   assert info["tags"] == ["dup", "ok"]
 
 

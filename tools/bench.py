@@ -44,12 +44,12 @@ def bench_corpus(config) -> pathlib.Path:
   clips = max(2 * config.train.batch_size, 128)
   out = pathlib.Path(_CACHE.value) / f"mels{mel['n_mels']}-hop{mel['hop_length']}-{seconds:g}s-{clips}"
   writer.write_corpus(
-      out,
-      synthetic.plan_clips(clips, 0, seconds),
-      synthetic.make_record_fn(mel),
-      mel_config=mel,
-      source="synthetic",
-      show_progress=False,
+    out,
+    synthetic.plan_clips(clips, 0, seconds),
+    synthetic.make_record_fn(mel),
+    mel_config=mel,
+    source="synthetic",
+    show_progress=False,
   )
   return out
 
@@ -73,11 +73,18 @@ def bench_input(spec: str) -> list[dict]:
     seconds = time_batches(lambda it=it: next(it), _BATCHES.value)
     it.close()
     batches_per_s = _BATCHES.value / seconds
-    rows.append({
-        "bench": "input_pipeline", "config": spec, "batch_size": config.train.batch_size,
-        "crop_seconds": config.data.crop_seconds, "n_mels": config.data.mel.n_mels, "workers": workers,
-        "batches_per_s": round(batches_per_s, 2), "crops_per_s": round(batches_per_s * config.train.batch_size, 1),
-    })
+    rows.append(
+      {
+        "bench": "input_pipeline",
+        "config": spec,
+        "batch_size": config.train.batch_size,
+        "crop_seconds": config.data.crop_seconds,
+        "n_mels": config.data.mel.n_mels,
+        "workers": workers,
+        "batches_per_s": round(batches_per_s, 2),
+        "crops_per_s": round(batches_per_s * config.train.batch_size, 1),
+      }
+    )
   return rows
 
 

@@ -7,7 +7,6 @@ the same command finishes an interrupted job. Mel settings come from `--mel.*` f
 
 from __future__ import annotations
 
-
 from absl import flags
 from ml_collections import config_flags
 

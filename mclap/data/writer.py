@@ -63,8 +63,10 @@ def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
-def _check_record(record: dict[str, Any], n_mels: int) -> str | None:
+def _check_record(record: dict[str, Any], n_mels: int, require_captions: bool) -> str | None:
   """Why a rendered/decoded record cannot be stored, or None if it is fine."""
+  if require_captions and not any(str(c).strip() for c in record.get("captions", [])):
+    return "empty caption"
   mel = np.asarray(record["mel"])
   if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 1:
     return f"mel shape {list(mel.shape)} is not [{n_mels}, frames]"
@@ -137,6 +139,7 @@ def write_corpus(
   extra_info: dict[str, Any] | None = None,
   num_workers: int | None = None,
   shard_size: int = 256,
+  require_captions: bool = True,
   show_progress: bool = True,
 ) -> dict[str, Any]:
   """Writes (or finishes) a prepared corpus and returns its `dataset_info`.
@@ -151,6 +154,7 @@ def write_corpus(
     extra_info: more `dataset_info.json` fields (for example `label_names`).
     num_workers: worker processes; 0 runs inline, None uses every core.
     shard_size: items per shard (the unit of resumption).
+    require_captions: reject records without a non-empty caption (False for tagging-only sources).
     show_progress: draw a progress bar with rate and ETA on stderr.
   """
   out = pathlib.Path(output_dir)
@@ -188,7 +192,7 @@ def write_corpus(
       result = next(results)
       bar.update(1)
       if not isinstance(result, Reject):
-        problem = _check_record(result, n_mels)
+        problem = _check_record(result, n_mels, require_captions)
         if result["id"] in seen_ids:
           problem = "duplicate id"
         if problem:
