@@ -1,0 +1,121 @@
+"""Audio towers over log-mels `[batch, n_mels, frames]`.
+
+`ModifiedResNet` is CLIP's ResNet as MusCALL uses it: three stem convolutions, average pooling
+instead of max pooling, anti-aliased strides (average pooling before strided convolutions),
+bottleneck stages (3, 4, 6, 3) of width `w, 2w, 4w, 8w` (x4 expansion: 32w output channels),
+and attention pooling (mean token prepended, learned positional embedding, its output taken).
+Convolutions use PyTorch's explicit padding so imported weights see identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mclap.models.layers import Attention, maybe_remat
+
+
+def _avg_pool(x: jax.Array, size: int) -> jax.Array:
+  return nnx.avg_pool(x, (size, size), strides=(size, size), padding="VALID") if size > 1 else x
+
+
+class _ConvBN(nnx.Module):
+  """Convolution without bias, then batch norm (PyTorch momentum 0.1 = Flax 0.9)."""
+
+  def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Any, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=False,
+                         dtype=dtype, rngs=rngs)
+    self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return self.bn(self.conv(x), use_running_average=not train)
+
+
+class Bottleneck(nnx.Module):
+  expansion = 4
+
+  def __init__(self, inplanes: int, planes: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.stride = stride
+    self.conv1 = _ConvBN(inplanes, planes, 1, dtype=dtype, rngs=rngs)
+    self.conv2 = _ConvBN(planes, planes, 3, dtype=dtype, rngs=rngs)
+    self.conv3 = _ConvBN(planes, planes * self.expansion, 1, dtype=dtype, rngs=rngs)
+    needs_projection = stride > 1 or inplanes != planes * self.expansion
+    self.downsample = _ConvBN(inplanes, planes * self.expansion, 1, dtype=dtype, rngs=rngs) if needs_projection else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    out = jax.nn.relu(self.conv1(x, train))
+    out = jax.nn.relu(self.conv2(out, train))
+    out = self.conv3(_avg_pool(out, self.stride), train)
+    identity = self.downsample(_avg_pool(x, self.stride), train) if self.downsample is not None else x
+    return jax.nn.relu(out + identity)
+
+
+def resnet_output_grid(n_mels: int, frames: int) -> tuple[int, int]:
+  """Spatial size after the stem (stride-2 conv, 2x pool) and three strided stages."""
+  h, w = -(-n_mels // 2) // 2, -(-frames // 2) // 2
+  for _ in range(3):
+    h, w = h // 2, w // 2
+  return h, w
+
+
+class AttentionPool(nnx.Module):
+  """One query (the mean token) attends over all positions; returns `[batch, output_dim]`."""
+
+  def __init__(self, tokens: int, width: int, heads: int, output_dim: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.positional_embedding = nnx.Param(jax.random.normal(rngs.params(), (tokens + 1, width)) / width**0.5)
+    self.attention = Attention(width, heads, output_dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+    x = x + self.positional_embedding[...].astype(x.dtype)
+    return self.attention(x[:, :1], x)[:, 0]
+
+
+class ModifiedResNet(nnx.Module):
+  def __init__(
+      self, *, n_mels: int, frames: int, width: int, layers: Sequence[int], pooling: str, heads: int,
+      output_dim: int, remat: bool, dtype: Any, rngs: nnx.Rngs,
+  ):
+    self.n_mels, self.frames, self.remat = n_mels, frames, remat
+    self.stem = nnx.List([
+        _ConvBN(1, width // 2, 3, stride=2, dtype=dtype, rngs=rngs),
+        _ConvBN(width // 2, width // 2, 3, dtype=dtype, rngs=rngs),
+        _ConvBN(width // 2, width, 3, dtype=dtype, rngs=rngs),
+    ])
+    blocks, inplanes = [], width
+    for stage, depth in enumerate(layers):
+      planes = width * 2**stage
+      for i in range(depth):
+        blocks.append(Bottleneck(inplanes, planes, 2 if (stage > 0 and i == 0) else 1, dtype=dtype, rngs=rngs))
+        inplanes = planes * Bottleneck.expansion
+    self.blocks = nnx.List(blocks)
+    grid = resnet_output_grid(n_mels, frames)
+    if min(grid) < 1:
+      raise ValueError(f"a {n_mels}x{frames} mel is too small for the ResNet's 32x downsampling; use longer crops")
+    if pooling == "attention":
+      self.pool = AttentionPool(grid[0] * grid[1], inplanes, heads, output_dim, dtype=dtype, rngs=rngs)
+      self.output_dim = output_dim
+    elif pooling == "average":
+      self.pool = None
+      self.output_dim = inplanes
+    else:
+      raise ValueError(f"config.model.audio.pooling={pooling!r}; use attention or average")
+
+  def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
+    """mel `[batch, n_mels, frames]` -> features `[batch, output_dim]`."""
+    if mel.shape[1:] != (self.n_mels, self.frames):
+      raise ValueError(
+          f"audio tower built for mels of shape [{self.n_mels}, {self.frames}] (config.data.mel.n_mels, "
+          f"config.data.crop_seconds) but got {list(mel.shape[1:])}; make the config match the data"
+      )
+    x = mel[..., None].astype(self.stem[0].conv.dtype or jnp.float32)
+    for layer in self.stem:
+      x = jax.nn.relu(layer(x, train))
+    x = _avg_pool(x, 2)
+    for block in self.blocks:
+      x = maybe_remat(lambda b, y: b(y, train), self.remat)(block, x)
+    return self.pool(x) if self.pool is not None else x.mean(axis=(1, 2))

@@ -1,0 +1,54 @@
+"""The device mesh and the data-parallel wrappers the train step uses."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import ml_collections
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA, MODEL = "data", "model"
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Mesh:
+  """Mesh ('data', 'model') over all devices of all processes; `data=-1` takes what `model` leaves.
+
+  Axes are Auto: the towers are jitted with sharding propagation, and the losses that need
+  cross-device communication are written explicitly with `shard_map` (`sharded_loss`).
+  """
+  devices = jax.devices() if devices is None else devices
+  model = int(mesh_config["model"])
+  data = int(mesh_config["data"])
+  data = len(devices) // model if data == -1 else data
+  if data * model != len(devices):
+    raise ValueError(
+        f"mesh data={mesh_config['data']} x model={model} does not cover the {len(devices)} devices; "
+        "set --config.mesh.data=-1 to use them all"
+    )
+  return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over 'data', the rest replicated."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def sharded_loss(loss_fn: Callable, mesh: Mesh, num_batch_args: int = 2) -> Callable:
+  """Runs `loss_fn(*batch_args, *replicated_args, axis_name='data')` per device under `shard_map`.
+
+  The first `num_batch_args` arguments are sharded on their leading axis; the rest replicated.
+  """
+
+  def wrapped(*args):
+    specs = tuple(P(DATA) if i < num_batch_args else P() for i in range(len(args)))
+    fn = jax.shard_map(functools.partial(loss_fn, axis_name=DATA), mesh=mesh, in_specs=specs, out_specs=P())
+    return fn(*args)
+
+  return wrapped
