@@ -88,5 +88,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 20
     c.train.eval_every = 200
     c.train.ckpt_every = 200
-    c.evals.retrieval.subset_size = 0  # The whole (small) test split.
   return c

@@ -15,12 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 import ml_collections
-from absl import app
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-
-class ConfigError(ValueError):
-  """A config file or override is wrong; the message says how to fix it."""
+from mclap.errors import ConfigError, UserError
 
 
 def define_config_flag(name: str = "config") -> config_flags._ConfigFlag:  # noqa: SLF001
@@ -81,13 +79,21 @@ def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """`app.run` with one-line errors for bad config files and keys."""
+  """`app.run` that reports bad config files, keys and other `UserError`s in one line."""
 
   def parse(argv):
     try:
       check_config_args(argv)
-    except ConfigError as e:
+    except UserError as e:
       sys.exit(f"error: {e}")
     return app.parse_flags_with_usage(argv)
 
-  app.run(main, flags_parser=parse)
+  def guarded(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO.
+    try:
+      main(argv)
+    except UserError as e:
+      sys.exit(f"error: {e}")
+
+  app.run(guarded, flags_parser=parse)

@@ -25,7 +25,7 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def infonce_loss(
-    audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, axis_name: str | None = None
+  audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, axis_name: str | None = None
 ) -> jax.Array:
   """Symmetric InfoNCE (MusCALL's `clip_loss`): mean of audio→text and text→audio cross-entropy.
 

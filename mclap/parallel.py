@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import ml_collections
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from mclap.errors import ConfigError
 
 DATA, MODEL = "data", "model"
 
@@ -24,9 +26,9 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Me
   data = int(mesh_config["data"])
   data = len(devices) // model if data == -1 else data
   if data * model != len(devices):
-    raise ValueError(
-        f"mesh data={mesh_config['data']} x model={model} does not cover the {len(devices)} devices; "
-        "set --config.mesh.data=-1 to use them all"
+    raise ConfigError(
+      f"mesh data={mesh_config['data']} x model={model} does not cover the {len(devices)} devices; "
+      "set --config.mesh.data=-1 to use them all"
     )
   return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 

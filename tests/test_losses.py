@@ -36,9 +36,7 @@ def test_infonce_directions_are_not_interchangeable():
   a, t = _normalized(rng, 6, 4), _normalized(rng, 6, 4)
   a2t, t2a = numpy_infonce(a, t, 10.0)
   assert abs(a2t - t2a) > 1e-3
-  np.testing.assert_allclose(
-      losses.infonce_loss(jnp.asarray(t), jnp.asarray(a), 10.0), 0.5 * (a2t + t2a), rtol=1e-5
-  )
+  np.testing.assert_allclose(losses.infonce_loss(jnp.asarray(t), jnp.asarray(a), 10.0), 0.5 * (a2t + t2a), rtol=1e-5)
 
 
 def test_infonce_gradient_check():

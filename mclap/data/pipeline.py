@@ -19,6 +19,7 @@ import numpy as np
 from mclap.data import mel as mel_lib
 from mclap.data import records
 from mclap.data.tokenizer import TextTokenizer
+from mclap.errors import ConfigError
 
 Example = dict[str, Any]
 
@@ -110,7 +111,7 @@ def _reader_and_transform(config, split: str) -> tuple[records.CorpusReader, ToE
   reader = records.CorpusReader(config.data.dir, split, require_captions=True)
   check_corpus(reader.info, config, config.data.dir)
   if config.data.caption not in ("random", "first", "join"):
-    raise ValueError(f"config.data.caption={config.data.caption!r}; use random, first or join")
+    raise ConfigError(f"config.data.caption={config.data.caption!r}; use random, first or join")
   transform = ToExample(
     crop_frames=mel_lib.num_frames(config.data.crop_seconds, reader.info["mel"]),
     pad_value=mel_lib.floor_db(reader.info["mel"]),
@@ -123,7 +124,7 @@ def _reader_and_transform(config, split: str) -> tuple[records.CorpusReader, ToE
 
 def _local_batch_size(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
-    raise ValueError(
+    raise ConfigError(
       f"batch size {global_batch} is not divisible by the {process_count} processes; use a multiple of {process_count}"
     )
   return global_batch // process_count

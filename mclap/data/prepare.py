@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from mclap import cli
 from mclap.data import mel as mel_lib
 from mclap.data import synthetic, writer
+from mclap.errors import UserError
 
 _SOURCE = flags.DEFINE_string("source", None, "Data source: synthetic.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
@@ -40,7 +41,7 @@ SOURCES = {"synthetic": _synthetic}
 def main(argv):
   del argv
   if _SOURCE.value not in SOURCES:
-    raise app_error(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}")
+    raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}")
   mel_config = _MEL.value.to_dict()
   splits, work_fn, extra = SOURCES[_SOURCE.value](mel_config)
   writer.write_corpus(
@@ -53,10 +54,6 @@ def main(argv):
     num_workers=_NUM_WORKERS.value,
     shard_size=_SHARD_SIZE.value,
   )
-
-
-def app_error(message: str) -> SystemExit:
-  return SystemExit(f"error: {message}")
 
 
 if __name__ == "__main__":

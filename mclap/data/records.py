@@ -19,12 +19,14 @@ import grain
 import msgpack
 import numpy as np
 
+from mclap.errors import UserError
+
 INFO_FILE = "dataset_info.json"
 REJECTS_FILE = "rejects.jsonl"
 FORMAT_VERSION = 1
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
   """A prepared corpus is missing, corrupt, or does not match what the config expects."""
 
 

@@ -11,9 +11,11 @@ import pathlib
 import numpy as np
 import tokenizers
 
+from mclap.errors import UserError
 
-class TokenizerError(ValueError):
-  pass
+
+class TokenizerError(UserError):
+  """The tokenizer directory is missing or incomplete."""
 
 
 def default_tokenizer_dir() -> pathlib.Path:

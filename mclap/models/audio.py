@@ -9,12 +9,14 @@ Convolutions use PyTorch's explicit padding so imported weights see identical in
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mclap.errors import ConfigError
 from mclap.models.layers import Attention, maybe_remat
 
 
@@ -26,8 +28,9 @@ class _ConvBN(nnx.Module):
   """Convolution without bias, then batch norm (PyTorch momentum 0.1 = Flax 0.9)."""
 
   def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Any, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=False,
-                         dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(
+      cin, cout, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=False, dtype=dtype, rngs=rngs
+    )
     self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -43,7 +46,9 @@ class Bottleneck(nnx.Module):
     self.conv2 = _ConvBN(planes, planes, 3, dtype=dtype, rngs=rngs)
     self.conv3 = _ConvBN(planes, planes * self.expansion, 1, dtype=dtype, rngs=rngs)
     needs_projection = stride > 1 or inplanes != planes * self.expansion
-    self.downsample = _ConvBN(inplanes, planes * self.expansion, 1, dtype=dtype, rngs=rngs) if needs_projection else None
+    self.downsample = (
+      _ConvBN(inplanes, planes * self.expansion, 1, dtype=dtype, rngs=rngs) if needs_projection else None
+    )
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out = jax.nn.relu(self.conv1(x, train))
@@ -77,15 +82,27 @@ class AttentionPool(nnx.Module):
 
 class ModifiedResNet(nnx.Module):
   def __init__(
-      self, *, n_mels: int, frames: int, width: int, layers: Sequence[int], pooling: str, heads: int,
-      output_dim: int, remat: bool, dtype: Any, rngs: nnx.Rngs,
+    self,
+    *,
+    n_mels: int,
+    frames: int,
+    width: int,
+    layers: Sequence[int],
+    pooling: str,
+    heads: int,
+    output_dim: int,
+    remat: bool,
+    dtype: Any,
+    rngs: nnx.Rngs,
   ):
     self.n_mels, self.frames, self.remat = n_mels, frames, remat
-    self.stem = nnx.List([
+    self.stem = nnx.List(
+      [
         _ConvBN(1, width // 2, 3, stride=2, dtype=dtype, rngs=rngs),
         _ConvBN(width // 2, width // 2, 3, dtype=dtype, rngs=rngs),
         _ConvBN(width // 2, width, 3, dtype=dtype, rngs=rngs),
-    ])
+      ]
+    )
     blocks, inplanes = [], width
     for stage, depth in enumerate(layers):
       planes = width * 2**stage
@@ -95,7 +112,7 @@ class ModifiedResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     grid = resnet_output_grid(n_mels, frames)
     if min(grid) < 1:
-      raise ValueError(f"a {n_mels}x{frames} mel is too small for the ResNet's 32x downsampling; use longer crops")
+      raise ConfigError(f"a {n_mels}x{frames} mel is too small for the ResNet's 32x downsampling; use longer crops")
     if pooling == "attention":
       self.pool = AttentionPool(grid[0] * grid[1], inplanes, heads, output_dim, dtype=dtype, rngs=rngs)
       self.output_dim = output_dim
@@ -103,14 +120,14 @@ class ModifiedResNet(nnx.Module):
       self.pool = None
       self.output_dim = inplanes
     else:
-      raise ValueError(f"config.model.audio.pooling={pooling!r}; use attention or average")
+      raise ConfigError(f"config.model.audio.pooling={pooling!r}; use attention or average")
 
   def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
     """mel `[batch, n_mels, frames]` -> features `[batch, output_dim]`."""
     if mel.shape[1:] != (self.n_mels, self.frames):
-      raise ValueError(
-          f"audio tower built for mels of shape [{self.n_mels}, {self.frames}] (config.data.mel.n_mels, "
-          f"config.data.crop_seconds) but got {list(mel.shape[1:])}; make the config match the data"
+      raise ConfigError(
+        f"audio tower built for mels of shape [{self.n_mels}, {self.frames}] (config.data.mel.n_mels, "
+        f"config.data.crop_seconds) but got {list(mel.shape[1:])}; make the config match the data"
       )
     x = mel[..., None].astype(self.stem[0].conv.dtype or jnp.float32)
     for layer in self.stem:

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mclap.errors import ConfigError
+
 
 class Attention(nnx.Module):
   """Multi-head attention with separate q/k/v projections (CLIP's layout); softmax in float32.
@@ -17,7 +19,7 @@ class Attention(nnx.Module):
 
   def __init__(self, width: int, heads: int, out_features: int | None = None, *, dtype: Any, rngs: nnx.Rngs):
     if width % heads:
-      raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+      raise ConfigError(f"attention width {width} is not divisible by {heads} heads")
     self.heads = heads
     dense = lambda i, o: nnx.Linear(i, o, dtype=dtype, rngs=rngs)  # noqa: E731
     self.q_proj, self.k_proj, self.v_proj = dense(width, width), dense(width, width), dense(width, width)

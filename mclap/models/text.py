@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mclap.errors import ConfigError
 from mclap.models.layers import Attention, maybe_remat
 
 
@@ -28,13 +29,23 @@ class Block(nnx.Module):
 
 class TextTransformer(nnx.Module):
   def __init__(
-      self, *, vocab_size: int, max_len: int, width: int, layers: int, heads: int, mask: str, pooling: str,
-      remat: bool, dtype: Any, rngs: nnx.Rngs,
+    self,
+    *,
+    vocab_size: int,
+    max_len: int,
+    width: int,
+    layers: int,
+    heads: int,
+    mask: str,
+    pooling: str,
+    remat: bool,
+    dtype: Any,
+    rngs: nnx.Rngs,
   ):
     if mask not in ("causal", "bidirectional"):
-      raise ValueError(f"config.model.text.mask={mask!r}; use causal or bidirectional")
+      raise ConfigError(f"config.model.text.mask={mask!r}; use causal or bidirectional")
     if pooling not in ("eot", "first", "mean"):
-      raise ValueError(f"config.model.text.pooling={pooling!r}; use eot, first or mean")
+      raise ConfigError(f"config.model.text.pooling={pooling!r}; use eot, first or mean")
     self.max_len, self.causal, self.pooling, self.remat, self.dtype = max_len, mask == "causal", pooling, remat, dtype
     self.token_embedding = nnx.Embed(vocab_size, width, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     self.positional_embedding = nnx.Param(0.01 * jax.random.normal(rngs.params(), (max_len, width)))
@@ -49,7 +60,7 @@ class TextTransformer(nnx.Module):
     """
     length = tokens.shape[1]
     if length > self.max_len:
-      raise ValueError(f"{length} tokens exceed the text tower's {self.max_len} positions (config.data.max_tokens)")
+      raise ConfigError(f"{length} tokens exceed the text tower's {self.max_len} positions (config.data.max_tokens)")
     x = (self.token_embedding(tokens) + self.positional_embedding[:length]).astype(self.dtype or jnp.float32)
     valid = token_mask.astype(bool)
     attend = valid[:, None, None, :]

@@ -1,0 +1,69 @@
+"""Evaluate: `python -m mclap.eval --config configs/X.py[:arg] --workdir W [--step N | --best] [--evals a,b]`.
+
+Runs the evaluators named in `config.evals` (or `--evals`) on a checkpoint of W and writes
+`W/eval/<name>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+from absl import flags
+
+from mclap import checkpoints, cli, evaluators, parallel, trainer
+from mclap.data.tokenizer import TextTokenizer
+from mclap.errors import ConfigError
+
+_CONFIG = cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_BEST = flags.DEFINE_bool("best", False, "Evaluate the checkpoint with the best validation R@10.")
+_EVALS = flags.DEFINE_list("evals", None, "Evaluators to run (default: all in config.evals).")
+
+
+def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool):
+  """The model definition and the state of the chosen checkpoint, replicated over the mesh."""
+  mesh = parallel.make_mesh(config.mesh)
+  vocab_size = TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens).vocab_size
+  tx = trainer.make_optimizer(config, total_steps=1)  # Only its state's structure matters here.
+  model_def, state = trainer.init_state(config, vocab_size, mesh, tx)
+  mgr = checkpoints.manager(workdir / ("best" if best else "checkpoints"), None)
+  available = mgr.all_steps()
+  if not available:
+    raise ConfigError(f"no checkpoints in {mgr.directory}; train first with python -m mclap.train --workdir {workdir}")
+  step = available[-1] if step is None else step
+  if step not in available:
+    raise ConfigError(f"no checkpoint for step {step} in {mgr.directory}; available: {list(available)}")
+  state = checkpoints.restore(mgr, step, state)
+  mgr.close()
+  return mesh, model_def, state, step
+
+
+def evaluate(config, workdir, step: int | None = None, best: bool = False, names=None) -> dict[str, dict]:
+  workdir = pathlib.Path(workdir)
+  mesh, model_def, state, step = restore_for_eval(config, workdir, step, best)
+  context = evaluators.EvalContext(config, mesh, trainer.make_embed_fn(model_def), state)
+  available = evaluators.registry()
+  names = list(names or config.evals.keys())
+  if unknown := [n for n in names if n not in available or n not in config.evals]:
+    raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")
+  results = {}
+  for name in names:
+    results[name] = {"step": step, **available[name].run(context, config.evals[name])}
+    if jax.process_index() == 0:
+      out = workdir / "eval"
+      out.mkdir(exist_ok=True)
+      (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
+      print(available[name].table(results[name]), flush=True)
+  return results
+
+
+def main(argv):
+  del argv
+  evaluate(_CONFIG.value, _WORKDIR.value, _STEP.value, _BEST.value, _EVALS.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,154 @@
+"""Train: `python -m mclap.train --config configs/muscall.py[:arg] --workdir W [--config.a.b=v]`.
+
+Re-running with the same workdir resumes from the last checkpoint (state and data position).
+Writes `W/metrics.jsonl`, `W/checkpoints/` (last `train.keep_checkpoints`) and `W/best/` (the
+checkpoint with the best validation text→audio R@10, MusCALL's model-selection rule).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from absl import flags
+
+from mclap import checkpoints, cli, losses, metrics, parallel, trainer
+from mclap.data import pipeline, records
+from mclap.data.tokenizer import TextTokenizer
+from mclap.errors import ConfigError
+
+_CONFIG = cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.", required=True)
+
+
+class MetricsLog:
+  """Process 0 prints metrics and appends them as JSON lines; other processes stay quiet."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path if jax.process_index() == 0 else None
+
+  def write(self, step: int, values: dict, prefix: str = "train") -> None:
+    if self.path is None:
+      return
+    row = {"step": step, **{f"{prefix}/{k}": (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+    print(f"[{prefix} step {step}] {shown}", flush=True)
+
+
+def total_steps(config, num_train: int) -> int:
+  return config.train.steps or config.train.epochs * max(num_train // config.train.batch_size, 1)
+
+
+def validate(config, embed, state, mesh, logit_scale: float) -> dict[str, float]:
+  """Validation loss (InfoNCE over consecutive training-sized batches) and retrieval metrics."""
+  ds = pipeline.eval_dataset(
+    config, config.data.val_split, process_index=jax.process_index(), process_count=jax.process_count()
+  )
+  emb = trainer.embed_dataset(embed, state, ds, mesh)
+  size = config.train.batch_size
+  chunk_losses = [
+    float(losses.infonce_loss(emb["audio"][i : i + size], emb["text"][i : i + size], logit_scale))
+    for i in range(0, len(emb["audio"]), size)
+  ]
+  found = metrics.text_audio_retrieval(emb["audio"], emb["text"])
+  return {
+    "loss": float(np.mean(chunk_losses)),
+    "t2a_R@10": found["text_to_audio"]["R@10"],
+    "a2t_R@10": found["audio_to_text"]["R@10"],
+    "t2a_R@1": found["text_to_audio"]["R@1"],
+  }
+
+
+def train(config, workdir: str | pathlib.Path) -> dict:
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # ---------------------------------------------------------------- Logging.
+  log = MetricsLog(workdir / "metrics.jsonl")
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+
+  # ---------------------------------------------------------------- Mesh.
+  mesh = parallel.make_mesh(config.mesh)
+  data_devices = mesh.shape[parallel.DATA]
+  if config.train.batch_size % data_devices or config.data.eval_batch_size % data_devices:
+    raise ConfigError(
+      f"train.batch_size={config.train.batch_size} and data.eval_batch_size={config.data.eval_batch_size} must "
+      f"be multiples of the {data_devices} devices on the mesh's data axis"
+    )
+
+  # ---------------------------------------------------------------- Input.
+  num_train = records.read_info(config.data.dir)["splits"][config.data.train_split]["count"]
+  steps = total_steps(config, num_train)
+  train_ds = pipeline.train_dataset(config, process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = pipeline.iterate(train_ds, config.data.num_workers)
+  vocab_size = TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens).vocab_size
+
+  # ---------------------------------------------------------------- Model, optimizer, step.
+  tx = trainer.make_optimizer(config, steps)
+  schedule = trainer.learning_rate_schedule(config, steps)
+  model_def, state = trainer.init_state(config, vocab_size, mesh, tx)
+  train_step = trainer.make_train_step(config, model_def, tx, mesh)
+  embed = trainer.make_embed_fn(model_def)
+
+  # ---------------------------------------------------------------- Resume or start.
+  ckpts = checkpoints.manager(workdir / "checkpoints", config.train.keep_checkpoints)
+  best_ckpt = checkpoints.manager(workdir / "best", 1)
+  best_file = workdir / "best.json"
+  best = json.loads(best_file.read_text()) if best_file.exists() else {"step": -1, "t2a_R@10": -1.0}
+  if (latest := ckpts.latest_step()) is not None:
+    state = checkpoints.restore(ckpts, latest, state, data_iter)
+    print(f"resumed from {workdir / 'checkpoints'} at step {latest}", flush=True)
+  start = int(state["step"])
+
+  # ---------------------------------------------------------------- Loop.
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    for step in range(start + 1, steps + 1):
+      state, step_metrics = train_step(state, trainer.to_global(next(data_iter), mesh))
+      window_steps += 1
+      if step == start + 1:  # Leave compilation out of the rates.
+        jax.block_until_ready(state)
+        window_start, window_steps = time.perf_counter(), 0
+      if step % config.train.log_every == 0 or step == steps:
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+        values.update(
+          lr=float(schedule(step - 1)),
+          steps_per_s=rate,
+          examples_per_s=rate * config.train.batch_size,
+          eta_min=(steps - step) / max(rate, 1e-9) / 60,
+        )
+        log.write(step, values)
+        window_start, window_steps = time.perf_counter(), 0
+      if step % config.train.eval_every == 0 or step == steps:
+        found = validate(config, embed, state, mesh, float(step_metrics["logit_scale"]))
+        log.write(step, found, prefix="val")
+        if found["t2a_R@10"] > best["t2a_R@10"]:
+          best = {"step": step, "t2a_R@10": found["t2a_R@10"]}
+          checkpoints.save(best_ckpt, step, state)
+          best_ckpt.wait_until_finished()
+          if jax.process_index() == 0:
+            records.write_json_atomic(best_file, best)
+      if step % config.train.ckpt_every == 0 or step == steps:
+        checkpoints.save(ckpts, step, state, data_iter)
+  finally:
+    ckpts.wait_until_finished()
+    ckpts.close()
+    best_ckpt.close()
+    data_iter.close()
+  return {"step": int(state["step"]), "best": best}
+
+
+def main(argv):
+  del argv
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)

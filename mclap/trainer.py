@@ -1,0 +1,155 @@
+"""The pieces of training: state, optimizer, the jitted sharded step, and batched embedding.
+
+The model lives as NNX state split into (graphdef, params, batch_stats, constants); the step is a
+pure function of plain pytrees, jitted once over the mesh with the state donated. The towers run
+with sharding propagation over the data-sharded batch (so batch norm statistics are those of the
+global batch and the sharded step equals the single-device one); the loss runs under `shard_map`
+with gathered embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from mclap import losses, parallel
+from mclap.errors import ConfigError
+from mclap.models import build_model
+
+MODEL_INPUTS = ("mel", "tokens", "token_mask")
+LOSSES = {"infonce": losses.infonce_loss}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """What is static about the model: its graph and its untrained constants."""
+
+  graphdef: Any
+  constants: Any
+
+  def merge(self, params, batch_stats) -> nnx.Module:
+    # Fresh Variables (copy=True): batch norm updates its statistics inside `jax.grad`, which NNX
+    # forbids on Variables created outside that trace.
+    return nnx.merge(self.graphdef, params, batch_stats, self.constants, copy=True)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  o = config.optim
+  if o.schedule == "cosine":
+    warmup = min(o.warmup_steps, total_steps - 1)  # Short runs still decay.
+    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, total_steps, 0.0)
+  if o.schedule == "constant":
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)], [o.warmup_steps]
+    )
+  raise ConfigError(f"config.optim.schedule={o.schedule!r}; use cosine or constant")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """AdamW; weight decay on matrices and kernels only (not on biases, norms or the logit scale)."""
+  o = config.optim
+  adamw = optax.adamw(
+    learning_rate_schedule(config, total_steps),
+    b1=o.b1,
+    b2=o.b2,
+    eps=o.eps,
+    weight_decay=o.weight_decay,
+    mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+  )
+  return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
+
+
+def init_state(config, vocab_size: int, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
+  """Builds the model and optimizer state directly on the devices, replicated over the mesh."""
+  filters = (nnx.Param, nnx.BatchStat, ...)
+
+  def init():
+    model = build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(config.train.seed))
+    _, params, batch_stats, constants = nnx.split(model, *filters)
+    state = {
+      "params": params,
+      "batch_stats": batch_stats,
+      "opt_state": tx.init(params),
+      "step": jnp.zeros((), jnp.int32),
+    }
+    return state, constants
+
+  graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(0))), *filters)[
+    0
+  ]
+  state, constants = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  return ModelDef(graphdef, constants), state
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
+  """This process's share of a batch -> global arrays sharded on 'data'."""
+  sharding = parallel.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
+
+
+def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
+  """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated."""
+  if config.loss.name not in LOSSES:
+    raise ConfigError(f"config.loss.name={config.loss.name!r}; available: {', '.join(LOSSES)}")
+  loss_fn = parallel.sharded_loss(LOSSES[config.loss.name], mesh)
+
+  def step(state, batch):
+    def compute_loss(params):
+      model = model_def.merge(params, state["batch_stats"])
+      audio = model.embed_audio(batch["mel"], train=True)
+      text = model.embed_text(batch["tokens"], batch["token_mask"])
+      scale = model.logit_scale()
+      return loss_fn(audio, text, scale), (nnx.state(model, nnx.BatchStat), scale)
+
+    (loss, (batch_stats, scale)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], updates),
+      "batch_stats": batch_stats,
+      "opt_state": opt_state,
+      "step": state["step"] + 1,
+    }
+    return new_state, {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads)}
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def make_embed_fn(model_def: ModelDef) -> Callable:
+  """`embed(state, batch) -> (audio_emb, text_emb)` in inference mode (running batch-norm statistics)."""
+
+  @jax.jit
+  def embed(state, batch):
+    model = model_def.merge(state["params"], state["batch_stats"])
+    return model.embed_audio(batch["mel"], train=False), model.embed_text(batch["tokens"], batch["token_mask"])
+
+  return embed
+
+
+def embed_dataset(embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, np.ndarray]:
+  """Embeds an evaluation pipeline; returns host arrays in record order with the padding dropped."""
+  audio, text, index = [], [], []
+  for batch in batches:
+    a, t = embed(state, to_global(batch, mesh))
+    host = to_global(batch, mesh, keys=("index", "valid"))
+    a, t, idx, valid = (
+      np.asarray(x) for x in multihost_utils.process_allgather((a, t, host["index"], host["valid"]), tiled=True)
+    )
+    keep = valid.astype(bool)
+    audio.append(a[keep]), text.append(t[keep]), index.append(idx[keep])
+  order = np.argsort(np.concatenate(index), kind="stable")
+  return {
+    "audio": np.concatenate(audio)[order],
+    "text": np.concatenate(text)[order],
+    "index": np.concatenate(index)[order],
+  }
