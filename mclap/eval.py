@@ -16,12 +16,6 @@ from mclap import checkpoints, cli, evaluators, parallel, trainer
 from mclap.data.tokenizer import TextTokenizer
 from mclap.errors import ConfigError
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-_BEST = flags.DEFINE_bool("best", False, "Evaluate the checkpoint with the best validation R@10.")
-_EVALS = flags.DEFINE_list("evals", None, "Evaluators to run (default: all in config.evals).")
-
 
 def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool):
   """The model definition and the state of the chosen checkpoint, replicated over the mesh."""
@@ -62,8 +56,14 @@ def evaluate(config, workdir, step: int | None = None, best: bool = False, names
 
 def main(argv):
   del argv
-  evaluate(_CONFIG.value, _WORKDIR.value, _STEP.value, _BEST.value, _EVALS.value)
+  f = flags.FLAGS
+  evaluate(f.config, f.workdir, f.step, f.best, f.evals)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # Flags are defined here so that evaluate() can be imported beside other jobs.
+  cli.define_config_flag()
+  flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.", required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+  flags.DEFINE_bool("best", False, "Evaluate the checkpoint with the best validation R@10.")
+  flags.DEFINE_list("evals", None, "Evaluators to run (default: all in config.evals).")
   cli.run(main)

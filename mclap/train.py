@@ -20,9 +20,6 @@ from mclap.data import pipeline, records
 from mclap.data.tokenizer import TextTokenizer
 from mclap.errors import ConfigError
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.", required=True)
-
 
 class MetricsLog:
   """Process 0 prints metrics and appends them as JSON lines; other processes stay quiet."""
@@ -147,8 +144,10 @@ def train(config, workdir: str | pathlib.Path) -> dict:
 
 def main(argv):
   del argv
-  train(_CONFIG.value, _WORKDIR.value)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # Flags are defined here so that train() can be imported beside other jobs.
+  cli.define_config_flag()
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.", required=True)
   cli.run(main)

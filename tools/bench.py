@@ -1,8 +1,11 @@
 """Benchmarks, one JSON line per measurement: `make bench` or `python tools/bench.py`.
 
 input: Grain training pipeline throughput (crops/s, batches/s) in the main process and with the
-config's worker processes, for each config, on a synthetic corpus rendered with that config's
-mel settings (cached under build/bench/).
+  config's worker processes, on a synthetic corpus rendered with that config's mel settings
+  (cached under build/bench/).
+train_step, embed: examples/s of the jitted train step (forward, loss, backward, AdamW update)
+  and of inference embedding (audio + text), and model FLOPs per example from XLA's cost
+  analysis of the compiled computation, at `--model_batch` on all local devices.
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from importlib import metadata
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mclap import cli  # noqa: E402
+from mclap import cli, parallel, trainer  # noqa: E402
 from mclap.data import pipeline, synthetic, writer  # noqa: E402
+from mclap.data.tokenizer import TextTokenizer  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/muscall.py:demo", "configs/muscall.py"], "Configs to benchmark.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per measurement (after 2 warm-up batches).")
 _CACHE = flags.DEFINE_string("cache", str(ROOT / "build/bench"), "Where benchmark corpora are kept.")
+_MODEL_CONFIGS = flags.DEFINE_list("model_configs", ["configs/muscall.py"], "Configs for train_step/embed.")
+_MODEL_BATCH = flags.DEFINE_integer("model_batch", 16, "Global batch for train_step/embed.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype for train_step/embed (bfloat16 on accelerators).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model measurement (after 2 warm-up steps).")
 
 
 def machine() -> dict:
@@ -88,12 +97,66 @@ def bench_input(spec: str) -> list[dict]:
   return rows
 
 
+def flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  return float(analysis.get("flops", float("nan")))
+
+
+def bench_model(spec: str) -> list[dict]:
+  config = cli.load_config(str(ROOT / spec))
+  config.data.dir = str(bench_corpus(config))
+  config.train.batch_size = _MODEL_BATCH.value
+  config.train.dtype = _DTYPE.value
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  vocab = TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens).vocab_size
+  tx = trainer.make_optimizer(config, 1000)
+  model_def, state = trainer.init_state(config, vocab, mesh, tx)
+  batch = trainer.to_global(pipeline.train_dataset(config)[0], mesh)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  embed = trainer.make_embed_fn(model_def)
+  common = {
+    "config": spec,
+    "batch_size": config.train.batch_size,
+    "dtype": config.train.dtype,
+    "crop_seconds": config.data.crop_seconds,
+    "n_mels": config.data.mel.n_mels,
+    "devices": jax.device_count(),
+  }
+  rows = []
+  for name, fn in (("train_step", step), ("embed", embed)):
+    compiled = fn.lower(state, batch).compile()
+    holder = {"state": state}
+
+    def run(fn=fn, name=name, holder=holder):
+      out = fn(holder["state"], batch)
+      if name == "train_step":
+        holder["state"] = out[0]  # The step donates its input state.
+      jax.block_until_ready(out)
+
+    seconds = time_batches(run, _STEPS.value)
+    state = holder["state"]
+    per_s = _STEPS.value * config.train.batch_size / seconds
+    per_example = flops(compiled) / config.train.batch_size
+    rows.append(
+      {
+        "bench": name,
+        **common,
+        "examples_per_s": round(per_s, 2),
+        "gflops_per_example": round(per_example / 1e9, 3),
+        "gflop_per_s": round(per_s * per_example / 1e9, 1),
+      }
+    )
+  return rows
+
+
 def main(argv):
   del argv
   env = machine()
-  for spec in _CONFIGS.value:
-    for row in bench_input(spec):
-      print(json.dumps({**row, "machine": env}), flush=True)
+  rows = [row for spec in _CONFIGS.value for row in bench_input(spec)]
+  rows += [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec)]
+  for row in rows:
+    print(json.dumps({**row, "machine": env}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT
+from flax import nnx
+from scipy.special import softmax
+
+from mclap import cli
+from mclap.data import mel
+from mclap.errors import ConfigError
+from mclap.models import audio, build_model, text
+
+VOCAB = 30522  # The MiniLM WordPiece vocabulary.
+
+
+def muscall_config(crop_seconds=20.0):
+  config = cli.load_config(str(ROOT / "configs/muscall.py"))
+  config.data.crop_seconds = crop_seconds
+  config.train.dtype = "float32"
+  return config
+
+
+def expected_parameter_count(c) -> int:
+  """Hand-derived count of the MusCALL architecture (batch-norm statistics are not parameters)."""
+  w, out = c.model.audio.width, c.model.audio.output_dim
+  count = 9 * (w // 2) + 9 * (w // 2) ** 2 + 9 * (w // 2) * w + 2 * (w // 2 + w // 2 + w)  # Stem convs + BN.
+  inplanes = w
+  for stage, depth in enumerate(c.model.audio.layers):
+    p = w * 2**stage
+    for i in range(depth):
+      count += inplanes * p + 9 * p * p + p * 4 * p + 2 * (p + p + 4 * p)
+      if i == 0 and (stage > 0 or inplanes != 4 * p):
+        count += inplanes * 4 * p + 2 * 4 * p
+      inplanes = 4 * p
+    grid = audio.resnet_output_grid(c.data.mel.n_mels, mel.num_frames(c.data.crop_seconds, c.data.mel))
+  count += (grid[0] * grid[1] + 1) * inplanes + 3 * (inplanes**2 + inplanes) + inplanes * out + out  # Attn pool.
+  tw, layers, length = c.model.text.width, c.model.text.layers, c.data.max_tokens
+  block = 2 * tw + 4 * (tw * tw + tw) + 2 * tw + (tw * 4 * tw + 4 * tw) + (4 * tw * tw + tw)
+  count += VOCAB * tw + length * tw + layers * block + 2 * tw
+  return count + out * c.model.projection_dim + tw * c.model.projection_dim + 1  # Projections, logit scale.
+
+
+def test_muscall_parameter_count():
+  config = muscall_config()
+  model = nnx.eval_shape(lambda: build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0)))
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert count == expected_parameter_count(config) == 31_109_641
+  assert audio.resnet_output_grid(128, 626) == (4, 19)
+
+
+@pytest.mark.parametrize("seconds, frames", [(10.0, 313), (20.0, 626)])
+def test_output_shapes_for_10_and_20_second_crops(seconds, frames):
+  config = muscall_config(seconds)
+  model = build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+  assert mel.num_frames(seconds, config.data.mel) == frames
+  a = model.embed_audio(jnp.zeros((2, 128, frames)), train=True)
+  t = model.embed_text(jnp.ones((2, 77), jnp.int32), jnp.ones((2, 77), jnp.int32))
+  assert a.shape == t.shape == (2, 512) and a.dtype == jnp.float32
+  np.testing.assert_allclose(jnp.linalg.norm(a, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(model.logit_scale(), 1 / 0.07, rtol=1e-6)
+  with pytest.raises(ConfigError, match=rf"built for mels of shape \[128, {frames}\].*got \[128, 400\]"):
+    model.embed_audio(jnp.zeros((2, 128, 400)))
+
+
+def test_logit_scale_is_clamped_at_100():
+  model = build_model(muscall_config(10.0), vocab_size=100, rngs=nnx.Rngs(0))
+  model.logit_scale_param[...] = jnp.asarray(10.0)
+  assert float(model.logit_scale()) == pytest.approx(100.0)
+
+
+def test_attention_pool_equals_clip_full_attention_in_numpy():
+  rngs = nnx.Rngs(0)
+  pool = audio.AttentionPool(tokens=6, width=8, heads=2, output_dim=5, dtype=jnp.float32, rngs=rngs)
+  x = np.random.default_rng(0).normal(size=(3, 2, 3, 8)).astype(np.float32)
+  ours = np.asarray(pool(jnp.asarray(x)))
+
+  att = pool.attention
+  w = lambda layer: (np.asarray(layer.kernel[...]), np.asarray(layer.bias[...]))  # noqa: E731
+  tokens = x.reshape(3, 6, 8)
+  tokens = np.concatenate([tokens.mean(1, keepdims=True), tokens], 1) + np.asarray(pool.positional_embedding[...])
+  heads = lambda y: y.reshape(3, 7, 2, 4).transpose(0, 2, 1, 3)  # noqa: E731
+  (qk, qb), (kk, kb), (vk, vb), (ok, ob) = w(att.q_proj), w(att.k_proj), w(att.v_proj), w(att.out_proj)
+  q, k, v = heads(tokens @ qk + qb), heads(tokens @ kk + kb), heads(tokens @ vk + vb)
+  full = softmax(q @ k.transpose(0, 1, 3, 2) / 2.0, axis=-1) @ v  # Every token attends (CLIP), head dim 4.
+  expected = full.transpose(0, 2, 1, 3).reshape(3, 7, 8)[:, 0] @ ok + ob  # Output of the mean token.
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def _text(mask_kind, pooling="eot"):
+  return text.TextTransformer(
+    vocab_size=50,
+    max_len=10,
+    width=16,
+    layers=2,
+    heads=2,
+    mask=mask_kind,
+    pooling=pooling,
+    remat=False,
+    dtype=jnp.float32,
+    rngs=nnx.Rngs(0),
+  )
+
+
+def test_causal_mask_ignores_later_tokens_and_padding():
+  model = _text("causal")
+  tokens = jnp.array([[3, 4, 5, 6, 7, 0, 0, 0]])
+  mask = jnp.array([[1, 1, 1, 0, 0, 0, 0, 0]])  # Three real tokens; the rest are padding.
+  changed = tokens.at[0, 4].set(9)
+  np.testing.assert_allclose(model(tokens, mask), model(changed, mask), atol=1e-6)
+  np.testing.assert_allclose(model(tokens, mask), model(tokens[:, :3], mask[:, :3]), atol=1e-6)
+
+
+def test_bidirectional_mask_sees_later_tokens_but_not_padding():
+  model = _text("bidirectional", pooling="first")
+  tokens, mask = jnp.array([[3, 4, 5, 6]]), jnp.array([[1, 1, 1, 0]])
+  assert not np.allclose(model(tokens, mask), model(tokens.at[0, 2].set(9), mask))
+  np.testing.assert_allclose(model(tokens, mask), model(tokens.at[0, 3].set(9), mask), atol=1e-6)
+
+
+def test_remat_changes_nothing_but_memory():
+  config = muscall_config(5.0)
+  config.model.audio.update(width=8, layers=(1, 1, 1, 1))
+  config.model.text.update(layers=1, width=32, heads=2)
+  batch = (
+    jnp.asarray(np.random.default_rng(0).normal(size=(2, 128, 157)), jnp.float32),
+    jnp.ones((2, 77), jnp.int32),
+    jnp.ones((2, 77), jnp.int32),
+  )
+
+  def loss_and_grads(remat):
+    config.train.remat = remat
+    graphdef, params, rest = nnx.split(build_model(config, vocab_size=100, rngs=nnx.Rngs(0)), nnx.Param, ...)
+
+    def loss(p):
+      m = nnx.merge(graphdef, p, rest, copy=True)
+      return (m.embed_audio(batch[0], train=True) * m.embed_text(batch[1], batch[2])).sum()
+
+    return jax.value_and_grad(loss)(params)
+
+  (v0, g0), (v1, g1) = loss_and_grads(False), loss_and_grads(True)
+  np.testing.assert_allclose(v0, v1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
