@@ -136,8 +136,26 @@ def test_remat_changes_nothing_but_memory():
       m = nnx.merge(graphdef, p, rest, copy=True)
       return (m.embed_audio(batch[0], train=True) * m.embed_text(batch[1], batch[2])).sum()
 
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
   (v0, g0), (v1, g1) = loss_and_grads(False), loss_and_grads(True)
   np.testing.assert_allclose(v0, v1, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
+  config = muscall_config(5.0)
+  config.model.audio.update(width=8, layers=(1, 1, 1, 1))
+  config.model.text.update(layers=1, width=64, heads=2)
+  mel_in = jnp.asarray(np.random.default_rng(0).normal(-40, 10, size=(2, 128, 157)), jnp.float32)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(1000, 2000, size=(2, 77)), jnp.int32)
+  outputs = {}
+  for dtype in ("float32", "bfloat16"):
+    model = build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0), dtype=dtype)
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+    embed = nnx.jit(lambda m: (m.embed_audio(mel_in, train=True), m.embed_text(tokens, jnp.ones_like(tokens))))
+    outputs[dtype] = embed(model)
+  for full, half in zip(outputs["float32"], outputs["bfloat16"]):
+    assert half.dtype == jnp.float32  # Embeddings are normalised in float32.
+    np.testing.assert_allclose(half, full, atol=5e-2)
+    assert float(jnp.mean(jnp.sum(half * full, -1))) > 0.99  # Cosine similarity of the two.
