@@ -1,4 +1,6 @@
 import itertools
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,3 +119,14 @@ def test_batch_not_divisible_by_processes(tiny_config):
   tiny_config.train.batch_size = 9
   with pytest.raises(ValueError, match="batch size 9 is not divisible by the 2 processes"):
     pipeline.train_dataset(tiny_config, process_count=2)
+
+
+def test_empty_split_is_explained(tiny_config, tmp_path):
+  corpus = tmp_path / "corpus"
+  shutil.copytree(tiny_config.data.dir, corpus)
+  info = json.loads((corpus / records.INFO_FILE).read_text())
+  info["splits"]["empty"] = {"count": 0, "shards": []}
+  (corpus / records.INFO_FILE).write_text(json.dumps(info))
+  tiny_config.data.dir = str(corpus)
+  with pytest.raises(records.CorpusError, match="split 'empty' of .* is empty"):
+    pipeline.eval_dataset(tiny_config, "empty")

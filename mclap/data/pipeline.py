@@ -159,6 +159,8 @@ def eval_dataset(
   config.data.caption = "first"
   reader, transform = _reader_and_transform(config, split)
   n = len(reader)
+  if n == 0:
+    raise records.CorpusError(f"split '{split}' of {config.data.dir} is empty; it needs at least one record")
   global_batch = config.data.eval_batch_size
   local_batch = _local_batch_size(global_batch, process_count)
   padded = max(1, math.ceil(n / global_batch)) * global_batch

@@ -7,21 +7,29 @@ the same command finishes an interrupted job. Mel settings come from `--mel.*` f
 
 from __future__ import annotations
 
+import functools
+import pathlib
+
 from absl import flags
 from ml_collections import config_flags
 
 from mclap import cli
 from mclap.data import mel as mel_lib
-from mclap.data import synthetic, writer
+from mclap.data import sources, synthetic, writer
 from mclap.errors import UserError
 
-_SOURCE = flags.DEFINE_string("source", None, "Data source: synthetic.", required=True)
+_SOURCE = flags.DEFINE_string("source", None, "Data source: synthetic, audiocaption, folder.", required=True)
+_INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
 _OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
+_METADATA = flags.DEFINE_string("metadata", "", "folder: CSV/JSONL file (default: INPUT/metadata.csv or .jsonl).")
+_MAX_SECONDS = flags.DEFINE_float("max_seconds", None, "Keep at most this much of each file (default: all).")
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Reject files shorter than this.")
+_NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
 _MEL = config_flags.DEFINE_config_dict("mel", mel_lib.default_mel_config(), "Log-mel settings.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "synthetic: number of clips.")
-_SEED = flags.DEFINE_integer("seed", 0, "synthetic: seed; the corpus is a function of it.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed: the synthetic corpus, and hashed splits of rows without one.")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length in seconds.")
 
 
@@ -35,7 +43,29 @@ def _synthetic(mel_config: dict):
   return splits, work_fn, extra
 
 
-SOURCES = {"synthetic": _synthetic}
+def _audio_source(list_items):
+  """A source of audio files: list the items, decode them in the workers."""
+
+  def build(mel_config: dict):
+    if not _INPUT.value:
+      raise UserError(f"--source={_SOURCE.value} needs --input DIR")
+    root = pathlib.Path(_INPUT.value)
+    if not root.is_dir():
+      raise UserError(f"--input {root} is not a directory")
+    settings = sources.DecodeSettings(
+      tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
+    )
+    work_fn = functools.partial(sources.decode_record, settings=settings)
+    return list_items(root), work_fn, {"input": str(root.absolute())}
+
+  return build
+
+
+SOURCES = {
+  "synthetic": _synthetic,
+  "audiocaption": _audio_source(lambda root: sources.audiocaption(root, _SEED.value)),
+  "folder": _audio_source(lambda root: sources.folder(root, _SEED.value, _METADATA.value)),
+}
 
 
 def main(argv):

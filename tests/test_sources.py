@@ -1,0 +1,181 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import ROOT
+
+from mclap.data import audio, records, sources
+
+RATE = 16000
+
+
+def tone(seconds, rate, channels=1, freq=440.0):
+  t = np.arange(int(seconds * rate)) / rate
+  wave = 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(0).normal(size=t.size)
+  return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def peak_hz(wave, rate):
+  spectrum = np.abs(np.fft.rfft(wave))
+  return np.argmax(spectrum) * rate / len(wave)
+
+
+@pytest.mark.parametrize(
+  "suffix, rate, channels", [(".wav", 44100, 2), (".flac", 22050, 1), (".ogg", 48000, 2), (".mp3", 32000, 1)]
+)
+def test_every_codec_decodes_to_16k_mono(tmp_path, suffix, rate, channels):
+  path = tmp_path / f"clip{suffix}"
+  soundfile.write(path, tone(2.0, rate, channels), rate)
+  wave = audio.load_audio(path, RATE)
+  assert wave.dtype == np.float32 and wave.ndim == 1
+  assert abs(len(wave) - 2 * RATE) <= 0.06 * RATE  # Lossy codecs pad a little.
+  assert abs(peak_hz(wave, RATE) - 440.0) < 2.0
+  capped = audio.load_audio(path, RATE, max_seconds=0.5)
+  assert abs(len(capped) - RATE // 2) <= 0.06 * RATE
+
+
+def test_npy_waveforms_mono_and_stereo(tmp_path):
+  np.save(tmp_path / "mono.npy", tone(1.0, RATE).astype(np.float32))
+  np.save(tmp_path / "stereo.npy", tone(1.0, RATE, 2).T.astype(np.float32))  # [2, samples], MusCALL's.
+  for name in ("mono.npy", "stereo.npy"):
+    wave = audio.load_audio(tmp_path / name, RATE)
+    assert wave.shape == (RATE,) and abs(peak_hz(wave, RATE) - 440.0) < 2.0
+
+
+def _reason(path, **kwargs):
+  with pytest.raises(audio.AudioError) as e:
+    audio.load_audio(path, RATE, **kwargs)
+  return e.value.reason
+
+
+def test_bad_audio_is_named_by_reason(tmp_path):
+  (tmp_path / "zero.wav").write_bytes(b"")
+  soundfile.write(tmp_path / "full.wav", tone(1.0, RATE), RATE)
+  (tmp_path / "cut.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:9000])
+  soundfile.write(tmp_path / "full.flac", tone(1.0, RATE), RATE)
+  (tmp_path / "cut.flac").write_bytes((tmp_path / "full.flac").read_bytes()[:9000])
+  soundfile.write(tmp_path / "silent.wav", np.zeros(RATE), RATE)
+  np.save(tmp_path / "nan.npy", np.full(RATE, np.nan, np.float32))
+  (tmp_path / "text.mp3").write_text("not audio")
+  assert _reason(tmp_path / "absent.wav") == "missing file"
+  assert _reason(tmp_path / "zero.wav") == "unreadable"
+  assert _reason(tmp_path / "cut.wav") == "truncated"
+  assert _reason(tmp_path / "cut.flac") == "truncated"
+  assert _reason(tmp_path / "silent.wav") == "silent"
+  assert _reason(tmp_path / "nan.npy") == "non-finite samples"
+  assert _reason(tmp_path / "text.mp3") == "unreadable"
+  assert _reason(tmp_path / "full.wav", min_seconds=2.0) == "too short"
+
+
+def _prepare(*args):
+  result = subprocess.run(
+    [sys.executable, "-m", "mclap.data.prepare", "--num_workers", "0", "--mel.n_mels", "32", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def _records(corpus, split):
+  reader = records.CorpusReader(corpus, split)
+  return {r["id"]: r for r in (reader[i] for i in range(len(reader)))}
+
+
+def _rejects(corpus):
+  return {r["id"]: r["reason"] for r in map(json.loads, (corpus / "rejects.jsonl").read_text().splitlines())}
+
+
+def test_audiocaption_layout(tmp_path):
+  root = tmp_path / "muscall"
+  (root / "audio/sub").mkdir(parents=True)
+  np.save(root / "audio/a.npy", tone(3.0, RATE, 2).T.astype(np.float32))
+  soundfile.write(root / "audio/sub/b.flac", tone(3.0, 44100), 44100)
+  soundfile.write(root / "audio/c.wav", tone(3.0, 8000, freq=300.0), 8000)
+  (root / "audio/broken.wav").write_bytes(b"RIFF")
+  splits = {
+    "dataset_train.json": [
+      {"audio_id": "a", "caption": "Slow piano. Then drums.", "audio_path": "a.npy"},
+      {"audio_id": "b", "caption": "A flute", "audio_path": "sub/b.flac"},
+      {"audio_id": "gone", "caption": "x", "audio_path": "gone.wav"},
+      {"audio_id": "blank", "caption": "  ", "audio_path": "c.wav"},
+    ],
+    "dataset_val.json": [
+      {"audio_id": "c", "caption": "Low hum", "audio_path": "c.wav"},
+      {"audio_id": "a", "caption": "again", "audio_path": "a.npy"},
+    ],
+    "dataset_test.json": [{"audio_id": "d", "caption": "broken", "audio_path": "broken.wav"}],
+  }
+  for name, entries in splits.items():
+    (root / name).write_text(json.dumps(entries))
+  out = tmp_path / "corpus"
+  _prepare("--source", "audiocaption", "--input", str(root), "--output", str(out))
+  train, val = _records(out, "train"), _records(out, "validation")
+  assert set(train) == {"a", "b"} and set(val) == {"c"} and not _records(out, "test")
+  assert train["a"]["captions"] == ["Slow piano. Then drums."]
+  assert train["a"]["mel"].shape == (32, 1 + 3 * RATE // 512)
+  assert _rejects(out) == {"gone": "missing file", "blank": "empty caption", "a": "duplicate id", "d": "unreadable"}
+  info = records.read_info(out)
+  assert info["source"] == "audiocaption" and info["num_rejected"] == 4
+
+
+def test_folder_with_csv_and_hashed_splits(tmp_path):
+  root = tmp_path / "music"
+  root.mkdir()
+  rows = ["path,caption,tags"]
+  for i in range(30):
+    soundfile.write(root / f"song {i}.ogg", tone(1.5, 22050, freq=200 + 10 * i), 22050)
+    rows.append(f'song {i}.ogg,"calm, quiet piece {i}",ambient;piano')
+  rows.append("missing.ogg,a caption,x")
+  (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+  out = tmp_path / "corpus"
+  _prepare("--source", "folder", "--input", str(root), "--output", str(out), "--seed", "3")
+  found = {split: _records(out, split) for split in ("train", "validation", "test")}
+  assert sum(len(v) for v in found.values()) == 30
+  for split, recs in found.items():
+    assert all(sources.hashed_split(i, 3) == split for i in recs)
+  any_record = next(iter(found["train"].values()))
+  assert any_record["tags"] == ["ambient", "piano"] and any_record["captions"][0].startswith("calm, quiet piece")
+  assert _rejects(out) == {"missing.ogg": "missing file"}
+  assert records.read_info(out)["tags"] == ["ambient", "piano"]
+
+
+def test_folder_with_jsonl_splits_and_tag_lists(tmp_path):
+  root = tmp_path / "music"
+  root.mkdir()
+  soundfile.write(root / "x.wav", tone(1.2, RATE), RATE)
+  soundfile.write(root / "y.mp3", tone(1.2, 44100), 44100)
+  lines = [
+    {"path": "x.wav", "caption": ["one", "two"], "tags": ["rock"], "split": "test"},
+    {"path": "y.mp3", "caption": "three", "split": "train"},
+  ]
+  (root / "meta.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+  out = tmp_path / "corpus"
+  _prepare("--source", "folder", "--input", str(root), "--metadata", str(root / "meta.jsonl"), "--output", str(out))
+  assert _records(out, "test")["x.wav"]["captions"] == ["one", "two"]
+  assert _records(out, "train")["y.mp3"]["tags"] == []
+
+
+def test_source_errors_are_one_line(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mclap.data.prepare",
+      "--source",
+      "folder",
+      "--input",
+      str(tmp_path),
+      "--output",
+      str(tmp_path / "o"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: no metadata file: --source=folder needs")
