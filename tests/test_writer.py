@@ -117,4 +117,7 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
     text=True,
   )
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1] == f"error: unknown --source={bad}; choose one of: synthetic"
+  assert (
+    result.stderr.strip().splitlines()[-1]
+    == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder"
+  )

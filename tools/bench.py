@@ -3,6 +3,8 @@
 input: Grain training pipeline throughput (crops/s, batches/s) in the main process and with the
   config's worker processes, on a synthetic corpus rendered with that config's mel settings
   (cached under build/bench/).
+prepare: `prepare --source folder` throughput in tracks/min for 30 s 44.1 kHz stereo tracks
+  (MP3 and FLAC) with every core, and the per-track time of each stage (decode, resample, mel).
 train_step, embed: examples/s of the jitted train step (forward, loss, backward, AdamW update)
   and of inference embedding (audio + text), and model FLOPs per example from XLA's cost
   analysis of the compiled computation, at `--model_batch` on all local devices.
@@ -10,11 +12,13 @@ train_step, embed: examples/s of the jitted train step (forward, loss, backward,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 from importlib import metadata
 
@@ -22,18 +26,24 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile  # noqa: E402
+import soxr  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mclap import cli, parallel, trainer  # noqa: E402
-from mclap.data import pipeline, synthetic, writer  # noqa: E402
+from mclap.data import mel as mel_lib  # noqa: E402
+from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
 from mclap.data.tokenizer import TextTokenizer  # noqa: E402
 
+_BENCHMARKS = flags.DEFINE_list("benchmarks", ["input", "prepare", "model"], "Which benchmarks to run.")
 _CONFIGS = flags.DEFINE_list("configs", ["configs/muscall.py:demo", "configs/muscall.py"], "Configs to benchmark.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per measurement (after 2 warm-up batches).")
 _CACHE = flags.DEFINE_string("cache", str(ROOT / "build/bench"), "Where benchmark corpora are kept.")
 _MODEL_CONFIGS = flags.DEFINE_list("model_configs", ["configs/muscall.py"], "Configs for train_step/embed.")
 _MODEL_BATCH = flags.DEFINE_integer("model_batch", 16, "Global batch for train_step/embed.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype for train_step/embed (bfloat16 on accelerators).")
+_PREPARE_TRACKS = flags.DEFINE_integer("prepare_tracks", 32, "Tracks for the prepare benchmark (half MP3, half FLAC).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model measurement (after 2 warm-up steps).")
 
 
@@ -97,6 +107,66 @@ def bench_input(spec: str) -> list[dict]:
   return rows
 
 
+def prepare_tracks() -> pathlib.Path:
+  """30 s 44.1 kHz stereo synthetic music as MP3 and FLAC with a metadata.csv (cached)."""
+  root = pathlib.Path(_CACHE.value) / f"prepare-src-{_PREPARE_TRACKS.value}"
+  if (root / "metadata.csv").is_file():
+    return root
+  root.mkdir(parents=True, exist_ok=True)
+  rows = ["path,caption"]
+  plan = synthetic.plan_clips(_PREPARE_TRACKS.value, 0, 30.0)
+  for spec in (spec for split in plan.values() for spec in split):
+    rng = np.random.default_rng([spec.seed, spec.index])
+    wave = synthetic.render(synthetic.draw_attributes(spec, rng), 30.0, 44100, rng)
+    name = f"{spec.id}.{'mp3' if spec.index % 2 else 'flac'}"
+    soundfile.write(root / name, np.stack([wave, wave], axis=1), 44100)
+    rows.append(f"{name},a track")
+  (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+  return root
+
+
+def bench_prepare() -> list[dict]:
+  root = prepare_tracks()
+  mel_config = mel_lib.default_mel_config().to_dict()
+  files = sorted(p for p in root.iterdir() if p.suffix in (".mp3", ".flac"))
+  stages = {"decode": 0.0, "resample": 0.0, "mel": 0.0}
+  for path in files:
+    start = time.perf_counter()
+    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    wave = data.mean(axis=1)
+    decoded = time.perf_counter()
+    wave = soxr.resample(wave, rate, 16000, quality="HQ")
+    resampled = time.perf_counter()
+    mel_lib.log_mel(wave, mel_config)
+    stages["decode"] += decoded - start
+    stages["resample"] += resampled - decoded
+    stages["mel"] += time.perf_counter() - resampled
+  with tempfile.TemporaryDirectory() as out:
+    settings = sources.DecodeSettings(tuple(sorted(mel_config.items())), None, 1.0, 16000)
+    start = time.perf_counter()
+    writer.write_corpus(
+      out,
+      sources.folder(root, 0),
+      functools.partial(sources.decode_record, settings=settings),
+      mel_config=mel_config,
+      source="folder",
+      show_progress=False,
+    )
+    seconds = time.perf_counter() - start
+  per_track = {f"{k}_ms_per_track": round(1000 * v / len(files), 1) for k, v in stages.items()}
+  return [
+    {
+      "bench": "prepare",
+      "tracks": len(files),
+      "track_seconds": 30.0,
+      "input": "44.1 kHz stereo MP3+FLAC",
+      "workers": os.cpu_count(),
+      "tracks_per_min": round(60 * len(files) / seconds, 1),
+      **per_track,
+    }
+  ]
+
+
 def flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
@@ -153,10 +223,14 @@ def bench_model(spec: str) -> list[dict]:
 def main(argv):
   del argv
   env = machine()
-  rows = [row for spec in _CONFIGS.value for row in bench_input(spec)]
-  rows += [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec)]
-  for row in rows:
-    print(json.dumps({**row, "machine": env}), flush=True)
+  runs = {
+    "input": lambda: [row for spec in _CONFIGS.value for row in bench_input(spec)],
+    "prepare": bench_prepare,
+    "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec)],
+  }
+  for name in _BENCHMARKS.value:
+    for row in runs[name]():
+      print(json.dumps({**row, "machine": env}), flush=True)
 
 
 if __name__ == "__main__":
