@@ -75,7 +75,7 @@ def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
     return
   config = load_config(spec)
   for key in overrides:
-    check_override(config, key.removeprefix("no"))  # --config.x.flag / --config.x.noflag
+    check_override(config, key)  # Booleans are set as --config.a.flag=false (no --noflag form).
 
 
 def run(main: Callable[[list[str]], None]) -> None:

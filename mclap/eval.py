@@ -39,7 +39,7 @@ def evaluate(config, workdir, step: int | None = None, best: bool = False, names
   workdir = pathlib.Path(workdir)
   mesh, model_def, state, step = restore_for_eval(config, workdir, step, best)
   context = evaluators.EvalContext(config, mesh, trainer.make_embed_fn(model_def), state)
-  available = evaluators.registry()
+  available = evaluators.REGISTRY
   names = list(names or config.evals.keys())
   if unknown := [n for n in names if n not in available or n not in config.evals]:
     raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")

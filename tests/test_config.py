@@ -60,6 +60,16 @@ def test_unknown_keys_are_named(key, message):
     cli.check_config_args(["prog", "--config", CONFIG, f"--config.{key}=1"])
 
 
+def test_booleans_are_set_with_false_not_a_no_prefix():
+  """config_flags has no --config.a.noflag form: it is an unknown key, named in one line."""
+  with pytest.raises(
+    cli.ConfigError, match=r"'nolearn_temperature' is not in model; did you mean 'model.learn_temperature'"
+  ):
+    cli.check_config_args(["prog", "--config", CONFIG, "--config.model.nolearn_temperature"])
+  result = _run_cli("--config", CONFIG, "--config.model.learn_temperature=false")
+  assert json.loads(result.stdout)["model"]["learn_temperature"] is False
+
+
 def test_unknown_variant_is_named():
   with pytest.raises(ValueError, match="unknown variant.*'dmeo'"):
     cli.load_config(CONFIG + ":dmeo")

@@ -80,7 +80,7 @@ class ToExample:
   pad_value: float
   tokenizer: TextTokenizer
   tag_vocab: tuple[str, ...]
-  caption: str  # random | first | join
+  caption: str  # random (first when called without an RNG, as in evaluation) | first | join
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> Example:
     mel = record["mel"]
@@ -151,12 +151,11 @@ def train_dataset(
 def eval_dataset(
   config: ml_collections.ConfigDict, split: str, *, process_index: int = 0, process_count: int = 1
 ) -> grain.MapDataset:
-  """Every record of `split` exactly once, in order, central crops, first caption.
+  """Every record of `split` exactly once, in order, central crops, and the first caption (all
+  captions joined if `data.caption` is "join": without an RNG, `ToExample` never samples).
 
   The last global batch is padded with repeats marked `valid == 0`; metrics must mask them.
   """
-  config = ml_collections.ConfigDict(config.to_dict())  # Local copy: evaluation uses first captions.
-  config.data.caption = "first"
   reader, transform = _reader_and_transform(config, split)
   n = len(reader)
   if n == 0:

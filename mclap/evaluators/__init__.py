@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from mclap import trainer
 from mclap.data import pipeline
+from mclap.evaluators import retrieval
 
 
 @dataclasses.dataclass
@@ -35,7 +36,4 @@ class EvalContext:
     return self._cache[split]
 
 
-def registry() -> dict[str, Any]:
-  from mclap.evaluators import retrieval
-
-  return {"retrieval": retrieval}
+REGISTRY = {"retrieval": retrieval}
