@@ -179,3 +179,36 @@ def test_source_errors_are_one_line(tmp_path):
   )
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: no metadata file: --source=folder needs")
+
+
+def test_gtzan_genres_labels_and_split_lists(tmp_path):
+  root = tmp_path / "gtzan"
+  genres = ["blues", "jazz", "rock"]
+  for g, genre in enumerate(genres):
+    (root / "genres" / genre).mkdir(parents=True)
+    for n in range(3):
+      soundfile.write(root / "genres" / genre / f"{genre}.{n:05d}.wav", tone(1.5, 22050, freq=200 + 100 * g), 22050)
+  (root / "genres/jazz/jazz.00054.wav").write_bytes(b"RIFF\x00")  # GTZAN's known corrupt file.
+  out = tmp_path / "all"
+  _prepare("--source", "gtzan", "--input", str(root), "--output", str(out))
+  test = _records(out, "test")
+  assert len(test) == 9 and _rejects(out) == {"jazz/jazz.00054.wav": "unreadable"}
+  assert test["rock/rock.00002.wav"]["label"] == 2 and test["rock/rock.00002.wav"]["tags"] == ["rock"]
+  assert test["blues/blues.00000.wav"]["captions"] == []  # Tagging sets need no captions.
+  info = records.read_info(out)
+  assert info["label_names"] == genres and info["tags"] == genres
+
+  lists = {
+    "train": ["blues/blues.00000.wav", "jazz.00001.wav"],
+    "test": ["genres/rock/rock.00000.wav", "rock/rock.00009.wav"],
+  }
+  args = []
+  for split, lines in lists.items():
+    (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    args.append(f"{split}={tmp_path / f'{split}.txt'}")
+  out = tmp_path / "filtered"
+  _prepare("--source", "gtzan", "--input", str(root / "genres"), "--output", str(out), "--split_lists", ",".join(args))
+  assert set(_records(out, "train")) == {"blues/blues.00000.wav", "jazz/jazz.00001.wav"}
+  assert set(_records(out, "test")) == {"rock/rock.00000.wav"}
+  assert _rejects(out) == {"rock/rock.00009.wav": "missing file"}
+  assert records.read_info(out)["left_out_by_split_lists"] == 10 - 3

@@ -119,5 +119,5 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
   assert result.returncode != 0
   assert (
     result.stderr.strip().splitlines()[-1]
-    == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder"
+    == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder, gtzan"
   )

@@ -18,12 +18,15 @@ from mclap.data import mel as mel_lib
 from mclap.data import sources, synthetic, writer
 from mclap.errors import UserError
 
-_SOURCE = flags.DEFINE_string("source", None, "Data source: synthetic, audiocaption, folder.", required=True)
+_SOURCE = flags.DEFINE_string("source", None, "Data source: synthetic, audiocaption, folder, gtzan.", required=True)
 _INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
 _OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
 _METADATA = flags.DEFINE_string("metadata", "", "folder: CSV/JSONL file (default: INPUT/metadata.csv or .jsonl).")
 _MAX_SECONDS = flags.DEFINE_float("max_seconds", None, "Keep at most this much of each file (default: all).")
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Reject files shorter than this.")
+_SPLIT_LISTS = flags.DEFINE_list(
+  "split_lists", [], "gtzan: split=FILE pairs, e.g. train=a.txt,validation=b.txt,test=c.txt."
+)
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
@@ -40,7 +43,7 @@ def _synthetic(mel_config: dict):
     "label_names": synthetic.LABEL_NAMES,
     "synthetic": {"seed": _SEED.value, "clip_seconds": _CLIP_SECONDS.value},
   }
-  return splits, work_fn, extra
+  return sources.Listing(splits, extra), work_fn
 
 
 def _audio_source(list_items):
@@ -56,16 +59,26 @@ def _audio_source(list_items):
       tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
     )
     work_fn = functools.partial(sources.decode_record, settings=settings)
-    return list_items(root), work_fn, {"input": str(root.absolute())}
+    listing = list_items(root)
+    listing.extra["input"] = str(root.absolute())
+    return listing, work_fn
 
   return build
 
 
 SOURCES = {
   "synthetic": _synthetic,
-  "audiocaption": _audio_source(lambda root: sources.audiocaption(root, _SEED.value)),
+  "audiocaption": _audio_source(sources.audiocaption),
   "folder": _audio_source(lambda root: sources.folder(root, _SEED.value, _METADATA.value)),
+  "gtzan": _audio_source(lambda root: sources.gtzan(root, _split_lists())),
 }
+
+
+def _split_lists() -> dict[str, str]:
+  pairs = [entry.partition("=") for entry in _SPLIT_LISTS.value]
+  if bad := [f"{name}{eq}{path}" for name, eq, path in pairs if not (eq and name and path)]:
+    raise UserError(f"--split_lists entries must be split=FILE, got {bad}")
+  return {name: path for name, _, path in pairs}
 
 
 def main(argv):
@@ -73,14 +86,15 @@ def main(argv):
   if _SOURCE.value not in SOURCES:
     raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}")
   mel_config = _MEL.value.to_dict()
-  splits, work_fn, extra = SOURCES[_SOURCE.value](mel_config)
+  listing, work_fn = SOURCES[_SOURCE.value](mel_config)
   writer.write_corpus(
     _OUTPUT.value,
-    splits,
+    listing.splits,
     work_fn,
     mel_config=mel_config,
     source=_SOURCE.value,
-    extra_info=extra,
+    extra_info=listing.extra,
+    require_captions=listing.require_captions,
     num_workers=_NUM_WORKERS.value,
     shard_size=_SHARD_SIZE.value,
   )

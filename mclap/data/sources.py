@@ -20,6 +20,7 @@ from mclap.data.writer import Reject
 from mclap.errors import UserError
 
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".npy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,16 @@ class AudioItem:
   captions: tuple[str, ...] = ()
   tags: tuple[str, ...] = ()
   label: int = -1
+
+
+@dataclasses.dataclass
+class Listing:
+  """What a source lists: items per split, extra `dataset_info.json` fields, and whether every
+  record needs a caption (caption corpora) or not (tagging and classification sets)."""
+
+  splits: dict[str, list[AudioItem]]
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+  require_captions: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +94,9 @@ def _captions(value: Any) -> tuple[str, ...]:
   return tuple(str(v).strip() for v in values if v is not None)
 
 
-def audiocaption(root: pathlib.Path, seed: int) -> dict[str, list[AudioItem]]:
+def audiocaption(root: pathlib.Path) -> Listing:
   """MusCALL's layout: `dataset_{train,val,test}.json` lists of {audio_id, caption, audio_path},
   with `audio_path` relative to `root/audio/`."""
-  del seed
   splits = {}
   for name, file in (
     ("train", "dataset_train.json"),
@@ -113,7 +123,7 @@ def audiocaption(root: pathlib.Path, seed: int) -> dict[str, list[AudioItem]]:
         )
       )
     splits[name] = items
-  return splits
+  return Listing(splits)
 
 
 def _metadata_rows(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -130,7 +140,7 @@ def _metadata_rows(path: pathlib.Path) -> list[dict[str, Any]]:
     return list(csv.DictReader(f))
 
 
-def folder(root: pathlib.Path, seed: int, metadata: str = "") -> dict[str, list[AudioItem]]:
+def folder(root: pathlib.Path, seed: int, metadata: str = "") -> Listing:
   """A folder of audio files plus a CSV or JSONL with `path, caption[, tags][, split]`.
 
   Paths are relative to `root`; tags are a list or a comma/semicolon-separated string; rows
@@ -157,4 +167,44 @@ def folder(root: pathlib.Path, seed: int, metadata: str = "") -> dict[str, list[
         id=rel, path=str(root / rel), captions=_captions(row.get("caption", "")), tags=_split_tags(row.get("tags"))
       )
     )
-  return splits
+  return Listing(splits)
+
+
+def _gtzan_key(entry: str) -> str:
+  """'genre/genre.00000.wav' from any path or bare file name in a split list."""
+  name = pathlib.PurePosixPath(entry.strip().replace("\\", "/")).name
+  return f"{name.split('.')[0]}/{name}"
+
+
+def gtzan(root: pathlib.Path, split_lists: dict[str, str]) -> Listing:
+  """GTZAN: `genres/<genre>/<genre>.NNNNN.wav` (or the genre folders directly under `root`).
+
+  Labels are the sorted genre folder names. `split_lists` maps split names to files listing
+  clips (paths or names, one per line), such as the fault-filtered split; clips in no list are
+  left out and counted. Without lists, every clip goes to the `test` split (zero-shot use).
+  """
+  base = root / "genres" if (root / "genres").is_dir() else root
+  genres = sorted(d.name for d in base.iterdir() if d.is_dir())
+  if not genres:
+    raise UserError(f"no genre folders in {base}: --source=gtzan expects genres/<genre>/<genre>.NNNNN.wav")
+  found = {
+    f"{g}/{p.name}": p for g in genres for p in sorted((base / g).iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES
+  }
+
+  def item(key: str) -> AudioItem:
+    genre = key.split("/")[0]
+    return AudioItem(
+      id=key, path=str(found.get(key, base / key)), tags=(genre,), label=genres.index(genre) if genre in genres else -1
+    )
+
+  if not split_lists:
+    return Listing({"test": [item(k) for k in found]}, {"label_names": genres}, require_captions=False)
+  splits = {}
+  for name, list_file in split_lists.items():
+    path = pathlib.Path(list_file)
+    if not path.is_file():
+      raise UserError(f"split list {path} for split '{name}' not found")
+    splits[name] = [item(_gtzan_key(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  listed = {i.id for items in splits.values() for i in items}
+  extra = {"label_names": genres, "left_out_by_split_lists": len(set(found) - listed)}
+  return Listing(splits, extra, require_captions=False)
