@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -98,6 +99,22 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path):
   result = subprocess.run(args + ["--output", str(out)], check=True, cwd=ROOT, capture_output=True, text=True)
   assert f"({len(finished)} already done)" in result.stderr
   assert _files(out) == _files(tmp_path / "whole")
+
+
+def _scaled(item, scale):
+  record = _work(item)
+  return {**record, "mel": record["mel"] * scale}
+
+
+def test_changed_work_settings_redo_the_shards(tmp_path):
+  items = {"train": [("ok", i) for i in range(6)]}
+  kwargs = dict(mel_config=TINY_MEL, source="test", num_workers=0, shard_size=4, show_progress=False)
+  writer.write_corpus(tmp_path, items, functools.partial(_scaled, scale=1.0), **kwargs)
+  writer.write_corpus(tmp_path, items, functools.partial(_scaled, scale=2.0), **kwargs)
+  assert float(records.CorpusReader(tmp_path, "train")[5]["mel"][0, 0]) == 10.0  # Not the stale 5.0.
+  assert writer.describe(functools.partial(_scaled, scale=2.0)) == writer.describe(
+    functools.partial(_scaled, scale=2.0)
+  )
 
 
 def test_changed_plan_rebuilds_and_drops_stale_shards(tmp_path):

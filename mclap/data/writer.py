@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -106,6 +107,14 @@ class _Shard:
   fingerprint: str
 
 
+def describe(work_fn: WorkFn) -> str:
+  """A description of a work function and its bound settings that is stable across runs (no
+  memory addresses), so a shard is reused only if it was made the same way."""
+  if isinstance(work_fn, functools.partial):
+    return repr((describe(work_fn.func), work_fn.args, sorted(work_fn.keywords.items())))
+  return f"{work_fn.__module__}.{work_fn.__qualname__}"
+
+
 def _plan(splits: dict[str, Sequence[Any]], shard_size: int, settings: dict[str, Any]) -> list[_Shard]:
   shards = []
   for split, items in splits.items():
@@ -181,7 +190,13 @@ def write_corpus(
   out = pathlib.Path(output_dir)
   (out / _PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
   n_mels = int(mel_config["n_mels"])
-  settings = {"mel": dict(mel_config), "source": source, "format": records.FORMAT_VERSION}
+  settings = {
+    "mel": dict(mel_config),
+    "source": source,
+    "format": records.FORMAT_VERSION,
+    "work": describe(work_fn),
+    "require_captions": require_captions,
+  }
   shards = _plan(splits, shard_size, settings)
   _remove_stale(out, shards, list(splits))
   manifests = {s.file: _load_manifest(out, s) for s in shards}
@@ -190,10 +205,11 @@ def write_corpus(
   num_workers = os.cpu_count() if num_workers is None else num_workers
   seen_ids = {i for m in manifests.values() if m for i in m["ids"]}
 
+  remaining = sum(len(s.items) for s in todo)
   start = time.time()
   bar = tqdm.tqdm(
     total=total,
-    initial=total - sum(len(s.items) for s in todo),
+    initial=total - remaining,
     unit="track",
     desc=f"prepare {source}",
     disable=not show_progress,
@@ -204,7 +220,7 @@ def write_corpus(
   results = _results(
     _Job(work_fn, n_mels, require_captions),
     (item for s in todo for item in s.items),
-    min(num_workers, sum(len(s.items) for s in todo)),
+    min(num_workers, remaining),
   )
   for shard in todo:
     tmp = out / (shard.file + ".tmp")
