@@ -33,6 +33,14 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Me
   return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
+def check_batch_sizes(mesh: Mesh, **batch_sizes: int) -> None:
+  """Global batch sizes must split evenly over the mesh's data axis."""
+  devices = mesh.shape[DATA]
+  if bad := {k: v for k, v in batch_sizes.items() if v % devices}:
+    sizes = ", ".join(f"{k}={v}" for k, v in bad.items())
+    raise ConfigError(f"{sizes} must be a multiple of the {devices} devices on the mesh's data axis")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension split over 'data', the rest replicated."""
   return NamedSharding(mesh, P(DATA))

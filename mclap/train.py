@@ -15,10 +15,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from mclap import checkpoints, cli, losses, metrics, parallel, trainer
+from mclap import checkpoints, cli, evaluators, losses, metrics, parallel, trainer
 from mclap.data import pipeline, records
 from mclap.data.tokenizer import TextTokenizer
-from mclap.errors import ConfigError
 
 
 class MetricsLog:
@@ -43,10 +42,7 @@ def total_steps(config, num_train: int) -> int:
 
 def validate(config, embed, state, mesh, logit_scale: float) -> dict[str, float]:
   """Validation loss (InfoNCE over consecutive training-sized batches) and retrieval metrics."""
-  ds = pipeline.eval_dataset(
-    config, config.data.val_split, process_index=jax.process_index(), process_count=jax.process_count()
-  )
-  emb = trainer.embed_dataset(embed, state, ds, mesh)
+  emb = evaluators.EvalContext(config, mesh, embed, state).embeddings(config.data.val_split)
   size = config.train.batch_size
   chunk_losses = [
     float(losses.infonce_loss(emb["audio"][i : i + size], emb["text"][i : i + size], logit_scale))
@@ -72,12 +68,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
 
   # ---------------------------------------------------------------- Mesh.
   mesh = parallel.make_mesh(config.mesh)
-  data_devices = mesh.shape[parallel.DATA]
-  if config.train.batch_size % data_devices or config.data.eval_batch_size % data_devices:
-    raise ConfigError(
-      f"train.batch_size={config.train.batch_size} and data.eval_batch_size={config.data.eval_batch_size} must "
-      f"be multiples of the {data_devices} devices on the mesh's data axis"
-    )
+  parallel.check_batch_sizes(
+    mesh, **{"train.batch_size": config.train.batch_size, "data.eval_batch_size": config.data.eval_batch_size}
+  )
 
   # ---------------------------------------------------------------- Input.
   num_train = records.read_info(config.data.dir)["splits"][config.data.train_split]["count"]

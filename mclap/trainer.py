@@ -141,10 +141,8 @@ def embed_dataset(embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: 
   audio, text, index = [], [], []
   for batch in batches:
     a, t = embed(state, to_global(batch, mesh))
-    host = to_global(batch, mesh, keys=("index", "valid"))
-    a, t, idx, valid = (
-      np.asarray(x) for x in multihost_utils.process_allgather((a, t, host["index"], host["valid"]), tiled=True)
-    )
+    gathered = multihost_utils.process_allgather((a, t, batch["index"], batch["valid"]), tiled=True)
+    a, t, idx, valid = (np.asarray(x) for x in gathered)
     keep = valid.astype(bool)
     audio.append(a[keep]), text.append(t[keep]), index.append(idx[keep])
   order = np.argsort(np.concatenate(index), kind="stable")

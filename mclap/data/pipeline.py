@@ -162,7 +162,7 @@ def eval_dataset(
     raise records.CorpusError(f"split '{split}' of {config.data.dir} is empty; it needs at least one record")
   global_batch = config.data.eval_batch_size
   local_batch = _local_batch_size(global_batch, process_count)
-  padded = max(1, math.ceil(n / global_batch)) * global_batch
+  padded = math.ceil(n / global_batch) * global_batch
   ds = grain.MapDataset.source(reader).map_with_index(_AttachIndex(len(reader)))
   ds = ds.repeat(math.ceil(padded / n))[:padded].map_with_index(_MarkValid(n))
   ds = ds[process_index::process_count].map(transform)
