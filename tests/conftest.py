@@ -1,9 +1,12 @@
 """Shared fixtures: one tiny synthetic corpus per test session, and configs pointing at it."""
 
+import json
 import os
 import pathlib
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -12,13 +15,42 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mclap import cli  # noqa: E402
-from mclap.data import mel, synthetic, writer  # noqa: E402
+from mclap.data import mel, records, synthetic, writer  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; jobs parse them in `cli.run`.
 
 TINY_MEL = dict(mel.default_mel_config(), n_mels=32)
 TINY_CLIPS = 64
 TINY_SECONDS = 3.0
+
+
+def tone(seconds, rate, channels=1, freq=440.0):
+  """A sine with a little noise (never silent), [samples] or [samples, channels]."""
+  t = np.arange(int(seconds * rate)) / rate
+  wave = 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(0).normal(size=t.size)
+  return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def prepare(*args):
+  """Runs `python -m mclap.data.prepare` in-line (no workers) with 32 mels; must succeed."""
+  result = subprocess.run(
+    [sys.executable, "-m", "mclap.data.prepare", "--num_workers", "0", "--mel.n_mels", "32", *map(str, args)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def corpus_records(corpus, split):
+  reader = records.CorpusReader(corpus, split, require_captions=False)
+  return {r["id"]: r for r in (reader[i] for i in range(len(reader)))}
+
+
+def corpus_rejects(corpus):
+  lines = (pathlib.Path(corpus) / records.REJECTS_FILE).read_text().splitlines()
+  return {r["id"]: r["reason"] for r in map(json.loads, lines)}
 
 
 def build_synthetic(output, num_clips=TINY_CLIPS, seconds=TINY_SECONDS, seed=0, **kwargs):

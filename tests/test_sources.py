@@ -5,17 +5,11 @@ import sys
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT
+from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
 from mclap.data import audio, records, sources
 
 RATE = 16000
-
-
-def tone(seconds, rate, channels=1, freq=440.0):
-  t = np.arange(int(seconds * rate)) / rate
-  wave = 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(0).normal(size=t.size)
-  return np.stack([wave] * channels, axis=1) if channels > 1 else wave
 
 
 def peak_hz(wave, rate):
@@ -45,6 +39,24 @@ def test_npy_waveforms_mono_and_stereo(tmp_path):
     assert wave.shape == (RATE,) and abs(peak_hz(wave, RATE) - 440.0) < 2.0
 
 
+@pytest.mark.parametrize("suffix", [".flac", ".npy"])
+def test_segment_is_cut_from_long_recordings_and_short_files_are_the_segment(tmp_path, suffix):
+  rate = 22050 if suffix == ".flac" else RATE
+  long = np.concatenate([tone(1.0, rate, freq=440.0), tone(2.0, rate, freq=880.0), tone(1.0, rate, freq=440.0)])
+  short = tone(2.0, rate, freq=660.0)
+  for name, wave in (("long", long), ("short", short)):
+    if suffix == ".npy":
+      np.save(tmp_path / f"{name}.npy", wave.astype(np.float32))
+    else:
+      soundfile.write(tmp_path / f"{name}{suffix}", wave, rate)
+  cut = audio.load_audio(tmp_path / f"long{suffix}", RATE, segment=(1.0, 3.0))
+  assert len(cut) == 2 * RATE and abs(peak_hz(cut, RATE) - 880.0) < 2.0
+  capped = audio.load_audio(tmp_path / f"long{suffix}", RATE, segment=(1.0, 3.0), max_seconds=0.5)
+  assert len(capped) == RATE // 2 and abs(peak_hz(capped, RATE) - 880.0) < 4.0
+  whole = audio.load_audio(tmp_path / f"short{suffix}", RATE, segment=(30.0, 40.0))  # Already cut out.
+  assert len(whole) == 2 * RATE and abs(peak_hz(whole, RATE) - 660.0) < 2.0
+
+
 def _reason(path, **kwargs):
   with pytest.raises(audio.AudioError) as e:
     audio.load_audio(path, RATE, **kwargs)
@@ -70,26 +82,6 @@ def test_bad_audio_is_named_by_reason(tmp_path):
   assert _reason(tmp_path / "full.wav", min_seconds=2.0) == "too short"
 
 
-def _prepare(*args):
-  result = subprocess.run(
-    [sys.executable, "-m", "mclap.data.prepare", "--num_workers", "0", "--mel.n_mels", "32", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-  )
-  assert result.returncode == 0, result.stderr
-  return result
-
-
-def _records(corpus, split):
-  reader = records.CorpusReader(corpus, split)
-  return {r["id"]: r for r in (reader[i] for i in range(len(reader)))}
-
-
-def _rejects(corpus):
-  return {r["id"]: r["reason"] for r in map(json.loads, (corpus / "rejects.jsonl").read_text().splitlines())}
-
-
 def test_audiocaption_layout(tmp_path):
   root = tmp_path / "muscall"
   (root / "audio/sub").mkdir(parents=True)
@@ -113,12 +105,17 @@ def test_audiocaption_layout(tmp_path):
   for name, entries in splits.items():
     (root / name).write_text(json.dumps(entries))
   out = tmp_path / "corpus"
-  _prepare("--source", "audiocaption", "--input", str(root), "--output", str(out))
-  train, val = _records(out, "train"), _records(out, "validation")
-  assert set(train) == {"a", "b"} and set(val) == {"c"} and not _records(out, "test")
+  prepare("--source", "audiocaption", "--input", str(root), "--output", str(out))
+  train, val = corpus_records(out, "train"), corpus_records(out, "validation")
+  assert set(train) == {"a", "b"} and set(val) == {"c"} and not corpus_records(out, "test")
   assert train["a"]["captions"] == ["Slow piano. Then drums."]
   assert train["a"]["mel"].shape == (32, 1 + 3 * RATE // 512)
-  assert _rejects(out) == {"gone": "missing file", "blank": "empty caption", "a": "duplicate id", "d": "unreadable"}
+  assert corpus_rejects(out) == {
+    "gone": "missing file",
+    "blank": "empty caption",
+    "a": "duplicate id",
+    "d": "unreadable",
+  }
   info = records.read_info(out)
   assert info["source"] == "audiocaption" and info["num_rejected"] == 4
 
@@ -133,14 +130,14 @@ def test_folder_with_csv_and_hashed_splits(tmp_path):
   rows.append("missing.ogg,a caption,x")
   (root / "metadata.csv").write_text("\n".join(rows) + "\n")
   out = tmp_path / "corpus"
-  _prepare("--source", "folder", "--input", str(root), "--output", str(out), "--seed", "3")
-  found = {split: _records(out, split) for split in ("train", "validation", "test")}
+  prepare("--source", "folder", "--input", str(root), "--output", str(out), "--seed", "3")
+  found = {split: corpus_records(out, split) for split in ("train", "validation", "test")}
   assert sum(len(v) for v in found.values()) == 30
   for split, recs in found.items():
     assert all(sources.hashed_split(i, 3) == split for i in recs)
   any_record = next(iter(found["train"].values()))
   assert any_record["tags"] == ["ambient", "piano"] and any_record["captions"][0].startswith("calm, quiet piece")
-  assert _rejects(out) == {"missing.ogg": "missing file"}
+  assert corpus_rejects(out) == {"missing.ogg": "missing file"}
   assert records.read_info(out)["tags"] == ["ambient", "piano"]
 
 
@@ -155,9 +152,9 @@ def test_folder_with_jsonl_splits_and_tag_lists(tmp_path):
   ]
   (root / "meta.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
   out = tmp_path / "corpus"
-  _prepare("--source", "folder", "--input", str(root), "--metadata", str(root / "meta.jsonl"), "--output", str(out))
-  assert _records(out, "test")["x.wav"]["captions"] == ["one", "two"]
-  assert _records(out, "train")["y.mp3"]["tags"] == []
+  prepare("--source", "folder", "--input", str(root), "--metadata", str(root / "meta.jsonl"), "--output", str(out))
+  assert corpus_records(out, "test")["x.wav"]["captions"] == ["one", "two"]
+  assert corpus_records(out, "train")["y.mp3"]["tags"] == []
 
 
 def test_source_errors_are_one_line(tmp_path):
@@ -190,9 +187,9 @@ def test_gtzan_genres_labels_and_split_lists(tmp_path):
       soundfile.write(root / "genres" / genre / f"{genre}.{n:05d}.wav", tone(1.5, 22050, freq=200 + 100 * g), 22050)
   (root / "genres/jazz/jazz.00054.wav").write_bytes(b"RIFF\x00")  # GTZAN's known corrupt file.
   out = tmp_path / "all"
-  _prepare("--source", "gtzan", "--input", str(root), "--output", str(out))
-  test = _records(out, "test")
-  assert len(test) == 9 and _rejects(out) == {"jazz/jazz.00054.wav": "unreadable"}
+  prepare("--source", "gtzan", "--input", str(root), "--output", str(out))
+  test = corpus_records(out, "test")
+  assert len(test) == 9 and corpus_rejects(out) == {"jazz/jazz.00054.wav": "unreadable"}
   assert test["rock/rock.00002.wav"]["label"] == 2 and test["rock/rock.00002.wav"]["tags"] == ["rock"]
   assert test["blues/blues.00000.wav"]["captions"] == []  # Tagging sets need no captions.
   info = records.read_info(out)
@@ -207,8 +204,8 @@ def test_gtzan_genres_labels_and_split_lists(tmp_path):
     (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
     args.append(f"{split}={tmp_path / f'{split}.txt'}")
   out = tmp_path / "filtered"
-  _prepare("--source", "gtzan", "--input", str(root / "genres"), "--output", str(out), "--split_lists", ",".join(args))
-  assert set(_records(out, "train")) == {"blues/blues.00000.wav", "jazz/jazz.00001.wav"}
-  assert set(_records(out, "test")) == {"rock/rock.00000.wav"}
-  assert _rejects(out) == {"rock/rock.00009.wav": "missing file"}
+  prepare("--source", "gtzan", "--input", str(root / "genres"), "--output", str(out), "--split_lists", ",".join(args))
+  assert set(corpus_records(out, "train")) == {"blues/blues.00000.wav", "jazz/jazz.00001.wav"}
+  assert set(corpus_records(out, "test")) == {"rock/rock.00000.wav"}
+  assert corpus_rejects(out) == {"rock/rock.00009.wav": "missing file"}
   assert records.read_info(out)["left_out_by_split_lists"] == 10 - 3

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_MEL, build_synthetic
+import soundfile
+from conftest import ROOT, TINY_MEL, build_synthetic, tone
 
 from mclap.data import records, writer
 
@@ -65,24 +66,26 @@ def test_worker_processes_write_the_same_corpus(tmp_path):
   assert _files(tmp_path / "inline") == _files(tmp_path / "pool")
 
 
-def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path):
-  args = [
-    sys.executable,
-    "-m",
-    "mclap.data.prepare",
-    "--source",
-    "synthetic",
-    "--num_clips",
-    "64",
-    "--clip_seconds",
-    "1",
-    "--shard_size",
-    "4",
-    "--num_workers",
-    "0",
-    "--mel.n_mels",
-    "32",
-  ]
+def _synthetic_args(tmp_path):
+  return ["--source", "synthetic", "--num_clips", "64", "--clip_seconds", "1", "--shard_size", "4"], 16
+
+
+def _folder_args(tmp_path):
+  """A real-audio job: 120 FLAC files in 60 shards, decoded and resampled."""
+  root = tmp_path / "music"
+  root.mkdir()
+  rows = ["path,caption"]
+  for i in range(120):
+    soundfile.write(root / f"{i:03d}.flac", tone(1.0, 22050, freq=200.0 + 5 * i), 22050)
+    rows.append(f"{i:03d}.flac,song {i}")
+  (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+  return ["--source", "folder", "--input", str(root), "--shard_size", "2"], 60
+
+
+@pytest.mark.parametrize("source_args", [_synthetic_args, _folder_args])
+def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, source_args):
+  source, num_shards = source_args(tmp_path)
+  args = [sys.executable, "-m", "mclap.data.prepare", *source, "--num_workers", "0", "--mel.n_mels", "32"]
   subprocess.run(args + ["--output", str(tmp_path / "whole")], check=True, cwd=ROOT, capture_output=True)
 
   out = tmp_path / "killed"
@@ -90,11 +93,11 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path):
   progress = out / ".progress"
   deadline = time.time() + 120
   while time.time() < deadline and len(list(progress.glob("*.json"))) < 3:
-    time.sleep(0.05)
+    time.sleep(0.02)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   finished = {p.name for p in progress.glob("*.json")}
-  assert 3 <= len(finished) < 16 and not (out / records.INFO_FILE).exists()
+  assert 3 <= len(finished) < num_shards and not (out / records.INFO_FILE).exists()
 
   result = subprocess.run(args + ["--output", str(out)], check=True, cwd=ROOT, capture_output=True, text=True)
   assert f"({len(finished)} already done)" in result.stderr
@@ -136,5 +139,6 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
   assert result.returncode != 0
   assert (
     result.stderr.strip().splitlines()[-1]
-    == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder, gtzan"
+    == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder, musiccaps, song_describer, "
+    "gtzan, mtat, mtg_jamendo, tinysol"
   )

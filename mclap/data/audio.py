@@ -25,7 +25,9 @@ class AudioError(Exception):
     return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
-def _read_npy(path: pathlib.Path, max_samples: int | None) -> np.ndarray:
+def _read_npy(
+  path: pathlib.Path, segment: tuple[float, float] | None, max_seconds: float | None, rate: int
+) -> np.ndarray:
   """MusCALL's waveforms: `[samples]` or `[channels, samples]` (channels first)."""
   try:
     data = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -35,11 +37,25 @@ def _read_npy(path: pathlib.Path, max_samples: int | None) -> np.ndarray:
     data = data.T  # [samples, channels] written the other way round.
   if data.ndim not in (1, 2) or not np.issubdtype(data.dtype, np.number):
     raise AudioError("unreadable", f"array of shape {list(data.shape)} and dtype {data.dtype} is not a waveform")
-  data = data[..., :max_samples]
+  start, stop = _span(data.shape[-1], rate, segment, max_seconds)
+  data = data[..., start:stop]
   return np.asarray(data if data.ndim == 1 else data.mean(axis=0), np.float32)
 
 
-def _read_file(path: pathlib.Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _span(frames: int, rate: int, segment: tuple[float, float] | None, max_seconds: float | None) -> tuple[int, int]:
+  """The frames to read: the segment if the file is long enough to hold it (else the whole file,
+  which is then taken to be the segment already cut out), capped at `max_seconds`."""
+  start, stop = 0, frames
+  if segment is not None and frames >= int(segment[1] * rate):
+    start, stop = int(segment[0] * rate), int(segment[1] * rate)
+  if max_seconds is not None:
+    stop = min(stop, start + int(max_seconds * rate))
+  return start, stop
+
+
+def _read_file(
+  path: pathlib.Path, segment: tuple[float, float] | None, max_seconds: float | None
+) -> tuple[np.ndarray, int]:
   try:
     f = soundfile.SoundFile(str(path))
   except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
@@ -48,8 +64,11 @@ def _read_file(path: pathlib.Path, max_seconds: float | None) -> tuple[np.ndarra
     rate, declared = f.samplerate, f.frames
     if "should be" in f.extra_info:  # libsndfile's note when a header promises more data than the file has.
       raise AudioError("truncated", " ".join(ln.strip() for ln in f.extra_info.splitlines() if "should be" in ln))
-    wanted = declared if max_seconds is None else min(declared, int(max_seconds * rate))
+    start, stop = _span(declared, rate, segment, max_seconds)
+    wanted = stop - start
     try:
+      if start:
+        f.seek(start)
       data = f.read(frames=wanted, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as e:
       raise AudioError("truncated", f"decoding stopped early: {e}") from e
@@ -64,11 +83,16 @@ def load_audio(
   path: str | pathlib.Path,
   sample_rate: int,
   *,
+  segment: tuple[float, float] | None = None,
   max_seconds: float | None = None,
   min_seconds: float = 0.0,
   npy_sample_rate: int = 16000,
 ) -> np.ndarray:
   """Mono float32 waveform of `path` at `sample_rate`, at most `max_seconds` long.
+
+  `segment` = (start, end) seconds reads just that part of a file that is long enough to hold it
+  (a MusicCaps clip inside a whole YouTube recording); a shorter file is taken to be the segment
+  already cut out, so both kinds of download work.
 
   `.npy` files are MusCALL waveforms at `npy_sample_rate`; everything else goes through
   libsndfile (WAV, FLAC, OGG/Vorbis, MP3, ...), any rate and channel count.
@@ -77,10 +101,9 @@ def load_audio(
   if not path.is_file():
     raise AudioError("missing file", str(path))
   if path.suffix.lower() == ".npy":
-    cap = None if max_seconds is None else int(max_seconds * npy_sample_rate)
-    wave, rate = _read_npy(path, cap), npy_sample_rate
+    wave, rate = _read_npy(path, segment, max_seconds, npy_sample_rate), npy_sample_rate
   else:
-    wave, rate = _read_file(path, max_seconds)
+    wave, rate = _read_file(path, segment, max_seconds)
   if wave.size == 0:
     raise AudioError("empty", "no samples")
   if not np.isfinite(wave).all():

@@ -18,14 +18,28 @@ from mclap.data import mel as mel_lib
 from mclap.data import sources, synthetic, writer
 from mclap.errors import UserError
 
-_SOURCE = flags.DEFINE_string("source", None, "Data source: synthetic, audiocaption, folder, gtzan.", required=True)
+_SOURCE = flags.DEFINE_string(
+  "source",
+  None,
+  "Data source: synthetic, audiocaption, folder, musiccaps, song_describer, gtzan, mtat, mtg_jamendo, tinysol.",
+  required=True,
+)
 _INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
 _OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
-_METADATA = flags.DEFINE_string("metadata", "", "folder: CSV/JSONL file (default: INPUT/metadata.csv or .jsonl).")
+_METADATA = flags.DEFINE_string(
+  "metadata", "", "folder, musiccaps, song_describer: the metadata file, if not the default one in --input."
+)
+_AUDIO_DIR = flags.DEFINE_string("audio_dir", "", "Audio folder, if not the source's default under --input.")
+_SUBSET = flags.DEFINE_string(
+  "subset", "", "mtg_jamendo: genre|moodtheme|instrument|top50|all; mtat: top50|all; song_describer: all|valid."
+)
+_FOLD = flags.DEFINE_integer(
+  "fold", None, "mtg_jamendo: the official split-N (default 0); tinysol: the fold kept as test (default: all test)."
+)
 _MAX_SECONDS = flags.DEFINE_float("max_seconds", None, "Keep at most this much of each file (default: all).")
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Reject files shorter than this.")
 _SPLIT_LISTS = flags.DEFINE_list(
-  "split_lists", [], "gtzan: split=FILE pairs, e.g. train=a.txt,validation=b.txt,test=c.txt."
+  "split_lists", [], "gtzan, mtat: split=FILE pairs, e.g. train=a.txt,validation=b.txt,test=c.txt (text or .npy)."
 )
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
@@ -70,7 +84,14 @@ SOURCES = {
   "synthetic": _synthetic,
   "audiocaption": _audio_source(sources.audiocaption),
   "folder": _audio_source(lambda root: sources.folder(root, _SEED.value, _METADATA.value)),
+  "musiccaps": _audio_source(lambda root: sources.musiccaps(root, _SEED.value, _METADATA.value, _AUDIO_DIR.value)),
+  "song_describer": _audio_source(
+    lambda root: sources.song_describer(root, _SUBSET.value, _METADATA.value, _AUDIO_DIR.value)
+  ),
   "gtzan": _audio_source(lambda root: sources.gtzan(root, _split_lists())),
+  "mtat": _audio_source(lambda root: sources.mtat(root, _split_lists(), _SUBSET.value, _AUDIO_DIR.value)),
+  "mtg_jamendo": _audio_source(lambda root: sources.mtg_jamendo(root, _SUBSET.value, _FOLD.value, _AUDIO_DIR.value)),
+  "tinysol": _audio_source(lambda root: sources.tinysol(root, _FOLD.value, _AUDIO_DIR.value)),
 }
 
 

@@ -7,12 +7,15 @@ ids) are listed anyway and rejected on the way, so `rejects.jsonl` accounts for 
 
 from __future__ import annotations
 
+import ast
 import csv
 import dataclasses
 import hashlib
 import json
 import pathlib
 from typing import Any
+
+import numpy as np
 
 from mclap.data import audio
 from mclap.data import mel as mel_lib
@@ -30,6 +33,7 @@ class AudioItem:
   captions: tuple[str, ...] = ()
   tags: tuple[str, ...] = ()
   label: int = -1
+  segment: tuple[float, float] | None = None  # (start, end) seconds inside a longer recording.
 
 
 @dataclasses.dataclass
@@ -57,6 +61,7 @@ def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] |
     wave = audio.load_audio(
       item.path,
       mel_config["sample_rate"],
+      segment=item.segment,
       max_seconds=settings.max_seconds,
       min_seconds=settings.min_seconds,
       npy_sample_rate=settings.npy_sample_rate,
@@ -72,15 +77,16 @@ def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] |
   }
 
 
-def hashed_split(item_id: str, seed: int) -> str:
-  """80/10/10 train/validation/test by a seeded hash of the id: stable as the corpus grows."""
+def hashed_split(item_id: str, seed: int, fractions: tuple[tuple[str, float], ...] = SPLIT_FRACTIONS) -> str:
+  """A split by a seeded hash of the id (80/10/10 train/validation/test by default): stable as
+  the corpus grows, and the same for every caption of one recording."""
   bucket = int(hashlib.sha1(f"{seed}:{item_id}".encode()).hexdigest(), 16) % 1000 / 1000
   total = 0.0
-  for name, fraction in SPLIT_FRACTIONS:
+  for name, fraction in fractions:
     total += fraction
     if bucket < total:
       return name
-  return SPLIT_FRACTIONS[-1][0]
+  return fractions[-1][0]
 
 
 def _split_tags(value: Any) -> tuple[str, ...]:
@@ -92,6 +98,75 @@ def _split_tags(value: Any) -> tuple[str, ...]:
 def _captions(value: Any) -> tuple[str, ...]:
   values = value if isinstance(value, list) else [value]
   return tuple(str(v).strip() for v in values if v is not None)
+
+
+def _listed_tags(value: Any) -> tuple[str, ...]:
+  """Tags written as a Python/JSON list literal ("['rock', 'pop']", MusicCaps and Song Describer),
+  a bracketed list without quotes, or a comma-separated string."""
+  text = str(value or "").strip()
+  if text.startswith("[") and text.endswith("]"):
+    try:
+      parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      parsed = [t.strip().strip("'\"") for t in text[1:-1].split(",")]
+    if isinstance(parsed, list):
+      return tuple(str(t).strip() for t in parsed if str(t).strip())
+  return _split_tags(text)
+
+
+def _truthy(value: Any) -> bool:
+  return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def _audio_root(root: pathlib.Path, audio_dir: str, names: tuple[str, ...] = ("audio",)) -> pathlib.Path:
+  """`--audio_dir` if given, else the first of `root/<name>` that exists, else `root`."""
+  if audio_dir:
+    path = pathlib.Path(audio_dir)
+    if not path.is_dir():
+      raise UserError(f"--audio_dir {path} is not a directory")
+    return path
+  return next((root / n for n in names if (root / n).is_dir()), root)
+
+
+def _find_audio(audio_root: pathlib.Path, rel: str, variants: tuple[str, ...] = ()) -> str:
+  """`audio_root/rel`, or the first existing variant of it with an infix before the suffix (the
+  datasets' own downloads: `1234.2min.mp3` for `1234.mp3`, `214.low.mp3`). A path that exists in
+  no form is returned as is and rejected as a missing file."""
+  path = audio_root / rel
+  if not path.is_file():
+    candidates = (path.with_name(f"{path.stem}{infix}{path.suffix}") for infix in variants)
+    path = next((c for c in candidates if c.is_file()), path)
+  return str(path)
+
+
+def _index_by_stem(audio_root: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Every audio file under `audio_root` by file name without suffix (MusicCaps names by ytid)."""
+  return {p.stem: p for p in sorted(audio_root.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES}
+
+
+def _metadata_file(root: pathlib.Path, metadata: str, default: str, source: str, columns: str) -> pathlib.Path:
+  path = pathlib.Path(metadata) if metadata else root / default
+  if not path.is_file():
+    raise UserError(f"{path} not found: --source={source} needs {default} ({columns}) in --input, or --metadata FILE")
+  return path
+
+
+def _require_columns(path: pathlib.Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+  if missing := [c for c in columns if rows and c not in rows[0]]:
+    raise UserError(f"{path} lacks column(s) {missing} (columns: {sorted(rows[0])})")
+
+
+def _list_entries(list_file: str, split: str) -> list[str]:
+  """A split list: one entry per line of a text file, or a NumPy array of strings (`.npy`)."""
+  path = pathlib.Path(list_file)
+  if not path.is_file():
+    raise UserError(f"split list {path} for split '{split}' not found")
+  if path.suffix == ".npy":
+    try:
+      return [str(x) for x in np.load(path, allow_pickle=False).reshape(-1)]
+    except ValueError as e:
+      raise UserError(f"split list {path} is not a NumPy array of strings ({e}); write one entry per line") from e
+  return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def audiocaption(root: pathlib.Path) -> Listing:
@@ -126,7 +201,7 @@ def audiocaption(root: pathlib.Path) -> Listing:
   return Listing(splits)
 
 
-def _metadata_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+def _metadata_rows(path: pathlib.Path, delimiter: str = ",") -> list[dict[str, Any]]:
   if path.suffix.lower() == ".jsonl":
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -137,7 +212,7 @@ def _metadata_rows(path: pathlib.Path) -> list[dict[str, Any]]:
           raise UserError(f"{path} line {n} is not valid JSON ({e})") from e
     return rows
   with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
+    return list(csv.DictReader(f, delimiter=delimiter))
 
 
 def folder(root: pathlib.Path, seed: int, metadata: str = "") -> Listing:
@@ -199,12 +274,221 @@ def gtzan(root: pathlib.Path, split_lists: dict[str, str]) -> Listing:
 
   if not split_lists:
     return Listing({"test": [item(k) for k in found]}, {"label_names": genres}, require_captions=False)
-  splits = {}
-  for name, list_file in split_lists.items():
-    path = pathlib.Path(list_file)
-    if not path.is_file():
-      raise UserError(f"split list {path} for split '{name}' not found")
-    splits[name] = [item(_gtzan_key(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  splits = {name: [item(_gtzan_key(e)) for e in _list_entries(file, name)] for name, file in split_lists.items()}
   listed = {i.id for items in splits.values() for i in items}
   extra = {"label_names": genres, "left_out_by_split_lists": len(set(found) - listed)}
   return Listing(splits, extra, require_captions=False)
+
+
+def musiccaps(root: pathlib.Path, seed: int, metadata: str = "", audio_dir: str = "") -> Listing:
+  """MusicCaps: `musiccaps-public.csv` (ytid, start_s, end_s, caption, aspect_list,
+  is_audioset_eval) and audio files named `<ytid>.<ext>` anywhere under the audio folder.
+
+  A file may be the whole recording (the [start_s, end_s) clip is cut out) or the clip itself.
+  The AudioSet evaluation clips form `test`; the rest splits 90/10 into train/validation by a
+  seeded hash of the ytid. Aspects become tags.
+  """
+  path = _metadata_file(root, metadata, "musiccaps-public.csv", "musiccaps", "ytid, start_s, end_s, caption")
+  rows = _metadata_rows(path)
+  _require_columns(path, rows, ("ytid", "start_s", "end_s", "caption"))
+  audio_root = _audio_root(root, audio_dir)
+  files = _index_by_stem(audio_root)
+  splits = {name: [] for name, _ in SPLIT_FRACTIONS}
+  for n, row in enumerate(rows, 2):
+    ytid = row["ytid"].strip()
+    try:
+      segment = (float(row["start_s"]), float(row["end_s"]))
+    except ValueError as e:
+      raise UserError(f"{path} line {n} ({ytid}): start_s/end_s are not numbers ({e})") from e
+    if "is_audioset_eval" in row:
+      split = (
+        "test" if _truthy(row["is_audioset_eval"]) else hashed_split(ytid, seed, (("train", 0.9), ("validation", 0.1)))
+      )
+    else:
+      split = hashed_split(ytid, seed)
+    splits[split].append(
+      AudioItem(
+        id=ytid,
+        path=str(files.get(ytid, audio_root / f"{ytid}.wav")),
+        captions=_captions(row["caption"]),
+        tags=_listed_tags(row.get("aspect_list")),
+        segment=segment,
+      )
+    )
+  return Listing(splits)
+
+
+MTG_CATEGORIES = {"genre": "genre", "instrument": "instrument", "mood/theme": "moodtheme"}
+
+
+def song_describer(root: pathlib.Path, subset: str = "", metadata: str = "", audio_dir: str = "") -> Listing:
+  """Song Describer: `song_describer.csv` (a row per caption: caption_id, track_id, caption,
+  is_valid_subset, path, genre/instrument/mood/theme lists) and the `audio/` folder.
+
+  Every caption of a track goes into that track's one record. The dataset is for evaluation only,
+  so everything is `test`; `--subset=valid` keeps the validated captions only.
+  """
+  if subset not in ("", "all", "valid"):
+    raise UserError(f"--subset={subset} for song_describer; use all or valid")
+  path = _metadata_file(root, metadata, "song_describer.csv", "song_describer", "track_id, caption, path")
+  rows = _metadata_rows(path)
+  _require_columns(path, rows, ("track_id", "caption", "path"))
+  audio_root = _audio_root(root, audio_dir)
+  tracks: dict[str, dict[str, Any]] = {}
+  left_out = 0
+  for row in rows:
+    if subset == "valid" and not _truthy(row.get("is_valid_subset")):
+      left_out += 1
+      continue
+    track = tracks.setdefault(row["track_id"].strip(), {"path": row["path"], "captions": [], "tags": {}})
+    track["captions"].extend(_captions(row["caption"]))
+    for column in MTG_CATEGORIES:
+      track["tags"].update(dict.fromkeys(f"{column}---{t}" for t in _listed_tags(row.get(column))))
+  items = [
+    AudioItem(
+      id=track_id,
+      path=_find_audio(audio_root, t["path"], (".2min",)),
+      captions=tuple(t["captions"]),
+      tags=tuple(t["tags"]),
+    )
+    for track_id, t in tracks.items()
+  ]
+  extra = {"tag_text": _mtg_tag_text(t for i in items for t in i.tags), "left_out_not_in_subset": left_out}
+  return Listing({"test": items}, extra)
+
+
+def _mtg_tag_text(tags) -> dict[str, str]:
+  """'genre---rock' -> 'rock': the words a prompt should use for an MTG-Jamendo style tag."""
+  return {t: t.split("---", 1)[-1] for t in sorted(set(tags))}
+
+
+MTAT_LIST_SPLIT = {**dict.fromkeys("0123456789ab", "train"), "c": "validation", **dict.fromkeys("def", "test")}
+
+
+def mtat(root: pathlib.Path, split_lists: dict[str, str], subset: str = "", audio_dir: str = "") -> Listing:
+  """MagnaTagATune: `annotations_final.csv` (tab-separated clip_id, 188 binary tag columns,
+  mp3_path) and the audio folders `0`...`f`.
+
+  Tags are the 50 most frequent (`--subset=top50`, the default) or all 188 (`--subset=all`).
+  `split_lists` (entries: clip paths, or clip ids) give the common top-50 split; without them the
+  folder split is used (0-b train, c validation, d-f test) and clips with none of the tags are
+  left out and counted.
+  """
+  if subset not in ("", "top50", "all"):
+    raise UserError(f"--subset={subset} for mtat; use top50 or all")
+  path = _metadata_file(root, "", "annotations_final.csv", "mtat", "tab-separated clip_id, tags..., mp3_path")
+  rows = _metadata_rows(path, delimiter="\t")
+  _require_columns(path, rows, ("clip_id", "mp3_path"))
+  names = [c for c in rows[0] if c not in ("clip_id", "mp3_path")] if rows else []
+  counts = {t: sum(r[t].strip() == "1" for r in rows) for t in names}
+  ranked = sorted(names, key=lambda t: (-counts[t], t))
+  vocab = sorted(ranked[:50] if subset in ("", "top50") else ranked)
+  audio_root = _audio_root(root, audio_dir, ("audio", "mp3"))
+
+  def item(row: dict[str, str]) -> AudioItem:
+    rel = row["mp3_path"].strip()
+    return AudioItem(id=rel, path=str(audio_root / rel), tags=tuple(t for t in vocab if row[t].strip() == "1"))
+
+  extra: dict[str, Any] = {"tags": vocab, "subset": subset or "top50"}
+  if split_lists:
+    by_key = {k: r for r in rows for k in (r["mp3_path"].strip(), r["clip_id"].strip())}
+    splits = {}
+    for name, file in split_lists.items():
+      entries = [_mtat_key(e) for e in _list_entries(file, name)]
+      splits[name] = [item(by_key[k]) if k in by_key else AudioItem(id=k, path=str(audio_root / k)) for k in entries]
+    return Listing(splits, extra, require_captions=False)
+  splits = {"train": [], "validation": [], "test": []}
+  untagged = 0
+  for row in rows:
+    clip = item(row)
+    if not clip.tags:
+      untagged += 1
+      continue
+    splits[MTAT_LIST_SPLIT.get(clip.id[:1], "train")].append(clip)
+  extra["left_out_without_tags"] = untagged
+  return Listing(splits, extra, require_captions=False)
+
+
+def _mtat_key(entry: str) -> str:
+  """The clip path of a split-list entry such as "12\tf/some-clip-30-59.mp3", else the entry
+  itself (a clip id)."""
+  fields = [f.strip() for f in entry.replace(",", "\t").split("\t") if f.strip()]
+  return next((f for f in fields if f.lower().endswith(AUDIO_SUFFIXES)), fields[0] if fields else entry)
+
+
+MTG_SUBSETS = {
+  "genre": "autotagging_genre",
+  "moodtheme": "autotagging_moodtheme",
+  "instrument": "autotagging_instrument",
+  "top50": "autotagging_top50tags",
+  "all": "autotagging",
+}
+
+
+def mtg_jamendo(root: pathlib.Path, subset: str = "", fold: int | None = None, audio_dir: str = "") -> Listing:
+  """MTG-Jamendo: the official `splits/split-N/<subset>-{train,validation,test}.tsv` files (TRACK_ID,
+  ARTIST_ID, ALBUM_ID, PATH, DURATION, then one tag per column such as `genre---rock`) and the
+  audio folder (`14/214.mp3`, or the low-quality `14/214.low.mp3`).
+
+  `root` may be the dataset repository, its `data/` folder, or `splits/`. Subsets: genre,
+  moodtheme, instrument, top50 (default), all; `fold` picks split-N (default 0).
+  """
+  subset = subset or "top50"
+  if subset not in MTG_SUBSETS:
+    raise UserError(f"--subset={subset} for mtg_jamendo; use one of {', '.join(MTG_SUBSETS)}")
+  fold = 0 if fold is None else fold
+  candidates = [root / "data" / "splits", root / "splits", root]
+  split_dir = next((c / f"split-{fold}" for c in candidates if (c / f"split-{fold}").is_dir()), None)
+  if split_dir is None:
+    raise UserError(
+      f"no split-{fold} folder in {' or '.join(map(str, candidates))}: --source=mtg_jamendo expects "
+      "the dataset's data/splits/split-N/*.tsv"
+    )
+  audio_root = _audio_root(root, audio_dir)
+  splits = {}
+  for name in ("train", "validation", "test"):
+    tsv = split_dir / f"{MTG_SUBSETS[subset]}-{name}.tsv"
+    if not tsv.is_file():
+      raise UserError(f"{tsv} not found: split-{fold} has no {name} file for --subset={subset}")
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].startswith("TRACK_ID"):
+      raise UserError(f"{tsv} does not start with the TRACK_ID ARTIST_ID ALBUM_ID PATH DURATION TAGS header")
+    items = []
+    for n, line in enumerate(lines[1:], 2):
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) < 5:
+        raise UserError(
+          f"{tsv} line {n} has {len(fields)} fields; expected TRACK_ID, ARTIST_ID, ALBUM_ID, PATH, DURATION, tags"
+        )
+      items.append(AudioItem(id=fields[0], path=_find_audio(audio_root, fields[3], (".low",)), tags=tuple(fields[5:])))
+    splits[name] = items
+  tags = [t for items in splits.values() for i in items for t in i.tags]
+  extra = {"tags": sorted(set(tags)), "tag_text": _mtg_tag_text(tags), "subset": subset, "split_number": fold}
+  return Listing(splits, extra, require_captions=False)
+
+
+def tinysol(root: pathlib.Path, fold: int | None = None, audio_dir: str = "") -> Listing:
+  """TinySOL: `TinySOL_metadata.csv` (Path, Fold, Family, Instrument (in full), ...) and the
+  audio folder `TinySOL/` (or `audio/`). Labels are the instruments; tags the instrument and its
+  family. Everything is `test` (zero-shot use) unless `fold` is given: then that fold is `test`
+  and the other four are `train`.
+  """
+  path = _metadata_file(root, "", "TinySOL_metadata.csv", "tinysol", "Path, Fold, Family, Instrument (in full)")
+  rows = _metadata_rows(path)
+  instrument_column = next((c for c in ("Instrument (in full)", "Instrument Name") if rows and c in rows[0]), "")
+  _require_columns(path, rows, ("Path", "Fold", "Family", instrument_column or "Instrument (in full)"))
+  audio_root = _audio_root(root, audio_dir, ("TinySOL", "audio"))
+  labels = sorted({r[instrument_column].strip() for r in rows})
+  splits: dict[str, list[AudioItem]] = {"train": [], "test": []} if fold is not None else {"test": []}
+  for row in rows:
+    instrument = row[instrument_column].strip()
+    split = "test" if fold is None or row["Fold"].strip() == str(fold) else "train"
+    splits[split].append(
+      AudioItem(
+        id=row["Path"].strip(),
+        path=str(audio_root / row["Path"].strip()),
+        tags=(instrument, row["Family"].strip()),
+        label=labels.index(instrument),
+      )
+    )
+  return Listing(splits, {"label_names": labels}, require_captions=False)
