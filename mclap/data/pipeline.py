@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
+from mclap.data import augment, records
 from mclap.data import mel as mel_lib
-from mclap.data import records
 from mclap.data.tokenizer import TextTokenizer
 from mclap.errors import ConfigError
 
@@ -72,52 +73,95 @@ class _MarkValid:
     return {**record, "valid": int(position < self.num_records)}
 
 
+def split_sentences(text: str) -> list[str]:
+  """Sentences of a caption: split after ., ! or ? followed by white space."""
+  return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
+def positives(captions: list[str], unit: str) -> list[str]:
+  """The texts that describe a clip: its captions, or every sentence of every caption."""
+  captions = [c.strip() for c in captions if c.strip()]
+  return [s for c in captions for s in split_sentences(c)] if unit == "sentences" else captions
+
+
 @dataclasses.dataclass(frozen=True)
 class ToExample:
-  """Record -> fixed-shape example: mel crop, tokens, label, multi-hot tags."""
+  """Record -> fixed-shape example: mel crop (augmented in training), tokens, label, multi-hot tags.
+
+  With a random generator (training) the crop is random and augmented, and the text a random
+  positive; without one (evaluation) the crop is central, nothing is augmented, and the text is
+  the first positive (or all joined).
+  """
 
   crop_frames: int
   pad_value: float
   tokenizer: TextTokenizer
   tag_vocab: tuple[str, ...]
-  caption: str  # random (first when called without an RNG, as in evaluation) | first | join
+  caption: str  # random | first | join, over the positives.
+  positives: str = "captions"  # captions | sentences.
+  augmenter: augment.Augmenter | None = None
+  partners: Any = None  # The split's records, to draw mixup partners from.
+
+  def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+    return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> Example:
-    mel = record["mel"]
-    crop, valid = crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
-    captions = [c for c in record["captions"] if c.strip()]
+    crop, valid = self._crop(record["mel"], rng)
+    tags = set(record["tags"])
+    if rng is not None and self.augmenter is not None:
+      weight = self.augmenter.mixup_weight(rng)
+      if weight is not None:
+        # Mixup: this clip stays dominant (weight >= 0.5) and keeps its caption and label; the
+        # partner's tags are added, since both clips are audible in the mix.
+        partner = self.partners[int(rng.integers(len(self.partners)))]
+        other, other_valid = self._crop(partner["mel"], rng)
+        crop = augment.mix(np.asarray(crop, np.float32), np.asarray(other, np.float32), weight, self.pad_value)
+        valid = max(valid, other_valid)
+        tags.update(partner["tags"])
+      crop = self.augmenter(crop, valid, rng)
+    texts = positives(record["captions"], self.positives)
     if self.caption == "join":
-      text = " ".join(captions)
+      text = " ".join(texts)
     elif self.caption == "random" and rng is not None:
-      text = captions[rng.integers(len(captions))]
+      text = texts[rng.integers(len(texts))]
     else:
-      text = captions[0]
+      text = texts[0]
     tokens, token_mask = self.tokenizer([text])
-    tags = np.zeros(len(self.tag_vocab), np.uint8)
-    tags[[self.tag_vocab.index(t) for t in record["tags"] if t in self.tag_vocab]] = 1
+    multi_hot = np.zeros(len(self.tag_vocab), np.uint8)
+    multi_hot[[self.tag_vocab.index(t) for t in tags if t in self.tag_vocab]] = 1
     return {
-      "mel": crop.astype(np.float16),
+      "mel": np.asarray(crop, np.float16),
       "mel_frames": np.int32(valid),
       "tokens": tokens[0],
       "token_mask": token_mask[0],
       "label": np.int32(record["label"]),
-      "tags": tags,
+      "tags": multi_hot,
       "index": np.int32(record["index"]),
       "valid": np.int32(record.get("valid", 1)),
     }
 
 
-def _reader_and_transform(config, split: str) -> tuple[records.CorpusReader, ToExample]:
+def _reader_and_transform(config, split: str, train: bool) -> tuple[records.CorpusReader, ToExample]:
   reader = records.CorpusReader(config.data.dir, split, require_captions=True)
   check_corpus(reader.info, config, config.data.dir)
   if config.data.caption not in ("random", "first", "join"):
     raise ConfigError(f"config.data.caption={config.data.caption!r}; use random, first or join")
+  if config.data.positives not in ("captions", "sentences"):
+    raise ConfigError(f"config.data.positives={config.data.positives!r}; use captions or sentences")
+  mel_config = reader.info["mel"]
+  augmenter = None
+  if train:
+    frames_per_second = mel_config["sample_rate"] / mel_config["hop_length"]
+    augmenter = augment.Augmenter.from_config(config.data.augment, mel_lib.floor_db(mel_config), frames_per_second)
   transform = ToExample(
-    crop_frames=mel_lib.num_frames(config.data.crop_seconds, reader.info["mel"]),
-    pad_value=mel_lib.floor_db(reader.info["mel"]),
+    crop_frames=mel_lib.num_frames(config.data.crop_seconds, mel_config),
+    pad_value=mel_lib.floor_db(mel_config),
     tokenizer=TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens),
     tag_vocab=tuple(reader.info.get("tags", [])),
     caption=config.data.caption,
+    positives=config.data.positives,
+    augmenter=augmenter,
+    partners=reader if augmenter and augmenter.mixup_prob else None,
   )
   return reader, transform
 
@@ -134,7 +178,7 @@ def train_dataset(
   config: ml_collections.ConfigDict, *, process_index: int = 0, process_count: int = 1
 ) -> grain.MapDataset:
   """Infinite, reshuffled-every-epoch batches of this process's share of the global batch."""
-  reader, transform = _reader_and_transform(config, config.data.train_split)
+  reader, transform = _reader_and_transform(config, config.data.train_split, train=True)
   local_batch = _local_batch_size(config.train.batch_size, process_count)
   if len(reader) < config.train.batch_size:
     raise records.CorpusError(
@@ -151,12 +195,12 @@ def train_dataset(
 def eval_dataset(
   config: ml_collections.ConfigDict, split: str, *, process_index: int = 0, process_count: int = 1
 ) -> grain.MapDataset:
-  """Every record of `split` exactly once, in order, central crops, and the first caption (all
-  captions joined if `data.caption` is "join": without an RNG, `ToExample` never samples).
+  """Every record of `split` exactly once, in order: central crops, no augmentation, and the first
+  positive (all joined if `data.caption` is "join"): without an RNG, `ToExample` never samples.
 
   The last global batch is padded with repeats marked `valid == 0`; metrics must mask them.
   """
-  reader, transform = _reader_and_transform(config, split)
+  reader, transform = _reader_and_transform(config, split, train=False)
   n = len(reader)
   if n == 0:
     raise records.CorpusError(f"split '{split}' of {config.data.dir} is empty; it needs at least one record")
