@@ -1,10 +1,12 @@
 """The public datasets' own layouts, rebuilt in miniature with audio synthesized here."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import soundfile
-from conftest import corpus_records, corpus_rejects, prepare, tone
+from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
 from mclap.data import records, sources
 
@@ -170,3 +172,36 @@ def test_tinysol_labels_and_folds(tmp_path):
   assert set(corpus_records(out, "train")) == {"Strings/Violin/ordinario/Vn-ord-A4-pp-1c-N.wav"}
   assert len(corpus_records(out, "test")) == 2
   assert json.loads((out / records.INFO_FILE).read_text())["splits"]["train"]["count"] == 1
+
+
+def test_tfds_dataset_with_audio_caption_and_label(tmp_path):
+  data_dir = tmp_path / "tensorflow_datasets"
+  build = subprocess.run([sys.executable, str(ROOT / "tests/tfds_tiny.py"), str(data_dir)], capture_output=True)
+  assert build.returncode == 0, build.stderr.decode()[-2000:]
+  out = tmp_path / "corpus"
+  prepare("--source", "tfds:tiny_music", "--input", data_dir, "--output", out)
+  by_caption = {r["captions"][0]: r for r in corpus_records(out, "train").values()}  # TFDS shuffles.
+  assert set(by_caption) == {"clip number 0", "clip number 1"}
+  assert by_caption["clip number 1"]["label"] == 1 and by_caption["clip number 1"]["tags"] == ["jazz"]
+  assert by_caption["clip number 0"]["mel"].shape == (32, frames(1.5))
+  assert [r["captions"] for r in corpus_records(out, "validation").values()] == [["clip number 3"]]
+  assert list(corpus_rejects(out).values()) == ["silent"]
+  info = records.read_info(out)
+  assert info["label_names"] == ["blues", "jazz"] and info["tfds"]["name"] == "tiny_music"
+  missing = subprocess.run(
+    [sys.executable, "-m", "mclap.data.prepare", "--source", "tfds:no_such_set", "--input", str(data_dir)]
+    + ["--output", str(tmp_path / "x")],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert missing.returncode != 0
+  assert missing.stderr.strip().splitlines()[-1].startswith("error: cannot open TFDS dataset 'no_such_set'")
+
+
+def test_tfds_pcm_scaling():
+  from mclap.data import tfds_source
+
+  np.testing.assert_allclose(tfds_source.to_float(np.array([16384, -32768], np.int64)), [0.5, -1.0])
+  np.testing.assert_allclose(tfds_source.to_float(np.array([[2**30, 0]], np.int64)), [0.25])
+  np.testing.assert_array_equal(tfds_source.to_float(np.array([0.25], np.float32)), [0.25])

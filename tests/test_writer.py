@@ -140,5 +140,5 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
   assert (
     result.stderr.strip().splitlines()[-1]
     == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder, musiccaps, song_describer, "
-    "gtzan, mtat, mtg_jamendo, tinysol"
+    "gtzan, mtat, mtg_jamendo, tinysol, tfds:<name>"
   )

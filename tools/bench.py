@@ -146,7 +146,7 @@ def bench_prepare() -> list[dict]:
     start = time.perf_counter()
     writer.write_corpus(
       out,
-      sources.folder(root, 0),
+      sources.folder(root, 0).splits,
       functools.partial(sources.decode_record, settings=settings),
       mel_config=mel_config,
       source="folder",

@@ -104,6 +104,12 @@ def load_audio(
     wave, rate = _read_npy(path, segment, max_seconds, npy_sample_rate), npy_sample_rate
   else:
     wave, rate = _read_file(path, segment, max_seconds)
+  return conform(wave, rate, sample_rate, min_seconds)
+
+
+def conform(wave: np.ndarray, rate: int, sample_rate: int, min_seconds: float = 0.0) -> np.ndarray:
+  """Checks a decoded mono wave (empty, non-finite, silent, too short) and resamples it to
+  `sample_rate`: the end of every decoding path."""
   if wave.size == 0:
     raise AudioError("empty", "no samples")
   if not np.isfinite(wave).all():

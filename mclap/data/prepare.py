@@ -15,13 +15,14 @@ from ml_collections import config_flags
 
 from mclap import cli
 from mclap.data import mel as mel_lib
-from mclap.data import sources, synthetic, writer
+from mclap.data import sources, synthetic, tfds_source, writer
 from mclap.errors import UserError
 
 _SOURCE = flags.DEFINE_string(
   "source",
   None,
-  "Data source: synthetic, audiocaption, folder, musiccaps, song_describer, gtzan, mtat, mtg_jamendo, tinysol.",
+  "Data source: synthetic, audiocaption, folder, musiccaps, song_describer, gtzan, mtat, mtg_jamendo, tinysol, "
+  "or tfds:<name> (a dataset in the TFDS data dir --input).",
   required=True,
 )
 _INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
@@ -95,6 +96,10 @@ SOURCES = {
 }
 
 
+def _tfds(mel_config: dict):
+  return tfds_source.list_items(_SOURCE.value, _INPUT.value or "", mel_config, _MAX_SECONDS.value, _MIN_SECONDS.value)
+
+
 def _split_lists() -> dict[str, str]:
   pairs = [entry.partition("=") for entry in _SPLIT_LISTS.value]
   if bad := [f"{name}{eq}{path}" for name, eq, path in pairs if not (eq and name and path)]:
@@ -104,10 +109,11 @@ def _split_lists() -> dict[str, str]:
 
 def main(argv):
   del argv
-  if _SOURCE.value not in SOURCES:
-    raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}")
+  is_tfds = _SOURCE.value.startswith("tfds:")
+  if _SOURCE.value not in SOURCES and not is_tfds:
+    raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}, tfds:<name>")
   mel_config = _MEL.value.to_dict()
-  listing, work_fn = SOURCES[_SOURCE.value](mel_config)
+  listing, work_fn = (_tfds if is_tfds else SOURCES[_SOURCE.value])(mel_config)
   writer.write_corpus(
     _OUTPUT.value,
     listing.splits,
