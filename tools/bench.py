@@ -1,8 +1,8 @@
 """Benchmarks, one JSON line per measurement: `make bench` or `python tools/bench.py`.
 
 input: Grain training pipeline throughput (crops/s, batches/s) in the main process and with the
-  config's worker processes, on a synthetic corpus rendered with that config's mel settings
-  (cached under build/bench/).
+  config's worker processes, and in the main process with every augmentation on, on a synthetic
+  corpus rendered with that config's mel settings (cached under build/bench/).
 prepare: `prepare --source folder` throughput in tracks/min for 30 s 44.1 kHz stereo tracks
   (MP3 and FLAC) with every core, and the per-track time of each stage (decode, resample, mel).
 train_step, embed: examples/s of the jitted train step (forward, loss, backward, AdamW update)
@@ -82,13 +82,19 @@ def time_batches(next_batch, count: int) -> float:
   return time.perf_counter() - start
 
 
+# Every augmentation on, for the cost of augmenting in the input pipeline.
+_ALL_AUGMENTATIONS = dict(gain_prob=1.0, noise_prob=1.0, pitch_prob=1.0, time_masks=2, freq_masks=2, mixup_prob=1.0)
+
+
 def bench_input(spec: str) -> list[dict]:
   config = cli.load_config(str(ROOT / spec))
   config.data.dir = str(bench_corpus(config))
-  ds = pipeline.train_dataset(config)
   rows = []
-  for workers in sorted({0, config.data.num_workers}):
-    it = pipeline.iterate(ds, workers)
+  runs = [(w, False) for w in sorted({0, config.data.num_workers})] + [(0, True)]
+  for workers, augmented in runs:
+    if augmented:
+      config.data.augment.update(_ALL_AUGMENTATIONS)
+    it = pipeline.iterate(pipeline.train_dataset(config), workers)
     seconds = time_batches(lambda it=it: next(it), _BATCHES.value)
     it.close()
     batches_per_s = _BATCHES.value / seconds
@@ -100,6 +106,7 @@ def bench_input(spec: str) -> list[dict]:
         "crop_seconds": config.data.crop_seconds,
         "n_mels": config.data.mel.n_mels,
         "workers": workers,
+        "augmented": augmented,
         "batches_per_s": round(batches_per_s, 2),
         "crops_per_s": round(batches_per_s * config.train.batch_size, 1),
       }

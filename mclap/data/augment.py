@@ -19,12 +19,17 @@ import numpy as np
 from mclap.errors import ConfigError
 
 
+_DB_TO_LOG = np.float32(np.log(10.0) / 10.0)  # power = exp(dB * ln(10) / 10)
+
+
 def power_to_db(power: np.ndarray, floor: float) -> np.ndarray:
-  return np.maximum(10.0 * np.log10(np.maximum(power, 10.0 ** (floor / 10.0))), floor).astype(np.float32)
+  """dB of a power, never below the floor (float32: the mels are stored as float16 anyway)."""
+  floor_power = np.float32(np.exp(floor * _DB_TO_LOG))
+  return np.maximum(np.log(np.maximum(power, floor_power)) / _DB_TO_LOG, np.float32(floor)).astype(np.float32)
 
 
 def db_to_power(db: np.ndarray) -> np.ndarray:
-  return 10.0 ** (np.asarray(db, np.float64) / 10.0)
+  return np.exp(np.asarray(db, np.float32) * _DB_TO_LOG)
 
 
 def apply_gain(mel: np.ndarray, valid: int, gain_db: float, floor: float) -> np.ndarray:
@@ -43,7 +48,8 @@ def add_noise(mel: np.ndarray, valid: int, snr_db: float, floor: float, rng: np.
   out = mel.copy()
   power = db_to_power(mel[:, :valid])
   level = power.mean() / 10.0 ** (snr_db / 10.0)
-  out[:, :valid] = power_to_db(power + level * rng.exponential(size=power.shape), floor)
+  noise = rng.standard_exponential(size=power.shape, dtype=np.float32)
+  out[:, :valid] = power_to_db(power + np.float32(level) * noise, floor)
   return out
 
 
