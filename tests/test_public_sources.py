@@ -24,29 +24,29 @@ def frames(seconds):
 
 def test_musiccaps_segments_splits_and_aspects(tmp_path):
   root = tmp_path / "musiccaps"
-  write(root / "audio/long_rec.flac", seconds=6.0, rate=44100, channels=2)  # Whole recording.
-  write(root / "audio/nested/precut.mp3", seconds=2.0, rate=48000)  # Clip already cut out.
-  write(root / "audio/evalclip.ogg", seconds=2.0, rate=32000)
+  write(root / "audio/long_rec123.flac", seconds=6.0, rate=44100, channels=2)  # Whole recording.
+  write(root / "audio/nested/precut12345.mp3", seconds=2.0, rate=48000)  # Clip already cut out.
+  write(root / "audio/evalclip123_0_2.ogg", seconds=2.0, rate=32000)  # Named <ytid>_<start>_<end>.
   rows = [
     "ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,is_balanced_subset,is_audioset_eval",
-    "long_rec,1,3,/m/x,\"['pop', 'mellow piano']\",\"A mellow piano. Soft drums join later.\",1,False,False",
-    "precut,30,32,/m/x,\"['rock']\",Loud guitars.,2,False,False",
-    "evalclip,0,2,/m/x,\"['jazz']\",A jazz trio.,3,False,True",
+    "long_rec123,1,3,/m/x,\"['pop', 'mellow piano']\",\"A mellow piano. Soft drums join later.\",1,False,False",
+    "precut12345,30,32,/m/x,\"['rock']\",Loud guitars.,2,False,False",
+    "evalclip123,0,2,/m/x,\"['jazz']\",A jazz trio.,3,False,True",
     "absent,0,10,/m/x,\"['x']\",Never downloaded.,4,False,False",
   ]
   (root / "musiccaps-public.csv").write_text("\n".join(rows) + "\n")
   out = tmp_path / "corpus"
   prepare("--source", "musiccaps", "--input", root, "--output", out, "--seed", "1")
   found = {split: corpus_records(out, split) for split in ("train", "validation", "test")}
-  assert set(found["test"]) == {"evalclip"}
-  for ytid in ("long_rec", "precut"):
+  assert set(found["test"]) == {"evalclip123"}
+  for ytid in ("long_rec123", "precut12345"):
     expected = sources.hashed_split(ytid, 1, (("train", 0.9), ("validation", 0.1)))
     assert ytid in found[expected]
   rec = {**found["train"], **found["validation"]}
-  assert rec["long_rec"]["mel"].shape == (32, frames(2.0))  # [1 s, 3 s) of the 6 s recording.
-  assert abs(rec["precut"]["mel"].shape[1] - frames(2.0)) <= 3  # MP3 padding.
-  assert rec["long_rec"]["captions"] == ["A mellow piano. Soft drums join later."]
-  assert rec["long_rec"]["tags"] == ["pop", "mellow piano"]
+  assert rec["long_rec123"]["mel"].shape == (32, frames(2.0))  # [1 s, 3 s) of the 6 s recording.
+  assert abs(rec["precut12345"]["mel"].shape[1] - frames(2.0)) <= 3  # MP3 padding.
+  assert rec["long_rec123"]["captions"] == ["A mellow piano. Soft drums join later."]
+  assert rec["long_rec123"]["tags"] == ["pop", "mellow piano"]
   assert corpus_rejects(out) == {"absent": "missing file"}
 
 

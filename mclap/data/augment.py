@@ -18,7 +18,6 @@ import numpy as np
 
 from mclap.errors import ConfigError
 
-
 _DB_TO_LOG = np.float32(np.log(10.0) / 10.0)  # power = exp(dB * ln(10) / 10)
 
 

@@ -139,9 +139,15 @@ def _find_audio(audio_root: pathlib.Path, rel: str, variants: tuple[str, ...] = 
   return str(path)
 
 
-def _index_by_stem(audio_root: pathlib.Path) -> dict[str, pathlib.Path]:
-  """Every audio file under `audio_root` by file name without suffix (MusicCaps names by ytid)."""
-  return {p.stem: p for p in sorted(audio_root.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES}
+def _index_by_ytid(audio_root: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Every audio file under `audio_root` by its name without suffix, and by the 11-character
+  YouTube id it starts with (downloaders also write `<ytid>_30000_40000.wav`, `[<ytid>]-....wav`)."""
+  index = {}
+  for p in sorted(audio_root.rglob("*")):
+    if p.suffix.lower() in AUDIO_SUFFIXES:
+      index.setdefault(p.stem.lstrip("[")[:11], p)
+      index[p.stem] = p
+  return index
 
 
 def _metadata_file(root: pathlib.Path, metadata: str, default: str, source: str, columns: str) -> pathlib.Path:
@@ -282,7 +288,8 @@ def gtzan(root: pathlib.Path, split_lists: dict[str, str]) -> Listing:
 
 def musiccaps(root: pathlib.Path, seed: int, metadata: str = "", audio_dir: str = "") -> Listing:
   """MusicCaps: `musiccaps-public.csv` (ytid, start_s, end_s, caption, aspect_list,
-  is_audioset_eval) and audio files named `<ytid>.<ext>` anywhere under the audio folder.
+  is_audioset_eval) and audio files named by ytid (`<ytid>.<ext>`, or starting with the ytid)
+  anywhere under the audio folder.
 
   A file may be the whole recording (the [start_s, end_s) clip is cut out) or the clip itself.
   The AudioSet evaluation clips form `test`; the rest splits 90/10 into train/validation by a
@@ -292,7 +299,7 @@ def musiccaps(root: pathlib.Path, seed: int, metadata: str = "", audio_dir: str 
   rows = _metadata_rows(path)
   _require_columns(path, rows, ("ytid", "start_s", "end_s", "caption"))
   audio_root = _audio_root(root, audio_dir)
-  files = _index_by_stem(audio_root)
+  files = _index_by_ytid(audio_root)
   splits = {name: [] for name, _ in SPLIT_FRACTIONS}
   for n, row in enumerate(rows, 2):
     ytid = row["ytid"].strip()
