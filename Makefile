@@ -29,7 +29,7 @@ $(DEV_STAMP): $(STAMP)
 
 # Prepare the synthetic corpus, train, evaluate the best checkpoint. Re-running resumes each step.
 demo: venv
-	$(PY) -m mclap.data.prepare --source synthetic --output $(DEMO_CORPUS) --num_clips 1200 --mel.n_mels 64
+	$(PY) -m mclap.data.prepare --source synthetic --output $(DEMO_CORPUS) --num_clips 1200 --config $(DEMO_CONFIG)
 	$(PY) -m mclap.train --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR)
 	$(PY) -m mclap.eval --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR) --best
 

@@ -209,3 +209,12 @@ def test_gtzan_genres_labels_and_split_lists(tmp_path):
   assert set(corpus_records(out, "test")) == {"rock/rock.00000.wav"}
   assert corpus_rejects(out) == {"rock/rock.00009.wav": "missing file"}
   assert records.read_info(out)["left_out_by_split_lists"] == 10 - 3
+
+
+def test_mel_settings_from_a_training_config_and_flags(tmp_path):
+  out = tmp_path / "corpus"
+  args = ["--source", "synthetic", "--num_clips", "10", "--clip_seconds", "1", "--num_workers", "0"]
+  args += ["--output", str(out), "--config", str(ROOT / "configs/muscall.py:demo"), "--mel.fmax", "7000"]
+  subprocess.run([sys.executable, "-m", "mclap.data.prepare", *args], cwd=ROOT, check=True, capture_output=True)
+  mel = records.read_info(out)["mel"]
+  assert mel["n_mels"] == 64 and mel["fmax"] == 7000.0  # From the demo config, then the flag.

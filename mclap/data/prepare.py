@@ -2,7 +2,8 @@
 
 Turns a source into ArrayRecord shards of log-mels + captions + tags with `dataset_info.json`
 and `rejects.jsonl` (see `mclap.data.records`). Parallel, resumable shard by shard: re-running
-the same command finishes an interrupted job. Mel settings come from `--mel.*` flags.
+the same command finishes an interrupted job. Mel settings come from `--mel.*` flags, on top of
+a training config's `data.mel` if `--config` names one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy 
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
 _MEL = config_flags.DEFINE_config_dict("mel", mel_lib.default_mel_config(), "Log-mel settings.")
+_CONFIG = flags.DEFINE_string(
+  "config", "", "Training config (path.py[:arg]) whose data.mel the corpus gets; --mel.* flags still override."
+)
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "synthetic: number of clips.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed: the synthetic corpus, and hashed splits of rows without one.")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length in seconds.")
@@ -107,12 +111,22 @@ def _split_lists() -> dict[str, str]:
   return {name: path for name, _, path in pairs}
 
 
+def _mel_config() -> dict:
+  """The `--mel.*` flags, on top of the training config's `data.mel` when `--config` names one,
+  so that the corpus is made for the model that will read it."""
+  if not _CONFIG.value:
+    return _MEL.value.to_dict()
+  mel = cli.load_config(_CONFIG.value).data.mel
+  mel.update_from_flattened_dict(config_flags.get_override_values(flags.FLAGS["mel"]))
+  return mel.to_dict()
+
+
 def main(argv):
   del argv
   is_tfds = _SOURCE.value.startswith("tfds:")
   if _SOURCE.value not in SOURCES and not is_tfds:
     raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}, tfds:<name>")
-  mel_config = _MEL.value.to_dict()
+  mel_config = _mel_config()
   listing, work_fn = (_tfds if is_tfds else SOURCES[_SOURCE.value])(mel_config)
   writer.write_corpus(
     _OUTPUT.value,

@@ -208,16 +208,17 @@ def audiocaption(root: pathlib.Path) -> Listing:
 
 
 def _metadata_rows(path: pathlib.Path, delimiter: str = ",") -> list[dict[str, Any]]:
+  """Rows of a CSV/TSV with a header, or of a JSONL file (a byte-order mark is ignored)."""
   if path.suffix.lower() == ".jsonl":
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
       if line.strip():
         try:
           rows.append(json.loads(line))
         except json.JSONDecodeError as e:
           raise UserError(f"{path} line {n} is not valid JSON ({e})") from e
     return rows
-  with open(path, newline="", encoding="utf-8") as f:
+  with open(path, newline="", encoding="utf-8-sig") as f:
     return list(csv.DictReader(f, delimiter=delimiter))
 
 
