@@ -1,0 +1,196 @@
+"""Pretrained BERT-family text tower (BERT and RoBERTa layouts) in Flax NNX.
+
+Loaded from a local Hugging Face directory (config.json + model.safetensors; no network): the
+torch names are mapped onto this module, `Linear.weight` transposed into `kernel`, LayerNorm
+`weight`/`bias` into `scale`/`bias`. Post-LayerNorm blocks with exact-erf GELU, as the
+checkpoints were trained. The same module gives the Sentence-BERT caption embeddings of
+all-MiniLM-L6-v2 (mean pooling, then L2 normalisation) used for MusCALL's loss weighting.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file
+
+from mclap.errors import ConfigError, UserError
+from mclap.models.layers import Attention, maybe_remat
+
+LAYOUTS = ("bert", "roberta", "xlm-roberta")
+
+
+class BertLayer(nnx.Module):
+  def __init__(self, width: int, heads: int, intermediate: int, eps: float, *, dtype: Any, rngs: nnx.Rngs):
+    self.attention = Attention(width, heads, dtype=dtype, rngs=rngs)
+    self.attention_norm = nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, rngs=rngs)
+    self.intermediate = nnx.Linear(width, intermediate, dtype=dtype, rngs=rngs)
+    self.output = nnx.Linear(intermediate, width, dtype=dtype, rngs=rngs)
+    self.output_norm = nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    x = self.attention_norm(x + self.attention(x, x, mask)).astype(x.dtype)
+    h = jax.nn.gelu(self.intermediate(x), approximate=False)
+    return self.output_norm(x + self.output(h)).astype(x.dtype)
+
+
+class BertEncoder(nnx.Module):
+  """tokens, token_mask `[batch, length]` -> features `[batch, width]`, pooled at [CLS] (`cls`) or
+  averaged over the real tokens (`mean`, Sentence-BERT's pooling)."""
+
+  def __init__(
+    self,
+    *,
+    vocab_size: int,
+    max_positions: int,
+    type_vocab_size: int,
+    width: int,
+    layers: int,
+    heads: int,
+    intermediate: int,
+    eps: float,
+    position_offset: int,
+    pooling: str,
+    remat: bool,
+    dtype: Any,
+    rngs: nnx.Rngs,
+  ):
+    if pooling not in ("cls", "mean"):
+      raise ConfigError(f"config.model.text.pooling={pooling!r} for a BERT tower; use cls or mean")
+    self.position_offset, self.pooling, self.remat, self.dtype = position_offset, pooling, remat, dtype
+    self.max_positions = max_positions
+    init = nnx.initializers.normal(0.02)
+    self.word_embeddings = nnx.Embed(vocab_size, width, embedding_init=init, rngs=rngs)
+    self.position_embeddings = nnx.Embed(max_positions, width, embedding_init=init, rngs=rngs)
+    self.token_type_embeddings = nnx.Embed(type_vocab_size, width, embedding_init=init, rngs=rngs)
+    self.embedding_norm = nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, rngs=rngs)
+    self.layers = nnx.List([BertLayer(width, heads, intermediate, eps, dtype=dtype, rngs=rngs) for _ in range(layers)])
+    self.output_dim = width
+
+  def __call__(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
+    length = tokens.shape[1]
+    if length + self.position_offset > self.max_positions:
+      raise ConfigError(f"{length} tokens exceed the BERT tower's {self.max_positions} positions")
+    # Right-padded batches: real tokens sit at positions offset + i (RoBERTa counts from pad + 1).
+    positions = self.position_offset + jnp.arange(length)
+    x = (
+      self.word_embeddings(tokens) + self.position_embeddings(positions)[None] + self.token_type_embeddings.embedding[0]
+    )
+    x = self.embedding_norm(x).astype(self.dtype or jnp.float32)
+    valid = token_mask.astype(bool)
+    attend = valid[:, None, None, :]
+    for layer in self.layers:
+      x = maybe_remat(lambda m, y: m(y, attend), self.remat)(layer, x)
+    x = x.astype(jnp.float32)
+    if self.pooling == "cls":
+      return x[:, 0]
+    weights = valid[..., None].astype(x.dtype)
+    return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+
+
+def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
+  path = pathlib.Path(directory) / "config.json"
+  if not path.is_file():
+    raise UserError(f"{path} not found: a pretrained text tower needs a Hugging Face directory with config.json")
+  config = json.loads(path.read_text())
+  if config.get("model_type") not in LAYOUTS:
+    raise UserError(f"{path}: model_type {config.get('model_type')!r} is not one of {', '.join(LAYOUTS)}")
+  if config.get("hidden_act", "gelu") != "gelu":
+    raise UserError(f"{path}: hidden_act {config['hidden_act']!r}; only exact GELU BERT models are supported")
+  return config
+
+
+def build_bert(directory: str | pathlib.Path, *, pooling: str, remat: bool, dtype: Any, rngs: nnx.Rngs) -> BertEncoder:
+  """A randomly initialised tower shaped like the checkpoint in `directory` (see `load_weights`)."""
+  c = read_config(directory)
+  is_roberta = c["model_type"] != "bert"
+  return BertEncoder(
+    vocab_size=c["vocab_size"],
+    max_positions=c["max_position_embeddings"],
+    type_vocab_size=c.get("type_vocab_size", 2),
+    width=c["hidden_size"],
+    layers=c["num_hidden_layers"],
+    heads=c["num_attention_heads"],
+    intermediate=c["intermediate_size"],
+    eps=c.get("layer_norm_eps", 1e-12),
+    position_offset=c.get("pad_token_id", 1) + 1 if is_roberta else 0,
+    pooling=pooling,
+    remat=remat,
+    dtype=dtype,
+    rngs=rngs,
+  )
+
+
+_LAYER_NAMES = {
+  "attention.self.query": "attention.q_proj",
+  "attention.self.key": "attention.k_proj",
+  "attention.self.value": "attention.v_proj",
+  "attention.output.dense": "attention.out_proj",
+  "attention.output.LayerNorm": "attention_norm",
+  "intermediate.dense": "intermediate",
+  "output.dense": "output",
+  "output.LayerNorm": "output_norm",
+}
+_EMBEDDING_NAMES = {
+  "word_embeddings": "word_embeddings",
+  "position_embeddings": "position_embeddings",
+  "token_type_embeddings": "token_type_embeddings",
+  "LayerNorm": "embedding_norm",
+}
+_IGNORED = re.compile(r"(^|\.)(pooler|lm_head|cls)\.|position_ids$")
+
+
+def _module_path(name: str) -> tuple[str, str] | None:
+  """torch name (prefix stripped) -> (module path in `BertEncoder`, leaf), or None if unused."""
+  module, _, leaf = name.rpartition(".")
+  if m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module):
+    if m.group(2) in _LAYER_NAMES:
+      return f"layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}", leaf
+  elif m := re.fullmatch(r"embeddings\.(\w+)", module):
+    if m.group(1) in _EMBEDDING_NAMES:
+      return _EMBEDDING_NAMES[m.group(1)], leaf
+  return None
+
+
+def load_weights(tower: BertEncoder, directory: str | pathlib.Path) -> None:
+  """Copies the checkpoint's weights into `tower` (in place); every tower weight must be found."""
+  path = pathlib.Path(directory) / "model.safetensors"
+  if not path.is_file():
+    raise UserError(f"{path} not found: a pretrained text tower needs model.safetensors in {directory}")
+  weights = load_file(str(path))
+  loaded = set()
+  for full_name, array in weights.items():
+    name = re.sub(r"^(bert|roberta|model)\.", "", full_name)
+    target = _module_path(name)
+    if target is None:
+      if not _IGNORED.search(name):
+        raise UserError(f"{path}: unexpected weight {full_name!r} for a {', '.join(LAYOUTS)} encoder")
+      continue
+    module_path, leaf = target
+    module = tower
+    for part in module_path.split("."):
+      module = module[int(part)] if part.isdigit() else getattr(module, part)
+    is_embedding = isinstance(module, nnx.Embed)
+    if is_embedding:
+      attribute = "embedding"
+    elif isinstance(module, nnx.LayerNorm):
+      attribute = "scale" if leaf in ("weight", "gamma") else "bias"
+    else:
+      attribute = "kernel" if leaf == "weight" else "bias"
+    variable = getattr(module, attribute)
+    value = array if is_embedding or array.ndim == 1 else array.T  # torch Linear stores [out, in].
+    if value.shape != variable[...].shape:
+      raise UserError(
+        f"{path}: {full_name} has shape {list(array.shape)}, the tower expects {list(variable[...].shape)}"
+      )
+    variable[...] = jnp.asarray(np.asarray(value, np.float32))
+    loaded.add(f"{module_path}.{attribute}")
+  expected = {".".join(map(str, key)) for key, _ in nnx.to_flat_state(nnx.state(tower, nnx.Param))}
+  if missing := sorted(expected - loaded):
+    raise UserError(f"{path} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
