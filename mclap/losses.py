@@ -19,8 +19,13 @@ def _gather(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
   return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
 
 
+def _wide(x: jax.Array) -> jax.Array:
+  """At least float32 (bfloat16 logits are widened; float64 stays, for gradient checks)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(_wide(logits), axis=-1)
   return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
 
 
@@ -44,3 +49,91 @@ def infonce_loss(
   text_to_audio = _cross_entropy(logit_scale * text_emb @ all_audio.T, labels)
   loss = 0.5 * (audio_to_text.mean() + text_to_audio.mean())
   return jax.lax.pmean(loss, axis_name) if axis_name is not None else loss
+
+
+def _sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Sum over the devices of the axis (identity outside `shard_map`)."""
+  return jax.lax.psum(x, axis_name) if axis_name is not None else x
+
+
+def weighted_infonce_loss(
+  audio_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  sentence_emb: jax.Array,
+  kappa: float = 0.01,
+  axis_name: str | None = None,
+) -> jax.Array:
+  """MusCALL's content-aware weighted InfoNCE, as its released code computes it.
+
+  Captions that resemble the rest of the batch are weighted up: with S the cosine similarity of
+  the captions' Sentence-BERT embeddings over the global batch, m_i = mean_{j != i} S_ij,
+  w_i = exp((m_i / sum_k m_k) / kappa), and each direction's cross-entropies are averaged with
+  weights w (sum_i w_i l_i / sum_i w_i); the loss is the mean of the two directions. The
+  weights carry no gradient.
+
+  Args:
+    sentence_emb: `[batch, d]` L2-normalised caption embeddings (all-MiniLM-L6-v2 in MusCALL);
+      each device builds only its rows of S from the gathered embeddings.
+  """
+  all_audio, offset = _gather(audio_emb, axis_name)
+  all_text, _ = _gather(text_emb, axis_name)
+  all_sentences, _ = _gather(jax.lax.stop_gradient(sentence_emb), axis_name)
+  batch, rows = all_sentences.shape[0], jnp.arange(audio_emb.shape[0])
+  if batch == 1:
+    return infonce_loss(audio_emb, text_emb, logit_scale, axis_name)
+  sim = _wide(jax.lax.stop_gradient(sentence_emb)) @ _wide(all_sentences).T
+  row_mean = (sim.sum(axis=1) - sim[rows, offset + rows]) / (batch - 1)
+  weights = jnp.exp(row_mean / _sum(row_mean.sum(), axis_name) / kappa)
+  labels = offset + rows
+  audio_to_text = _cross_entropy(logit_scale * audio_emb @ all_text.T, labels)
+  text_to_audio = _cross_entropy(logit_scale * text_emb @ all_audio.T, labels)
+  weighted = _sum((weights * (audio_to_text + text_to_audio)).sum(), axis_name)
+  return 0.5 * weighted / _sum(weights.sum(), axis_name)
+
+
+def nt_xent_loss(z1: jax.Array, z2: jax.Array, temperature: float, axis_name: str | None = None) -> jax.Array:
+  """SimCLR's NT-Xent on two views: each of the 2N embeddings is an anchor whose positive is the
+  other view of its example, against the 2N - 2 other embeddings; cosine similarity over
+  `temperature`, mean over the 2N anchors."""
+  normalize = lambda z: z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+  z1, z2 = normalize(_wide(z1)), normalize(_wide(z2))
+  all_z1, offset = _gather(z1, axis_name)
+  all_z2, _ = _gather(z2, axis_name)
+  batch, rows = all_z1.shape[0], offset + jnp.arange(z1.shape[0])
+  candidates = jnp.concatenate([all_z1, all_z2]).T  # [d, 2N]: view 1 columns, then view 2.
+  total = 0.0
+  for anchors, own, positive in ((z1, rows, batch + rows), (z2, batch + rows, rows)):
+    logits = anchors @ candidates / temperature
+    logits = jnp.where(jnp.arange(2 * batch)[None] == own[:, None], -jnp.inf, logits)
+    total = total + _cross_entropy(logits, positive).sum()
+  return _sum(total, axis_name) / (2 * batch)
+
+
+def siglip_loss(
+  audio_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  logit_bias: jax.Array,
+  axis_name: str | None = None,
+) -> jax.Array:
+  """SigLIP's pairwise sigmoid loss: -1/N sum_ij log sigmoid(z_ij (scale * a_i . t_j + bias)),
+  z_ij = 1 on matching pairs and -1 elsewhere.
+
+  Sharded, the text blocks travel round the ring of devices (`ppermute`): each device only ever
+  holds `B_local x B_local` logits, and the value equals the unchunked loss.
+  """
+
+  def block_loss(text_block: jax.Array, positive: bool) -> jax.Array:
+    logits = _wide(logit_scale * audio_emb @ text_block.T + logit_bias)
+    signs = 2.0 * jnp.eye(logits.shape[0], logits.shape[1]) - 1.0 if positive else -jnp.ones_like(logits)
+    return -jax.nn.log_sigmoid(signs * logits).sum()
+
+  if axis_name is None:
+    return block_loss(text_emb, True) / audio_emb.shape[0]
+  devices = jax.lax.axis_size(axis_name)
+  total, text_block = block_loss(text_emb, True), text_emb
+  for _ in range(devices - 1):
+    text_block = jax.lax.ppermute(text_block, axis_name, [(i, (i + 1) % devices) for i in range(devices)])
+    total = total + block_loss(text_block, False)
+  return jax.lax.psum(total, axis_name) / (devices * audio_emb.shape[0])

@@ -62,3 +62,108 @@ def test_sharded_infonce_equals_single_device_value_and_gradients(per_device):
   np.testing.assert_allclose(value, ref_value, rtol=1e-6)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+def numpy_weighted_infonce(a, t, scale, s, kappa):
+  """Reference in float64, loops and all, from the formula in DESIGN.md."""
+  n = len(a)
+  sim = s @ s.T
+  means = np.array([np.mean([sim[i, j] for j in range(n) if j != i]) for i in range(n)])
+  w = np.exp(means / means.sum() / kappa)
+  logits = scale * a @ t.T
+  a2t = logsumexp(logits, axis=1) - np.diag(logits)
+  t2a = logsumexp(logits, axis=0) - np.diag(logits)
+  return 0.5 * ((w * a2t).sum() / w.sum() + (w * t2a).sum() / w.sum())
+
+
+def numpy_nt_xent(z1, z2, temperature):
+  z = np.concatenate([z1, z2])
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  n = len(z1)
+  total = 0.0
+  for i in range(2 * n):
+    positive = (i + n) % (2 * n)
+    logits = np.array([z[i] @ z[k] / temperature for k in range(2 * n) if k != i])
+    pos_logit = z[i] @ z[positive] / temperature
+    total += logsumexp(logits) - pos_logit
+  return total / (2 * n)
+
+
+def numpy_siglip(a, t, scale, bias):
+  logits = scale * a @ t.T + bias
+  signs = 2 * np.eye(len(a)) - 1
+  return -np.sum(np.log(1 / (1 + np.exp(-signs * logits)))) / len(a)
+
+
+def _inputs(n, seed, d=12):
+  rng = np.random.default_rng(seed)
+  return _normalized(rng, n, d), _normalized(rng, n, d), _normalized(rng, n, 7)
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 17])
+def test_weighted_infonce_matches_numpy(n):
+  a, t, s = _inputs(n, n)
+  s = np.abs(s)  # Positive similarities, as between real captions: the row means' sum is far from 0.
+  s /= np.linalg.norm(s, axis=1, keepdims=True)
+  ours = losses.weighted_infonce_loss(*(jnp.asarray(x, jnp.float32) for x in (a, t)), 14.3, jnp.asarray(s), 0.01)
+  np.testing.assert_allclose(ours, numpy_weighted_infonce(a, t, 14.3, s, 0.01), rtol=1e-5)
+
+
+def test_weighted_infonce_with_equal_weights_is_infonce():
+  a, t, _ = _inputs(6, 0)
+  same = np.tile(_normalized(np.random.default_rng(1), 1, 7), (6, 1))  # Identical captions: equal weights.
+  ours = losses.weighted_infonce_loss(jnp.asarray(a), jnp.asarray(t), 9.0, jnp.asarray(same), 0.01)
+  np.testing.assert_allclose(ours, losses.infonce_loss(jnp.asarray(a), jnp.asarray(t), 9.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 17])
+def test_nt_xent_matches_numpy(n):
+  z1, z2, _ = _inputs(n, n)
+  z1, z2 = 3.0 * z1, 0.5 * z2  # Not normalised: the loss normalises.
+  ours = losses.nt_xent_loss(jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32), 0.5)
+  np.testing.assert_allclose(ours, numpy_nt_xent(z1, z2, 0.5), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 17])
+def test_siglip_matches_numpy(n):
+  a, t, _ = _inputs(n, n)
+  ours = losses.siglip_loss(jnp.asarray(a, jnp.float32), jnp.asarray(t, jnp.float32), 10.0, -10.0)
+  np.testing.assert_allclose(ours, numpy_siglip(a, t, 10.0, -10.0), rtol=1e-5)
+
+
+def test_new_losses_gradient_checks():
+  with jax.enable_x64(True):
+    a, t, s = (jnp.asarray(x) for x in _inputs(5, 3, d=3))
+    s = jnp.abs(s) / jnp.linalg.norm(s, axis=1, keepdims=True)
+    check_grads(lambda a, t, k: losses.weighted_infonce_loss(a, t, k, s, 0.05), (a, t, 7.0), 1, modes=["rev"])
+    check_grads(lambda a, t: losses.nt_xent_loss(a, t, 0.5), (a, t), 1, modes=["rev"])
+    check_grads(lambda a, t, k, b: losses.siglip_loss(a, t, k, b), (a, t, 7.0, -3.0), 1, modes=["rev"])
+
+
+@pytest.mark.parametrize("per_device", [1, 3])
+@pytest.mark.parametrize(
+  "name, fn, batch_args, scalars",
+  [
+    (
+      "weighted",
+      lambda a, t, s, k, axis_name=None: losses.weighted_infonce_loss(a, t, k, s, 0.02, axis_name),
+      3,
+      (20.0,),
+    ),
+    ("nt_xent", lambda a, t, axis_name=None: losses.nt_xent_loss(a, t, 0.5, axis_name), 2, ()),
+    ("siglip", losses.siglip_loss, 2, (10.0, -5.0)),
+  ],
+)
+def test_sharded_losses_equal_single_device_value_and_gradients(per_device, name, fn, batch_args, scalars):
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  a, t, s = _inputs(8 * per_device, per_device, d=16)
+  s = np.abs(s) / np.linalg.norm(np.abs(s), axis=1, keepdims=True)
+  args = [jnp.asarray(x, jnp.float32) for x in (a, t, s)[:batch_args]] + [jnp.asarray(x) for x in scalars]
+  placed = [jax.device_put(x, parallel.batch_sharding(mesh)) for x in args[:batch_args]] + args[batch_args:]
+  argnums = tuple(range(len(args)))
+  sharded = parallel.sharded_loss(fn, mesh, num_batch_args=batch_args)
+  value, grads = jax.jit(jax.value_and_grad(sharded, argnums=argnums))(*placed)
+  ref_value, ref_grads = jax.value_and_grad(fn, argnums=argnums)(*args)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5, err_msg=name)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=name)
