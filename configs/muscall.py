@@ -1,7 +1,8 @@
 """MusCALL (Manco et al., ISMIR 2022): ModifiedResNet audio tower, 4-layer Transformer text tower.
 
-Variants after the colon: `configs/muscall.py:demo` is a small setting that trains on the built-in
-synthetic corpus on 2 CPU cores in minutes. Override any key: `--config.train.batch_size=16`.
+Variants after the colon, combinable with commas: `demo` is a small setting that trains on the
+built-in synthetic corpus on 2 CPU cores in minutes; `weighted` is MusCALL's content-aware loss
+weighting (paper Table 1, "w/ weighting"). Override any key: `--config.train.batch_size=16`.
 """
 
 import math
@@ -10,7 +11,7 @@ import ml_collections
 
 from mclap.data import augment, mel
 
-VARIANTS = ("demo",)
+VARIANTS = ("demo", "weighted")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,15 +38,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.audio = dict(
-    kind="modified_resnet", width=16, layers=(3, 4, 6, 3), pooling="attention", heads=8, output_dim=256
+    kind="modified_resnet", width=16, layers=(3, 4, 6, 3), pooling="attention", heads=8, output_dim=256, freeze=False
   )
-  c.model.text = dict(kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot")
+  c.model.text = dict(kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot", freeze=False)
+  # kind="bert": a pretrained BERT/RoBERTa from a local Hugging Face directory (pooling cls or mean);
+  # its embeddings and first `freeze_layers` layers can stay frozen.
+  c.model.text.update(pretrained_dir="", freeze_layers=0)
   c.model.projection_dim = 512
   c.model.logit_scale_init = math.log(1 / 0.07)
   c.model.logit_scale_max = math.log(100.0)
   c.model.learn_temperature = True
 
   c.loss = dict(name="infonce")
+  if "weighted" in variants:
+    # Content-aware loss weighting with all-MiniLM-L6-v2 caption similarities; kappa as in the
+    # released code (the paper states 0.005).
+    c.loss = dict(name="weighted", kappa=0.01, sentence_encoder_dir="")
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-5

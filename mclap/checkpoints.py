@@ -15,16 +15,21 @@ def manager(directory: str | pathlib.Path, keep: int | None) -> ocp.CheckpointMa
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: Any, data_iterator=None) -> None:
-  items = {"state": ocp.args.StandardSave(state)}
+# Frozen pretrained weights are loaded from their source at start, not written every checkpoint.
+_NOT_SAVED = ("frozen",)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iterator=None) -> None:
+  items = {"state": ocp.args.StandardSave({k: v for k, v in state.items() if k not in _NOT_SAVED})}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
   mgr.save(step, args=ocp.args.Composite(**items))
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator=None) -> Any:
-  """The state saved at `step` (shaped and sharded like `abstract_state`); also rewinds the iterator."""
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
+def restore(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iterator=None) -> dict[str, Any]:
+  """`state` with what was saved at `step` (shaped and sharded like it); also rewinds the iterator."""
+  saved = {k: v for k, v in state.items() if k not in _NOT_SAVED}
+  items = {"state": ocp.args.StandardRestore(saved)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+  return {**state, **mgr.restore(step, args=ocp.args.Composite(**items))["state"]}

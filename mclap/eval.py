@@ -13,7 +13,6 @@ import jax
 from absl import flags
 
 from mclap import checkpoints, cli, evaluators, parallel, trainer
-from mclap.data.tokenizer import TextTokenizer
 from mclap.errors import ConfigError
 
 
@@ -21,9 +20,8 @@ def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool
   """The model definition and the state of the chosen checkpoint, replicated over the mesh."""
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
-  vocab_size = TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens).vocab_size
   tx = trainer.make_optimizer(config, total_steps=1)  # Only its state's structure matters here.
-  model_def, state = trainer.init_state(config, vocab_size, mesh, tx)
+  model_def, state = trainer.init_state(config, mesh, tx)
   mgr = checkpoints.manager(workdir / ("best" if best else "checkpoints"), None)
   available = mgr.all_steps()
   if not available:

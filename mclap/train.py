@@ -17,7 +17,6 @@ from absl import flags
 
 from mclap import checkpoints, cli, evaluators, losses, metrics, parallel, trainer
 from mclap.data import pipeline, records
-from mclap.data.tokenizer import TextTokenizer
 
 
 class MetricsLog:
@@ -77,12 +76,11 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   steps = total_steps(config, num_train)
   train_ds = pipeline.train_dataset(config, process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = pipeline.iterate(train_ds, config.data.num_workers)
-  vocab_size = TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens).vocab_size
 
   # ---------------------------------------------------------------- Model, optimizer, step.
   tx = trainer.make_optimizer(config, steps)
   schedule = trainer.learning_rate_schedule(config, steps)
-  model_def, state = trainer.init_state(config, vocab_size, mesh, tx)
+  model_def, state = trainer.init_state(config, mesh, tx)
   train_step = trainer.make_train_step(config, model_def, tx, mesh)
   embed = trainer.make_embed_fn(model_def)
 

@@ -1,7 +1,9 @@
 """The pieces of training: state, optimizer, the jitted sharded step, and batched embedding.
 
-The model lives as NNX state split into (graphdef, params, batch_stats, constants); the step is a
-pure function of plain pytrees, jitted once over the mesh with the state donated. The towers run
+The model lives as NNX state split into (graphdef, frozen, params, batch_stats, constants): only
+`params` get gradients and optimizer state; `frozen` (pretrained parts that are not trained) rides
+along in the state but is loaded from its source, not checkpointed. The step is a pure function of
+plain pytrees, jitted once over the mesh with the state donated. The towers run
 with sharding propagation over the data-sharded batch (so batch norm statistics are those of the
 global batch and the sharded step equals the single-device one); the loss runs under `shard_map`
 with gathered embeddings.
@@ -22,12 +24,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mclap import losses, parallel
+from mclap import objectives, parallel
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
-from mclap.models import build_model
+from mclap.models import build_model, frozen_filter, load_pretrained
 
 MODEL_INPUTS = ("mel", "tokens", "token_mask")
-LOSSES = {"infonce": losses.infonce_loss}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +39,12 @@ class ModelDef:
   graphdef: Any
   constants: Any
 
-  def merge(self, params, batch_stats) -> nnx.Module:
+  def merge(self, state: dict[str, Any], params=None) -> nnx.Module:
+    """The model of a train state (with `params` in place of the state's, to differentiate)."""
     # Fresh Variables (copy=True): batch norm updates its statistics inside `jax.grad`, which NNX
     # forbids on Variables created outside that trace.
-    return nnx.merge(self.graphdef, params, batch_stats, self.constants, copy=True)
+    params = state["params"] if params is None else params
+    return nnx.merge(self.graphdef, state["frozen"], params, state["batch_stats"], self.constants, copy=True)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -69,26 +73,32 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
   return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
 
 
-def init_state(config, vocab_size: int, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
-  """Builds the model and optimizer state directly on the devices, replicated over the mesh."""
-  filters = (nnx.Param, nnx.BatchStat, ...)
+def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
+  """Builds the model and optimizer state directly on the devices, replicated over the mesh, and
+  loads the pretrained weights the config names."""
+  vocab_size = tokenizer_lib.for_config(config).vocab_size
+  filters = (frozen_filter(config), nnx.Param, nnx.BatchStat, ...)
+  build = lambda seed: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(seed))  # noqa: E731
 
   def init():
-    model = build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(config.train.seed))
-    _, params, batch_stats, constants = nnx.split(model, *filters)
+    _, frozen, params, batch_stats, constants = nnx.split(build(config.train.seed), *filters)
     state = {
       "params": params,
+      "frozen": frozen,
       "batch_stats": batch_stats,
       "opt_state": tx.init(params),
       "step": jnp.zeros((), jnp.int32),
     }
     return state, constants
 
-  graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(0))), *filters)[
-    0
-  ]
+  graphdef = nnx.split(nnx.eval_shape(lambda: build(0)), *filters)[0]
   state, constants = jax.jit(init, out_shardings=parallel.replicated(mesh))()
-  return ModelDef(graphdef, constants), state
+  model_def = ModelDef(graphdef, constants)
+  model = model_def.merge(state)
+  load_pretrained(model, config)
+  _, frozen, params, _, _ = nnx.split(model, *filters)
+  state = {**state, **jax.device_put({"frozen": frozen, "params": params}, parallel.replicated(mesh))}
+  return model_def, state
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
@@ -99,21 +109,19 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MO
 
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated."""
-  if config.loss.name not in LOSSES:
-    raise ConfigError(f"config.loss.name={config.loss.name!r}; available: {', '.join(LOSSES)}")
-  loss_fn = parallel.sharded_loss(LOSSES[config.loss.name], mesh)
+  objective = objectives.build(config)
+  loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
 
   def step(state, batch):
     def compute_loss(params):
-      model = model_def.merge(params, state["batch_stats"])
-      audio = model.embed_audio(batch["mel"], train=True)
-      text = model.embed_text(batch["tokens"], batch["token_mask"])
-      scale = model.logit_scale()
-      return loss_fn(audio, text, scale), (nnx.state(model, nnx.BatchStat), scale)
+      model = model_def.merge(state, params)
+      loss = loss_fn(*objective.inputs(model, batch))
+      return loss, (nnx.state(model, nnx.BatchStat), model.logit_scale())
 
     (loss, (batch_stats, scale)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {
+      **state,
       "params": optax.apply_updates(state["params"], updates),
       "batch_stats": batch_stats,
       "opt_state": opt_state,
@@ -130,7 +138,7 @@ def make_embed_fn(model_def: ModelDef) -> Callable:
 
   @jax.jit
   def embed(state, batch):
-    model = model_def.merge(state["params"], state["batch_stats"])
+    model = model_def.merge(state)
     return model.embed_audio(batch["mel"], train=False), model.embed_text(batch["tokens"], batch["token_mask"])
 
   return embed

@@ -75,13 +75,18 @@ def tiny_corpus(tmp_path_factory) -> pathlib.Path:
   return out
 
 
-@pytest.fixture
-def tiny_config(tiny_corpus):
-  config = cli.load_config(str(ROOT / "configs/muscall.py") + ":demo")
-  config.data.dir = str(tiny_corpus)
+def make_tiny_config(spec, corpus):
+  """A config file's variant shrunk to the tiny corpus: 2 s crops, batches of 8, no workers."""
+  config = cli.load_config(str(ROOT / spec))
+  config.data.dir = str(corpus)
   config.data.mel.n_mels = TINY_MEL["n_mels"]
   config.data.crop_seconds = 2.0
   config.data.num_workers = 0
   config.data.eval_batch_size = 8
   config.train.batch_size = 8
   return config
+
+
+@pytest.fixture
+def tiny_config(tiny_corpus):
+  return make_tiny_config("configs/muscall.py:demo", tiny_corpus)

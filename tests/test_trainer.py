@@ -28,7 +28,7 @@ def test_sharded_step_equals_single_device_step(tiny_config):
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.make_mesh({"data": -1, "model": 1}, devices=devices)
     tx = trainer.make_optimizer(config, 4)
-    model_def, state = trainer.init_state(config, 30522, mesh, tx)
+    model_def, state = trainer.init_state(config, mesh, tx)
     step = trainer.make_train_step(config, model_def, tx, mesh)
     losses = []
     for batch in batches:
@@ -60,7 +60,7 @@ def _interrupt_after(make_step, limit):
 
 def _final_params(config, workdir):
   mesh = parallel.make_mesh(config.mesh)
-  model_def, state = trainer.init_state(config, 30522, mesh, trainer.make_optimizer(config, 4))
+  model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 4))
   mgr = checkpoints.manager(workdir / "checkpoints", None)
   restored = checkpoints.restore(mgr, 4, state)
   mgr.close()

@@ -34,7 +34,6 @@ from absl import app, flags  # noqa: E402
 from mclap import cli, parallel, trainer  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
-from mclap.data.tokenizer import TextTokenizer  # noqa: E402
 
 _BENCHMARKS = flags.DEFINE_list("benchmarks", ["input", "prepare", "model"], "Which benchmarks to run.")
 _CONFIGS = flags.DEFINE_list("configs", ["configs/muscall.py:demo", "configs/muscall.py"], "Configs to benchmark.")
@@ -186,9 +185,8 @@ def bench_model(spec: str) -> list[dict]:
   config.train.batch_size = _MODEL_BATCH.value
   config.train.dtype = _DTYPE.value
   mesh = parallel.make_mesh({"data": -1, "model": 1})
-  vocab = TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens).vocab_size
   tx = trainer.make_optimizer(config, 1000)
-  model_def, state = trainer.init_state(config, vocab, mesh, tx)
+  model_def, state = trainer.init_state(config, mesh, tx)
   batch = trainer.to_global(pipeline.train_dataset(config)[0], mesh)
   step = trainer.make_train_step(config, model_def, tx, mesh)
   embed = trainer.make_embed_fn(model_def)

@@ -19,6 +19,7 @@ import numpy as np
 
 from mclap.data import augment, records
 from mclap.data import mel as mel_lib
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.data.tokenizer import TextTokenizer
 from mclap.errors import ConfigError
 
@@ -156,7 +157,7 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
   transform = ToExample(
     crop_frames=mel_lib.num_frames(config.data.crop_seconds, mel_config),
     pad_value=mel_lib.floor_db(mel_config),
-    tokenizer=TextTokenizer(config.data.tokenizer_dir or None, config.data.max_tokens),
+    tokenizer=tokenizer_lib.for_config(config),
     tag_vocab=tuple(reader.info.get("tags", [])),
     caption=config.data.caption,
     positives=config.data.positives,

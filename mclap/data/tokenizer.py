@@ -80,3 +80,11 @@ class TextTokenizer:
       ids[row, :n] = encoding.ids
       mask[row, :n] = 1
     return ids, mask
+
+
+def for_config(config) -> TextTokenizer:
+  """The tokenizer a config trains with: `data.tokenizer_dir`, else a pretrained text tower's own
+  directory, else all-MiniLM-L6-v2's WordPiece."""
+  text = config.model.text
+  directory = config.data.tokenizer_dir or (text.pretrained_dir if text.kind == "bert" else "")
+  return TextTokenizer(directory or None, config.data.max_tokens)

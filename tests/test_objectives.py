@@ -1,0 +1,80 @@
+"""Every objective's config trains on the tiny corpus through the one trainer; frozen parts stay put."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_tiny_config
+from flax import nnx
+
+from mclap import checkpoints, parallel, trainer
+from mclap.data import pipeline
+from mclap.data.tokenizer import default_tokenizer_dir
+from mclap.models import bert
+
+pytestmark = pytest.mark.slow
+MINILM = default_tokenizer_dir()
+
+
+def _fit_one_batch(config, steps=8):
+  """Steps on one fixed batch (8 devices): the loss must fall. Returns the losses and states."""
+  config.optim.update(warmup_steps=0, schedule="constant")
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  tx = trainer.make_optimizer(config, steps)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  first = jax.device_get(state)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  batch = trainer.to_global(pipeline.train_dataset(config)[0], mesh)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  return losses, first, state, model_def
+
+
+@pytest.mark.parametrize("spec", ["configs/muscall.py:demo", "configs/siglip.py:demo"])
+def test_objective_trains(spec, tiny_corpus):
+  losses, *_ = _fit_one_batch(make_tiny_config(spec, tiny_corpus))
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_weighted_trains_with_a_frozen_pretrained_sentence_encoder(tiny_corpus, tmp_path):
+  config = make_tiny_config("configs/muscall.py:demo,weighted", tiny_corpus)
+  losses, first, state, model_def = _fit_one_batch(config)
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  assert "sentence_encoder" not in state["params"] and "sentence_encoder" in state["frozen"]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), first["frozen"])
+  weights = bert.load_file(str(MINILM / "model.safetensors"))
+  loaded = model_def.merge(state).sentence_encoder.word_embeddings.embedding[...]
+  np.testing.assert_array_equal(np.asarray(loaded), weights["embeddings.word_embeddings.weight"])
+  # Checkpoints leave the frozen weights out and restore around them.
+  mgr = checkpoints.manager(tmp_path, None)
+  checkpoints.save(mgr, 1, state)
+  mgr.wait_until_finished()
+  assert not any("sentence_encoder" in str(p) for p in tmp_path.rglob("*"))
+  restored = checkpoints.restore(mgr, 1, state)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+
+
+def test_frozen_audio_tower_gets_no_gradient_and_no_optimizer_state(tiny_config):
+  tiny_config.model.audio.freeze = True
+  losses, first, state, _ = _fit_one_batch(tiny_config, steps=3)
+  assert "audio" not in state["params"] and "audio" in state["frozen"]
+  assert losses[-1] < losses[0]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), first["frozen"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["batch_stats"]), first["batch_stats"])
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["opt_state"])]
+  assert any("'audio_projection'" in p for p in paths) and not any("'audio'" in p for p in paths)
+
+
+def test_pretrained_bert_text_tower_with_its_first_layers_frozen(tiny_corpus):
+  config = make_tiny_config("configs/muscall.py:demo", tiny_corpus)
+  config.model.text.update(kind="bert", pretrained_dir=str(MINILM), pooling="mean", freeze_layers=4)
+  losses, first, state, model_def = _fit_one_batch(config, steps=4)
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  frozen_layers = {int(k[2]) for k, _ in nnx.to_flat_state(state["frozen"]) if k[:2] == ("text", "layers")}
+  trained_layers = {int(k[2]) for k, _ in nnx.to_flat_state(state["params"]) if k[:2] == ("text", "layers")}
+  assert frozen_layers == {0, 1, 2, 3} and trained_layers == {4, 5}
+  weights = bert.load_file(str(MINILM / "model.safetensors"))
+  np.testing.assert_array_equal(
+    np.asarray(model_def.merge(state).text.word_embeddings.embedding[...]), weights["embeddings.word_embeddings.weight"]
+  )
