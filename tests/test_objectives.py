@@ -31,7 +31,7 @@ def _fit_one_batch(config, steps=8):
   return losses, first, state, model_def
 
 
-@pytest.mark.parametrize("spec", ["configs/muscall.py:demo", "configs/siglip.py:demo"])
+@pytest.mark.parametrize("spec", ["configs/muscall.py:demo", "configs/muscall.py:demo,ssl", "configs/siglip.py:demo"])
 def test_objective_trains(spec, tiny_corpus):
   losses, *_ = _fit_one_batch(make_tiny_config(spec, tiny_corpus))
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses

@@ -102,6 +102,7 @@ class ToExample:
   positives: str = "captions"  # captions | sentences.
   augmenter: augment.Augmenter | None = None
   partners: Any = None  # The split's records, to draw mixup partners from.
+  views: int = 1  # 2: a second, independently augmented view of the same crop (`mel_view2`, for SSL).
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
     return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
@@ -119,6 +120,8 @@ class ToExample:
         crop = augment.mix(np.asarray(crop, np.float32), np.asarray(other, np.float32), weight, self.pad_value)
         valid = max(valid, other_valid)
         tags.update(partner["tags"])
+      if self.views == 2:
+        second_view = self.augmenter(crop, valid, rng)
       crop = self.augmenter(crop, valid, rng)
     texts = positives(record["captions"], self.positives)
     if self.caption == "join":
@@ -130,7 +133,7 @@ class ToExample:
     tokens, token_mask = self.tokenizer([text])
     multi_hot = np.zeros(len(self.tag_vocab), np.uint8)
     multi_hot[[self.tag_vocab.index(t) for t in tags if t in self.tag_vocab]] = 1
-    return {
+    example = {
       "mel": np.asarray(crop, np.float16),
       "mel_frames": np.int32(valid),
       "tokens": tokens[0],
@@ -140,6 +143,9 @@ class ToExample:
       "index": np.int32(record["index"]),
       "valid": np.int32(record.get("valid", 1)),
     }
+    if rng is not None and self.views == 2:
+      example["mel_view2"] = np.asarray(second_view, np.float16)
+    return example
 
 
 def _reader_and_transform(config, split: str, train: bool) -> tuple[records.CorpusReader, ToExample]:
@@ -147,6 +153,8 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
   check_corpus(reader.info, config, config.data.dir)
   if config.data.caption not in ("random", "first", "join"):
     raise ConfigError(f"config.data.caption={config.data.caption!r}; use random, first or join")
+  if config.data.views not in (1, 2):
+    raise ConfigError(f"config.data.views={config.data.views}; use 1, or 2 for two augmented views (SSL)")
   if config.data.positives not in ("captions", "sentences"):
     raise ConfigError(f"config.data.positives={config.data.positives!r}; use captions or sentences")
   mel_config = reader.info["mel"]
@@ -163,6 +171,7 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
     positives=config.data.positives,
     augmenter=augmenter,
     partners=reader if augmenter and augmenter.mixup_prob else None,
+    views=config.data.views if train else 1,
   )
   return reader, transform
 

@@ -44,6 +44,7 @@ class DualEncoder(nnx.Module):
     learn_temperature: bool,
     logit_bias_init: float | None = None,
     sentence_encoder: bert.BertEncoder | None = None,
+    ssl_dim: int | None = None,
     audio_frozen: bool = False,
     dtype: Any,
     rngs: nnx.Rngs,
@@ -57,10 +58,26 @@ class DualEncoder(nnx.Module):
     self.logit_bias_param = None if logit_bias_init is None else nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
     self.sentence_encoder = sentence_encoder
     self.audio_frozen = audio_frozen
+    width = audio.output_dim  # SimCLR's projection MLP for the audio self-supervised loss:
+    self.ssl_head = (
+      nnx.Sequential(
+        nnx.Linear(width, width, dtype=dtype, rngs=rngs),
+        jax.nn.relu,
+        nnx.Linear(width, ssl_dim, dtype=dtype, rngs=rngs),
+      )
+      if ssl_dim is not None
+      else None
+    )
+
+  def audio_features(self, mel: jax.Array, train: bool = False) -> jax.Array:
+    # A frozen audio tower also keeps its batch-norm statistics: it always runs in inference mode.
+    return self.audio(mel, train and not self.audio_frozen)
+
+  def project_audio(self, features: jax.Array) -> jax.Array:
+    return _l2_normalize(self.audio_projection(features))
 
   def embed_audio(self, mel: jax.Array, train: bool = False) -> jax.Array:
-    # A frozen audio tower also keeps its batch-norm statistics: it always runs in inference mode.
-    return _l2_normalize(self.audio_projection(self.audio(mel, train and not self.audio_frozen)))
+    return self.project_audio(self.audio_features(mel, train))
 
   def embed_sentences(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
     """Sentence-BERT caption embeddings (mean pooled, L2-normalised), without gradient."""
@@ -146,6 +163,7 @@ def build_model(
     learn_temperature=config.model.learn_temperature,
     logit_bias_init=config.loss.bias_init if config.loss.name == "siglip" else None,
     sentence_encoder=sentence_encoder,
+    ssl_dim=config.loss.projection_dim if config.loss.name == "ssl" else None,
     audio_frozen=bool(audio_cfg.get("freeze", False)),
     dtype=dtype,
     rngs=rngs,
