@@ -137,3 +137,34 @@ def siglip_loss(
     text_block = jax.lax.ppermute(text_block, axis_name, [(i, (i + 1) % devices) for i in range(devices)])
     total = total + block_loss(text_block, False)
   return jax.lax.psum(total, axis_name) / (devices * audio_emb.shape[0])
+
+
+def supervised_contrastive_loss(
+  audio_emb: jax.Array, text_emb: jax.Array, ids: jax.Array, logit_scale: jax.Array, axis_name: str | None = None
+) -> jax.Array:
+  """Sideras et al.'s SCL: every text whose row has the same `ids` (sentences of the same clip) is
+  a positive of an audio row, and vice versa: -mean over the positives of the log-softmax, per
+  row, averaged over the global batch and the two directions. Ids are gathered with the rows, so
+  positives on other devices count."""
+  all_audio, offset = _gather(audio_emb, axis_name)
+  all_text, _ = _gather(text_emb, axis_name)
+  all_ids, _ = _gather(ids, axis_name)
+  positive = (ids[:, None] == all_ids[None, :]).astype(jnp.float32)
+
+  def direction(anchors, candidates):
+    log_probs = jax.nn.log_softmax(_wide(logit_scale * anchors @ candidates.T), axis=-1)
+    return (-(log_probs * positive).sum(axis=1) / positive.sum(axis=1)).sum()
+
+  total = direction(audio_emb, all_text) + direction(text_emb, all_audio)
+  return 0.5 * _sum(total, axis_name) / all_audio.shape[0]
+
+
+def triplet_loss(
+  anchor: jax.Array, positive: jax.Array, negative: jax.Array, margin: float, axis_name: str | None = None
+) -> jax.Array:
+  """Max-margin (hinge) triplet loss on cosine similarity, mean over the global batch:
+  max(0, margin - cos(anchor, positive) + cos(anchor, negative)) (Choi et al.; Sideras's STL)."""
+  cos = lambda x, y: (x * y).sum(-1) / jnp.maximum(jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(y, axis=-1), 1e-12)  # noqa: E731
+  hinge = jnp.maximum(0.0, margin - cos(anchor, positive) + cos(anchor, negative))
+  count = _sum(jnp.asarray(anchor.shape[0], jnp.float32), axis_name)
+  return _sum(hinge.sum(), axis_name) / count

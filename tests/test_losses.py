@@ -167,3 +167,60 @@ def test_sharded_losses_equal_single_device_value_and_gradients(per_device, name
   np.testing.assert_allclose(value, ref_value, rtol=1e-5, err_msg=name)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def numpy_supcon(a, t, ids, scale):
+  logits = scale * a @ t.T
+  total = 0.0
+  for logit_rows in (logits, logits.T):
+    for i, row in enumerate(logit_rows):
+      log_probs = row - logsumexp(row)
+      positives = [j for j in range(len(ids)) if ids[j] == ids[i]]
+      total += -np.mean(log_probs[positives])
+  return total / (2 * len(ids))
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 17])
+def test_supervised_contrastive_matches_numpy_and_is_infonce_with_unique_ids(n):
+  a, t, _ = _inputs(n, n)
+  ids = np.random.default_rng(n).integers(0, max(n // 3, 1), size=n)
+  ours = losses.supervised_contrastive_loss(jnp.asarray(a), jnp.asarray(t), jnp.asarray(ids), 12.0)
+  np.testing.assert_allclose(ours, numpy_supcon(a, t, ids, 12.0), rtol=1e-5)
+  unique = losses.supervised_contrastive_loss(jnp.asarray(a), jnp.asarray(t), jnp.arange(n), 12.0)
+  np.testing.assert_allclose(unique, losses.infonce_loss(jnp.asarray(a), jnp.asarray(t), 12.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 4, 9])
+def test_triplet_matches_numpy(n):
+  rng = np.random.default_rng(n)
+  x, p, q = (rng.normal(size=(n, 6)) for _ in range(3))
+  cos = lambda u, v: (u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))  # noqa: E731
+  expected = np.maximum(0.0, 0.4 - cos(x, p) + cos(x, q)).mean()
+  np.testing.assert_allclose(
+    losses.triplet_loss(jnp.asarray(x), jnp.asarray(p), jnp.asarray(q), 0.4), expected, rtol=1e-5
+  )
+
+
+def test_supcon_and_triplet_gradient_checks_and_sharding():
+  with jax.enable_x64(True):
+    a, t, s = (jnp.asarray(x) for x in _inputs(6, 4, d=3))
+    ids = jnp.asarray([0, 0, 1, 2, 2, 2])
+    check_grads(lambda a, t, k: losses.supervised_contrastive_loss(a, t, ids, k), (a, t, 5.0), 1, modes=["rev"])
+    check_grads(lambda a, t: losses.triplet_loss(a, t, jnp.roll(t, 1, 0), 0.8), (a, t), 1, modes=["rev"])
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  a, t, _ = (jnp.asarray(x, jnp.float32) for x in _inputs(16, 5, d=8))
+  ids = jnp.asarray(np.repeat(np.arange(8), 2))  # Pairs of rows on different devices share an id.
+  ids = jnp.roll(ids, 1)
+  put = lambda x: jax.device_put(x, parallel.batch_sharding(mesh))  # noqa: E731
+  supcon = parallel.sharded_loss(losses.supervised_contrastive_loss, mesh, num_batch_args=3)
+  value, grads = jax.jit(jax.value_and_grad(supcon, argnums=(0, 1)))(put(a), put(t), put(ids), jnp.asarray(9.0))
+  ref, ref_grads = jax.value_and_grad(losses.supervised_contrastive_loss, argnums=(0, 1))(a, t, ids, 9.0)
+  np.testing.assert_allclose(value, ref, rtol=1e-5)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+  triplet = parallel.sharded_loss(lambda x, y, z, axis_name=None: losses.triplet_loss(x, y, z, 0.5, axis_name), mesh, 3)
+  np.testing.assert_allclose(
+    jax.jit(triplet)(put(a), put(t), put(jnp.roll(t, 3, 0))),
+    losses.triplet_loss(a, t, jnp.roll(t, 3, 0), 0.5),
+    rtol=1e-5,
+  )
