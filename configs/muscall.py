@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # kind="bert": a pretrained BERT/RoBERTa from a local Hugging Face directory (pooling cls or mean);
   # its embeddings and first `freeze_layers` layers can stay frozen.
   c.model.text.update(pretrained_dir="", freeze_layers=0)
+  c.model.heads = dict(kind="linear", hidden=1024)  # Bias-free linear projections (mlp: Sideras's tanh heads).
   c.model.projection_dim = 512
   c.model.logit_scale_init = math.log(1 / 0.07)
   c.model.logit_scale_max = math.log(100.0)

@@ -78,3 +78,18 @@ def test_pretrained_bert_text_tower_with_its_first_layers_frozen(tiny_corpus):
   np.testing.assert_array_equal(
     np.asarray(model_def.merge(state).text.word_embeddings.embedding[...]), weights["embeddings.word_embeddings.weight"]
   )
+
+
+def test_simple_cnn_tower_with_tanh_heads_trains(tiny_config):
+  """Sideras et al.'s towers: four conv blocks 16/32/64/128 (batch norm on the last two), heads
+  of two layers (1024, 512) with tanh between."""
+  tiny_config.model.audio = dict(kind="simple_cnn", channels=(16, 32, 64, 128), batch_norm_blocks=2, freeze=False)
+  tiny_config.model.heads = dict(kind="mlp", hidden=1024)
+  tiny_config.model.projection_dim = 512
+  losses, _, state, model_def = _fit_one_batch(tiny_config, steps=6)
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  model = model_def.merge(state)
+  assert [n is not None for n in model.audio.norms] == [False, False, True, True]
+  assert [c.kernel.shape[-1] for c in model.audio.convs] == [16, 32, 64, 128]
+  assert model.audio_projection.layers[0].kernel.shape == (128, 1024)
+  assert model.audio_projection.layers[2].kernel.shape == (1024, 512)

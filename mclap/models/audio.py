@@ -136,3 +136,37 @@ class ModifiedResNet(nnx.Module):
     for block in self.blocks:
       x = maybe_remat(lambda b, y: b(y, train), self.remat)(block, x)
     return self.pool(x) if self.pool is not None else x.mean(axis=(1, 2))
+
+
+class SimpleCNN(nnx.Module):
+  """Sideras et al.'s audio encoder: conv blocks (3x3 conv, ReLU, 2x2 max pool) of 16/32/64/128
+  channels, batch norm in the last `batch_norm_blocks` blocks, then the mean over frequency and
+  time: features `[batch, channels[-1]]`."""
+
+  def __init__(self, *, channels: Sequence[int], batch_norm_blocks: int, dtype: Any, rngs: nnx.Rngs):
+    cins = (1, *channels[:-1])
+    first_bn = len(channels) - batch_norm_blocks
+    self.convs = nnx.List(
+      [
+        nnx.Conv(i, o, (3, 3), padding=1, use_bias=b < first_bn, dtype=dtype, rngs=rngs)
+        for b, (i, o) in enumerate(zip(cins, channels))
+      ]
+    )
+    self.norms = nnx.List(
+      [
+        nnx.BatchNorm(o, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) if b >= first_bn else None
+        for b, o in enumerate(channels)
+      ]
+    )
+    self.output_dim = channels[-1]
+
+  def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
+    x = mel[..., None].astype(self.convs[0].dtype or jnp.float32)
+    for conv, norm in zip(self.convs, self.norms):
+      x = conv(x)
+      if norm is not None:
+        x = norm(x, use_running_average=not train)
+      x = jax.nn.relu(x)
+      if min(x.shape[1:3]) >= 2:
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return x.mean(axis=(1, 2)).astype(jnp.float32)

@@ -14,12 +14,24 @@ from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
 from mclap.models import bert
-from mclap.models.audio import ModifiedResNet
+from mclap.models.audio import ModifiedResNet, SimpleCNN
 from mclap.models.text import TextTransformer
 
 
 class Constant(nnx.Variable):
   """A model value that is saved with the parameters but never trained (a fixed temperature)."""
+
+
+def projection_head(features: int, out: int, kind: str, hidden: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
+  """Into the joint space: a bias-free linear map (MusCALL) or two layers with tanh between
+  (Sideras et al.: hidden 1024, output 512)."""
+  if kind == "linear":
+    return nnx.Linear(features, out, use_bias=False, dtype=dtype, rngs=rngs)
+  if kind == "mlp":
+    return nnx.Sequential(
+      nnx.Linear(features, hidden, dtype=dtype, rngs=rngs), jnp.tanh, nnx.Linear(hidden, out, dtype=dtype, rngs=rngs)
+    )
+  raise ConfigError(f"config.model.heads.kind={kind!r}; use linear or mlp")
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -40,6 +52,8 @@ class DualEncoder(nnx.Module):
     text: nnx.Module,
     *,
     projection_dim: int,
+    head_kind: str = "linear",
+    head_hidden: int = 1024,
     logit_scale_init: float,
     logit_scale_max: float,
     learn_temperature: bool,
@@ -51,8 +65,10 @@ class DualEncoder(nnx.Module):
     rngs: nnx.Rngs,
   ):
     self.audio, self.text = audio, text
-    self.audio_projection = nnx.Linear(audio.output_dim, projection_dim, use_bias=False, dtype=dtype, rngs=rngs)
-    self.text_projection = nnx.Linear(text.output_dim, projection_dim, use_bias=False, dtype=dtype, rngs=rngs)
+    head = lambda features: projection_head(  # noqa: E731
+      features, projection_dim, head_kind, head_hidden, dtype=dtype, rngs=rngs
+    )
+    self.audio_projection, self.text_projection = head(audio.output_dim), head(text.output_dim)
     variable = nnx.Param if learn_temperature else Constant
     self.logit_scale_param = variable(jnp.asarray(logit_scale_init, jnp.float32))
     self.logit_scale_max = logit_scale_max
@@ -93,6 +109,28 @@ class DualEncoder(nnx.Module):
   def logit_scale(self) -> jax.Array:
     """exp of the (learned) log-scale, clamped at exp(logit_scale_max) = 100 as in CLIP/MusCALL."""
     return jnp.exp(jnp.minimum(self.logit_scale_param[...], self.logit_scale_max))
+
+
+def _audio_tower(config: ml_collections.ConfigDict, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
+  audio_cfg = config.model.audio
+  if audio_cfg.kind == "simple_cnn":
+    return SimpleCNN(
+      channels=tuple(audio_cfg.channels), batch_norm_blocks=audio_cfg.batch_norm_blocks, dtype=dtype, rngs=rngs
+    )
+  if audio_cfg.kind != "modified_resnet":
+    raise ConfigError(f"config.model.audio.kind={audio_cfg.kind!r}; available: modified_resnet, simple_cnn")
+  return ModifiedResNet(
+    n_mels=config.data.mel.n_mels,
+    frames=mel_lib.num_frames(config.data.crop_seconds, config.data.mel),
+    width=audio_cfg.width,
+    layers=tuple(audio_cfg.layers),
+    pooling=audio_cfg.pooling,
+    heads=audio_cfg.heads,
+    output_dim=audio_cfg.output_dim,
+    remat=config.train.remat,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 def _text_tower(config: ml_collections.ConfigDict, vocab_size: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -136,21 +174,7 @@ def build_model(
   """The dual encoder of `config.model` (and what `config.loss` needs), sized for `config.data`
   crops; pretrained weights are loaded separately (`load_pretrained`)."""
   dtype = jnp.dtype(dtype or config.train.dtype)
-  audio_cfg = config.model.audio
-  if audio_cfg.kind != "modified_resnet":
-    raise ConfigError(f"config.model.audio.kind={audio_cfg.kind!r}; available: modified_resnet")
-  audio = ModifiedResNet(
-    n_mels=config.data.mel.n_mels,
-    frames=mel_lib.num_frames(config.data.crop_seconds, config.data.mel),
-    width=audio_cfg.width,
-    layers=tuple(audio_cfg.layers),
-    pooling=audio_cfg.pooling,
-    heads=audio_cfg.heads,
-    output_dim=audio_cfg.output_dim,
-    remat=config.train.remat,
-    dtype=dtype,
-    rngs=rngs,
-  )
+  audio = _audio_tower(config, dtype, rngs)
   sentence_encoder = None
   if config.loss.name == "weighted":
     sentence_encoder = bert.build_bert(
@@ -160,13 +184,15 @@ def build_model(
     audio,
     _text_tower(config, vocab_size, dtype, rngs),
     projection_dim=config.model.projection_dim,
+    head_kind=config.model.heads.kind,
+    head_hidden=config.model.heads.hidden,
     logit_scale_init=config.model.logit_scale_init,
     logit_scale_max=config.model.logit_scale_max,
     learn_temperature=config.model.learn_temperature,
     logit_bias_init=config.loss.bias_init if config.loss.name == "siglip" else None,
     sentence_encoder=sentence_encoder,
     ssl_dim=config.loss.projection_dim if config.loss.name == "ssl" else None,
-    audio_frozen=bool(audio_cfg.get("freeze", False)),
+    audio_frozen=bool(config.model.audio.get("freeze", False)),
     dtype=dtype,
     rngs=rngs,
   )
