@@ -48,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # kind="bert": a pretrained BERT/RoBERTa from a local Hugging Face directory (pooling cls or mean);
   # its embeddings and first `freeze_layers` layers can stay frozen.
   c.model.text.update(pretrained_dir="", freeze_layers=0)
+  for tower in (c.model.audio, c.model.text):
+    tower.lr_scale = 1.0  # Multiplies the learning rate of this tower (e.g. 0.1 to fine-tune gently).
   c.model.heads = dict(kind="linear", hidden=1024)  # Bias-free linear projections (mlp: Sideras's tanh heads).
   c.model.projection_dim = 512
   c.model.logit_scale_init = math.log(1 / 0.07)

@@ -59,8 +59,24 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
   raise ConfigError(f"config.optim.schedule={o.schedule!r}; use cosine or constant")
 
 
+def _scale_by_tower(scales: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies the updates of each tower's parameters by its factor: a lower learning rate (weight
+  decay included, as it is part of AdamW's update) for a pretrained tower being fine-tuned."""
+
+  def update(updates, state, params=None):
+    del params
+
+    def scale(path, u):
+      return u * scales.get(getattr(path[0], "key", None), 1.0)
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """AdamW; weight decay on matrices and kernels only (not on biases, norms or the logit scale)."""
+  """AdamW; weight decay on matrices and kernels only (not on biases, norms or the logit scale);
+  `model.<tower>.lr_scale` scales a tower's learning rate."""
   o = config.optim
   adamw = optax.adamw(
     learning_rate_schedule(config, total_steps),
@@ -70,7 +86,13 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
     weight_decay=o.weight_decay,
     mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
   )
-  return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
+  steps = [adamw]
+  if o.clip_norm > 0:
+    steps.insert(0, optax.clip_by_global_norm(o.clip_norm))
+  scales = {tower: float(config.model[tower].get("lr_scale", 1.0)) for tower in ("audio", "text")}
+  if any(v != 1.0 for v in scales.values()):
+    steps.append(_scale_by_tower(scales))
+  return optax.chain(*steps) if len(steps) > 1 else adamw
 
 
 def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
