@@ -42,8 +42,9 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 class DualEncoder(nnx.Module):
   """`embed_audio`/`embed_text` give L2-normalised float32 embeddings `[batch, projection_dim]`.
 
-  Optional parts, present when an objective needs them: a learned logit bias (SigLIP) and a
-  frozen Sentence-BERT caption encoder (MusCALL's loss weighting).
+  Optional parts, present when an objective needs them: a learned logit bias (SigLIP), a
+  frozen Sentence-BERT caption encoder (MusCALL's loss weighting) and an audio projection MLP
+  for the self-supervised loss (MusCALL_SSL).
   """
 
   def __init__(
