@@ -29,6 +29,19 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
 
 
+def _pair_cross_entropies(
+  audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, axis_name: str | None
+) -> tuple[jax.Array, jax.Array]:
+  """Per local row: the audio→text and text→audio cross-entropies against the global batch,
+  row i of each tower forming the positive pair."""
+  all_audio, offset = _gather(audio_emb, axis_name)
+  all_text, _ = _gather(text_emb, axis_name)
+  labels = offset + jnp.arange(audio_emb.shape[0])
+  audio_to_text = _cross_entropy(logit_scale * audio_emb @ all_text.T, labels)
+  text_to_audio = _cross_entropy(logit_scale * text_emb @ all_audio.T, labels)
+  return audio_to_text, text_to_audio
+
+
 def infonce_loss(
   audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, axis_name: str | None = None
 ) -> jax.Array:
@@ -42,11 +55,7 @@ def infonce_loss(
   Returns:
     scalar loss averaged over the global batch.
   """
-  all_audio, offset = _gather(audio_emb, axis_name)
-  all_text, _ = _gather(text_emb, axis_name)
-  labels = offset + jnp.arange(audio_emb.shape[0])
-  audio_to_text = _cross_entropy(logit_scale * audio_emb @ all_text.T, labels)
-  text_to_audio = _cross_entropy(logit_scale * text_emb @ all_audio.T, labels)
+  audio_to_text, text_to_audio = _pair_cross_entropies(audio_emb, text_emb, logit_scale, axis_name)
   loss = 0.5 * (audio_to_text.mean() + text_to_audio.mean())
   return jax.lax.pmean(loss, axis_name) if axis_name is not None else loss
 
@@ -76,18 +85,14 @@ def weighted_infonce_loss(
     sentence_emb: `[batch, d]` L2-normalised caption embeddings (all-MiniLM-L6-v2 in MusCALL);
       each device builds only its rows of S from the gathered embeddings.
   """
-  all_audio, offset = _gather(audio_emb, axis_name)
-  all_text, _ = _gather(text_emb, axis_name)
-  all_sentences, _ = _gather(jax.lax.stop_gradient(sentence_emb), axis_name)
+  all_sentences, offset = _gather(jax.lax.stop_gradient(sentence_emb), axis_name)
   batch, rows = all_sentences.shape[0], jnp.arange(audio_emb.shape[0])
   if batch == 1:
     return infonce_loss(audio_emb, text_emb, logit_scale, axis_name)
   sim = _wide(jax.lax.stop_gradient(sentence_emb)) @ _wide(all_sentences).T
   row_mean = (sim.sum(axis=1) - sim[rows, offset + rows]) / (batch - 1)
   weights = jnp.exp(row_mean / _sum(row_mean.sum(), axis_name) / kappa)
-  labels = offset + rows
-  audio_to_text = _cross_entropy(logit_scale * audio_emb @ all_text.T, labels)
-  text_to_audio = _cross_entropy(logit_scale * text_emb @ all_audio.T, labels)
+  audio_to_text, text_to_audio = _pair_cross_entropies(audio_emb, text_emb, logit_scale, axis_name)
   weighted = _sum((weights * (audio_to_text + text_to_audio)).sum(), axis_name)
   return 0.5 * weighted / _sum(weights.sum(), axis_name)
 
