@@ -70,6 +70,10 @@ def test_every_augmentation_off_is_the_identity():
   augmenter = augment.Augmenter.from_config(augment.default_config(), FLOOR, 31.25)
   np.testing.assert_array_equal(augmenter(mel, 30, np.random.default_rng(0)), mel)
   assert augmenter.mixup_weight(np.random.default_rng(0)) is None
+  assert augmenter.is_identity
+  masked = augment.default_config()
+  masked.time_masks = 1
+  assert not augment.Augmenter.from_config(masked, FLOOR, 31.25).is_identity
 
 
 def test_bad_settings_are_config_errors():

@@ -120,6 +120,12 @@ class Augmenter:
     if self.mixup_alpha <= 0:
       raise ConfigError(f"config.data.augment.mixup_alpha={self.mixup_alpha} must be positive")
 
+  @property
+  def is_identity(self) -> bool:
+    """Every augmentation off (the default)."""
+    probabilities = (self.gain_prob, self.noise_prob, self.pitch_prob, self.mixup_prob)
+    return not any(probabilities) and not self.time_masks and not self.freq_masks
+
   def mixup_weight(self, rng: np.random.Generator) -> float | None:
     """The weight of the example's own clip in a mixup (>= 0.5, so it stays the dominant one), or
     None when this example is not mixed."""

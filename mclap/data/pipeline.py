@@ -158,20 +158,24 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
   if config.data.positives not in ("captions", "sentences"):
     raise ConfigError(f"config.data.positives={config.data.positives!r}; use captions or sentences")
   mel_config = reader.info["mel"]
+  floor = mel_lib.floor_db(mel_config)
+  views = config.data.views if train else 1
   augmenter = None
   if train:
     frames_per_second = mel_config["sample_rate"] / mel_config["hop_length"]
-    augmenter = augment.Augmenter.from_config(config.data.augment, mel_lib.floor_db(mel_config), frames_per_second)
+    augmenter = augment.Augmenter.from_config(config.data.augment, floor, frames_per_second)
+    if augmenter.is_identity and views == 1:
+      augmenter = None  # Nothing to do: keep the crop's float16 path free of the float32 round trip.
   transform = ToExample(
     crop_frames=mel_lib.num_frames(config.data.crop_seconds, mel_config),
-    pad_value=mel_lib.floor_db(mel_config),
+    pad_value=floor,
     tokenizer=tokenizer_lib.for_config(config),
     tag_vocab=tuple(reader.info.get("tags", [])),
     caption=config.data.caption,
     positives=config.data.positives,
     augmenter=augmenter,
     partners=reader if augmenter and augmenter.mixup_prob else None,
-    views=config.data.views if train else 1,
+    views=views,
   )
   return reader, transform
 
