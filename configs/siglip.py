@@ -6,7 +6,6 @@ Variants as in `configs/muscall.py` (e.g. `configs/siglip.py:demo`).
 """
 
 import math
-import pathlib
 
 import ml_collections
 
@@ -14,7 +13,7 @@ from mclap import cli
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = cli.load_config(f"{pathlib.Path(__file__).with_name('muscall.py')}:{arg or ''}")
+  c, _ = cli.base_config(__file__, arg, ())
   c.loss = dict(name="siglip", bias_init=-10.0)
   c.model.logit_scale_init = math.log(10.0)
   return c

@@ -6,7 +6,11 @@ import pathlib
 from typing import Any
 
 import grain
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from mclap.errors import UserError
 
 
 def manager(directory: str | pathlib.Path, keep: int | None) -> ocp.CheckpointManager:
@@ -33,3 +37,31 @@ def restore(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_i
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   return {**state, **mgr.restore(step, args=ocp.args.Composite(**items))["state"]}
+
+
+def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
+  """Copies the trained weights and batch statistics of the model's `name` tower, from the latest
+  checkpoint of an mclap training workdir, into `tower` (in place)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  mgr = ocp.CheckpointManager(directory.absolute()) if directory.is_dir() else None
+  if mgr is None or mgr.latest_step() is None:
+    raise UserError(f"{directory} holds no checkpoint: init_from must name a workdir written by mclap.train")
+  saved = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mgr.close()
+  for group in ("params", "batch_stats"):
+    for path, variable in nnx.to_flat_state(nnx.state(tower, nnx.Param if group == "params" else nnx.BatchStat)):
+      node = saved.get(group, {}).get(name)
+      for key in map(str, path):
+        node = node.get(key) if isinstance(node, dict) else None
+      if node is None:
+        raise UserError(
+          f"{directory}: no {group} for {name}.{'.'.join(map(str, path))}; the checkpoint's {name} tower "
+          "must have the architecture the config asks for (and have been trained, not frozen, there)"
+        )
+      value = node["value"]
+      if value.shape != variable[...].shape:
+        raise UserError(
+          f"{directory}: {name}.{'.'.join(map(str, path))} has shape {list(value.shape)}, the config's "
+          f"tower expects {list(variable[...].shape)}"
+        )
+      variable[...] = jnp.asarray(value)

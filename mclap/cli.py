@@ -41,6 +41,15 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None) if arg else module.get_config()
 
 
+def base_config(config_file: str, arg: str | None, own_variants: Sequence[str]) -> tuple[ml_collections.ConfigDict, set[str]]:
+  """For a config built on `configs/muscall.py`: that file's config with the variants of `arg`
+  that are not `own_variants` (e.g. `demo`), and the own variants found."""
+  variants = set(filter(None, (arg or "").split(",")))
+  own = variants & set(own_variants)
+  base = pathlib.Path(config_file).with_name("muscall.py")
+  return load_config(f"{base}:{','.join(sorted(variants - own))}"), own
+
+
 def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
   """Raises ConfigError if `dotted_key` (e.g. 'train.batch_size') is not a key of `config`."""
   node, walked = config, []

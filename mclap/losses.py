@@ -65,6 +65,11 @@ def _sum(x: jax.Array, axis_name: str | None) -> jax.Array:
   return jax.lax.psum(x, axis_name) if axis_name is not None else x
 
 
+def _mean(per_row: jax.Array, axis_name: str | None) -> jax.Array:
+  """Mean of per-row values over the global batch."""
+  return _sum(per_row.sum(), axis_name) / _sum(jnp.asarray(per_row.shape[0], per_row.dtype), axis_name)
+
+
 def weighted_infonce_loss(
   audio_emb: jax.Array,
   text_emb: jax.Array,
@@ -145,23 +150,31 @@ def siglip_loss(
 
 
 def supervised_contrastive_loss(
-  audio_emb: jax.Array, text_emb: jax.Array, ids: jax.Array, logit_scale: jax.Array, axis_name: str | None = None
+  audio_emb: jax.Array,
+  text_emb: jax.Array,
+  audio_ids: jax.Array,
+  text_ids: jax.Array,
+  logit_scale: jax.Array,
+  axis_name: str | None = None,
 ) -> jax.Array:
-  """Sideras et al.'s SCL: every text whose row has the same `ids` (sentences of the same clip) is
-  a positive of an audio row, and vice versa: -mean over the positives of the log-softmax, per
-  row, averaged over the global batch and the two directions. Ids are gathered with the rows, so
-  positives on other devices count."""
-  all_audio, offset = _gather(audio_emb, axis_name)
+  """Sideras et al.'s SCL: every text with its audio's id (the sentences of that clip) is a
+  positive of the audio, and the reverse: per anchor, minus the mean over its positives of the
+  log-softmax against the other tower's global batch; each direction averaged over its anchors,
+  then the two directions. The towers may have different row counts (K sentences per clip); the
+  ids travel with the gathered rows, so positives on other devices count."""
+  all_audio, _ = _gather(audio_emb, axis_name)
   all_text, _ = _gather(text_emb, axis_name)
-  all_ids, _ = _gather(ids, axis_name)
-  positive = (ids[:, None] == all_ids[None, :]).astype(jnp.float32)
+  all_audio_ids, _ = _gather(audio_ids, axis_name)
+  all_text_ids, _ = _gather(text_ids, axis_name)
 
-  def direction(anchors, candidates):
+  def direction(anchors, anchor_ids, candidates, candidate_ids):
+    positive = (anchor_ids[:, None] == candidate_ids[None, :]).astype(jnp.float32)
     log_probs = jax.nn.log_softmax(_wide(logit_scale * anchors @ candidates.T), axis=-1)
-    return (-(log_probs * positive).sum(axis=1) / positive.sum(axis=1)).sum()
+    per_anchor = -(log_probs * positive).sum(axis=1) / jnp.maximum(positive.sum(axis=1), 1.0)
+    return _mean(per_anchor, axis_name)
 
-  total = direction(audio_emb, all_text) + direction(text_emb, all_audio)
-  return 0.5 * _sum(total, axis_name) / all_audio.shape[0]
+  audio_to_text = direction(audio_emb, audio_ids, all_text, all_text_ids)
+  return 0.5 * (audio_to_text + direction(text_emb, text_ids, all_audio, all_audio_ids))
 
 
 def triplet_loss(
@@ -170,6 +183,12 @@ def triplet_loss(
   """Max-margin (hinge) triplet loss on cosine similarity, mean over the global batch:
   max(0, margin - cos(anchor, positive) + cos(anchor, negative)) (Choi et al.; Sideras's STL)."""
   cos = lambda x, y: (x * y).sum(-1) / jnp.maximum(jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(y, axis=-1), 1e-12)  # noqa: E731
-  hinge = jnp.maximum(0.0, margin - cos(anchor, positive) + cos(anchor, negative))
-  count = _sum(jnp.asarray(anchor.shape[0], jnp.float32), axis_name)
-  return _sum(hinge.sum(), axis_name) / count
+  return _mean(jnp.maximum(0.0, margin - cos(anchor, positive) + cos(anchor, negative)), axis_name)
+
+
+def binary_cross_entropy(logits: jax.Array, labels: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Mean over the global batch of -[y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))]: Sideras's
+  matching loss (SMM) and both sides of the GAN variant's adversarial game."""
+  logits, labels = _wide(logits), labels.astype(jnp.float32)
+  per_row = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
+  return _mean(per_row, axis_name)

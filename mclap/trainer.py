@@ -29,7 +29,8 @@ from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
 from mclap.models import build_model, frozen_filter, load_pretrained
 
-MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2")  # mel_view2: two-view (SSL) batches only.
+# Batch keys the step reads; the last four are only in some objectives' batches (SSL, triplet, matching).
+MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "other_token_mask", "other_match")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +40,27 @@ class ModelDef:
   graphdef: Any
   constants: Any
 
-  def merge(self, state: dict[str, Any], params=None) -> nnx.Module:
-    """The model of a train state (with `params` in place of the state's, to differentiate)."""
+  def merge(self, state: dict[str, Any], params=None, discriminator=None) -> nnx.Module:
+    """The model of a train state (with `params` or `discriminator` in place of the state's, to
+    differentiate)."""
     # Fresh Variables (copy=True): batch norm updates its statistics inside `jax.grad`, which NNX
     # forbids on Variables created outside that trace.
-    params = state["params"] if params is None else params
-    return nnx.merge(self.graphdef, state["frozen"], params, state["batch_stats"], self.constants, copy=True)
+    replaced = {"params": params, "discriminator": discriminator}
+    names = _group_names("discriminator" in state)
+    groups = [state[k] if replaced.get(k) is None else replaced[k] for k in names]
+    return nnx.merge(self.graphdef, *groups, self.constants, copy=True)
+
+
+def _group_names(has_discriminator: bool) -> list[str]:
+  """The train state's model groups, in the order of `_filters`."""
+  return ["frozen", *(["discriminator"] if has_discriminator else []), "params", "batch_stats"]
+
+
+def _filters(config: ml_collections.ConfigDict, objective: objectives.Objective) -> tuple:
+  """NNX filters splitting the model into frozen, [discriminator,] trained parameters, batch
+  statistics and the rest (constants)."""
+  discriminator = [nnx.All(nnx.Param, nnx.PathContains("discriminator"))] if objective.discriminator else []
+  return (frozen_filter(config), *discriminator, nnx.Param, nnx.BatchStat, ...)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -75,42 +91,43 @@ def _scale_by_tower(scales: dict[str, float]) -> optax.GradientTransformation:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """AdamW; weight decay on matrices and kernels only (not on biases, norms or the logit scale);
-  `model.<tower>.lr_scale` scales a tower's learning rate."""
+  """AdamW (or SGD with momentum: Seth); weight decay on matrices and kernels only (not on biases,
+  norms or the logit scale); `model.<tower>.lr_scale` scales a tower's learning rate."""
   o = config.optim
-  adamw = optax.adamw(
-    learning_rate_schedule(config, total_steps),
-    b1=o.b1,
-    b2=o.b2,
-    eps=o.eps,
-    weight_decay=o.weight_decay,
-    mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
-  )
-  steps = [adamw]
+  schedule = learning_rate_schedule(config, total_steps)
+  decayed = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+  if o.name == "adamw":
+    base = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decayed)
+  elif o.name == "sgd":
+    base = optax.chain(
+      optax.add_decayed_weights(o.weight_decay, mask=decayed), optax.sgd(schedule, momentum=o.momentum or None)
+    )
+  else:
+    raise ConfigError(f"config.optim.name={o.name!r}; use adamw or sgd")
+  steps = [base]
   if o.clip_norm > 0:
     steps.insert(0, optax.clip_by_global_norm(o.clip_norm))
   scales = {tower: float(config.model[tower].get("lr_scale", 1.0)) for tower in ("audio", "text")}
   if any(v != 1.0 for v in scales.values()):
     steps.append(_scale_by_tower(scales))
-  return optax.chain(*steps) if len(steps) > 1 else adamw
+  return optax.chain(*steps) if len(steps) > 1 else base
 
 
 def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
   """Builds the model and optimizer state directly on the devices, replicated over the mesh, and
   loads the pretrained weights the config names."""
   vocab_size = tokenizer_lib.for_config(config).vocab_size
-  filters = (frozen_filter(config), nnx.Param, nnx.BatchStat, ...)
+  objective = objectives.build(config)
+  filters = _filters(config, objective)
+  names = _group_names(objective.discriminator is not None)
   build = lambda seed: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(seed))  # noqa: E731
 
   def init():
-    _, frozen, params, batch_stats, constants = nnx.split(build(config.train.seed), *filters)
-    state = {
-      "params": params,
-      "frozen": frozen,
-      "batch_stats": batch_stats,
-      "opt_state": tx.init(params),
-      "step": jnp.zeros((), jnp.int32),
-    }
+    _, *groups, constants = nnx.split(build(config.train.seed), *filters)
+    state = dict(zip(names, groups))
+    state.update(opt_state=tx.init(state["params"]), step=jnp.zeros((), jnp.int32))
+    if "discriminator" in state:
+      state["discriminator_opt_state"] = tx.init(state["discriminator"])
     return state, constants
 
   graphdef = nnx.split(nnx.eval_shape(lambda: build(0)), *filters)[0]
@@ -118,9 +135,9 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
   model_def = ModelDef(graphdef, constants)
   model = model_def.merge(state)
   load_pretrained(model, config)
-  _, frozen, params, _, _ = nnx.split(model, *filters)
-  state = {**state, **jax.device_put({"frozen": frozen, "params": params}, parallel.replicated(mesh))}
-  return model_def, state
+  _, *groups, _ = nnx.split(model, *filters)
+  loaded = {k: v for k, v in zip(names, groups) if k != "discriminator"}
+  return model_def, {**state, **jax.device_put(loaded, parallel.replicated(mesh))}
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
@@ -135,6 +152,10 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
 
   def step(state, batch):
+    extra_metrics = {}
+    if objective.discriminator is not None:
+      state, extra_metrics["discriminator_loss"] = discriminator_update(state, batch)
+
     def compute_loss(params):
       model = model_def.merge(state, params)
       loss = loss_fn(*objective.inputs(model, batch))
@@ -149,7 +170,18 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
       "opt_state": opt_state,
       "step": state["step"] + 1,
     }
-    return new_state, {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads), **extra_metrics}
+
+  def discriminator_update(state, batch):
+    """One step of the discriminator alone on this batch (GAN objectives); its batch-norm updates
+    of the towers are dropped, the main step makes its own."""
+    d = objective.discriminator
+    d_loss_fn = parallel.sharded_loss(d.loss_fn, mesh, num_batch_args=d.num_batch_args)
+    compute = lambda disc: d_loss_fn(*d.inputs(model_def.merge(state, discriminator=disc), batch))  # noqa: E731
+    loss, grads = jax.value_and_grad(compute)(state["discriminator"])
+    updates, opt_state = tx.update(grads, state["discriminator_opt_state"], state["discriminator"])
+    disc = optax.apply_updates(state["discriminator"], updates)
+    return {**state, "discriminator": disc, "discriminator_opt_state": opt_state}, loss
 
   replicated = parallel.replicated(mesh)
   return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from scipy.special import logsumexp
+from scipy.special import expit, logsumexp
 
 from mclap import losses, parallel
 
@@ -169,25 +169,44 @@ def test_sharded_losses_equal_single_device_value_and_gradients(per_device, name
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def numpy_supcon(a, t, ids, scale):
+def numpy_supcon(a, t, audio_ids, text_ids, scale):
+  """Reference: per anchor, minus the mean log-probability of its positives, written as loops."""
   logits = scale * a @ t.T
-  total = 0.0
-  for logit_rows in (logits, logits.T):
-    for i, row in enumerate(logit_rows):
+  directions = []
+  for logit_rows, anchor_ids, candidate_ids in ((logits, audio_ids, text_ids), (logits.T, text_ids, audio_ids)):
+    per_anchor = []
+    for row, anchor_id in zip(logit_rows, anchor_ids):
       log_probs = row - logsumexp(row)
-      positives = [j for j in range(len(ids)) if ids[j] == ids[i]]
-      total += -np.mean(log_probs[positives])
-  return total / (2 * len(ids))
+      per_anchor.append(-np.mean([log_probs[j] for j, c in enumerate(candidate_ids) if c == anchor_id]))
+    directions.append(np.mean(per_anchor))
+  return 0.5 * sum(directions)
 
 
-@pytest.mark.parametrize("n", [1, 3, 8, 17])
-def test_supervised_contrastive_matches_numpy_and_is_infonce_with_unique_ids(n):
-  a, t, _ = _inputs(n, n)
-  ids = np.random.default_rng(n).integers(0, max(n // 3, 1), size=n)
-  ours = losses.supervised_contrastive_loss(jnp.asarray(a), jnp.asarray(t), jnp.asarray(ids), 12.0)
-  np.testing.assert_allclose(ours, numpy_supcon(a, t, ids, 12.0), rtol=1e-5)
-  unique = losses.supervised_contrastive_loss(jnp.asarray(a), jnp.asarray(t), jnp.arange(n), 12.0)
-  np.testing.assert_allclose(unique, losses.infonce_loss(jnp.asarray(a), jnp.asarray(t), 12.0), rtol=1e-5)
+@pytest.mark.parametrize("clips, k", [(1, 1), (3, 1), (3, 3), (5, 2), (8, 3)])
+def test_supervised_contrastive_matches_numpy(clips, k):
+  """K texts per clip (text row j belongs to clip j // K), and ids shared between clips too."""
+  rng = np.random.default_rng(clips * 10 + k)
+  a, t = _normalized(rng, clips, 12), _normalized(rng, clips * k, 12)
+  audio_ids = rng.integers(0, max(clips // 2, 1), size=clips)
+  text_ids = np.repeat(audio_ids, k)
+  ours = losses.supervised_contrastive_loss(*(jnp.asarray(x) for x in (a, t, audio_ids, text_ids)), 12.0)
+  np.testing.assert_allclose(ours, numpy_supcon(a, t, audio_ids, text_ids, 12.0), rtol=1e-5)
+
+
+def test_supervised_contrastive_with_unique_ids_is_infonce():
+  a, t, _ = _inputs(7, 7)
+  ids = jnp.arange(7)
+  ours = losses.supervised_contrastive_loss(jnp.asarray(a), jnp.asarray(t), ids, ids, 12.0)
+  np.testing.assert_allclose(ours, losses.infonce_loss(jnp.asarray(a), jnp.asarray(t), 12.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 4, 9])
+def test_binary_cross_entropy_matches_numpy(n):
+  rng = np.random.default_rng(n)
+  logits, labels = 4 * rng.normal(size=n), rng.integers(0, 2, size=n)
+  p = expit(logits)
+  expected = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+  np.testing.assert_allclose(losses.binary_cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n", [1, 4, 9])
@@ -201,26 +220,39 @@ def test_triplet_matches_numpy(n):
   )
 
 
-def test_supcon_and_triplet_gradient_checks_and_sharding():
+def test_supcon_triplet_and_bce_gradient_checks_and_sharding():
   with jax.enable_x64(True):
     a, t, s = (jnp.asarray(x) for x in _inputs(6, 4, d=3))
-    ids = jnp.asarray([0, 0, 1, 2, 2, 2])
-    check_grads(lambda a, t, k: losses.supervised_contrastive_loss(a, t, ids, k), (a, t, 5.0), 1, modes=["rev"])
+    texts = jnp.asarray(_normalized(np.random.default_rng(1), 12, 3))
+    audio_ids, text_ids = jnp.asarray([0, 0, 1, 2, 3, 3]), jnp.asarray([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
+    check_grads(
+      lambda a, t, k: losses.supervised_contrastive_loss(a, t, audio_ids, text_ids, k), (a, texts, 5.0), 1, modes=["rev"]
+    )
     check_grads(lambda a, t: losses.triplet_loss(a, t, jnp.roll(t, 1, 0), 0.8), (a, t), 1, modes=["rev"])
+    check_grads(lambda x: losses.binary_cross_entropy(x, audio_ids % 2), (a[:, 0] * 3,), 1, modes=["rev"])
   mesh = parallel.make_mesh({"data": -1, "model": 1})
-  a, t, _ = (jnp.asarray(x, jnp.float32) for x in _inputs(16, 5, d=8))
-  ids = jnp.asarray(np.repeat(np.arange(8), 2))  # Pairs of rows on different devices share an id.
-  ids = jnp.roll(ids, 1)
   put = lambda x: jax.device_put(x, parallel.batch_sharding(mesh))  # noqa: E731
-  supcon = parallel.sharded_loss(losses.supervised_contrastive_loss, mesh, num_batch_args=3)
-  value, grads = jax.jit(jax.value_and_grad(supcon, argnums=(0, 1)))(put(a), put(t), put(ids), jnp.asarray(9.0))
-  ref, ref_grads = jax.value_and_grad(losses.supervised_contrastive_loss, argnums=(0, 1))(a, t, ids, 9.0)
+  # Two texts per clip; clip ids shared by rows on different devices.
+  rng = np.random.default_rng(5)
+  a, t = (jnp.asarray(_normalized(rng, n, 8), jnp.float32) for n in (16, 32))
+  audio_ids = jnp.roll(jnp.asarray(np.repeat(np.arange(8), 2)), 1)
+  text_ids = jnp.repeat(audio_ids, 2)
+  supcon = parallel.sharded_loss(losses.supervised_contrastive_loss, mesh, num_batch_args=4)
+  value, grads = jax.jit(jax.value_and_grad(supcon, argnums=(0, 1)))(
+    put(a), put(t), put(audio_ids), put(text_ids), jnp.asarray(9.0)
+  )
+  ref, ref_grads = jax.value_and_grad(losses.supervised_contrastive_loss, argnums=(0, 1))(
+    a, t, audio_ids, text_ids, 9.0
+  )
   np.testing.assert_allclose(value, ref, rtol=1e-5)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
   triplet = parallel.sharded_loss(lambda x, y, z, axis_name=None: losses.triplet_loss(x, y, z, 0.5, axis_name), mesh, 3)
   np.testing.assert_allclose(
-    jax.jit(triplet)(put(a), put(t), put(jnp.roll(t, 3, 0))),
-    losses.triplet_loss(a, t, jnp.roll(t, 3, 0), 0.5),
+    jax.jit(triplet)(put(a), put(t[:16]), put(jnp.roll(t[:16], 3, 0))),
+    losses.triplet_loss(a, t[:16], jnp.roll(t[:16], 3, 0), 0.5),
     rtol=1e-5,
   )
+  bce = parallel.sharded_loss(losses.binary_cross_entropy, mesh, 2)
+  logits, labels = 3 * a[:, 0], audio_ids % 2
+  np.testing.assert_allclose(jax.jit(bce)(put(logits), put(labels)), losses.binary_cross_entropy(logits, labels), rtol=1e-5)

@@ -83,8 +83,9 @@ def test_pretrained_bert_text_tower_with_its_first_layers_frozen(tiny_corpus):
 def test_simple_cnn_tower_with_tanh_heads_trains(tiny_config):
   """Sideras et al.'s towers: four conv blocks 16/32/64/128 (batch norm on the last two), heads
   of two layers (1024, 512) with tanh between."""
-  tiny_config.model.audio = dict(kind="simple_cnn", channels=(16, 32, 64, 128), batch_norm_blocks=2, freeze=False)
-  tiny_config.model.heads = dict(kind="mlp", hidden=1024)
+  head = dict(kind="mlp", hidden=(1024,), activation="tanh")
+  tiny_config.model.audio = dict(kind="simple_cnn", channels=(16, 32, 64, 128), batch_norm_blocks=2, head=head)
+  tiny_config.model.text.head = head
   tiny_config.model.projection_dim = 512
   losses, _, state, model_def = _fit_one_batch(tiny_config, steps=6)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses

@@ -90,8 +90,11 @@ class ToExample:
   """Record -> fixed-shape example: mel crop (augmented in training), tokens, label, multi-hot tags.
 
   With a random generator (training) the crop is random and augmented, and the text a random
-  positive; without one (evaluation) the crop is central, nothing is augmented, and the text is
-  the first positive (or all joined).
+  positive (`texts_per_clip` of them, `tokens` then `[K, max_tokens]`); without one (evaluation)
+  the crop is central, nothing is augmented, and the text is the first positive (or all joined).
+  `other_text` adds a second text per example (`other_tokens`): a `negative` (a text that is not
+  a positive of the clip), or for `match` a positive or a negative with even odds
+  (`other_match` 1 or 0).
   """
 
   crop_frames: int
@@ -99,13 +102,39 @@ class ToExample:
   tokenizer: TextTokenizer
   tag_vocab: tuple[str, ...]
   caption: str  # random | first | join, over the positives.
-  positives: str = "captions"  # captions | sentences.
+  positives: str = "captions"  # captions | sentences | tags.
+  texts_per_clip: int = 1
+  other_text: str = ""  # "" | negative | match.
   augmenter: augment.Augmenter | None = None
-  partners: Any = None  # The split's records, to draw mixup partners from.
+  partners: Any = None  # The split's records, to draw mixup partners and negative texts from.
   views: int = 1  # 2: a second, independently augmented view of the same crop (`mel_view2`, for SSL).
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
     return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
+
+  def _positives(self, record: dict[str, Any]) -> list[str]:
+    texts = list(record["tags"]) if self.positives == "tags" else positives(record["captions"], self.positives)
+    if not texts:
+      raise records.CorpusError(f"record {record['id']!r} has no {self.positives}; data.positives needs them")
+    return texts
+
+  def _texts(self, texts: list[str], rng: np.random.Generator | None) -> list[str]:
+    """The clip's texts for this example: K distinct random positives (repeated in a random order
+    when the clip has fewer), or evaluation's first / joined one."""
+    if rng is None or self.caption != "random":
+      return [" ".join(texts) if self.caption == "join" else texts[0]]
+    order = rng.permutation(len(texts)) if self.texts_per_clip > 1 else [rng.integers(len(texts))]
+    return [texts[order[i % len(order)]] for i in range(self.texts_per_clip)]
+
+  def _negative(self, record: dict[str, Any], rng: np.random.Generator) -> str:
+    """A uniformly drawn text that does not describe the clip: a tag it lacks, or a positive of
+    another record."""
+    if self.positives == "tags":
+      pool = [t for t in self.tag_vocab if t not in set(record["tags"])]
+      return pool[rng.integers(len(pool))]
+    other = int(rng.integers(len(self.partners) - 1))
+    texts = self._positives(self.partners[other + (other >= record["index"])])
+    return texts[rng.integers(len(texts))]
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> Example:
     crop, valid = self._crop(record["mel"], rng)
@@ -123,21 +152,16 @@ class ToExample:
       if self.views == 2:
         second_view = self.augmenter(crop, valid, rng)
       crop = self.augmenter(crop, valid, rng)
-    texts = positives(record["captions"], self.positives)
-    if self.caption == "join":
-      text = " ".join(texts)
-    elif self.caption == "random" and rng is not None:
-      text = texts[rng.integers(len(texts))]
-    else:
-      text = texts[0]
-    tokens, token_mask = self.tokenizer([text])
+    texts = self._positives(record)
+    tokens, token_mask = self.tokenizer(self._texts(texts, rng))
     multi_hot = np.zeros(len(self.tag_vocab), np.uint8)
     multi_hot[[self.tag_vocab.index(t) for t in tags if t in self.tag_vocab]] = 1
+    single = rng is None or self.texts_per_clip == 1
     example = {
       "mel": np.asarray(crop, np.float16),
       "mel_frames": np.int32(valid),
-      "tokens": tokens[0],
-      "token_mask": token_mask[0],
+      "tokens": tokens[0] if single else tokens,
+      "token_mask": token_mask[0] if single else token_mask,
       "label": np.int32(record["label"]),
       "tags": multi_hot,
       "index": np.int32(record["index"]),
@@ -145,6 +169,11 @@ class ToExample:
     }
     if rng is not None and self.views == 2:
       example["mel_view2"] = np.asarray(second_view, np.float16)
+    if rng is not None and self.other_text:
+      match = self.other_text == "match" and rng.random() < 0.5
+      other_text = texts[rng.integers(len(texts))] if match else self._negative(record, rng)
+      other_tokens, other_mask = self.tokenizer([other_text])
+      example.update(other_tokens=other_tokens[0], other_token_mask=other_mask[0], other_match=np.int32(match))
     return example
 
 
@@ -155,8 +184,14 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
     raise ConfigError(f"config.data.caption={config.data.caption!r}; use random, first or join")
   if config.data.views not in (1, 2):
     raise ConfigError(f"config.data.views={config.data.views}; use 1, or 2 for two augmented views (SSL)")
-  if config.data.positives not in ("captions", "sentences"):
-    raise ConfigError(f"config.data.positives={config.data.positives!r}; use captions or sentences")
+  if config.data.positives not in ("captions", "sentences", "tags"):
+    raise ConfigError(f"config.data.positives={config.data.positives!r}; use captions, sentences or tags")
+  if config.data.other_text not in ("", "negative", "match"):
+    raise ConfigError(f"config.data.other_text={config.data.other_text!r}; use '', negative or match")
+  if config.data.texts_per_clip > 1 and config.data.caption != "random":
+    raise ConfigError(
+      f"config.data.texts_per_clip={config.data.texts_per_clip} draws random positives; set config.data.caption=random"
+    )
   mel_config = reader.info["mel"]
   floor = mel_lib.floor_db(mel_config)
   views = config.data.views if train else 1
@@ -173,8 +208,10 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
     tag_vocab=tuple(reader.info.get("tags", [])),
     caption=config.data.caption,
     positives=config.data.positives,
+    texts_per_clip=config.data.texts_per_clip if train else 1,
+    other_text=config.data.other_text if train else "",
     augmenter=augmenter,
-    partners=reader if augmenter and augmenter.mixup_prob else None,
+    partners=reader if (augmenter and augmenter.mixup_prob) or (train and config.data.other_text) else None,
     views=views,
   )
   return reader, transform

