@@ -76,10 +76,11 @@ def tiny_corpus(tmp_path_factory) -> pathlib.Path:
 
 
 def make_tiny_config(spec, corpus):
-  """A config file's variant shrunk to the tiny corpus: 2 s crops, batches of 8, no workers."""
+  """A config file's variant shrunk to the tiny corpus (and its mel settings): 2 s crops, batches
+  of 8, no workers."""
   config = cli.load_config(str(ROOT / spec))
   config.data.dir = str(corpus)
-  config.data.mel.n_mels = TINY_MEL["n_mels"]
+  config.data.mel.update(TINY_MEL)
   config.data.crop_seconds = 2.0
   config.data.num_workers = 0
   config.data.eval_batch_size = 8

@@ -31,10 +31,66 @@ def _fit_one_batch(config, steps=8):
   return losses, first, state, model_def
 
 
-@pytest.mark.parametrize("spec", ["configs/muscall.py:demo", "configs/muscall.py:demo,ssl", "configs/siglip.py:demo"])
+@pytest.mark.parametrize(
+  "spec",
+  [
+    "configs/muscall.py:demo",
+    "configs/muscall.py:demo,ssl",
+    "configs/siglip.py:demo",
+    "configs/multipos.py:demo,is",
+    "configs/multipos.py:demo,scl",
+    "configs/multipos.py:demo,stl",
+    "configs/multipos.py:demo,smm",
+    "configs/triplet.py:demo",
+  ],
+)
 def test_objective_trains(spec, tiny_corpus):
   losses, *_ = _fit_one_batch(make_tiny_config(spec, tiny_corpus))
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_choi_word_branch_is_a_trained_linear_map_of_fixed_label_vectors(tiny_corpus):
+  config = make_tiny_config("configs/triplet.py:demo", tiny_corpus)
+  _, first, state, model_def = _fit_one_batch(config, steps=2)
+  assert "text" in state["frozen"] and "text" not in state["params"]
+  assert model_def.merge(state).text_projection.kernel.shape == (384, config.model.projection_dim)
+  assert not np.allclose(state["params"]["text_projection"]["kernel"][...], first["params"]["text_projection"]["kernel"][...])
+
+
+def _save_trained_muscall(corpus, workdir):
+  """A muscall demo model after a few steps, saved as a training workdir's checkpoint."""
+  _, _, state, _ = _fit_one_batch(make_tiny_config("configs/muscall.py:demo", corpus), steps=2)
+  mgr = checkpoints.manager(workdir / "checkpoints", None)
+  checkpoints.save(mgr, 2, state)
+  mgr.wait_until_finished()
+  return jax.device_get(state)
+
+
+@pytest.mark.parametrize("variant", ["demo", "demo,gan"])
+def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(variant, tiny_corpus, tmp_path):
+  source = _save_trained_muscall(tiny_corpus, tmp_path)
+  config = make_tiny_config(f"configs/generator.py:{variant}", tiny_corpus)
+  config.model.audio.init_from = str(tmp_path)
+  config.optim.lr = 0.05  # SGD at the paper's 1e-3 moves too little in a few steps to test.
+  losses, first, state, model_def = _fit_one_batch(config)
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  # The audio tower (weights and batch statistics) is the checkpoint's, and stays so.
+  for group, trained in (("frozen", source["params"]), ("batch_stats", source["batch_stats"])):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state[group]["audio"]), trained["audio"])
+  # Trained: the generator (4 layers into the 384-d MiniLM space) and the logit scale only.
+  assert set(state["params"]) == {"audio_projection", "logit_scale_param"}
+  model = model_def.merge(state)
+  assert [layer.kernel.shape for layer in model.audio_projection.layers[::2]] == [
+    (256, 768),
+    (768, 768),
+    (768, 768),
+    (768, 384),
+  ]
+  assert model.text_projection is None
+  if "gan" in variant:
+    assert [layer.kernel.shape for layer in model.discriminator.layers[::2]] == [(384, 256), (256, 256), (256, 1)]
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state["discriminator"]), first["discriminator"])
+    assert all(jax.tree.leaves(moved))
 
 
 def test_weighted_trains_with_a_frozen_pretrained_sentence_encoder(tiny_corpus, tmp_path):

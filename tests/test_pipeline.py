@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mclap.data import pipeline, records
+from mclap.data import tokenizer as tokenizer_lib
 
 
 @settings(max_examples=60, deadline=None)
@@ -131,3 +132,55 @@ def test_empty_split_is_explained(tiny_config, tmp_path):
   tiny_config.data.dir = str(corpus)
   with pytest.raises(records.CorpusError, match="split 'empty' of .* is empty"):
     pipeline.eval_dataset(tiny_config, "empty")
+
+
+def _token_rows(tokenizer, texts):
+  return {tuple(row) for row in tokenizer(texts)[0]}
+
+
+def _records(config):
+  reader = records.CorpusReader(config.data.dir, config.data.train_split)
+  return [reader[i] for i in range(len(reader))]
+
+
+def test_several_sentences_per_clip_are_distinct_positives(tiny_config):
+  tiny_config.data.update(positives="sentences", texts_per_clip=3)
+  ds = pipeline.train_dataset(tiny_config)
+  tokenizer = tokenizer_lib.for_config(tiny_config)
+  recs = _records(tiny_config)
+  for batch in _batches(ds, 3):
+    assert batch["tokens"].shape == batch["token_mask"].shape == (8, 3, 32)
+    for index, tokens in zip(batch["index"], batch["tokens"]):
+      sentences = pipeline.positives(recs[index]["captions"], "sentences")
+      rows = [tuple(r) for r in tokens]
+      assert set(rows) <= _token_rows(tokenizer, sentences)
+      assert len(set(rows)) == min(3, len(set(sentences)))
+
+
+@pytest.mark.parametrize("unit", ["tags", "sentences"])
+def test_negative_texts_do_not_describe_the_clip(tiny_config, unit):
+  tiny_config.data.update(positives=unit, other_text="negative")
+  tokenizer = tokenizer_lib.for_config(tiny_config)
+  recs = _records(tiny_config)
+  own = lambda r: r["tags"] if unit == "tags" else pipeline.positives(r["captions"], unit)  # noqa: E731
+  others = set()
+  for batch in _batches(pipeline.train_dataset(tiny_config), 4):
+    for index, tokens, negative in zip(batch["index"], batch["tokens"], batch["other_tokens"]):
+      assert tuple(tokens) in _token_rows(tokenizer, own(recs[index]))
+      assert tuple(negative) not in _token_rows(tokenizer, own(recs[index]))
+      others.add(tuple(negative))
+  everything = set().union(*(_token_rows(tokenizer, own(r)) for r in recs))
+  assert others <= everything and len(others) > 8
+
+
+def test_match_texts_are_true_pairs_half_of_the_time(tiny_config):
+  tiny_config.data.update(positives="sentences", other_text="match")
+  tokenizer = tokenizer_lib.for_config(tiny_config)
+  recs = _records(tiny_config)
+  matches = []
+  for batch in _batches(pipeline.train_dataset(tiny_config), 25):
+    for index, other, match in zip(batch["index"], batch["other_tokens"], batch["other_match"]):
+      is_own = tuple(other) in _token_rows(tokenizer, pipeline.positives(recs[index]["captions"], "sentences"))
+      assert is_own == bool(match)
+      matches.append(match)
+  assert abs(np.mean(matches) - 0.5) < 0.1  # 200 draws: 4 standard deviations is 0.14.

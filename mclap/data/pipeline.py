@@ -128,13 +128,17 @@ class ToExample:
 
   def _negative(self, record: dict[str, Any], rng: np.random.Generator) -> str:
     """A uniformly drawn text that does not describe the clip: a tag it lacks, or a positive of
-    another record."""
-    if self.positives == "tags":
-      pool = [t for t in self.tag_vocab if t not in set(record["tags"])]
-      return pool[rng.integers(len(pool))]
-    other = int(rng.integers(len(self.partners) - 1))
-    texts = self._positives(self.partners[other + (other >= record["index"])])
-    return texts[rng.integers(len(texts))]
+    another record (other records are drawn until one has a text this clip does not)."""
+    own = set(self._positives(record))
+    for _ in range(100):
+      if self.positives == "tags":
+        pool = self.tag_vocab
+      else:
+        other = int(rng.integers(len(self.partners) - 1))
+        pool = self._positives(self.partners[other + (other >= record["index"])])
+      if pool := [t for t in pool if t not in own]:
+        return pool[rng.integers(len(pool))]
+    raise records.CorpusError(f"no text unlike record {record['id']!r}'s found for a negative in 100 draws")
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> Example:
     crop, valid = self._crop(record["mel"], rng)
