@@ -41,7 +41,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None) if arg else module.get_config()
 
 
-def base_config(config_file: str, arg: str | None, own_variants: Sequence[str]) -> tuple[ml_collections.ConfigDict, set[str]]:
+def base_config(
+  config_file: str, arg: str | None, own_variants: Sequence[str]
+) -> tuple[ml_collections.ConfigDict, set[str]]:
   """For a config built on `configs/muscall.py`: that file's config with the variants of `arg`
   that are not `own_variants` (e.g. `demo`), and the own variants found."""
   variants = set(filter(None, (arg or "").split(",")))

@@ -5,7 +5,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from mclap import cli
+from mclap import cli, objectives
 
 CONFIG = str(ROOT / "configs/muscall.py")
 
@@ -89,3 +89,23 @@ def test_cli_fails_at_start_with_one_line():
   ]
   wrong_type = _run_cli("--config", CONFIG, "--config.train.batch_size=many")
   assert "flag --config.train.batch_size=many: invalid literal for int()" in wrong_type.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+  "spec, key, value, message",
+  [
+    ("configs/multipos.py:scl", "texts_per_clip", 1, "texts_per_clip >= 2"),
+    ("configs/multipos.py:stl", "other_text", "", "needs config.data.other_text='negative'"),
+    ("configs/multipos.py:smm", "other_text", "negative", "needs config.data.other_text='match'"),
+  ],
+)
+def test_objectives_name_the_data_they_need(spec, key, value, message):
+  config = cli.load_config(str(ROOT / spec))
+  config.data[key] = value
+  with pytest.raises(cli.ConfigError, match=message):
+    objectives.build(config)
+
+
+def test_multipos_needs_one_objective():
+  with pytest.raises(ValueError, match="exactly one of"):
+    cli.load_config(str(ROOT / "configs/multipos.py:demo"))

@@ -226,7 +226,10 @@ def test_supcon_triplet_and_bce_gradient_checks_and_sharding():
     texts = jnp.asarray(_normalized(np.random.default_rng(1), 12, 3))
     audio_ids, text_ids = jnp.asarray([0, 0, 1, 2, 3, 3]), jnp.asarray([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
     check_grads(
-      lambda a, t, k: losses.supervised_contrastive_loss(a, t, audio_ids, text_ids, k), (a, texts, 5.0), 1, modes=["rev"]
+      lambda a, t, k: losses.supervised_contrastive_loss(a, t, audio_ids, text_ids, k),
+      (a, texts, 5.0),
+      1,
+      modes=["rev"],
     )
     check_grads(lambda a, t: losses.triplet_loss(a, t, jnp.roll(t, 1, 0), 0.8), (a, t), 1, modes=["rev"])
     check_grads(lambda x: losses.binary_cross_entropy(x, audio_ids % 2), (a[:, 0] * 3,), 1, modes=["rev"])
@@ -255,4 +258,6 @@ def test_supcon_triplet_and_bce_gradient_checks_and_sharding():
   )
   bce = parallel.sharded_loss(losses.binary_cross_entropy, mesh, 2)
   logits, labels = 3 * a[:, 0], audio_ids % 2
-  np.testing.assert_allclose(jax.jit(bce)(put(logits), put(labels)), losses.binary_cross_entropy(logits, labels), rtol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(bce)(put(logits), put(labels)), losses.binary_cross_entropy(logits, labels), rtol=1e-5
+  )

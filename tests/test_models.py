@@ -159,3 +159,21 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
     assert half.dtype == jnp.float32  # Embeddings are normalised in float32.
     np.testing.assert_allclose(half, full, atol=5e-2)
     assert float(jnp.mean(jnp.sum(half * full, -1))) > 0.99  # Cosine similarity of the two.
+
+
+def test_heads_mlp_identity_and_the_text_width_as_joint_space():
+  config = cli.load_config(str(ROOT / "configs/muscall.py:demo"))
+  config.model.audio.head = dict(kind="mlp", hidden=(32, 16), activation="relu")
+  config.model.text.head = dict(kind="identity", hidden=(), activation="relu")
+  config.model.projection_dim = 0  # The text tower's width (128 in the demo).
+  model = build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+  shapes = [layer.kernel.shape for layer in model.audio_projection.layers[::2]]
+  assert shapes == [(256, 32), (32, 16), (16, 128)] and model.audio_projection.layers[1] is jax.nn.relu
+  tokens = jnp.ones((2, 32), jnp.int32)
+  features = model.text(tokens, tokens)
+  np.testing.assert_allclose(
+    model.embed_text(tokens, tokens), features / np.linalg.norm(features, axis=-1, keepdims=True), rtol=1e-6
+  )
+  config.model.projection_dim = 64
+  with pytest.raises(ConfigError, match="identity head keeps the tower's 128 dimensions"):
+    build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))

@@ -54,7 +54,9 @@ def test_choi_word_branch_is_a_trained_linear_map_of_fixed_label_vectors(tiny_co
   _, first, state, model_def = _fit_one_batch(config, steps=2)
   assert "text" in state["frozen"] and "text" not in state["params"]
   assert model_def.merge(state).text_projection.kernel.shape == (384, config.model.projection_dim)
-  assert not np.allclose(state["params"]["text_projection"]["kernel"][...], first["params"]["text_projection"]["kernel"][...])
+  assert not np.allclose(
+    state["params"]["text_projection"]["kernel"][...], first["params"]["text_projection"]["kernel"][...]
+  )
 
 
 def _save_trained_muscall(corpus, workdir):
@@ -89,7 +91,9 @@ def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(vari
   assert model.text_projection is None
   if "gan" in variant:
     assert [layer.kernel.shape for layer in model.discriminator.layers[::2]] == [(384, 256), (256, 256), (256, 1)]
-    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state["discriminator"]), first["discriminator"])
+    moved = jax.tree.map(
+      lambda a, b: not np.array_equal(a, b), jax.device_get(state["discriminator"]), first["discriminator"]
+    )
     assert all(jax.tree.leaves(moved))
 
 

@@ -1,12 +1,15 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mclap import checkpoints, parallel, train, trainer
 from mclap import eval as eval_lib
 from mclap.data import pipeline
+from mclap.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +103,27 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
     assert set(saved[direction]) == {"R@1", "R@5", "R@10", "mAP@10", "median_rank", "mean_rank"}
     assert saved[direction]["R@10"] == 100.0  # Every item is within the top 10 of 8.
   assert saved["muscall_protocol"]["num_items"] == n
+
+
+def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_path):
+  tower = lambda width, seed: nnx.Sequential(  # noqa: E731
+    nnx.Linear(3, width, rngs=nnx.Rngs(seed)), nnx.BatchNorm(width, rngs=nnx.Rngs(seed))
+  )
+  with pytest.raises(UserError, match="holds no checkpoint"):
+    checkpoints.load_tower(tower(4, 0), tmp_path, "audio")
+  source = tower(4, 1)
+  source.layers[1].mean[...] = jnp.arange(4.0)
+  state = {
+    "params": {"audio": nnx.state(source, nnx.Param)},
+    "batch_stats": {"audio": nnx.state(source, nnx.BatchStat)},
+  }
+  mgr = checkpoints.manager(tmp_path / "checkpoints", None)
+  checkpoints.save(mgr, 7, {**state, "step": jnp.zeros((), jnp.int32)})
+  mgr.wait_until_finished()
+  target = tower(4, 0)
+  checkpoints.load_tower(target, tmp_path, "audio")
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(target), nnx.state(source))
+  with pytest.raises(UserError, match=r"audio.layers.0.bias has shape \[4\], the config's tower expects \[5\]"):
+    checkpoints.load_tower(tower(5, 0), tmp_path, "audio")
+  with pytest.raises(UserError, match="no params for text"):
+    checkpoints.load_tower(tower(4, 0), tmp_path, "text")

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mclap import checkpoints
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
-from mclap import checkpoints
 from mclap.errors import ConfigError
 from mclap.models import bert
 from mclap.models.audio import ModifiedResNet, SimpleCNN
