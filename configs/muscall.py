@@ -99,6 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, model=1)  # -1: all remaining devices.
   c.evals = ml_collections.ConfigDict()
   c.evals.retrieval = dict(split="test", subset_size=1000, subset_seed=0)
+  # Zero-shot on the training corpus's labels and tags; add entries with `kind` and `dir` for other
+  # corpora, e.g. c.evals.gtzan = dict(kind="zero_shot", dir="data/gtzan", label_texts="gtzan", ...).
+  zero_shot = dict(split="test", dir="", prompts=("label", "muscall"), ensemble=True, templates_file="")
+  c.evals.zero_shot = dict(zero_shot, label_texts="")
+  c.evals.tagging = dict(zero_shot, tags=(), num_best_worst=5)
 
   if "demo" in variants:
     c.data.dir = "data/synthetic-demo"

@@ -37,19 +37,23 @@ def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool
 def evaluate(config, workdir, step: int | None = None, best: bool = False, names=None) -> dict[str, dict]:
   workdir = pathlib.Path(workdir)
   mesh, model_def, state, step = restore_for_eval(config, workdir, step, best)
-  context = evaluators.EvalContext(config, mesh, trainer.make_embed_fn(model_def), state)
-  available = evaluators.REGISTRY
+  context = evaluators.EvalContext(
+    config, mesh, trainer.make_embed_fn(model_def), state, trainer.make_text_embed_fn(model_def)
+  )
   names = list(names or config.evals.keys())
-  if unknown := [n for n in names if n not in available or n not in config.evals]:
+  if unknown := [n for n in names if n not in config.evals]:
     raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")
+  modules = {n: evaluators.module_of(n, config.evals[n]) for n in names}
+  if bad := [n for n, m in modules.items() if m is None]:
+    raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(evaluators.REGISTRY)}")
   results = {}
   for name in names:
-    results[name] = {"step": step, **available[name].run(context, config.evals[name])}
+    results[name] = {"step": step, **modules[name].run(context, config.evals[name])}
     if jax.process_index() == 0:
       out = workdir / "eval"
       out.mkdir(exist_ok=True)
       (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
-      print(available[name].table(results[name]), flush=True)
+      print(modules[name].table(results[name]), flush=True)
   return results
 
 

@@ -47,3 +47,111 @@ def text_audio_retrieval(audio_emb: np.ndarray, text_emb: np.ndarray) -> dict[st
     "text_to_audio": retrieval_metrics(target_ranks(scores, targets)),
     "audio_to_text": retrieval_metrics(target_ranks(scores.T, targets)),
   }
+
+
+# ---------------------------------------------------------------- Classification and tagging.
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+  """Percent of rows whose true class is among the k best-scored (ties: lower class index first)."""
+  return 100.0 * float(np.mean(target_ranks(scores, np.asarray(labels)) <= k))
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+  """Unweighted mean of the per-class F1 over the classes that occur in `labels` or `predictions`
+  (a class never predicted, or predicted but absent, has F1 0), in percent."""
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  f1 = []
+  for c in np.union1d(labels, predictions):
+    tp = np.sum((predictions == c) & (labels == c))
+    denominator = np.sum(predictions == c) + np.sum(labels == c)
+    f1.append(2.0 * tp / denominator)
+  return 100.0 * float(np.mean(f1))
+
+
+def _descending_thresholds(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """True and false positives counted at each distinct score, from the highest down (tied scores
+  form one threshold)."""
+  order = np.argsort(-scores, kind="stable")
+  scores, labels = scores[order], labels[order]
+  last_of_group = np.r_[np.diff(scores) != 0, True]
+  tp = np.cumsum(labels)[last_of_group]
+  fp = np.cumsum(1 - labels)[last_of_group]
+  return tp, fp
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve of binary `labels` ranked by `scores`: the probability that a
+  random positive scores above a random negative, ties counting one half. NaN when the labels
+  have only one class (the area is undefined)."""
+  labels = np.asarray(labels, np.float64)
+  positives, negatives = labels.sum(), len(labels) - labels.sum()
+  if positives == 0 or negatives == 0:
+    return float("nan")
+  tp, fp = _descending_thresholds(labels, np.asarray(scores, np.float64))
+  tpr, fpr = np.r_[0.0, tp / positives], np.r_[0.0, fp / negatives]
+  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # Trapezoids: ties are diagonal steps.
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the precision-recall curve as the step sum over thresholds,
+  sum_n (R_n - R_{n-1}) P_n (scikit-learn's definition; tied scores form one threshold). NaN
+  without positives."""
+  labels = np.asarray(labels, np.float64)
+  if labels.sum() == 0:
+    return float("nan")
+  tp, fp = _descending_thresholds(labels, np.asarray(scores, np.float64))
+  recall = np.r_[0.0, tp / labels.sum()]
+  return float(np.sum(np.diff(recall) * tp / (tp + fp)))
+
+
+def tagging_metrics(labels: np.ndarray, scores: np.ndarray, axis: int) -> dict:
+  """ROC-AUC and PR-AUC (percent) of multi-label `labels` `[items, tags]` under `scores`, one curve
+  per column (axis 0: *retrieval*, each tag ranking the items) or per row (axis 1: *annotation*,
+  each item ranking the tags). Macro averages over the curves that are defined; the undefined
+  ones (no positive, or nothing but positives) are listed by index, not averaged."""
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  if axis == 1:
+    labels, scores = labels.T, scores.T
+  roc = np.array([roc_auc(labels[:, j], scores[:, j]) for j in range(labels.shape[1])])
+  pr = np.array([average_precision(labels[:, j], scores[:, j]) for j in range(labels.shape[1])])
+  defined = ~np.isnan(roc)
+  return {
+    "roc_auc": 100.0 * float(np.mean(roc[defined])) if defined.any() else float("nan"),
+    "pr_auc": 100.0 * float(np.mean(pr[defined])) if defined.any() else float("nan"),
+    "per_curve_roc_auc": [None if np.isnan(v) else 100.0 * float(v) for v in roc],
+    "per_curve_pr_auc": [None if np.isnan(v) else 100.0 * float(v) for v in pr],
+    "undefined": [int(j) for j in np.flatnonzero(~defined)],
+  }
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Single-label zero-shot classification by the best score `[items, classes]`: top-1/2/3
+  accuracy, macro F1, and one-vs-rest ROC-AUC / PR-AUC macro-averaged over the classes present."""
+  scores, labels = np.asarray(scores), np.asarray(labels)
+  one_hot = np.eye(scores.shape[1], dtype=np.int64)[labels]
+  curves = tagging_metrics(one_hot, scores, axis=0)
+  return {
+    **{f"top{k}": top_k_accuracy(scores, labels, k) for k in (1, 2, 3)},
+    "macro_f1": macro_f1(labels, np.argmax(scores, axis=1)),
+    "roc_auc": curves["roc_auc"],
+    "pr_auc": curves["pr_auc"],
+  }
+
+
+def classification_chance(labels: np.ndarray, num_classes: int) -> dict[str, float]:
+  """Expected values of the same metrics under scores that ignore the audio (uniformly random
+  rankings): top-k k/C; macro F1 of uniform random predictions; ROC-AUC 50; PR-AUC the mean
+  class frequency."""
+  labels = np.asarray(labels)
+  present = np.unique(labels)
+  frequency = np.bincount(labels, minlength=num_classes)[present] / len(labels)
+  # Per present class, F1 of predicting it with probability 1/C: 2 p (1/C) / (p + 1/C); classes
+  # absent from the labels are predicted now and then too and score 0.
+  f1 = 2 * frequency / num_classes / (frequency + 1 / num_classes)
+  return {
+    **{f"top{k}": 100.0 * min(k, num_classes) / num_classes for k in (1, 2, 3)},
+    "macro_f1": 100.0 * float(f1.sum() / num_classes),
+    "roc_auc": 50.0,
+    "pr_auc": 100.0 * float(frequency.mean()),
+  }

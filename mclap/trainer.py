@@ -188,28 +188,36 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
 
 
 def make_embed_fn(model_def: ModelDef) -> Callable:
-  """`embed(state, batch) -> (audio_emb, text_emb)` in inference mode (running batch-norm statistics)."""
+  """`embed(state, batch) -> {"audio", ["text"]}` in inference mode (running batch-norm statistics);
+  text only when the batch has tokens."""
 
   @jax.jit
   def embed(state, batch):
     model = model_def.merge(state)
-    return model.embed_audio(batch["mel"], train=False), model.embed_text(batch["tokens"], batch["token_mask"])
+    out = {"audio": model.embed_audio(batch["mel"], train=False)}
+    if "tokens" in batch:
+      out["text"] = model.embed_text(batch["tokens"], batch["token_mask"])
+    return out
 
   return embed
 
 
+def make_text_embed_fn(model_def: ModelDef) -> Callable:
+  """`embed_text(state, tokens, token_mask) -> [n, dim]`: label prompts and queries."""
+  return jax.jit(lambda state, tokens, mask: model_def.merge(state).embed_text(tokens, mask))
+
+
 def embed_dataset(embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, np.ndarray]:
-  """Embeds an evaluation pipeline; returns host arrays in record order with the padding dropped."""
-  audio, text, index = [], [], []
+  """Embeds an evaluation pipeline; returns host arrays in record order with the padding dropped:
+  `audio`, `text` (when the batches have tokens), and the records' `index`, `label` and `tags`."""
+  parts: dict[str, list[np.ndarray]] = {}
   for batch in batches:
-    a, t = embed(state, to_global(batch, mesh))
-    gathered = multihost_utils.process_allgather((a, t, batch["index"], batch["valid"]), tiled=True)
-    a, t, idx, valid = (np.asarray(x) for x in gathered)
-    keep = valid.astype(bool)
-    audio.append(a[keep]), text.append(t[keep]), index.append(idx[keep])
-  order = np.argsort(np.concatenate(index), kind="stable")
-  return {
-    "audio": np.concatenate(audio)[order],
-    "text": np.concatenate(text)[order],
-    "index": np.concatenate(index)[order],
-  }
+    out = embed(state, to_global(batch, mesh))
+    out.update({k: batch[k] for k in ("index", "valid", "label", "tags")})
+    gathered = {k: np.asarray(v) for k, v in multihost_utils.process_allgather(out, tiled=True).items()}
+    keep = gathered.pop("valid").astype(bool)
+    for k, v in gathered.items():
+      parts.setdefault(k, []).append(v[keep])
+  joined = {k: np.concatenate(v) for k, v in parts.items()}
+  order = np.argsort(joined["index"], kind="stable")
+  return {k: v[order] for k, v in joined.items()}

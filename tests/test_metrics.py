@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn import metrics as sklearn_metrics
 
 from mclap import metrics
 
@@ -44,3 +45,56 @@ def test_random_scores_sit_near_chance():
   ranks = metrics.target_ranks(rng.normal(size=(n, n)), np.arange(n))
   out, chance = metrics.retrieval_metrics(ranks), metrics.chance_metrics(n)
   assert abs(out["R@10"] - chance["R@10"]) < 2.5 and abs(out["median_rank"] - chance["median_rank"]) < 40
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_and_pr_auc_match_sklearn_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(5, 60))
+  labels = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+  labels[:2] = [0, 1]  # Both classes present.
+  scores = np.round(rng.normal(size=n), 1 if seed % 2 else 3)  # Coarse rounding: many ties.
+  np.testing.assert_allclose(metrics.roc_auc(labels, scores), sklearn_metrics.roc_auc_score(labels, scores))
+  np.testing.assert_allclose(
+    metrics.average_precision(labels, scores), sklearn_metrics.average_precision_score(labels, scores)
+  )
+
+
+def test_auc_hand_cases():
+  assert metrics.roc_auc([0, 1], [0.5, 0.5]) == 0.5  # One tie: half credit.
+  assert metrics.roc_auc([1, 0, 1], [3.0, 2.0, 1.0]) == 0.5
+  np.testing.assert_allclose(metrics.average_precision([1, 0, 1], [3.0, 2.0, 1.0]), (1 + 2 / 3) / 2)
+  assert np.isnan(metrics.roc_auc([0, 0], [1.0, 2.0])) and np.isnan(metrics.average_precision([0, 0], [1.0, 2.0]))
+
+
+def test_tagging_metrics_both_ways_and_undefined_tags_reported():
+  rng = np.random.default_rng(0)
+  labels = (rng.random((40, 6)) < 0.3).astype(int)
+  labels[:, 4] = 0  # A tag nobody has.
+  labels[:, 5] = 1  # A tag everybody has.
+  scores = rng.normal(size=(40, 6))
+  found = metrics.tagging_metrics(labels, scores, axis=0)
+  assert found["undefined"] == [4, 5]
+  expected = [sklearn_metrics.roc_auc_score(labels[:, j], scores[:, j]) for j in range(4)]
+  np.testing.assert_allclose(found["roc_auc"], 100 * np.mean(expected))
+  expected = [sklearn_metrics.average_precision_score(labels[:, j], scores[:, j]) for j in range(4)]
+  np.testing.assert_allclose(found["pr_auc"], 100 * np.mean(expected))
+  annotation = metrics.tagging_metrics(labels, scores, axis=1)
+  rows = [i for i in range(40) if 0 < labels[i].sum() < 6]
+  expected = [sklearn_metrics.roc_auc_score(labels[i], scores[i]) for i in rows]
+  np.testing.assert_allclose(annotation["roc_auc"], 100 * np.mean(expected))
+  assert annotation["undefined"] == [i for i in range(40) if i not in rows]
+
+
+def test_top_k_accuracy_and_macro_f1_match_sklearn():
+  rng = np.random.default_rng(1)
+  scores, labels = rng.normal(size=(50, 7)), rng.integers(0, 7, size=50)
+  for k in (1, 2, 3):
+    expected = sklearn_metrics.top_k_accuracy_score(labels, scores, k=k, labels=np.arange(7))
+    np.testing.assert_allclose(metrics.top_k_accuracy(scores, labels, k), 100 * expected)
+  predictions = rng.integers(0, 9, size=50)  # Classes 7 and 8 predicted but absent.
+  predictions[predictions == 3] = 2  # Class 3 never predicted.
+  expected = sklearn_metrics.f1_score(labels, predictions, average="macro", zero_division=0)
+  np.testing.assert_allclose(metrics.macro_f1(labels, predictions), 100 * expected)
+  # Ties among the scores: the lower class index ranks first.
+  assert metrics.top_k_accuracy(np.zeros((2, 3)), np.array([0, 1]), 1) == 50.0

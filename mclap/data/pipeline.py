@@ -108,6 +108,7 @@ class ToExample:
   augmenter: augment.Augmenter | None = None
   partners: Any = None  # The split's records, to draw mixup partners and negative texts from.
   views: int = 1  # 2: a second, independently augmented view of the same crop (`mel_view2`, for SSL).
+  with_text: bool = True  # False: audio, label and tags only (zero-shot evaluation of caption-less corpora).
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
     return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
@@ -156,16 +157,11 @@ class ToExample:
       if self.views == 2:
         second_view = self.augmenter(crop, valid, rng)
       crop = self.augmenter(crop, valid, rng)
-    texts = self._positives(record)
-    tokens, token_mask = self.tokenizer(self._texts(texts, rng))
     multi_hot = np.zeros(len(self.tag_vocab), np.uint8)
     multi_hot[[self.tag_vocab.index(t) for t in tags if t in self.tag_vocab]] = 1
-    single = rng is None or self.texts_per_clip == 1
     example = {
       "mel": np.asarray(crop, np.float16),
       "mel_frames": np.int32(valid),
-      "tokens": tokens[0] if single else tokens,
-      "token_mask": token_mask[0] if single else token_mask,
       "label": np.int32(record["label"]),
       "tags": multi_hot,
       "index": np.int32(record["index"]),
@@ -173,6 +169,12 @@ class ToExample:
     }
     if rng is not None and self.views == 2:
       example["mel_view2"] = np.asarray(second_view, np.float16)
+    if not self.with_text:
+      return example
+    texts = self._positives(record)
+    tokens, token_mask = self.tokenizer(self._texts(texts, rng))
+    single = rng is None or self.texts_per_clip == 1
+    example.update(tokens=tokens[0] if single else tokens, token_mask=token_mask[0] if single else token_mask)
     if rng is not None and self.other_text:
       match = self.other_text == "match" and rng.random() < 0.5
       other_text = texts[rng.integers(len(texts))] if match else self._negative(record, rng)
@@ -181,8 +183,10 @@ class ToExample:
     return example
 
 
-def _reader_and_transform(config, split: str, train: bool) -> tuple[records.CorpusReader, ToExample]:
-  reader = records.CorpusReader(config.data.dir, split, require_captions=True)
+def _reader_and_transform(
+  config, split: str, train: bool, with_text: bool = True
+) -> tuple[records.CorpusReader, ToExample]:
+  reader = records.CorpusReader(config.data.dir, split, require_captions=with_text and config.data.positives != "tags")
   check_corpus(reader.info, config, config.data.dir)
   if config.data.caption not in ("random", "first", "join"):
     raise ConfigError(f"config.data.caption={config.data.caption!r}; use random, first or join")
@@ -217,6 +221,7 @@ def _reader_and_transform(config, split: str, train: bool) -> tuple[records.Corp
     augmenter=augmenter,
     partners=reader if (augmenter and augmenter.mixup_prob) or (train and config.data.other_text) else None,
     views=views,
+    with_text=with_text,
   )
   return reader, transform
 
@@ -248,14 +253,20 @@ def train_dataset(
 
 
 def eval_dataset(
-  config: ml_collections.ConfigDict, split: str, *, process_index: int = 0, process_count: int = 1
+  config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  with_text: bool = True,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> grain.MapDataset:
   """Every record of `split` exactly once, in order: central crops, no augmentation, and the first
-  positive (all joined if `data.caption` is "join"): without an RNG, `ToExample` never samples.
+  positive (all joined if `data.caption` is "join"; no text at all without `with_text`): without
+  an RNG, `ToExample` never samples.
 
   The last global batch is padded with repeats marked `valid == 0`; metrics must mask them.
   """
-  reader, transform = _reader_and_transform(config, split, train=False)
+  reader, transform = _reader_and_transform(config, split, train=False, with_text=with_text)
   n = len(reader)
   if n == 0:
     raise records.CorpusError(f"split '{split}' of {config.data.dir} is empty; it needs at least one record")
