@@ -80,29 +80,34 @@ def _descending_thresholds(labels: np.ndarray, scores: np.ndarray) -> tuple[np.n
   return tp, fp
 
 
+def _curve_areas(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+  """(ROC-AUC, average precision) of binary `labels` ranked by `scores`, from one pass over the
+  thresholds; NaN where the area is undefined."""
+  labels = np.asarray(labels, np.float64)
+  positives, negatives = labels.sum(), len(labels) - labels.sum()
+  if positives == 0:
+    return float("nan"), float("nan")
+  tp, fp = _descending_thresholds(labels, np.asarray(scores, np.float64))
+  recall = np.r_[0.0, tp / positives]  # The true-positive rate.
+  average_precision = float(np.sum(np.diff(recall) * tp / (tp + fp)))
+  if negatives == 0:
+    return float("nan"), average_precision
+  fpr = np.r_[0.0, fp / negatives]
+  return float(np.sum(np.diff(fpr) * (recall[1:] + recall[:-1]) / 2)), average_precision  # Ties: diagonal steps.
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
   """Area under the ROC curve of binary `labels` ranked by `scores`: the probability that a
   random positive scores above a random negative, ties counting one half. NaN when the labels
   have only one class (the area is undefined)."""
-  labels = np.asarray(labels, np.float64)
-  positives, negatives = labels.sum(), len(labels) - labels.sum()
-  if positives == 0 or negatives == 0:
-    return float("nan")
-  tp, fp = _descending_thresholds(labels, np.asarray(scores, np.float64))
-  tpr, fpr = np.r_[0.0, tp / positives], np.r_[0.0, fp / negatives]
-  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # Trapezoids: ties are diagonal steps.
+  return _curve_areas(labels, scores)[0]
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
   """Area under the precision-recall curve as the step sum over thresholds,
   sum_n (R_n - R_{n-1}) P_n (scikit-learn's definition; tied scores form one threshold). NaN
   without positives."""
-  labels = np.asarray(labels, np.float64)
-  if labels.sum() == 0:
-    return float("nan")
-  tp, fp = _descending_thresholds(labels, np.asarray(scores, np.float64))
-  recall = np.r_[0.0, tp / labels.sum()]
-  return float(np.sum(np.diff(recall) * tp / (tp + fp)))
+  return _curve_areas(labels, scores)[1]
 
 
 def tagging_metrics(labels: np.ndarray, scores: np.ndarray, axis: int) -> dict:
@@ -113,8 +118,7 @@ def tagging_metrics(labels: np.ndarray, scores: np.ndarray, axis: int) -> dict:
   labels, scores = np.asarray(labels), np.asarray(scores)
   if axis == 1:
     labels, scores = labels.T, scores.T
-  roc = np.array([roc_auc(labels[:, j], scores[:, j]) for j in range(labels.shape[1])])
-  pr = np.array([average_precision(labels[:, j], scores[:, j]) for j in range(labels.shape[1])])
+  roc, pr = np.array([_curve_areas(labels[:, j], scores[:, j]) for j in range(labels.shape[1])]).reshape(-1, 2).T
   defined = ~np.isnan(roc)
   return {
     "roc_auc": 100.0 * float(np.mean(roc[defined])) if defined.any() else float("nan"),
