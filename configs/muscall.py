@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_split = "test"
   c.data.mel = mel.default_mel_config()  # 16 kHz, n_fft 1024, hop 512, 128 mels; must match the corpus.
   c.data.crop_seconds = 20.0  # Random crop in training, central crop in evaluation.
+  c.data.eval_crops = 1  # Evaluation: 1 = the central crop (MusCALL); N = mean embedding of N evenly spaced crops.
   c.data.caption = "random"  # Text per clip, over its positives: random | first | join (evaluation: first).
   c.data.positives = "captions"  # Each caption is a positive, or each sentence ("sentences"), or each tag ("tags").
   c.data.texts_per_clip = 1  # > 1: that many positives per clip, tokens [K, max_tokens] (supervised contrastive).
@@ -104,6 +105,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   zero_shot = dict(split="test", dir="", prompts=("label", "muscall"), ensemble=True, templates_file="")
   c.evals.zero_shot = dict(zero_shot, label_texts="")
   c.evals.tagging = dict(zero_shot, tags=(), num_best_worst=5)
+  # Sideras's few-shot protocol: probes on frozen embeddings trained with this many labelled clips.
+  c.evals.fewshot = dict(
+    split="test", train_split="train", dir="", sizes=(48, 160, 400, 800, 1600, 3200), seeds=5,
+    probes=("logistic", "mlp"), spaces=("pre_joint", "joint"),
+    logistic_c=1.0, mlp_hidden=512, mlp_epochs=300, mlp_weight_decay=1e-4,
+  )  # fmt: skip
+  # Vasilakis et al.'s analysis; `ontology` is a JSON label tree for the triplet test ("" = none).
+  label_prompt = dict(split="test", dir="", prompt="muscall", label_texts="")
+  c.evals.analysis = dict(label_prompt, ontology="configs/ontologies/synthetic_instruments.json", bins=40)
+  c.evals.tsne = dict(label_prompt, max_points=2000, perplexity=30.0, seed=0)
 
   if "demo" in variants:
     c.data.dir = "data/synthetic-demo"

@@ -1,7 +1,7 @@
 """Evaluate: `python -m mclap.eval --config configs/X.py[:arg] --workdir W [--step N | --best] [--evals a,b]`.
 
 Runs the evaluators named in `config.evals` (or `--evals`) on a checkpoint of W and writes
-`W/eval/<name>.json`.
+`W/eval/<name>.json`, their plots (PNG), and `W/eval/report.md`: every table and plot of the run.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool
 
 def evaluate(config, workdir, step: int | None = None, best: bool = False, names=None) -> dict[str, dict]:
   workdir = pathlib.Path(workdir)
+  out = workdir / "eval"
+  which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
   mesh, model_def, state, step = restore_for_eval(config, workdir, step, best)
   context = evaluators.EvalContext(
-    config, mesh, trainer.make_embed_fn(model_def), state, trainer.make_text_embed_fn(model_def)
+    config, mesh, trainer.make_embed_fn(model_def), state, trainer.make_text_embed_fn(model_def), out_dir=out
   )
   names = list(names or config.evals.keys())
   if unknown := [n for n in names if n not in config.evals]:
@@ -46,15 +48,39 @@ def evaluate(config, workdir, step: int | None = None, best: bool = False, names
   modules = {n: evaluators.module_of(n, config.evals[n]) for n in names}
   if bad := [n for n, m in modules.items() if m is None]:
     raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(evaluators.REGISTRY)}")
-  results = {}
+  results, tables = {}, {}
   for name in names:
     results[name] = {"step": step, **modules[name].run(context, config.evals[name])}
     if jax.process_index() == 0:
-      out = workdir / "eval"
+      tables[name] = modules[name].table(results[name])
       out.mkdir(exist_ok=True)
       (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
-      print(modules[name].table(results[name]), flush=True)
+      (out / REPORT).write_text(
+        report(workdir, f"{which} (step {step})", config, results, tables)
+      )  # Kept current as evaluators finish.
+      print(tables[name], flush=True)
   return results
+
+
+REPORT = "report.md"
+
+
+def report(workdir: pathlib.Path, checkpoint: str, config, results: dict[str, dict], tables: dict[str, str]) -> str:
+  """Markdown: what was evaluated, then per evaluator its table and plots (linked by file name)."""
+  lines = [
+    f"# Evaluation of `{workdir}`",
+    "",
+    f"- checkpoint: {checkpoint}",
+    f"- training corpus: `{config.data.dir}`; audio tower `{config.model.audio.kind}`, text tower "
+    f"`{config.model.text.kind}`, loss `{config.loss.name}`",
+    f"- evaluation crops: {'central crop' if config.data.eval_crops == 1 else f'mean of {config.data.eval_crops}'}",
+    "",
+  ]
+  for name, table in tables.items():
+    lines += [f"## {name}", "", "```text", table, "```", ""]
+    lines += [f"![{name}: {plot}]({plot})" for plot in results[name].get("plots", [])]
+    lines += [f"Numbers: [`{name}.json`]({name}.json)", ""]
+  return "\n".join(lines)
 
 
 def main(argv):

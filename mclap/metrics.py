@@ -159,3 +159,42 @@ def classification_chance(labels: np.ndarray, num_classes: int) -> dict[str, flo
     "roc_auc": 50.0,
     "pr_auc": 100.0 * float(frequency.mean()),
   }
+
+
+# ---------------------------------------------------------------- Embedding-space analysis.
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+  """Rows scaled to unit L2 norm (cosine similarity is then a dot product)."""
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def leave_one_out_centroid_scores(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Cosine similarity `[items, classes]` of each item to each class's "audio-only" label
+  embedding, the mean of that class's normalised embeddings, where an item's own class mean leaves
+  the item out (it never scores against a centroid that contains it). Undefined scores are NaN: a
+  class with no items, and an item's own class when the item is its only member."""
+  x, labels = normalize(embeddings), np.asarray(labels)
+  sums = np.zeros((num_classes, x.shape[1]))
+  np.add.at(sums, labels, x)
+  counts = np.bincount(labels, minlength=num_classes)
+  scores = x @ normalize(sums).T  # The mean's direction is the sum's.
+  scores[:, counts == 0] = np.nan
+  own = np.sum(x * normalize(sums[labels] - x), axis=1)
+  scores[np.arange(len(x)), labels] = np.where(counts[labels] > 1, own, np.nan)
+  return scores
+
+
+def positive_negative_similarities(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The similarities of items to their own class (`[items]`) and to every other class (flat)."""
+  scores, labels = np.asarray(scores), np.asarray(labels)
+  own = np.zeros(scores.shape, bool)
+  own[np.arange(len(scores)), labels] = True
+  return scores[own], scores[~own]
+
+
+def top_margin(scores: np.ndarray) -> np.ndarray:
+  """Best minus second-best score of each row: how decisively the top class wins."""
+  best_two = -np.sort(-np.asarray(scores), axis=1)[:, :2]
+  return best_two[:, 0] - best_two[:, 1]

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from mclap import objectives, parallel
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
-from mclap.models import build_model, frozen_filter, load_pretrained
+from mclap.models import build_model, dual_encoder, frozen_filter, load_pretrained
 
 # Batch keys the step reads; the last four are only in some objectives' batches (SSL, triplet, matching).
 MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "other_token_mask", "other_match")
@@ -188,13 +188,24 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
 
 
 def make_embed_fn(model_def: ModelDef) -> Callable:
-  """`embed(state, batch) -> {"audio", ["text"]}` in inference mode (running batch-norm statistics);
-  text only when the batch has tokens."""
+  """`embed(state, batch) -> {"audio", "audio_features", ["text"]}` in inference mode (running
+  batch-norm statistics): joint-space audio embeddings, the audio tower's pre-projection features,
+  and text only when the batch has tokens.
+
+  A batch of several crops per clip (`mel [B, crops, n_mels, frames]`, `data.eval_crops`) is
+  embedded crop by crop and averaged: the features by their mean, the joint embedding as the
+  normalised mean of the crops' normalised embeddings.
+  """
 
   @jax.jit
   def embed(state, batch):
     model = model_def.merge(state)
-    out = {"audio": model.embed_audio(batch["mel"], train=False)}
+    mel = batch["mel"]
+    crops = mel.shape[1] if mel.ndim == 4 else 1
+    features = model.audio_features(mel.reshape(-1, *mel.shape[-2:]), train=False)
+    joint = model.project_audio(features)
+    per_clip = lambda x: x.reshape(-1, crops, x.shape[-1]).mean(axis=1)  # noqa: E731
+    out = {"audio": dual_encoder.l2_normalize(per_clip(joint)), "audio_features": per_clip(features)}
     if "tokens" in batch:
       out["text"] = model.embed_text(batch["tokens"], batch["token_mask"])
     return out
@@ -203,8 +214,16 @@ def make_embed_fn(model_def: ModelDef) -> Callable:
 
 
 def make_text_embed_fn(model_def: ModelDef) -> Callable:
-  """`embed_text(state, tokens, token_mask) -> [n, dim]`: label prompts and queries."""
-  return jax.jit(lambda state, tokens, mask: model_def.merge(state).embed_text(tokens, mask))
+  """`embed_text(state, tokens, token_mask) -> {"text": [n, dim], "text_features"}`: joint-space
+  embeddings of label prompts and queries, and the text tower's pre-projection features."""
+
+  @jax.jit
+  def embed_text(state, tokens, token_mask):
+    model = model_def.merge(state)
+    features = model.text_features(tokens, token_mask)
+    return {"text": model.project_text(features), "text_features": features}
+
+  return embed_text
 
 
 def embed_dataset(embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, np.ndarray]:

@@ -1,16 +1,25 @@
-"""Zero-shot evaluators on a (random) model: metrics recomputed independently from the embeddings,
-prompts, and a caption-less corpus (GTZAN layout) evaluated beside the training corpus."""
+"""Evaluators on a (random) model: metrics recomputed independently from the embeddings, prompts,
+a caption-less corpus (GTZAN layout) evaluated beside the training corpus, few-shot probes, the
+embedding-space analysis, t-SNE plots and crop averaging."""
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 import soundfile
-from conftest import make_tiny_config, prepare, tone
+from conftest import corpus_records, make_tiny_config, prepare, tone
+from matplotlib import image
 from sklearn import metrics as sklearn_metrics
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from mclap import parallel, trainer
+from mclap import metrics, parallel, trainer
+from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-from mclap.evaluators import EvalContext, prompts, tagging, zero_shot
+from mclap.evaluators import EvalContext, analysis, fewshot, ontology, prompts, tagging, tsne, zero_shot
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +59,9 @@ def test_text_embeddings_do_not_depend_on_the_batch_they_are_padded_into(context
   tokenizer = tokenizer_lib.for_config(context.config)
   for text, row in zip(texts, together):
     tokens, mask = tokenizer([text])
-    np.testing.assert_allclose(row, np.asarray(context.embed_text_fn(context.state, tokens, mask))[0], atol=1e-5)
+    np.testing.assert_allclose(
+      row, np.asarray(context.embed_text_fn(context.state, tokens, mask)["text"])[0], atol=1e-5
+    )
 
 
 def test_zero_shot_classification_recomputed_with_sklearn(context):
@@ -60,7 +71,7 @@ def test_zero_shot_classification_recomputed_with_sklearn(context):
   names = results["classes"]
   np.testing.assert_array_equal(emb["audio"], context.embeddings("test")["audio"])  # Text or not: same audio.
   assert set(results["prompts"]) == {"label", "muscall", "ensemble"}
-  classes = prompts.normalize(context.embed_texts([f"A {n} track" for n in names]))
+  classes = metrics.normalize(context.embed_texts([f"A {n} track" for n in names]))
   scores = emb["audio"] @ classes.T
   found = results["prompts"]["muscall"]
   assert found["top1"] == pytest.approx(100 * sklearn_metrics.accuracy_score(emb["label"], scores.argmax(1)))
@@ -73,7 +84,7 @@ def test_zero_shot_classification_recomputed_with_sklearn(context):
 def test_zero_shot_tagging_both_ways(context):
   results = tagging.run(context, dict(split="test", prompts=("label",), ensemble=True, tags=(), num_best_worst=3))
   emb = context.embeddings("test", with_text=False)
-  scores = emb["audio"] @ prompts.normalize(context.embed_texts(results["tags"])).T
+  scores = emb["audio"] @ metrics.normalize(context.embed_texts(results["tags"])).T
   labels = emb["tags"]
   found = results["prompts"]["label"]
   defined = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]
@@ -97,3 +108,75 @@ def test_caption_less_corpus_with_genre_descriptions(context, tmp_path):
   results = zero_shot.run(context, settings)
   assert results["num_items"] == 6 and results["classes"] == ["blues", "jazz", "rock"]
   assert set(results["prompts"]) == {"label", "definition", "ensemble"}
+
+
+def test_fewshot_probes_recomputed_with_sklearn(context, tmp_path):
+  context = dataclasses.replace(context, out_dir=tmp_path)  # Same model and embedding cache; plots on.
+  settings = dict(split="test", train_split="train", sizes=(16, 32, 10_000), seeds=2, probes=("logistic", "mlp"))
+  results = fewshot.run(context, settings)
+  assert results["sizes"] == [16, 32] and results["skipped_sizes"] == [10_000]
+  assert set(results["probes"]) == {"logistic/pre_joint", "mlp/pre_joint", "logistic/joint", "mlp/joint"}
+  train, test = context.embeddings("train", with_text=False), context.embeddings("test", with_text=False)
+  chosen = fewshot.stratified_sample(train["label"], 32, np.random.default_rng(1))
+  probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
+    train["audio_features"][chosen], train["label"][chosen]
+  )
+  expected = sklearn_metrics.f1_score(test["label"], probe.predict(test["audio_features"]), average="macro")
+  entry = results["probes"]["logistic/pre_joint"][1]
+  assert entry["size"] == 32 and entry["runs"][1] == pytest.approx(100 * expected)
+  assert entry["mean"] == pytest.approx(np.mean(entry["runs"])) and entry["std"] == pytest.approx(np.std(entry["runs"]))
+  assert "skipped sizes [10000]" in fewshot.table(results)
+  assert results["plots"] == ["fewshot.png"] and image.imread(tmp_path / "fewshot.png").shape[2] == 4
+
+
+def test_analysis_centroids_text_and_ontology(context, tmp_path):
+  context = dataclasses.replace(context, out_dir=tmp_path)
+  tree = "configs/ontologies/synthetic_instruments.json"
+  results = analysis.run(context, dict(split="train", prompt="muscall", ontology=tree))
+  emb = context.embeddings("train", with_text=False)
+  assert results["num_items"] == len(emb["label"]) and results["left_out_clips"] == 0
+  x, labels = metrics.normalize(emb["audio"]), emb["label"]
+  others = lambda i, c: (labels == c) & (np.arange(len(x)) != i)  # noqa: E731
+  loo = np.array([
+    [x[i] @ metrics.normalize(x[others(i, c)].mean(0)) if others(i, c).any() else -np.inf for c in range(8)]
+    for i in range(len(x))
+  ])  # fmt: skip
+  found = results["class_embeddings"]
+  assert found["joint/audio_centroids"]["top1"] == pytest.approx(100 * np.mean(loo.argmax(1) == labels))
+  assert found["joint/audio_centroids"]["positive_mean"] == pytest.approx(loo[np.arange(len(x)), labels].mean())
+  zero = zero_shot.run(context, dict(split="train", prompts=("muscall",), ensemble=False))
+  assert found["joint/text"]["top1"] == pytest.approx(zero["prompts"]["muscall"]["top1"])
+  paths = ontology.load(tree)
+  for space in ("joint", "pre_joint"):
+    emb_text = context.embed_texts([f"A {label} track" for label in paths], space)
+    expected = ontology.triplet_accuracy(emb_text, ontology.tree_distances(list(paths.values())))
+    assert results["ontology"][space] == expected
+  assert "ontology triplet accuracy" in analysis.table(results)
+  assert results["plots"] == ["analysis_similarities.png", "analysis_margins.png"]
+  for name in results["plots"]:
+    assert image.imread(tmp_path / name).shape[1] > 1000  # Three panels side by side.
+
+
+def test_tsne_map_is_drawn(context, tmp_path):
+  results = tsne.run(dataclasses.replace(context, out_dir=tmp_path), dict(split="train", prompt="label", max_points=20))
+  assert results["num_points"] == 20 and results["plots"] == ["tsne.png"]
+  assert image.imread(tmp_path / "tsne.png").ndim == 3
+
+
+def test_crop_averaging_equals_the_mean_of_separately_embedded_crops(context, tiny_corpus):
+  config = make_tiny_config("configs/muscall.py:demo", tiny_corpus)
+  config.data.eval_crops = 3
+  averaged = dataclasses.replace(context, config=config, _cache={}).embeddings("test", with_text=False)
+  length = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
+  crops = []
+  for record in corpus_records(tiny_corpus, "test").values():
+    room = record["mel"].shape[1] - length
+    assert room > 2  # The clips are longer than a crop: the three crops differ.
+    crops += [record["mel"][:, start : start + length] for start in (0, round(room / 2), room)]
+  batch = {"mel": np.stack(crops).astype(np.float16)}
+  each = jax.device_get(context.embed(context.state, trainer.to_global(batch, context.mesh, ["mel"])))
+  per_clip = lambda x: x.reshape(-1, 3, x.shape[-1]).mean(axis=1)  # noqa: E731
+  np.testing.assert_allclose(averaged["audio_features"], per_clip(each["audio_features"]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(averaged["audio"], metrics.normalize(per_clip(each["audio"])), rtol=1e-5, atol=1e-5)
+  single = context.embeddings("test", with_text=False)["audio"]
+  assert not np.allclose(single, averaged["audio"], atol=1e-3)  # The central crop alone differs.

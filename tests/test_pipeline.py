@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import ConfigError
 
 
 @settings(max_examples=60, deadline=None)
@@ -23,6 +24,21 @@ def test_crop_or_pad_against_numpy(frames, length, seed):
   assert valid == min(length, frames - start)
   assert 0 <= start <= max(frames - length, 0)
   assert pipeline.crop_start(frames, length, None) == max(frames - length, 0) // 2
+
+
+def test_evenly_spaced_crops_span_the_clip():
+  assert pipeline.evenly_spaced_starts(100, 20, 5) == [0, 20, 40, 60, 80]
+  assert pipeline.evenly_spaced_starts(25, 20, 3) == [0, 2, 5]  # Overlapping; 2.5 rounds to even.
+  assert pipeline.evenly_spaced_starts(10, 20, 3) == [0, 0, 0]  # Shorter than a crop: all padded alike.
+
+
+def test_eval_batches_stack_the_crops(tiny_config):
+  tiny_config.data.eval_crops = 3
+  batch = pipeline.eval_dataset(tiny_config, "test", with_text=False)[0]
+  assert batch["mel"].shape[:2] == (tiny_config.data.eval_batch_size, 3) and batch["mel"].ndim == 4
+  tiny_config.data.eval_crops = 0
+  with pytest.raises(ConfigError, match="eval_crops=0"):
+    pipeline.eval_dataset(tiny_config, "test")
 
 
 def _batches(ds, n):

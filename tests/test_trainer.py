@@ -94,7 +94,10 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
   assert [r["step"] for r in rows if "val/t2a_R@10" in r] == [4]
   assert json.loads((tmp_path / "whole/best.json").read_text())["step"] == 4
 
-  results = eval_lib.evaluate(config, tmp_path / "whole")["retrieval"]
+  results = eval_lib.evaluate(config, tmp_path / "whole", names=["retrieval", "tsne"])["retrieval"]
+  report = (tmp_path / "whole/eval/report.md").read_text()
+  assert "latest checkpoint (step 4)" in report and "## retrieval" in report and "![tsne: tsne.png](tsne.png)" in report
+  assert (tmp_path / "whole/eval/tsne.png").exists()
   saved = json.loads((tmp_path / "whole/eval/retrieval.json").read_text())
   assert saved == json.loads(json.dumps(results))
   n = 8  # The tiny corpus's test split.

@@ -41,6 +41,13 @@ def crop_start(frames: int, length: int, rng: np.random.Generator | None) -> int
   return int(rng.integers(room + 1)) if rng is not None else room // 2
 
 
+def evenly_spaced_starts(frames: int, length: int, count: int) -> list[int]:
+  """Starts of `count` crops from the first to the last, evenly spaced (they overlap when the clip
+  is shorter than `count` crops, and all start at 0 when it is shorter than one)."""
+  room = max(frames - length, 0)
+  return [int(round(room * i / (count - 1))) for i in range(count)]
+
+
 def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus_dir: str) -> None:
   """The corpus must have been prepared with the mel settings the config (and model) expects."""
   wanted = config.data.mel.to_dict()
@@ -109,8 +116,13 @@ class ToExample:
   partners: Any = None  # The split's records, to draw mixup partners and negative texts from.
   views: int = 1  # 2: a second, independently augmented view of the same crop (`mel_view2`, for SSL).
   with_text: bool = True  # False: audio, label and tags only (zero-shot evaluation of caption-less corpora).
+  eval_crops: int = 1  # > 1 (evaluation): that many evenly spaced crops, `mel [crops, n_mels, frames]`.
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+    if rng is None and self.eval_crops > 1:
+      starts = evenly_spaced_starts(mel.shape[1], self.crop_frames, self.eval_crops)
+      crops = [crop_or_pad(mel, self.crop_frames, start, self.pad_value) for start in starts]
+      return np.stack([c for c, _ in crops]), crops[0][1]
     return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
 
   def _positives(self, record: dict[str, Any]) -> list[str]:
@@ -196,6 +208,8 @@ def _reader_and_transform(
     raise ConfigError(f"config.data.positives={config.data.positives!r}; use captions, sentences or tags")
   if config.data.other_text not in ("", "negative", "match"):
     raise ConfigError(f"config.data.other_text={config.data.other_text!r}; use '', negative or match")
+  if config.data.eval_crops < 1:
+    raise ConfigError(f"config.data.eval_crops={config.data.eval_crops}; use 1 (the central crop) or more (averaged)")
   if config.data.texts_per_clip > 1 and config.data.caption != "random":
     raise ConfigError(
       f"config.data.texts_per_clip={config.data.texts_per_clip} draws random positives; set config.data.caption=random"
@@ -222,6 +236,7 @@ def _reader_and_transform(
     partners=reader if (augmenter and augmenter.mixup_prob) or (train and config.data.other_text) else None,
     views=views,
     with_text=with_text,
+    eval_crops=1 if train else config.data.eval_crops,
   )
   return reader, transform
 
@@ -260,7 +275,8 @@ def eval_dataset(
   process_index: int = 0,
   process_count: int = 1,
 ) -> grain.MapDataset:
-  """Every record of `split` exactly once, in order: central crops, no augmentation, and the first
+  """Every record of `split` exactly once, in order: central crops (or `data.eval_crops` evenly
+  spaced ones, `mel [B, crops, n_mels, frames]`), no augmentation, and the first
   positive (all joined if `data.caption` is "join"; no text at all without `with_text`): without
   an RNG, `ToExample` never samples.
 

@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from mclap import metrics
 from mclap.errors import UserError
 
 TEMPLATES = {
@@ -99,10 +100,6 @@ def prompts(name: str, labels: list[str], label_texts: dict[str, str], seed: int
   return [TEMPLATES.get(name, name).format(label) for label in labels]
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def ensemble(embeddings: list[np.ndarray]) -> np.ndarray:
   """Mean of each label's normalised prompt embeddings, renormalised `[labels, dim]`."""
-  return normalize(np.mean([normalize(e) for e in embeddings], axis=0))
+  return metrics.normalize(np.mean([metrics.normalize(e) for e in embeddings], axis=0))

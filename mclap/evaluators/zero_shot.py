@@ -22,7 +22,7 @@ def class_embeddings(context, settings, labels: list[str]) -> dict[str, np.ndarr
   label_texts = prompts_lib.load_label_texts(settings.get("label_texts", ""))
   out = {}
   for name in prompts_lib.prompt_sets(settings["prompts"], settings.get("templates_file", "")):
-    out[name] = prompts_lib.normalize(context.embed_texts(prompts_lib.prompts(name, labels, label_texts)))
+    out[name] = metrics.normalize(context.embed_texts(prompts_lib.prompts(name, labels, label_texts)))
   if settings.get("ensemble", True) and len(out) > 1:
     out["ensemble"] = prompts_lib.ensemble(list(out.values()))
   return out

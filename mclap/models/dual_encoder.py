@@ -61,7 +61,7 @@ def mlp(widths: list[int], activation: Callable, *, dtype: Any, rngs: nnx.Rngs) 
   return nnx.Sequential(*layers)
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
   x = x.astype(jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -120,21 +120,26 @@ class DualEncoder(nnx.Module):
     return self.audio(mel, train and not self.audio_frozen)
 
   def project_audio(self, features: jax.Array) -> jax.Array:
-    return _l2_normalize(features if self.audio_projection is None else self.audio_projection(features))
+    return l2_normalize(features if self.audio_projection is None else self.audio_projection(features))
 
   def embed_audio(self, mel: jax.Array, train: bool = False) -> jax.Array:
     return self.project_audio(self.audio_features(mel, train))
 
   def embed_sentences(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
     """Sentence-BERT caption embeddings (mean pooled, L2-normalised), without gradient."""
-    return jax.lax.stop_gradient(_l2_normalize(self.sentence_encoder(tokens, token_mask)))
+    return jax.lax.stop_gradient(l2_normalize(self.sentence_encoder(tokens, token_mask)))
 
   def logit_bias(self) -> jax.Array:
     return self.logit_bias_param[...]
 
+  def text_features(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
+    return self.text(tokens, token_mask)
+
+  def project_text(self, features: jax.Array) -> jax.Array:
+    return l2_normalize(features if self.text_projection is None else self.text_projection(features))
+
   def embed_text(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
-    features = self.text(tokens, token_mask)
-    return _l2_normalize(features if self.text_projection is None else self.text_projection(features))
+    return self.project_text(self.text_features(tokens, token_mask))
 
   def match(self, audio_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
     """Matching logit `[batch]` of each (audio, text) row pair (SMM)."""

@@ -1,0 +1,83 @@
+"""What every evaluator is given: the config, the restored model, embeddings and plot paths.
+
+Embedding spaces: `joint` is the shared audio–text space (normalised projections); `pre_joint` is
+each tower's own output before its projection head (audio and text widths may differ there, so
+only same-modality comparisons are made in it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mclap import trainer
+from mclap.data import pipeline, records
+from mclap.data import tokenizer as tokenizer_lib
+
+# Per space, the keys of its audio and text embeddings.
+SPACES = {"joint": ("audio", "text"), "pre_joint": ("audio_features", "text_features")}
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What evaluators share: the config, the restored model, split embeddings (computed once per
+  corpus and split) and text embedding."""
+
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  embed: Callable
+  state: Any
+  embed_text_fn: Callable | None = None
+  out_dir: pathlib.Path | None = None  # Where plots are written (None: no plots).
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  def corpus_config(self, corpus_dir: str = "") -> ml_collections.ConfigDict:
+    """The config reading `corpus_dir` ("" = the training corpus, `data.dir`)."""
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.data.dir = corpus_dir or self.config.data.dir
+    return config
+
+  def info(self, corpus_dir: str = "") -> dict[str, Any]:
+    return records.read_info(corpus_dir or self.config.data.dir)
+
+  def embeddings(self, split: str, corpus_dir: str = "", with_text: bool = True) -> dict[str, np.ndarray]:
+    """Audio embeddings (`audio`, and the pre-projection `audio_features`; central crop or
+    `data.eval_crops` averaged), labels and multi-hot tags of every record of `split`, in order,
+    with the first caption's text embedding when `with_text`."""
+    key = (corpus_dir or self.config.data.dir, split, with_text)
+    if key not in self._cache:
+      ds = pipeline.eval_dataset(
+        self.corpus_config(corpus_dir),
+        split,
+        with_text=with_text,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+      self._cache[key] = trainer.embed_dataset(self.embed, self.state, ds, self.mesh)
+    return self._cache[key]
+
+  def embed_texts(self, texts: list[str], space: str = "joint", batch_size: int = 256) -> np.ndarray:
+    """Embeddings `[len(texts), dim]` of arbitrary texts (prompts): L2-normalised in the joint
+    space, the text tower's raw features in the pre-joint space."""
+    tokenizer = tokenizer_lib.for_config(self.config)
+    key = SPACES[space][1]
+    out = []
+    for start in range(0, len(texts), batch_size):
+      chunk = texts[start : start + batch_size]
+      tokens, mask = tokenizer(chunk + [""] * (batch_size - len(chunk)))  # One shape: one compilation.
+      out.append(np.asarray(self.embed_text_fn(self.state, tokens, mask)[key])[: len(chunk)])
+    return np.concatenate(out)
+
+  def plot_path(self, name: str) -> pathlib.Path | None:
+    """Where to write plot `name` (None when plots are off or another process writes them)."""
+    if self.out_dir is None or jax.process_index() != 0:
+      return None
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    return self.out_dir / name
