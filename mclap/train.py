@@ -98,7 +98,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   window_start, window_steps = time.perf_counter(), 0
   try:
     for step in range(start + 1, steps + 1):
-      state, step_metrics = train_step(state, trainer.to_global(next(data_iter), mesh))
+      batch = trainer.trim_token_padding(next(data_iter), config.data.token_bucket)
+      state, step_metrics = train_step(state, trainer.to_global(batch, mesh))
       window_steps += 1
       if step == start + 1:  # Leave compilation out of the rates.
         jax.block_until_ready(state)

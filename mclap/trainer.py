@@ -146,6 +146,32 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MO
   return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys if k in batch}
 
 
+# Token arrays and the masks that say which of their positions are real.
+TOKEN_MASKS = {
+  "tokens": "token_mask",
+  "token_mask": "token_mask",
+  "other_tokens": "other_token_mask",
+  "other_token_mask": "other_token_mask",
+}
+
+
+def trim_token_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
+  """Drops the trailing token positions that are padding in every text of the global batch,
+  keeping the longest text rounded up to a multiple of `bucket` (0: keep all). Exact: no real
+  token attends to trailing padding (it is masked, or after it under a causal mask), and pooling
+  reads real tokens only. Short captions then cost the text tower a fraction of `max_tokens`;
+  each distinct length compiles the step once, and every process keeps the same length."""
+  present = [k for k in TOKEN_MASKS if k in batch]
+  if not bucket or not present:
+    return batch
+  full = batch["tokens"].shape[-1]
+  longest = max(int(np.max(batch[TOKEN_MASKS[k]].sum(axis=-1), initial=0)) for k in present)
+  if jax.process_count() > 1:
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+  length = min(-(-max(longest, 1) // bucket) * bucket, full)
+  return {k: v[..., :length] if k in TOKEN_MASKS else v for k, v in batch.items()}
+
+
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated."""
   objective = objectives.build(config)
@@ -226,12 +252,14 @@ def make_text_embed_fn(model_def: ModelDef) -> Callable:
   return embed_text
 
 
-def embed_dataset(embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, np.ndarray]:
+def embed_dataset(
+  embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, token_bucket: int = 0
+) -> dict[str, np.ndarray]:
   """Embeds an evaluation pipeline; returns host arrays in record order with the padding dropped:
   `audio`, `text` (when the batches have tokens), and the records' `index`, `label` and `tags`."""
   parts: dict[str, list[np.ndarray]] = {}
   for batch in batches:
-    out = embed(state, to_global(batch, mesh))
+    out = embed(state, to_global(trim_token_padding(batch, token_bucket), mesh))
     out.update({k: batch[k] for k in ("index", "valid", "label", "tags")})
     gathered = {k: np.asarray(v) for k, v in multihost_utils.process_allgather(out, tiled=True).items()}
     keep = gathered.pop("valid").astype(bool)

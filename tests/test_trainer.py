@@ -44,6 +44,42 @@ def test_sharded_step_equals_single_device_step(tiny_config):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s8, s1)  # f32 reduction order.
 
 
+def test_token_padding_is_trimmed_by_bucket():
+  mask = np.zeros((2, 3, 40), np.int32)  # [batch, texts per clip, tokens]
+  mask[0, 1, :17] = 1
+  batch = {"tokens": mask * 7, "token_mask": mask, "other_tokens": np.ones((2, 40)), "mel": np.ones((2, 5, 9))}
+  batch["other_token_mask"] = np.zeros((2, 40), np.int32)
+  batch["other_token_mask"][1, :3] = 1
+  trimmed = trainer.trim_token_padding(batch, 8)
+  assert trimmed["tokens"].shape == (2, 3, 24) and trimmed["other_token_mask"].shape == (2, 24)
+  assert trimmed["mel"] is batch["mel"] and trimmed["tokens"][0, 1].sum() == 7 * 17
+  assert trainer.trim_token_padding(batch, 32)["tokens"].shape[-1] == 32
+  assert trainer.trim_token_padding(batch, 64)["tokens"].shape[-1] == 40  # Never longer than the texts.
+  assert trainer.trim_token_padding(batch, 0) is batch
+
+
+def test_trimmed_token_padding_gives_the_same_step(tiny_config):
+  config = small(tiny_config)
+  config.optim.eps = 1.0  # As above: compare the step, not Adam-amplified rounding.
+  batch = pipeline.train_dataset(config)[0]
+  trimmed = trainer.trim_token_padding(batch, 8)
+  assert trimmed["tokens"].shape[1] < batch["tokens"].shape[1]
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  tx = trainer.make_optimizer(config, 4)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  embed = trainer.make_embed_fn(model_def)
+  np.testing.assert_allclose(
+    embed(state, trainer.to_global(batch, mesh))["text"],
+    embed(state, trainer.to_global(trimmed, mesh))["text"],
+    atol=1e-5,
+  )
+  results = [step(jax.tree.map(jnp.copy, state), trainer.to_global(b, mesh)) for b in (batch, trimmed)]
+  (full_state, full_metrics), (trim_state, trim_metrics) = jax.device_get(results)
+  assert float(full_metrics["loss"]) == pytest.approx(float(trim_metrics["loss"]), rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), full_state, trim_state)
+
+
 def _interrupt_after(make_step, limit):
   """Wraps `make_train_step` so that the step is interrupted (as by Ctrl-C) on call `limit + 1`."""
 

@@ -7,7 +7,11 @@ prepare: `prepare --source folder` throughput in tracks/min for 30 s 44.1 kHz st
   (MP3 and FLAC) with every core, and the per-track time of each stage (decode, resample, mel).
 train_step, embed: examples/s of the jitted train step (forward, loss, backward, AdamW update)
   and of inference embedding (audio + text), and model FLOPs per example from XLA's cost
-  analysis of the compiled computation, at `--model_batch` on all local devices.
+  analysis of the compiled computation, at `--model_batch` on all local devices, with texts
+  padded to `max_tokens` and trimmed by `data.token_bucket` (`--token_buckets`). MFU is the
+  achieved FLOP/s over the peak measured in the same run (the faster of a large matmul and a
+  large convolution in the same dtype); memory is XLA's memory analysis of the compiled step
+  (arguments + outputs + temporaries, per device) and, where the backend reports it, the peak.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ _MODEL_BATCH = flags.DEFINE_integer("model_batch", 16, "Global batch for train_s
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype for train_step/embed (bfloat16 on accelerators).")
 _PREPARE_TRACKS = flags.DEFINE_integer("prepare_tracks", 32, "Tracks for the prepare benchmark (half MP3, half FLAC).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model measurement (after 2 warm-up steps).")
+_TOKEN_BUCKETS = flags.DEFINE_list("token_buckets", ["0", "16"], "data.token_bucket values for train_step/embed.")
 
 
 def machine() -> dict:
@@ -179,7 +184,31 @@ def flops(compiled) -> float:
   return float(analysis.get("flops", float("nan")))
 
 
-def bench_model(spec: str) -> list[dict]:
+def memory_mb(compiled) -> float:
+  """Per-device bytes XLA plans for the computation: arguments, outputs and temporaries (MB)."""
+  m = compiled.memory_analysis()
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  return round(total / 2**20, 1)
+
+
+def measure_peak(dtype: str) -> dict:
+  """Achievable FLOP/s of this device: a 4096^2 matmul and a 3x3, 256-channel convolution, the
+  better of the two (the denominator of MFU)."""
+  key = jax.random.key(0)
+  a = jax.random.normal(key, (4096, 4096), dtype)
+  x = jax.random.normal(key, (32, 64, 64, 256), dtype)
+  w = jax.random.normal(key, (3, 3, 256, 256), dtype)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+  rates = {}
+  for name, fn, args in (("matmul", lambda a: a @ a, (a,)), ("conv", conv, (x, w))):
+    jitted = jax.jit(fn)
+    work = flops(jitted.lower(*args).compile())
+    seconds = time_batches(lambda jitted=jitted, args=args: jax.block_until_ready(jitted(*args)), 5) / 5
+    rates[f"peak_{name}_gflop_per_s"] = round(work / seconds / 1e9, 1)
+  return rates
+
+
+def bench_model(spec: str, peak: dict) -> list[dict]:
   config = cli.load_config(str(ROOT / spec))
   config.data.dir = str(bench_corpus(config))
   config.train.batch_size = _MODEL_BATCH.value
@@ -187,41 +216,51 @@ def bench_model(spec: str) -> list[dict]:
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   tx = trainer.make_optimizer(config, 1000)
   model_def, state = trainer.init_state(config, mesh, tx)
-  batch = trainer.to_global(pipeline.train_dataset(config)[0], mesh)
   step = trainer.make_train_step(config, model_def, tx, mesh)
   embed = trainer.make_embed_fn(model_def)
-  common = {
-    "config": spec,
-    "batch_size": config.train.batch_size,
-    "dtype": config.train.dtype,
-    "crop_seconds": config.data.crop_seconds,
-    "n_mels": config.data.mel.n_mels,
-    "devices": jax.device_count(),
-  }
+  best_peak = max(peak.values())
   rows = []
-  for name, fn in (("train_step", step), ("embed", embed)):
-    compiled = fn.lower(state, batch).compile()
-    holder = {"state": state}
+  for bucket in map(int, _TOKEN_BUCKETS.value):
+    batch = trainer.trim_token_padding(pipeline.train_dataset(config)[0], bucket)
+    batch = trainer.to_global(batch, mesh)
+    common = {
+      "config": spec,
+      "batch_size": config.train.batch_size,
+      "dtype": config.train.dtype,
+      "crop_seconds": config.data.crop_seconds,
+      "n_mels": config.data.mel.n_mels,
+      "token_bucket": bucket,
+      "tokens": int(batch["tokens"].shape[-1]),
+      "devices": jax.device_count(),
+    }
+    for name, fn in (("train_step", step), ("embed", embed)):
+      compiled = fn.lower(state, batch).compile()
+      holder = {"state": state}
 
-    def run(fn=fn, name=name, holder=holder):
-      out = fn(holder["state"], batch)
-      if name == "train_step":
-        holder["state"] = out[0]  # The step donates its input state.
-      jax.block_until_ready(out)
+      def run(fn=fn, name=name, holder=holder, batch=batch):
+        out = fn(holder["state"], batch)
+        if name == "train_step":
+          holder["state"] = out[0]  # The step donates its input state.
+        jax.block_until_ready(out)
 
-    seconds = time_batches(run, _STEPS.value)
-    state = holder["state"]
-    per_s = _STEPS.value * config.train.batch_size / seconds
-    per_example = flops(compiled) / config.train.batch_size
-    rows.append(
-      {
-        "bench": name,
-        **common,
-        "examples_per_s": round(per_s, 2),
-        "gflops_per_example": round(per_example / 1e9, 3),
-        "gflop_per_s": round(per_s * per_example / 1e9, 1),
-      }
-    )
+      seconds = time_batches(run, _STEPS.value)
+      state = holder["state"]
+      per_s = _STEPS.value * config.train.batch_size / seconds
+      per_example = flops(compiled) / config.train.batch_size
+      stats = jax.local_devices()[0].memory_stats() or {}
+      rows.append(
+        {
+          "bench": name,
+          **common,
+          "examples_per_s": round(per_s, 2),
+          "gflops_per_example": round(per_example / 1e9, 3),
+          "gflop_per_s": round(per_s * per_example / 1e9, 1),
+          "mfu": round(per_s * per_example / 1e9 / best_peak, 3),
+          "xla_memory_mb": memory_mb(compiled),
+          **({"peak_memory_mb": round(stats["peak_bytes_in_use"] / 2**20, 1)} if "peak_bytes_in_use" in stats else {}),
+          **peak,
+        }
+      )
   return rows
 
 
@@ -231,7 +270,7 @@ def main(argv):
   runs = {
     "input": lambda: [row for spec in _CONFIGS.value for row in bench_input(spec)],
     "prepare": bench_prepare,
-    "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec)],
+    "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec, measure_peak(_DTYPE.value))],
   }
   for name in _BENCHMARKS.value:
     for row in runs[name]():

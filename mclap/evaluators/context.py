@@ -60,7 +60,7 @@ class EvalContext:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )
-      self._cache[key] = trainer.embed_dataset(self.embed, self.state, ds, self.mesh)
+      self._cache[key] = trainer.embed_dataset(self.embed, self.state, ds, self.mesh, self.config.data.token_bucket)
     return self._cache[key]
 
   def embed_texts(self, texts: list[str], space: str = "joint", batch_size: int = 256) -> np.ndarray:

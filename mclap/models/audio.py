@@ -17,20 +17,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mclap.errors import ConfigError
-from mclap.models.layers import Attention, maybe_remat
-
-
-def _avg_pool(x: jax.Array, size: int) -> jax.Array:
-  return nnx.avg_pool(x, (size, size), strides=(size, size), padding="VALID") if size > 1 else x
+from mclap.models.layers import Attention, Conv2d, avg_pool, maybe_remat
 
 
 class _ConvBN(nnx.Module):
   """Convolution without bias, then batch norm (PyTorch momentum 0.1 = Flax 0.9)."""
 
   def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Any, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(
-      cin, cout, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=False, dtype=dtype, rngs=rngs
-    )
+    self.conv = Conv2d(cin, cout, kernel, stride, dtype=dtype, rngs=rngs)
     self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -53,8 +47,8 @@ class Bottleneck(nnx.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out = jax.nn.relu(self.conv1(x, train))
     out = jax.nn.relu(self.conv2(out, train))
-    out = self.conv3(_avg_pool(out, self.stride), train)
-    identity = self.downsample(_avg_pool(x, self.stride), train) if self.downsample is not None else x
+    out = self.conv3(avg_pool(out, self.stride), train)
+    identity = self.downsample(avg_pool(x, self.stride), train) if self.downsample is not None else x
     return jax.nn.relu(out + identity)
 
 
@@ -132,7 +126,7 @@ class ModifiedResNet(nnx.Module):
     x = mel[..., None].astype(self.stem[0].conv.dtype or jnp.float32)
     for layer in self.stem:
       x = jax.nn.relu(layer(x, train))
-    x = _avg_pool(x, 2)
+    x = avg_pool(x, 2)
     for block in self.blocks:
       x = maybe_remat(lambda b, y: b(y, train), self.remat)(block, x)
     return self.pool(x) if self.pool is not None else x.mean(axis=(1, 2))
@@ -147,10 +141,7 @@ class SimpleCNN(nnx.Module):
     cins = (1, *channels[:-1])
     first_bn = len(channels) - batch_norm_blocks
     self.convs = nnx.List(
-      [
-        nnx.Conv(i, o, (3, 3), padding=1, use_bias=b < first_bn, dtype=dtype, rngs=rngs)
-        for b, (i, o) in enumerate(zip(cins, channels))
-      ]
+      [Conv2d(i, o, 3, use_bias=b < first_bn, dtype=dtype, rngs=rngs) for b, (i, o) in enumerate(zip(cins, channels))]
     )
     self.norms = nnx.List(
       [

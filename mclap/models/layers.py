@@ -37,6 +37,43 @@ class Attention(nnx.Module):
     return self.out_proj(out.reshape(*out.shape[:2], -1))
 
 
+class Conv2d(nnx.Module):
+  """NHWC convolution with a square `kernel`, stride, and PyTorch's symmetric padding `kernel // 2`
+  (imported weights see identical inputs); parameters `kernel [k, k, cin, cout]` and `bias`.
+
+  A 1x1 convolution is computed as one matrix product over all positions: XLA:CPU differentiates
+  that 5-15x faster than the equivalent convolution (BENCHMARKS.md, "Where the time goes").
+  """
+
+  def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, use_bias: bool = False, *, dtype, rngs):
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (kernel, kernel, cin, cout)))
+    self.bias = nnx.Param(jnp.zeros((cout,))) if use_bias else None
+    self.stride, self.dtype = stride, dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = self.dtype or jnp.result_type(x.dtype, self.kernel.dtype)
+    x, kernel = x.astype(dtype), self.kernel[...].astype(dtype)
+    k, s = kernel.shape[0], self.stride
+    if k == 1:
+      x = x[:, ::s, ::s]
+      y = (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
+    else:
+      pad = [(k // 2, k // 2)] * 2
+      y = jax.lax.conv_general_dilated(x, kernel, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y if self.bias is None else y + self.bias[...].astype(dtype)
+
+
+def avg_pool(x: jax.Array, size: int) -> jax.Array:
+  """Non-overlapping `size` x `size` mean pooling of NHWC (trailing rows/columns that do not fill
+  a window are dropped, like VALID padding), as a reshape and a mean: cheaper to differentiate on
+  CPU than a reduce-window."""
+  if size == 1:
+    return x
+  b, h, w, c = x.shape
+  h, w = h // size, w // size
+  return x[:, : h * size, : w * size].reshape(b, h, size, w, size, c).mean(axis=(2, 4))
+
+
 def maybe_remat(fn, enabled: bool):
   """Recompute `fn`'s activations in the backward pass when `enabled` (memory for compute)."""
   return nnx.remat(fn) if enabled else fn
