@@ -12,6 +12,8 @@ train_step, embed: examples/s of the jitted train step (forward, loss, backward,
   achieved FLOP/s over the peak measured in the same run (the faster of a large matmul and a
   large convolution in the same dtype); memory is XLA's memory analysis of the compiled step
   (arguments + outputs + temporaries, per device) and, where the backend reports it, the peak.
+towers: where the model's time goes: each tower alone, forward (inference) and forward +
+  backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 import soxr  # noqa: E402
 from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from mclap import cli, parallel, trainer  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
 
-_BENCHMARKS = flags.DEFINE_list("benchmarks", ["input", "prepare", "model"], "Which benchmarks to run.")
+_BENCHMARKS = flags.DEFINE_list("benchmarks", ["input", "prepare", "model", "towers"], "Which benchmarks to run.")
 _CONFIGS = flags.DEFINE_list("configs", ["configs/muscall.py:demo", "configs/muscall.py"], "Configs to benchmark.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per measurement (after 2 warm-up batches).")
 _CACHE = flags.DEFINE_string("cache", str(ROOT / "build/bench"), "Where benchmark corpora are kept.")
@@ -264,6 +268,42 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
   return rows
 
 
+def bench_towers(spec: str) -> list[dict]:
+  config = cli.load_config(str(ROOT / spec))
+  config.train.dtype = _DTYPE.value
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1000))
+  graphdef, params = nnx.split(model_def.merge(state))
+  batch, rng = _MODEL_BATCH.value, np.random.default_rng(0)
+  frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
+  mel = jnp.asarray(rng.normal(size=(batch, config.data.mel.n_mels, frames)), jnp.float32)
+  audio = lambda p, mel: nnx.merge(graphdef, p).audio_features(mel, False).sum()  # noqa: E731
+  text = lambda p, tokens, mask: nnx.merge(graphdef, p).text_features(tokens, mask).sum()  # noqa: E731
+  parts = [("audio", audio, (mel,), None)]
+  for length in sorted({config.data.max_tokens, 32}):
+    tokens = jnp.asarray(rng.integers(1, 1000, size=(batch, length)), jnp.int32)
+    parts.append(("text", text, (tokens, jnp.ones_like(tokens)), length))
+  rows = []
+  for tower, fn, inputs, length in parts:
+    for mode, jitted in (("forward", jax.jit(fn)), ("forward+backward", jax.jit(jax.grad(fn)))):
+      work = flops(jitted.lower(params, *inputs).compile())
+      seconds = time_batches(lambda j=jitted, i=inputs: jax.block_until_ready(j(params, *i)), _STEPS.value)
+      rows.append(
+        {
+          "bench": "tower",
+          "config": spec,
+          "tower": tower,
+          "mode": mode,
+          "batch_size": batch,
+          "dtype": config.train.dtype,
+          **({"tokens": length} if length else {}),
+          "ms_per_batch": round(1000 * seconds / _STEPS.value, 1),
+          "gflop_per_s": round(work * _STEPS.value / seconds / 1e9, 1),
+        }
+      )
+  return rows
+
+
 def main(argv):
   del argv
   env = machine()
@@ -271,6 +311,7 @@ def main(argv):
     "input": lambda: [row for spec in _CONFIGS.value for row in bench_input(spec)],
     "prepare": bench_prepare,
     "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec, measure_peak(_DTYPE.value))],
+    "towers": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_towers(spec)],
   }
   for name in _BENCHMARKS.value:
     for row in runs[name]():
