@@ -42,7 +42,7 @@ class Conv2d(nnx.Module):
   (imported weights see identical inputs); parameters `kernel [k, k, cin, cout]` and `bias`.
 
   A 1x1 convolution is computed as one matrix product over all positions: XLA:CPU differentiates
-  that 5-15x faster than the equivalent convolution (BENCHMARKS.md, "Where the time goes").
+  that 4-16x faster than the equivalent convolution (BENCHMARKS.md, "Where the time goes").
   """
 
   def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, use_bias: bool = False, *, dtype, rngs):
