@@ -94,13 +94,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 0  # > 0 overrides epochs.
   c.train.seed = 0
   c.train.dtype = "bfloat16"  # Compute dtype; parameters and optimizer state stay float32.
-  c.train.remat = False
+  # Per block (ResNet bottleneck, Transformer layer), what is kept for the backward pass: "none"
+  # (everything), "dots" (matmul/conv outputs; norms and activations recomputed), "full" (only the
+  # block input). Memory for compute; see README "Speed and scale".
+  c.train.remat = "none"
+  # > 1: feature caching. The towers take the batch in this many sub-batches (activation memory / n,
+  # ~1.3x compute); the loss still sees every example of the global batch as a negative.
+  c.train.sub_batches = 1
   c.train.log_every = 50
   c.train.eval_every = 1000
   c.train.ckpt_every = 1000
   c.train.keep_checkpoints = 3
 
-  c.mesh = dict(data=-1, model=1)  # -1: all remaining devices.
+  # data=-1: all remaining devices. fsdp: parameters and optimizer state split over the data axis
+  # (per-device state memory / devices; same updates as data parallelism), for large text towers.
+  c.mesh = dict(data=-1, model=1, fsdp=False)
   c.evals = ml_collections.ConfigDict()
   c.evals.retrieval = dict(split="test", subset_size=1000, subset_seed=0)
   # Zero-shot on the training corpus's labels and tags; add entries with `kind` and `dir` for other

@@ -97,7 +97,7 @@ def _scl(config: ml_collections.ConfigDict) -> Objective:
   def inputs(model, batch):
     texts = _embed_text_groups(model, batch["tokens"], batch["token_mask"])
     clips, k, dim = texts.shape
-    ids = jnp.arange(clips)  # Row i of the global batch is clip i; its K texts carry its id.
+    ids = batch["row"]  # The clip's row in the global batch; its K texts carry it.
     audio = model.embed_audio(batch["mel"], train=True)
     return audio, texts.reshape(clips * k, dim), ids, jnp.repeat(ids, k), model.logit_scale()
 

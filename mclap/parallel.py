@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -48,6 +49,34 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+# Smaller arrays (biases, norms, scalars) stay replicated under FSDP: splitting them saves little
+# memory and costs a collective each.
+FSDP_MIN_SIZE = 2**12
+
+
+def fsdp_spec(shape: tuple[int, ...], devices: int) -> P:
+  """Splits an array over 'data' along its largest dimension that the axis divides; P() when it is
+  small or no dimension divides."""
+  if devices == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+    return P()
+  candidates = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d]) if shape[d] % devices == 0]
+  if not candidates:
+    return P()
+  spec = [None] * len(shape)
+  spec[candidates[0]] = DATA
+  return P(*spec)
+
+
+def state_sharding(mesh: Mesh, state_shapes, fsdp: bool):
+  """Shardings of a train state: replicated (data parallelism), or with `fsdp` each large array
+  (parameters and the optimizer moments alike) split over the data axis, so that per-device state
+  memory falls with the number of devices. Under jit, XLA gathers a parameter where a layer needs it
+  and reduce-scatters its gradient; the values are those of data parallelism."""
+  if not fsdp:
+    return jax.tree.map(lambda _: replicated(mesh), state_shapes)
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, mesh.shape[DATA])), state_shapes)
 
 
 def sharded_loss(loss_fn: Callable, mesh: Mesh, num_batch_args: int = 2) -> Callable:

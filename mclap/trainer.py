@@ -22,7 +22,8 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mclap import objectives, parallel
 from mclap.data import tokenizer as tokenizer_lib
@@ -35,10 +36,12 @@ MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "oth
 
 @dataclasses.dataclass(frozen=True)
 class ModelDef:
-  """What is static about the model: its graph and its untrained constants."""
+  """What is static about the model: its graph, its untrained constants, and where the train
+  state lives on the mesh (replicated, or split by FSDP)."""
 
   graphdef: Any
   constants: Any
+  state_sharding: Any
 
   def merge(self, state: dict[str, Any], params=None, discriminator=None) -> nnx.Module:
     """The model of a train state (with `params` or `discriminator` in place of the state's, to
@@ -114,8 +117,8 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
 
 
 def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
-  """Builds the model and optimizer state directly on the devices, replicated over the mesh, and
-  loads the pretrained weights the config names."""
+  """Builds the model and optimizer state directly on the devices, replicated over the mesh or
+  split by FSDP (`mesh.fsdp`), and loads the pretrained weights the config names."""
   vocab_size = tokenizer_lib.for_config(config).vocab_size
   objective = objectives.build(config)
   filters = _filters(config, objective)
@@ -131,13 +134,15 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
     return state, constants
 
   graphdef = nnx.split(nnx.eval_shape(lambda: build(0)), *filters)[0]
-  state, constants = jax.jit(init, out_shardings=parallel.replicated(mesh))()
-  model_def = ModelDef(graphdef, constants)
+  state_shapes, _ = jax.eval_shape(init)
+  sharding = parallel.state_sharding(mesh, state_shapes, config.mesh.fsdp)
+  state, constants = jax.jit(init, out_shardings=(sharding, parallel.replicated(mesh)))()
+  model_def = ModelDef(graphdef, constants, sharding)
   model = model_def.merge(state)
   load_pretrained(model, config)
   _, *groups, _ = nnx.split(model, *filters)
   loaded = {k: v for k, v in zip(names, groups) if k != "discriminator"}
-  return model_def, {**state, **jax.device_put(loaded, parallel.replicated(mesh))}
+  return model_def, {**state, **jax.device_put(loaded, {k: sharding[k] for k in loaded})}
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
@@ -173,21 +178,32 @@ def trim_token_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, n
 
 
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
-  """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated."""
+  """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated.
+
+  With `train.sub_batches` = n > 1 the gradient comes from feature caching (`feature_cached_grads`):
+  the loss still sees the whole global batch as negatives, while the towers only ever hold the
+  activations of one n-th of it.
+  """
   objective = objectives.build(config)
   loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
+  sub_batches = config.train.sub_batches
+  if sub_batches > 1 and objective.discriminator is not None:
+    raise ConfigError(f"config.train.sub_batches={sub_batches} does not support config.loss.name={config.loss.name!r}")
 
   def step(state, batch):
     extra_metrics = {}
     if objective.discriminator is not None:
       state, extra_metrics["discriminator_loss"] = discriminator_update(state, batch)
+    batch = {**batch, "row": jnp.arange(batch["mel"].shape[0])}  # Global row ids (supervised contrastive).
+    if sub_batches > 1:
+      (loss, batch_stats), grads = feature_cached_grads(objective, loss_fn, model_def, state, batch, sub_batches, mesh)
+    else:
 
-    def compute_loss(params):
-      model = model_def.merge(state, params)
-      loss = loss_fn(*objective.inputs(model, batch))
-      return loss, (nnx.state(model, nnx.BatchStat), model.logit_scale())
+      def compute_loss(params):
+        model = model_def.merge(state, params)
+        return loss_fn(*objective.inputs(model, batch)), nnx.state(model, nnx.BatchStat)
 
-    (loss, (batch_stats, scale)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
+      (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {
       **state,
@@ -196,6 +212,7 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
       "opt_state": opt_state,
       "step": state["step"] + 1,
     }
+    scale = model_def.merge(state).logit_scale()
     return new_state, {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads), **extra_metrics}
 
   def discriminator_update(state, batch):
@@ -209,8 +226,82 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
     disc = optax.apply_updates(state["discriminator"], updates)
     return {**state, "discriminator": disc, "discriminator_opt_state": opt_state}, loss
 
-  replicated = parallel.replicated(mesh)
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+  return jax.jit(step, donate_argnums=0, out_shardings=(model_def.state_sharding, parallel.replicated(mesh)))
+
+
+def feature_cached_grads(
+  objective: objectives.Objective, loss_fn: Callable, model_def: ModelDef, state, batch, sub_batches: int, mesh: Mesh
+):
+  """`((loss, batch_stats), grads)` of the full-batch loss, holding one sub-batch's activations at a time.
+
+  Feature caching (Gao et al.'s GradCache): (1) embed the sub-batches one after another without
+  gradients; (2) evaluate the loss on the whole gathered batch and take its gradient with respect
+  to the embeddings only; (3) run each sub-batch through the towers again and back-propagate those
+  embedding gradients (a vector-Jacobian product), summing the parameter gradients. The result is
+  the full-batch gradient, all the in-batch negatives included, which gradient accumulation cannot
+  give. Layers that mix rows of a batch differ: batch norm normalises each sub-batch by its own
+  statistics, and the running statistics move by the mean of the sub-batches' updates.
+
+  Each device's rows are split into `sub_batches` consecutive groups and sub-batch k takes group k of
+  every device, so every device works on every sub-batch and no row crosses devices.
+  """
+  devices = mesh.shape[parallel.DATA]
+  spread = NamedSharding(mesh, P(None, parallel.DATA))
+
+  def split(x):
+    rows = x.shape[0] // (devices * sub_batches)
+    if rows * devices * sub_batches != x.shape[0]:
+      raise ConfigError(
+        f"config.train.sub_batches={sub_batches}: the per-device batch {x.shape[0] // devices} is not a multiple of it"
+      )
+    x = x.reshape(devices, sub_batches, rows, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x.reshape(sub_batches, devices * rows, *x.shape[3:]), spread)
+
+  def join(x):
+    x = x.reshape(sub_batches, devices, -1, *x.shape[2:]).swapaxes(0, 1)
+    return x.reshape(-1, *x.shape[3:])
+
+  def embed(params, sub_batch):
+    model = model_def.merge(state, params)
+    return objective.inputs(model, sub_batch), nnx.state(model, nnx.BatchStat)
+
+  params = state["params"]
+  sub_batch_list = {k: split(v) for k, v in batch.items()}
+  num_batch = objective.num_batch_args
+  inputs = jax.lax.map(lambda sub: embed(jax.lax.stop_gradient(params), sub)[0], sub_batch_list)
+  inputs = [join(x) if i < num_batch else x[0] for i, x in enumerate(inputs)]  # Replicated args: same each time.
+  differentiable = [jnp.issubdtype(x.dtype, jnp.floating) for x in inputs]
+
+  def loss_of(floats):
+    it = iter(floats)
+    return loss_fn(*(next(it) if d else x for x, d in zip(inputs, differentiable)))
+
+  loss, input_grads = jax.value_and_grad(loss_of)([x for x, d in zip(inputs, differentiable) if d])
+  it = iter(input_grads)
+  cotangents = [next(it) if d else None for d in differentiable]
+  batch_cotangents = [split(c) if c is not None else None for c in cotangents[:num_batch]]
+  replicated_cotangents = cotangents[num_batch:]
+
+  def accumulate(grads, xs):
+    sub_batch, sub_cotangents = xs
+
+    def surrogate(p):
+      """Sum of embeddings times their cotangents: its gradient is the VJP of the embeddings. The
+      scalars shared by all sub-batches (logit scale) take 1/n of their cotangent each time."""
+      sub_inputs, batch_stats = embed(p, sub_batch)
+      pairs = [*zip(sub_inputs[:num_batch], sub_cotangents), *zip(sub_inputs[num_batch:], replicated_cotangents)]
+      total = sum(
+        (x.astype(jnp.float32) * c.astype(jnp.float32)).sum() * (1.0 if i < num_batch else 1.0 / sub_batches)
+        for i, (x, c) in enumerate(pairs)
+        if c is not None
+      )
+      return total, batch_stats
+
+    sub_grads, batch_stats = jax.grad(surrogate, has_aux=True)(params)
+    return jax.tree.map(jnp.add, grads, sub_grads), batch_stats
+
+  grads, batch_stats = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), (sub_batch_list, batch_cotangents))
+  return (loss, jax.tree.map(lambda x: x.mean(axis=0), batch_stats)), grads
 
 
 def make_embed_fn(model_def: ModelDef) -> Callable:

@@ -57,7 +57,7 @@ def numpy_bert(directory, tokens, mask):
 
 @pytest.fixture(scope="module")
 def minilm():
-  tower = bert.build_bert(MINILM, pooling="mean", remat=False, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  tower = bert.build_bert(MINILM, pooling="mean", remat="none", dtype=jnp.float32, rngs=nnx.Rngs(0))
   bert.load_weights(tower, MINILM)
   tokens, mask = TextTokenizer(None, 32)(SENTENCES)
   return tower, tokens, mask
@@ -92,7 +92,7 @@ def test_roberta_layout_and_missing_weights_are_explained(tmp_path):
   config = json.loads((MINILM / "config.json").read_text())
   config.update(model_type="roberta", pad_token_id=1, max_position_embeddings=514, type_vocab_size=1)
   (tmp_path / "config.json").write_text(json.dumps(config))
-  tower = bert.build_bert(tmp_path, pooling="cls", remat=False, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  tower = bert.build_bert(tmp_path, pooling="cls", remat="none", dtype=jnp.float32, rngs=nnx.Rngs(0))
   assert tower.position_offset == 2  # RoBERTa numbers positions from pad_token_id + 1.
   weights = load_file(str(MINILM / "model.safetensors"))
   renamed = {f"roberta.{k}": v for k, v in weights.items() if "LayerNorm" not in k or "layer.5" not in k}

@@ -81,7 +81,7 @@ def test_cli_fails_at_start_with_one_line():
   assert result.stderr.strip().splitlines() == [
     "error: unknown config key 'train.batch_sise': 'batch_sise' is not in train; did you mean "
     "'train.batch_size'? valid keys there: batch_size, ckpt_every, dtype, epochs, eval_every, keep_checkpoints, "
-    "log_every, remat, seed, steps"
+    "log_every, remat, seed, steps, sub_batches"
   ]
   missing = _run_cli("--config", "configs/nope.py")
   assert missing.stderr.strip().splitlines() == [

@@ -96,7 +96,7 @@ def _text(mask_kind, pooling="eot"):
     heads=2,
     mask=mask_kind,
     pooling=pooling,
-    remat=False,
+    remat="none",
     dtype=jnp.float32,
     rngs=nnx.Rngs(0),
   )
@@ -138,9 +138,13 @@ def test_remat_changes_nothing_but_memory():
 
     return jax.jit(jax.value_and_grad(loss))(params)
 
-  (v0, g0), (v1, g1) = loss_and_grads(False), loss_and_grads(True)
-  np.testing.assert_allclose(v0, v1, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+  v0, g0 = loss_and_grads("none")
+  for policy in ("dots", "full"):
+    v1, g1 = loss_and_grads(policy)
+    np.testing.assert_allclose(v0, v1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+  with pytest.raises(ConfigError, match="train.remat='some'"):
+    loss_and_grads("some")
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():

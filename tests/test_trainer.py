@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from mclap import checkpoints, parallel, train, trainer
 from mclap import eval as eval_lib
@@ -20,28 +21,59 @@ def small(config):
   return config
 
 
-def test_sharded_step_equals_single_device_step(tiny_config):
+def _steps(config, batches, devices=None, **mesh_options):
+  """Losses and final state of one train step per batch, on a fresh state."""
+  mesh = parallel.make_mesh({"data": -1, "model": 1, **mesh_options}, devices=devices)
+  config.mesh.update(mesh_options)
+  tx = trainer.make_optimizer(config, 4)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  losses = []
+  for batch in batches:
+    state, m = step(state, trainer.to_global(batch, mesh))
+    losses.append(float(m["loss"]))
+  return losses, state
+
+
+def _assert_same_steps(a, b):
+  np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), *jax.device_get((a[1], b[1])))
+
+
+def test_sharded_and_fsdp_steps_equal_single_device_step(tiny_config):
   config = small(tiny_config)
   # Some gradients are zero in exact arithmetic (attention key biases: softmax ignores shifts) and
   # Adam turns their float noise into full-size steps; a large eps keeps updates proportional to
   # the gradients, so the comparison tests the step rather than amplified rounding.
   config.optim.eps = 1.0
   batches = [pipeline.train_dataset(config)[i] for i in range(2)]
-  results = []
-  for devices in (jax.devices(), jax.devices()[:1]):
-    mesh = parallel.make_mesh({"data": -1, "model": 1}, devices=devices)
-    tx = trainer.make_optimizer(config, 4)
-    model_def, state = trainer.init_state(config, mesh, tx)
-    step = trainer.make_train_step(config, model_def, tx, mesh)
-    losses = []
-    for batch in batches:
-      state, m = step(state, trainer.to_global(batch, mesh))
-      losses.append(float(m["loss"]))
-    results.append((losses, jax.device_get(state)))
-  (l8, s8), (l1, s1) = results
   assert len(jax.devices()) == 8
-  np.testing.assert_allclose(l8, l1, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s8, s1)  # f32 reduction order.
+  single = _steps(config, batches, jax.devices()[:1])
+  _assert_same_steps(_steps(config, batches), single)  # f32 reduction order differs.
+  fsdp_losses, fsdp_state = _steps(config, batches, fsdp=True)
+  _assert_same_steps((fsdp_losses, fsdp_state), single)
+  # FSDP really splits the large arrays: the text embedding table and its Adam moments.
+  specs = {x.sharding.spec for x in jax.tree.leaves(fsdp_state)}
+  assert P("data", None) in specs and P() in specs
+  shard_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(fsdp_state))
+  full_bytes = sum(x.nbytes for x in jax.tree.leaves(fsdp_state))
+  assert shard_bytes < 0.5 * full_bytes
+
+
+def test_feature_caching_gives_the_full_batch_step(tiny_config):
+  """Sub-batched embedding + full-batch loss + sub-batch back-propagation = the full-batch step,
+  for a model without batch norm (which normalises each sub-batch by its own statistics)."""
+  config = small(tiny_config)
+  config.optim.eps = 1.0
+  config.train.batch_size = 16
+  config.model.audio.update(kind="simple_cnn", channels=(4, 8, 8, 8), batch_norm_blocks=0)
+  batches = [pipeline.train_dataset(config)[i] for i in range(2)]
+  full = _steps(config, batches)
+  config.train.sub_batches = 2
+  _assert_same_steps(_steps(config, batches), full)
+  config.train.batch_size = 8  # One row per device cannot be split in two.
+  with pytest.raises(UserError, match="sub_batches=2: the per-device batch 1"):
+    _steps(config, [pipeline.train_dataset(config)[0]])
 
 
 def test_token_padding_is_trimmed_by_bucket():

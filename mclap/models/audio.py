@@ -85,7 +85,7 @@ class ModifiedResNet(nnx.Module):
     pooling: str,
     heads: int,
     output_dim: int,
-    remat: bool,
+    remat: str,
     dtype: Any,
     rngs: nnx.Rngs,
   ):

@@ -57,7 +57,7 @@ class BertEncoder(nnx.Module):
     eps: float,
     position_offset: int,
     pooling: str,
-    remat: bool,
+    remat: str,
     dtype: Any,
     rngs: nnx.Rngs,
   ):
@@ -106,7 +106,7 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
   return config
 
 
-def build_bert(directory: str | pathlib.Path, *, pooling: str, remat: bool, dtype: Any, rngs: nnx.Rngs) -> BertEncoder:
+def build_bert(directory: str | pathlib.Path, *, pooling: str, remat: str, dtype: Any, rngs: nnx.Rngs) -> BertEncoder:
   """A randomly initialised tower shaped like the checkpoint in `directory` (see `load_weights`)."""
   c = read_config(directory)
   is_roberta = c["model_type"] != "bert"

@@ -228,7 +228,7 @@ def build_model(
   sentence_encoder = None
   if loss.name == "weighted":
     sentence_encoder = bert.build_bert(
-      sentence_encoder_dir(config), pooling="mean", remat=False, dtype=jnp.float32, rngs=rngs
+      sentence_encoder_dir(config), pooling="mean", remat="none", dtype=jnp.float32, rngs=rngs
     )
   return DualEncoder(
     audio,

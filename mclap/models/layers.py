@@ -74,6 +74,16 @@ def avg_pool(x: jax.Array, size: int) -> jax.Array:
   return x[:, : h * size, : w * size].reshape(b, h, size, w, size, c).mean(axis=(2, 4))
 
 
-def maybe_remat(fn, enabled: bool):
-  """Recompute `fn`'s activations in the backward pass when `enabled` (memory for compute)."""
-  return nnx.remat(fn) if enabled else fn
+# `train.remat`: what each block keeps for the backward pass; the rest is recomputed there.
+REMAT_POLICIES = {
+  "none": None,  # Keep every activation (fastest; most memory).
+  "full": jax.checkpoint_policies.nothing_saveable,  # Keep only the block's input.
+  "dots": jax.checkpoint_policies.dots_saveable,  # Keep matmul and convolution outputs; recompute norms, activations.
+}
+
+
+def maybe_remat(fn, policy: str):
+  """`fn` (one block) rematerialised under the named policy of `REMAT_POLICIES`: memory for compute."""
+  if policy not in REMAT_POLICIES:
+    raise ConfigError(f"config.train.remat={policy!r}; use one of {', '.join(REMAT_POLICIES)}")
+  return fn if policy == "none" else nnx.remat(fn, policy=REMAT_POLICIES[policy])

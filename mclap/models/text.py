@@ -38,7 +38,7 @@ class TextTransformer(nnx.Module):
     heads: int,
     mask: str,
     pooling: str,
-    remat: bool,
+    remat: str,
     dtype: Any,
     rngs: nnx.Rngs,
   ):
