@@ -37,8 +37,10 @@ demo: venv
 test: dev-venv
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -ra --durations=15 tests
 
+# Timings on the real devices; memory scaling on 8 simulated ones (compiled, never run).
 bench: venv
 	$(PY) tools/bench.py
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) tools/bench.py --benchmarks memory
 
 lint: dev-venv
 	$(PY) -m ruff check mclap configs tests tools

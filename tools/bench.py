@@ -12,6 +12,10 @@ train_step, embed: examples/s of the jitted train step (forward, loss, backward,
   achieved FLOP/s over the peak measured in the same run (the faster of a large matmul and a
   large convolution in the same dtype); memory is XLA's memory analysis of the compiled step
   (arguments + outputs + temporaries, per device) and, where the backend reports it, the peak.
+memory: per-device memory from XLA's memory analysis of compiled steps (nothing runs): the InfoNCE
+  and SigLIP loss steps (loss + gradient w.r.t. 512-d embeddings) for global batches 64 -> 4096 on
+  all devices (run with 8 simulated CPU devices: `make bench`), and the whole train step of each
+  model config at `--model_batch` on one device for every remat policy and for 1, 2, 4 sub-batches.
 towers: where the model's time goes: each tower alone, forward (inference) and forward +
   backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
 """
@@ -39,7 +43,7 @@ import soxr  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from mclap import cli, parallel, trainer  # noqa: E402
+from mclap import cli, memory, parallel, trainer  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
 
@@ -190,9 +194,7 @@ def flops(compiled) -> float:
 
 def memory_mb(compiled) -> float:
   """Per-device bytes XLA plans for the computation: arguments, outputs and temporaries (MB)."""
-  m = compiled.memory_analysis()
-  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-  return round(total / 2**20, 1)
+  return round(memory.compiled_bytes(compiled)["total"] / 2**20, 1)
 
 
 def measure_peak(dtype: str) -> dict:
@@ -304,6 +306,47 @@ def bench_towers(spec: str) -> list[dict]:
   return rows
 
 
+def bench_memory(spec: str) -> list[dict]:
+  config = cli.load_config(str(ROOT / spec))
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  rows = []
+  for loss in ("infonce", "siglip"):
+    config.loss = dict(name=loss)
+    for global_batch in (64, 256, 1024, 4096):
+      sizes = memory.loss_step_bytes(config, mesh, global_batch, 512)
+      rows.append(
+        {
+          "bench": "loss_memory",
+          "loss": loss,
+          "devices": mesh.shape[parallel.DATA],
+          "global_batch": global_batch,
+          "temp_mb": round(sizes["temp"] / 2**20, 2),
+          "total_mb": round(sizes["total"] / 2**20, 2),
+        }
+      )
+  config = cli.load_config(str(ROOT / spec))
+  config.data.dir = str(bench_corpus(config))
+  config.train.update(batch_size=_MODEL_BATCH.value, dtype=_DTYPE.value)
+  batch = trainer.trim_token_padding(pipeline.train_dataset(config)[0], config.data.token_bucket)
+  one_device = parallel.make_mesh({"data": -1, "model": 1}, devices=jax.devices()[:1])
+  for remat, sub_batches in (("none", 1), ("dots", 1), ("full", 1), ("none", 2), ("none", 4)):
+    config.train.update(remat=remat, sub_batches=sub_batches)
+    sizes = memory.train_step_bytes(config, one_device, batch)
+    rows.append(
+      {
+        "bench": "train_step_memory",
+        "config": spec,
+        "batch_size": config.train.batch_size,
+        "dtype": config.train.dtype,
+        "remat": remat,
+        "sub_batches": sub_batches,
+        "temp_mb": round(sizes["temp"] / 2**20, 1),
+        "total_mb": round(sizes["total"] / 2**20, 1),
+      }
+    )
+  return rows
+
+
 def main(argv):
   del argv
   env = machine()
@@ -312,6 +355,7 @@ def main(argv):
     "prepare": bench_prepare,
     "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec, measure_peak(_DTYPE.value))],
     "towers": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_towers(spec)],
+    "memory": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_memory(spec)],
   }
   for name in _BENCHMARKS.value:
     for row in runs[name]():

@@ -1,0 +1,53 @@
+"""Per-device memory of compiled computations, from XLA's memory analysis: what the scaling test
+guards and `make bench` reports. Compiling is enough; nothing runs, so batches far beyond this
+machine's memory can be measured."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from mclap import objectives, parallel, trainer
+from mclap.errors import ConfigError
+
+# Objectives whose batch inputs are all embeddings -> how many replicated scalars follow them
+# (the logit scale; SigLIP's bias).
+_SCALARS = {"infonce": 1, "siglip": 2, "weighted": 1, "ssl": 1, "triplet": 0}
+
+
+def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
+  """Bytes XLA plans per device: arguments, outputs, temporaries, and their total (aliased
+  (donated) buffers counted once)."""
+  m = compiled.memory_analysis()
+  sizes = {
+    "argument": m.argument_size_in_bytes,
+    "output": m.output_size_in_bytes,
+    "temp": m.temp_size_in_bytes,
+  }
+  return {**sizes, "total": sum(sizes.values()) - m.alias_size_in_bytes}
+
+
+def loss_step_bytes(config: ml_collections.ConfigDict, mesh: Mesh, global_batch: int, dim: int) -> dict[str, int]:
+  """Per-device memory of the config's loss and its gradient with respect to the embeddings (the
+  part of the train step that the global batch makes quadratic), for `[global_batch, dim]`
+  embeddings sharded over the data axis. For the objectives whose batch inputs are all embeddings."""
+  if config.loss.name not in _SCALARS:
+    raise ConfigError(f"loss memory is measured for {', '.join(_SCALARS)}, not config.loss.name={config.loss.name!r}")
+  objective = objectives.build(config)
+  loss = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
+  embeddings = jax.ShapeDtypeStruct((global_batch, dim), jnp.float32, sharding=parallel.batch_sharding(mesh))
+  scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(mesh))
+  args = [embeddings] * objective.num_batch_args + [scalar] * _SCALARS[config.loss.name]
+  step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
+  return compiled_bytes(step.lower(*args).compile())
+
+
+def train_step_bytes(config: ml_collections.ConfigDict, mesh: Mesh, batch: dict) -> dict[str, int]:
+  """Per-device memory of the config's whole train step (towers, loss, backward, update) on
+  `batch` (host arrays; only their shapes matter)."""
+  tx = trainer.make_optimizer(config, 1000)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  return compiled_bytes(step.lower(state, trainer.to_global(batch, mesh)).compile())
