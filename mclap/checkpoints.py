@@ -6,6 +6,7 @@ import pathlib
 from typing import Any
 
 import grain
+import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -39,6 +40,15 @@ def restore(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_i
   return {**state, **mgr.restore(step, args=ocp.args.Composite(**items))["state"]}
 
 
+def restore_on_host(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The train state saved at `step`, on this process's first device, whatever mesh or number of
+  processes wrote it (Orbax otherwise insists on the saving topology)."""
+  saved = ocp.StandardCheckpointer().metadata(pathlib.Path(mgr.directory) / str(step) / "state").item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+  return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
   """Copies the trained weights and batch statistics of the model's `name` tower, from the latest
   checkpoint of an mclap training workdir, into `tower` (in place)."""
@@ -46,7 +56,7 @@ def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> Non
   mgr = ocp.CheckpointManager(directory.absolute()) if directory.is_dir() else None
   if mgr is None or mgr.latest_step() is None:
     raise UserError(f"{directory} holds no checkpoint: init_from must name a workdir written by mclap.train")
-  saved = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  saved = restore_on_host(mgr, mgr.latest_step())
   mgr.close()
   for group in ("params", "batch_stats"):
     for path, variable in nnx.to_flat_state(nnx.state(tower, nnx.Param if group == "params" else nnx.BatchStat)):

@@ -18,6 +18,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mclap import parallel
 from mclap.errors import ConfigError, UserError
 
 
@@ -103,6 +104,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO.
     try:
+      parallel.initialize_distributed()
       main(argv)
     except UserError as e:
       sys.exit(f"error: {e}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 
 import jax
@@ -14,6 +15,24 @@ from jax.sharding import PartitionSpec as P
 from mclap.errors import ConfigError
 
 DATA, MODEL = "data", "model"
+
+
+def initialize_distributed() -> None:
+  """Joins this process to a multi-process job, if it was launched as one; call before touching
+  devices. `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` name the job
+  explicitly (launch/local.sh --processes, any hand-made launch); `MCLAP_DISTRIBUTED=1` lets JAX
+  detect it (Cloud TPU pod slices, SLURM, Open MPI: launch/tpu_vm.sh, launch/slurm_gpu.sbatch).
+  Without either, a single process uses its local devices."""
+  env = os.environ
+  if env.get("JAX_NUM_PROCESSES"):
+    missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID") if not env.get(k)]
+    if missing:
+      raise ConfigError(f"JAX_NUM_PROCESSES is set but {' and '.join(missing)} not; set all three (or none)")
+    jax.distributed.initialize(
+      env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+    )
+  elif env.get("MCLAP_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Mesh:

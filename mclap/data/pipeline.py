@@ -262,8 +262,10 @@ def train_dataset(
     )
   ds = grain.MapDataset.source(reader).map_with_index(_AttachIndex(len(reader)))
   ds = ds.shuffle(seed=config.train.seed).repeat(None)
-  ds = ds[process_index::process_count]
+  # Crops and augmentations are drawn per position in the global order, before each process takes
+  # its slice: the global batch is the same whatever the number of processes.
   ds = ds.random_map(transform, seed=config.train.seed)
+  ds = ds[process_index::process_count]
   return ds.batch(local_batch, drop_remainder=True)
 
 
