@@ -300,7 +300,9 @@ def feature_cached_grads(
     sub_grads, batch_stats = jax.grad(surrogate, has_aux=True)(params)
     return jax.tree.map(jnp.add, grads, sub_grads), batch_stats
 
-  grads, batch_stats = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), (sub_batch_list, batch_cotangents))
+  grads, batch_stats = jax.lax.scan(
+    accumulate, jax.tree.map(jnp.zeros_like, params), (sub_batch_list, batch_cotangents)
+  )
   return (loss, jax.tree.map(lambda x: x.mean(axis=0), batch_stats)), grads
 
 
