@@ -20,7 +20,7 @@ DATA, MODEL = "data", "model"
 def initialize_distributed() -> None:
   """Joins this process to a multi-process job, if it was launched as one; call before touching
   devices. `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` name the job
-  explicitly (launch/local.sh --processes, any hand-made launch); `MCLAP_DISTRIBUTED=1` lets JAX
+  explicitly (`PROCESSES=N launch/local.sh`, any hand-made launch); `MCLAP_DISTRIBUTED=1` lets JAX
   detect it (Cloud TPU pod slices, SLURM, Open MPI: launch/tpu_vm.sh, launch/slurm_gpu.sbatch).
   Without either, a single process uses its local devices."""
   env = os.environ
