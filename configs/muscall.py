@@ -105,6 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 1000
   c.train.ckpt_every = 1000
   c.train.keep_checkpoints = 3
+  # Steps with a non-finite loss or gradient are skipped (state unchanged) and logged; this many
+  # in a row stop the run.
+  c.train.max_nonfinite_in_a_row = 10
 
   # data=-1: all remaining devices. fsdp: parameters and optimizer state split over the data axis
   # (per-device state memory / devices; same updates as data parallelism), for large text towers.

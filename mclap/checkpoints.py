@@ -1,17 +1,32 @@
-"""Orbax checkpoints of the train state together with the Grain iterator position."""
+"""Orbax checkpoints of the train state together with the Grain iterator position.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a job
+killed while saving leaves the previous checkpoints as they were. What this module adds: resuming
+falls back past a damaged checkpoint (moving it aside) instead of starting over, a checkpoint
+written for another model is refused by name, and failed writes say what is still intact.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import shutil
+import sys
+import time
+import uuid
 from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from mclap.errors import UserError
+from mclap.errors import ConfigError, UserError
+
+# Where damaged checkpoints are moved, beside the checkpoint directory.
+QUARANTINE = "damaged_checkpoints"
 
 
 def manager(directory: str | pathlib.Path, keep: int | None) -> ocp.CheckpointManager:
@@ -24,26 +39,168 @@ def manager(directory: str | pathlib.Path, keep: int | None) -> ocp.CheckpointMa
 _NOT_SAVED = ("frozen",)
 
 
+def _saved_part(state: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in state.items() if k not in _NOT_SAVED}
+
+
+def saved_bytes(state: dict[str, Any]) -> int:
+  """Bytes of array data one checkpoint of `state` holds."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(_saved_part(state)))
+
+
+def check_writable(directory: pathlib.Path, needed_bytes: int) -> None:
+  """Fails before training if `directory` cannot be created and written, or if its file system has
+  less than `needed_bytes` free."""
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-test-{uuid.uuid4().hex}"
+    probe.write_bytes(b"mclap")
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f"cannot write to the workdir {directory} ({e.strerror or e}); choose a writable --workdir") from e
+  free = shutil.disk_usage(directory).free
+  if free < needed_bytes:
+    raise UserError(
+      f"{directory} has {free / 2**20:.0f} MiB free; checkpoints need {needed_bytes / 2**20:.0f} MiB "
+      "(the next checkpoint and the best one): free space or choose another --workdir"
+    )
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iterator=None) -> None:
-  items = {"state": ocp.args.StandardSave({k: v for k, v in state.items() if k not in _NOT_SAVED})}
+  """Starts writing the checkpoint of `step` (in the background; `wait` for it to finish)."""
+  items = {"state": ocp.args.StandardSave(_saved_part(state))}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  mgr.save(step, args=ocp.args.Composite(**items))
+  with _write_errors(mgr):
+    mgr.save(step, args=ocp.args.Composite(**items))
+
+
+def wait(mgr: ocp.CheckpointManager) -> None:
+  """Blocks until the checkpoints being written are complete."""
+  with _write_errors(mgr):
+    mgr.wait_until_finished()
+
+
+def check_writes(mgr: ocp.CheckpointManager) -> None:
+  """Raises if a background write has failed (cheap: call after every step)."""
+  with _write_errors(mgr):
+    mgr.check_for_errors()
+
+
+@contextlib.contextmanager
+def _write_errors(mgr: ocp.CheckpointManager):
+  """Turns a failed checkpoint write (disk full, directory gone or read-only) into a `UserError`
+  that lists the complete checkpoints left, which a re-run resumes from."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # Orbax and TensorStore report I/O failures in types of their own.
+    directory = pathlib.Path(mgr.directory)
+    intact = _complete_steps(directory)
+    kept = f"complete checkpoints there: steps {intact}" if intact else "no complete checkpoint there yet"
+    raise UserError(
+      f"writing a checkpoint to {directory} failed ({type(e).__name__}: {_first_line(e)}); {kept}. "
+      "Free space or fix the directory, then run the same command to resume"
+    ) from e
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).splitlines() or [""])[0][:300]
+
+
+def _complete_steps(directory: pathlib.Path) -> list[int]:
+  """Steps with a finished checkpoint (Orbax's temporary directories have other names)."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """'params/audio/conv/kernel' -> shape, for a state and for Orbax's metadata of one alike."""
+
+  def name(key) -> str:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(map(name, path)).removesuffix("/value"): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _check_same_model(path: pathlib.Path, state: dict[str, Any]) -> None:
+  """Raises ConfigError if the checkpoint at `path` holds arrays named or shaped unlike `state`'s:
+  it was written for another config, so falling back or restoring would be wrong."""
+  saved = _flat_shapes(ocp.StandardCheckpointHandler().metadata(path / "state"))
+  wanted = _flat_shapes(_saved_part(state))
+  if saved == wanted:
+    return
+  differ = sorted((k for k in wanted if k in saved and saved[k] != wanted[k]), key=lambda k: not k.startswith("params"))
+  missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+  if differ:
+    found = f"{differ[0]} is {list(saved[differ[0]])} there, {list(wanted[differ[0]])} for this config"
+  else:
+    found = f"{len(missing)} arrays this config has are not there (e.g. {(missing or extra)[0]})"
+  raise ConfigError(
+    f"the checkpoint {path} was written for another model: {found}; use the config it was trained with "
+    "(data.crop_seconds, data.mel, data.max_tokens and model.* must match) or a new --workdir"
+  )
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iterator=None) -> dict[str, Any]:
   """`state` with what was saved at `step` (shaped and sharded like it); also rewinds the iterator."""
-  saved = {k: v for k, v in state.items() if k not in _NOT_SAVED}
-  items = {"state": ocp.args.StandardRestore(saved)}
+  _check_same_model(pathlib.Path(mgr.directory) / str(step), state)
+  items = {"state": ocp.args.StandardRestore(_saved_part(state))}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   return {**state, **mgr.restore(step, args=ocp.args.Composite(**items))["state"]}
 
 
+def restore_latest(mgr: ocp.CheckpointManager, state: dict[str, Any], data_iterator) -> tuple[dict[str, Any], int]:
+  """Restores the newest checkpoint that reads back whole; returns (state, step), step 0 if none.
+
+  A damaged checkpoint (a file truncated or missing, garbage metadata) is moved to
+  `damaged_checkpoints/` beside the directory, with a warning, and the one before it is tried.
+  If every checkpoint is damaged the job stops rather than silently starting from scratch.
+  """
+  directory = pathlib.Path(mgr.directory)
+  tried = []
+  for step in reversed(mgr.all_steps()):
+    try:
+      return restore(mgr, step, state, data_iterator), step
+    except ConfigError:
+      raise
+    except Exception as e:  # Whatever the damage, Orbax, TensorStore or Grain raise their own types.
+      problem = f"{type(e).__name__}: {_first_line(e)}"
+      tried.append(f"step {step} ({problem})")
+      moved = _quarantine(directory, step)
+      print(f"warning: the checkpoint of step {step} is damaged ({problem}); moved to {moved}", file=sys.stderr)
+      mgr.reload()
+  if tried:
+    raise UserError(
+      f"no checkpoint in {directory} could be restored ({'; '.join(tried)}); they were moved to "
+      f"{directory.parent / QUARANTINE}. Start a new --workdir, or restore the files and re-run"
+    )
+  return state, 0
+
+
+def _quarantine(directory: pathlib.Path, step: int) -> pathlib.Path:
+  """Moves the checkpoint of `step` aside (process 0; the others wait), so that it is neither
+  tried again nor in the way when training writes that step anew."""
+  target = directory.parent / QUARANTINE / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+  if jax.process_index() == 0:
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(str(directory / str(step)), str(target))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"mclap quarantine {step}")
+  return target
+
+
 def restore_on_host(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The train state saved at `step`, on this process's first device, whatever mesh or number of
   processes wrote it (Orbax otherwise insists on the saving topology)."""
-  saved = ocp.StandardCheckpointer().metadata(pathlib.Path(mgr.directory) / str(step) / "state").item_metadata
+  saved = ocp.StandardCheckpointHandler().metadata(pathlib.Path(mgr.directory) / str(step) / "state")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
   return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
@@ -74,4 +231,4 @@ def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> Non
           f"{directory}: {name}.{'.'.join(map(str, path))} has shape {list(value.shape)}, the config's "
           f"tower expects {list(variable[...].shape)}"
         )
-      variable[...] = jnp.asarray(value)
+      variable[...] = np.asarray(value)  # From the host: the tower may live on other devices.

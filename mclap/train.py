@@ -1,6 +1,8 @@
 """Train: `python -m mclap.train --config configs/muscall.py[:arg] --workdir W [--config.a.b=v]`.
 
-Re-running with the same workdir resumes from the last checkpoint (state and data position).
+Re-running with the same workdir resumes from the last complete checkpoint (state and data
+position) and reaches bit-identical parameters. SIGTERM or Ctrl-C saves a checkpoint after the
+current step and exits 0; a step with a non-finite loss or gradient is skipped and logged.
 Writes `W/metrics.jsonl`, `W/checkpoints/` (last `train.keep_checkpoints`) and `W/best/` (the
 checkpoint with the best validation text→audio R@10, MusCALL's model-selection rule).
 """
@@ -15,7 +17,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from mclap import checkpoints, cli, evaluators, losses, metrics, parallel, trainer
+from mclap import checkpoints, cli, evaluators, guards, losses, metrics, parallel, trainer
 from mclap.data import pipeline, records
 
 
@@ -33,6 +35,21 @@ class MetricsLog:
       f.write(json.dumps(row) + "\n")
     shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
     print(f"[{prefix} step {step}] {shown}", flush=True)
+
+  def drop_after(self, step: int) -> None:
+    """Forgets the rows of steps after `step`: a resumed run logs them again."""
+    if self.path is None or not self.path.exists():
+      return
+    lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and _row_step(line) <= step]
+    records.write_text_atomic(self.path, "".join(kept))
+
+
+def _row_step(line: str) -> int:
+  try:
+    return int(json.loads(line)["step"])
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    return 1 << 62  # A line cut short by a kill: dropped.
 
 
 def total_steps(config, num_train: int) -> int:
@@ -57,13 +74,9 @@ def validate(config, embed, state, mesh, logit_scale: float) -> dict[str, float]
 
 
 def train(config, workdir: str | pathlib.Path) -> dict:
+  """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set)."""
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-
-  # ---------------------------------------------------------------- Logging.
-  log = MetricsLog(workdir / "metrics.jsonl")
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 
   # ---------------------------------------------------------------- Mesh.
   mesh = parallel.make_mesh(config.mesh)
@@ -83,55 +96,78 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   model_def, state = trainer.init_state(config, mesh, tx)
   train_step = trainer.make_train_step(config, model_def, tx, mesh)
   embed = trainer.make_embed_fn(model_def)
+  checkpoints.check_writable(workdir, needed_bytes=2 * checkpoints.saved_bytes(state))
 
   # ---------------------------------------------------------------- Resume or start.
+  log = MetricsLog(workdir / "metrics.jsonl")
   ckpts = checkpoints.manager(workdir / "checkpoints", config.train.keep_checkpoints)
   best_ckpt = checkpoints.manager(workdir / "best", 1)
   best_file = workdir / "best.json"
   best = json.loads(best_file.read_text()) if best_file.exists() else {"step": -1, "t2a_R@10": -1.0}
-  if (latest := ckpts.latest_step()) is not None:
-    state = checkpoints.restore(ckpts, latest, state, data_iter)
-    print(f"resumed from {workdir / 'checkpoints'} at step {latest}", flush=True)
-  start = int(state["step"])
+  state, start = checkpoints.restore_latest(ckpts, state, data_iter)
+  if start:
+    print(f"resumed from {workdir / 'checkpoints'} at step {start}", flush=True)
+  log.drop_after(start)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
   # ---------------------------------------------------------------- Loop.
-  window_start, window_steps = time.perf_counter(), 0
-  try:
-    for step in range(start + 1, steps + 1):
-      batch = trainer.trim_token_padding(next(data_iter), config.data.token_bucket)
-      state, step_metrics = train_step(state, trainer.to_global(batch, mesh))
-      window_steps += 1
-      if step == start + 1:  # Leave compilation out of the rates.
-        jax.block_until_ready(state)
-        window_start, window_steps = time.perf_counter(), 0
-      if step % config.train.log_every == 0 or step == steps:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
-        values.update(
-          lr=float(schedule(step - 1)),
-          steps_per_s=rate,
-          examples_per_s=rate * config.train.batch_size,
-          eta_min=(steps - step) / max(rate, 1e-9) / 60,
-        )
-        log.write(step, values)
-        window_start, window_steps = time.perf_counter(), 0
-      if step % config.train.eval_every == 0 or step == steps:
-        found = validate(config, embed, state, mesh, float(step_metrics["logit_scale"]))
-        log.write(step, found, prefix="val")
-        if found["t2a_R@10"] > best["t2a_R@10"]:
-          best = {"step": step, "t2a_R@10": found["t2a_R@10"]}
-          checkpoints.save(best_ckpt, step, state)
-          best_ckpt.wait_until_finished()
-          if jax.process_index() == 0:
-            records.write_json_atomic(best_file, best)
-      if step % config.train.ckpt_every == 0 or step == steps:
-        checkpoints.save(ckpts, step, state, data_iter)
-  finally:
-    ckpts.wait_until_finished()
-    ckpts.close()
-    best_ckpt.close()
-    data_iter.close()
-  return {"step": int(state["step"]), "best": best}
+  nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, lambda s, v: log.write(s, v, "skipped"))
+  window_start, window_steps, step, stopped = time.perf_counter(), 0, start, None
+  with guards.StopSignals() as stop_signals:
+    try:
+      for step in range(start + 1, steps + 1):
+        batch = trainer.trim_token_padding(next(data_iter), config.data.token_bucket)
+        state, step_metrics = train_step(state, trainer.to_global(batch, mesh))
+        nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
+        window_steps += 1
+        if step == start + 1:  # Leave compilation out of the rates.
+          jax.block_until_ready(state)
+          window_start, window_steps = time.perf_counter(), 0
+        if step % config.train.log_every == 0 or step == steps:
+          nonfinite.flush()
+          values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+          values.update(
+            lr=float(schedule(step - 1)),
+            skipped_steps=nonfinite.total,
+            steps_per_s=rate,
+            examples_per_s=rate * config.train.batch_size,
+            eta_min=(steps - step) / max(rate, 1e-9) / 60,
+          )
+          log.write(step, values)
+          window_start, window_steps = time.perf_counter(), 0
+        if step % config.train.eval_every == 0 or step == steps:
+          found = validate(config, embed, state, mesh, float(step_metrics["logit_scale"]))
+          log.write(step, found, prefix="val")
+          if found["t2a_R@10"] > best["t2a_R@10"]:
+            best = {"step": step, "t2a_R@10": found["t2a_R@10"]}
+            if step in best_ckpt.all_steps():  # Saved by a run killed before it wrote best.json.
+              best_ckpt.delete(step)
+            checkpoints.save(best_ckpt, step, state)
+            checkpoints.wait(best_ckpt)
+            if jax.process_index() == 0:
+              records.write_json_atomic(best_file, best)
+        stop_requested = stop_signals.requested()
+        if step % config.train.ckpt_every == 0 or step == steps or stop_requested:
+          checkpoints.save(ckpts, step, state, data_iter)
+        checkpoints.check_writes(ckpts)
+        if stop_requested:
+          stopped = stop_signals.received or "a stop signal on another process"
+          break
+      nonfinite.flush()
+      checkpoints.wait(ckpts)
+    finally:
+      ckpts.close()
+      best_ckpt.close()
+      data_iter.close()
+  if stopped:
+    print(
+      f"stopped by {stopped} after step {step} of {steps}; its checkpoint is in {workdir / 'checkpoints'}. "
+      "Run the same command to resume.",
+      flush=True,
+    )
+  return {"step": int(state["step"]), "best": best, "stopped": stopped}
 
 
 def main(argv):

@@ -180,6 +180,9 @@ def trim_token_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, n
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated.
 
+  A step whose loss or gradient is not finite changes nothing but the step counter and reports
+  `skipped` = True; the training loop counts and stops such runs.
+
   With `train.sub_batches` = n > 1 the gradient comes from feature caching (`feature_cached_grads`):
   the loss still sees the whole global batch as negatives, while the towers only ever hold the
   activations of one n-th of it.
@@ -191,7 +194,7 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
     raise ConfigError(f"config.train.sub_batches={sub_batches} does not support config.loss.name={config.loss.name!r}")
 
   def step(state, batch):
-    extra_metrics = {}
+    before, extra_metrics = state, {}
     if objective.discriminator is not None:
       state, extra_metrics["discriminator_loss"] = discriminator_update(state, batch)
     batch = {**batch, "row": jnp.arange(batch["mel"].shape[0])}  # Global row ids (supervised contrastive).
@@ -210,10 +213,15 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
       "params": optax.apply_updates(state["params"], updates),
       "batch_stats": batch_stats,
       "opt_state": opt_state,
-      "step": state["step"] + 1,
     }
+    grad_norm = optax.global_norm(grads)
+    # A non-finite loss or gradient leaves the state as it was (the batch still counts as seen).
+    finite = jnp.all(jnp.stack([jnp.isfinite(x) for x in (loss, grad_norm, *extra_metrics.values())]))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, before)
+    new_state["step"] = state["step"] + 1
     scale = model_def.merge(state).logit_scale()
-    return new_state, {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads), **extra_metrics}
+    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": grad_norm, "skipped": ~finite, **extra_metrics}
+    return new_state, metrics
 
   def discriminator_update(state, batch):
     """One step of the discriminator alone on this batch (GAN objectives); its batch-norm updates

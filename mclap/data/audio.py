@@ -1,13 +1,15 @@
 """Decoding any audio file (or MusCALL `.npy` waveform) to mono float32 at the corpus rate.
 
-Files are read in a streaming way up to `max_seconds`, so a very long file costs no more memory
-than the cap. Problems raise `AudioError` with one of the reasons that `rejects.jsonl` reports.
+Files are read, downmixed and resampled block by block up to `max_seconds`, so a very long or
+very wide file costs no more memory than the capped mono output. Problems raise `AudioError` with one of the reasons that `rejects.jsonl` reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import stat
+from collections.abc import Iterable
 
 import numpy as np
 import soundfile
@@ -25,10 +27,60 @@ class AudioError(Exception):
     return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
+# Frames read and resampled at a time: memory holds one block of the input at most.
+BLOCK_FRAMES = 1 << 16
+
+
+def _to_mono(blocks: Iterable[np.ndarray], rate: int, sample_rate: int) -> np.ndarray:
+  """Downmixes `[frames, channels]` blocks and resamples them to `sample_rate` as they come, so
+  that an 8-channel 96 kHz hour costs the memory of its mono 16 kHz output, not of its samples."""
+  stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ") if rate != sample_rate else None
+  out = []
+  for block in blocks:
+    mono = np.ascontiguousarray(block.mean(axis=1), np.float32)
+    out.append(stream.resample_chunk(mono) if stream else mono)
+  if stream:
+    out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+  return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _check_file(path: pathlib.Path) -> None:
+  """Missing files, symlink loops, directories, FIFOs (which would block a reader forever) and
+  zero-length files, each with its own reason."""
+  try:
+    info = path.stat()
+  except FileNotFoundError:
+    raise AudioError("missing file", str(path)) from None
+  except OSError as e:  # ELOOP: a symlink loop.
+    raise AudioError("unreadable", f"{path}: {e.strerror}") from None
+  if not stat.S_ISREG(info.st_mode):
+    raise AudioError("unreadable", f"{path} is not a regular file")
+  if info.st_size == 0:
+    raise AudioError("empty", f"{path} has zero bytes")
+
+
+def _mp3_stream_bytes(head: bytes) -> tuple[int, int] | None:
+  """(bytes of tags before the stream, stream bytes) that an MP3's Xing/Info header declares, or
+  None without one. MP3 decoders pad a cut-off stream with silence, so this is how a truncated
+  MP3 shows."""
+  offset = 0
+  if head[:3] == b"ID3" and len(head) >= 10:  # ID3v2 tag: its size is 4 syncsafe (7-bit) bytes.
+    offset = 10 + sum((head[6 + i] & 0x7F) << (7 * (3 - i)) for i in range(4))
+  frame = head[offset : offset + 200]
+  at = max(frame.find(b"Xing"), frame.find(b"Info"))
+  if at < 0 or len(frame) < at + 16:
+    return None
+  flags = int.from_bytes(frame[at + 4 : at + 8], "big")
+  if not flags & 2:  # No byte count.
+    return None
+  field = at + 8 + (4 if flags & 1 else 0)
+  return offset, int.from_bytes(frame[field : field + 4], "big")
+
+
 def _read_npy(
-  path: pathlib.Path, segment: tuple[float, float] | None, max_seconds: float | None, rate: int
+  path: pathlib.Path, segment: tuple[float, float] | None, max_seconds: float | None, rate: int, sample_rate: int
 ) -> np.ndarray:
-  """MusCALL's waveforms: `[samples]` or `[channels, samples]` (channels first)."""
+  """MusCALL's waveforms: `[samples]` or `[channels, samples]` (channels first), memory-mapped."""
   try:
     data = np.load(path, mmap_mode="r", allow_pickle=False)
   except (ValueError, OSError, EOFError) as e:
@@ -37,9 +89,10 @@ def _read_npy(
     data = data.T  # [samples, channels] written the other way round.
   if data.ndim not in (1, 2) or not np.issubdtype(data.dtype, np.number):
     raise AudioError("unreadable", f"array of shape {list(data.shape)} and dtype {data.dtype} is not a waveform")
+  data = data.reshape(-1, data.shape[-1])
   start, stop = _span(data.shape[-1], rate, segment, max_seconds)
-  data = data[..., start:stop]
-  return np.asarray(data if data.ndim == 1 else data.mean(axis=0), np.float32)
+  blocks = (data[:, i : min(i + BLOCK_FRAMES, stop)].T for i in range(start, stop, BLOCK_FRAMES))
+  return _to_mono(blocks, rate, sample_rate)
 
 
 def _span(frames: int, rate: int, segment: tuple[float, float] | None, max_seconds: float | None) -> tuple[int, int]:
@@ -54,8 +107,8 @@ def _span(frames: int, rate: int, segment: tuple[float, float] | None, max_secon
 
 
 def _read_file(
-  path: pathlib.Path, segment: tuple[float, float] | None, max_seconds: float | None
-) -> tuple[np.ndarray, int]:
+  path: pathlib.Path, segment: tuple[float, float] | None, max_seconds: float | None, sample_rate: int
+) -> np.ndarray:
   try:
     f = soundfile.SoundFile(str(path))
   except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
@@ -64,19 +117,32 @@ def _read_file(
     rate, declared = f.samplerate, f.frames
     if "should be" in f.extra_info:  # libsndfile's note when a header promises more data than the file has.
       raise AudioError("truncated", " ".join(ln.strip() for ln in f.extra_info.splitlines() if "should be" in ln))
+    if f.format == "MP3":
+      with open(path, "rb") as raw:
+        declared_stream = _mp3_stream_bytes(raw.read(1 << 16))
+      size = path.stat().st_size
+      if declared_stream and size - declared_stream[0] < 0.99 * declared_stream[1]:
+        raise AudioError("truncated", f"the MP3 header declares {declared_stream[1]} stream bytes, the file has {size}")
     start, stop = _span(declared, rate, segment, max_seconds)
-    wanted = stop - start
+    wanted, read = stop - start, 0
+
+    def blocks():
+      nonlocal read
+      for block in f.blocks(BLOCK_FRAMES, frames=wanted, dtype="float32", always_2d=True):
+        read += len(block)
+        yield block
+
     try:
       if start:
         f.seek(start)
-      data = f.read(frames=wanted, dtype="float32", always_2d=True)
+      wave = _to_mono(blocks(), rate, sample_rate)
     except (soundfile.LibsndfileError, RuntimeError) as e:
       raise AudioError("truncated", f"decoding stopped early: {e}") from e
-  if declared <= 0 or len(data) == 0:
+  if declared <= 0 or read == 0:
     raise AudioError("empty", "no audio frames")
-  if len(data) < wanted:
-    raise AudioError("truncated", f"header declares {declared} frames, {len(data)} could be read")
-  return data.mean(axis=1), rate
+  if read < wanted:
+    raise AudioError("truncated", f"header declares {declared} frames, {read} could be read")
+  return wave
 
 
 def load_audio(
@@ -95,29 +161,29 @@ def load_audio(
   already cut out, so both kinds of download work.
 
   `.npy` files are MusCALL waveforms at `npy_sample_rate`; everything else goes through
-  libsndfile (WAV, FLAC, OGG/Vorbis, MP3, ...), any rate and channel count.
+  libsndfile (WAV, FLAC, OGG/Vorbis, MP3, ...), any rate and channel count, recognised by its
+  content whatever the file's extension.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise AudioError("missing file", str(path))
+  _check_file(path)
   if path.suffix.lower() == ".npy":
-    wave, rate = _read_npy(path, segment, max_seconds, npy_sample_rate), npy_sample_rate
+    wave = _read_npy(path, segment, max_seconds, npy_sample_rate, sample_rate)
   else:
-    wave, rate = _read_file(path, segment, max_seconds)
-  return conform(wave, rate, sample_rate, min_seconds)
+    wave = _read_file(path, segment, max_seconds, sample_rate)
+  return conform(wave, sample_rate, sample_rate, min_seconds)
 
 
 def conform(wave: np.ndarray, rate: int, sample_rate: int, min_seconds: float = 0.0) -> np.ndarray:
-  """Checks a decoded mono wave (empty, non-finite, silent, too short) and resamples it to
-  `sample_rate`: the end of every decoding path."""
+  """Resamples a decoded mono wave to `sample_rate` and checks it (empty, non-finite, silent, too
+  short): the end of every decoding path."""
+  if rate != sample_rate:
+    wave = _to_mono([np.asarray(wave, np.float32)[:, None]], rate, sample_rate)
   if wave.size == 0:
     raise AudioError("empty", "no samples")
   if not np.isfinite(wave).all():
     raise AudioError("non-finite samples", f"{int((~np.isfinite(wave)).sum())} NaN/inf samples")
   if np.abs(wave).max() < SILENCE_PEAK:
     raise AudioError("silent", f"peak amplitude below {SILENCE_PEAK}")
-  if len(wave) < min_seconds * rate:
-    raise AudioError("too short", f"{len(wave) / rate:.2f}s < {min_seconds}s")
-  if rate != sample_rate:
-    wave = soxr.resample(wave, rate, sample_rate, quality="HQ")
+  if len(wave) < min_seconds * sample_rate:
+    raise AudioError("too short", f"{len(wave) / sample_rate:.2f}s < {min_seconds}s")
   return np.ascontiguousarray(wave, np.float32)

@@ -38,7 +38,9 @@ _SUBSET = flags.DEFINE_string(
 _FOLD = flags.DEFINE_integer(
   "fold", None, "mtg_jamendo: the official split-N (default 0); tinysol: the fold kept as test (default: all test)."
 )
-_MAX_SECONDS = flags.DEFINE_float("max_seconds", None, "Keep at most this much of each file (default: all).")
+_MAX_SECONDS = flags.DEFINE_float(
+  "max_seconds", 600.0, "Keep at most this much of each file (read in blocks, so a longer file costs no more)."
+)
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Reject files shorter than this.")
 _SPLIT_LISTS = flags.DEFINE_list(
   "split_lists", [], "gtzan, mtat: split=FILE pairs, e.g. train=a.txt,validation=b.txt,test=c.txt (text or .npy)."
@@ -46,6 +48,9 @@ _SPLIT_LISTS = flags.DEFINE_list(
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
+_ITEM_TIMEOUT = flags.DEFINE_float(
+  "item_timeout", 300.0, "Seconds a worker may take for one file before it is rejected as hung (workers > 0)."
+)
 _MEL = config_flags.DEFINE_config_dict("mel", mel_lib.default_mel_config(), "Log-mel settings.")
 _CONFIG = flags.DEFINE_string(
   "config", "", "Training config (path.py[:arg]) whose data.mel the corpus gets; --mel.* flags still override."
@@ -138,6 +143,7 @@ def main(argv):
     require_captions=listing.require_captions,
     num_workers=_NUM_WORKERS.value,
     shard_size=_SHARD_SIZE.value,
+    item_timeout=_ITEM_TIMEOUT.value,
   )
 
 

@@ -65,14 +65,18 @@ def decode(data: bytes) -> dict[str, Any]:
     raise ValueError(f"malformed record ({type(e).__name__}: {e})") from e
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON so that readers never see a half-written file (write, fsync, rename)."""
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes a file so that readers never see it half-written (write, fsync, rename)."""
   tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def read_info(corpus_dir: str | os.PathLike) -> dict[str, Any]:

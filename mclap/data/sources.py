@@ -11,6 +11,7 @@ import ast
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import pathlib
 from typing import Any
@@ -34,6 +35,7 @@ class AudioItem:
   tags: tuple[str, ...] = ()
   label: int = -1
   segment: tuple[float, float] | None = None  # (start, end) seconds inside a longer recording.
+  bad_metadata: str = ""  # Why the metadata entry cannot become a record (it is listed to be rejected).
 
 
 @dataclasses.dataclass
@@ -56,6 +58,8 @@ class DecodeSettings:
 
 def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] | Reject:
   """The writer's work function for audio files."""
+  if item.bad_metadata:
+    return Reject(id=item.id, reason="bad metadata", detail=item.bad_metadata)
   mel_config = dict(settings.mel)
   try:
     wave = audio.load_audio(
@@ -188,13 +192,16 @@ def audiocaption(root: pathlib.Path) -> Listing:
     if not path.is_file():
       raise UserError(f"{path} not found: --source=audiocaption expects dataset_train/val/test.json in {root}")
     try:
-      entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      entries = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
       raise UserError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(entries, list):
+      raise UserError(f"{path} holds a JSON {type(entries).__name__}; MusCALL's layout is a list of entries")
     items = []
     for i, entry in enumerate(entries):
       if not isinstance(entry, dict) or "audio_path" not in entry:
-        items.append(AudioItem(id=f"{file}#{i}", path=""))  # Rejected as a missing file.
+        problem = f"{file} entry {i} has no 'audio_path'" if isinstance(entry, dict) else f"{file} entry {i} is no object"
+        items.append(AudioItem(id=f"{file}#{i}", path="", bad_metadata=problem))
         continue
       items.append(
         AudioItem(
@@ -211,15 +218,20 @@ def _metadata_rows(path: pathlib.Path, delimiter: str = ",") -> list[dict[str, A
   """Rows of a CSV/TSV with a header, or of a JSONL file (a byte-order mark is ignored)."""
   if path.suffix.lower() == ".jsonl":
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
       if line.strip():
         try:
           rows.append(json.loads(line))
         except json.JSONDecodeError as e:
           raise UserError(f"{path} line {n} is not valid JSON ({e})") from e
     return rows
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    return list(csv.DictReader(f, delimiter=delimiter))
+  return list(csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter))
+
+
+def read_text(path: pathlib.Path) -> str:
+  """A metadata file's text; bytes that are not UTF-8 become lone surrogates, so that one bad
+  caption rejects its own record (`caption not UTF-8`) rather than the whole file."""
+  return path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
 
 
 def folder(root: pathlib.Path, seed: int, metadata: str = "") -> Listing:
@@ -239,8 +251,11 @@ def folder(root: pathlib.Path, seed: int, metadata: str = "") -> Listing:
   if rows and "path" not in rows[0]:
     raise UserError(f"{path} has no 'path' column (columns: {sorted(rows[0])})")
   splits = {name: [] for name, _ in SPLIT_FRACTIONS}
-  for row in rows:
+  for n, row in enumerate(rows, 1):
     rel = str(row.get("path") or "")
+    if not rel:
+      splits["train"].append(AudioItem(id=f"{path.name}#{n}", path="", bad_metadata=f"{path.name} row {n} has no path"))
+      continue
     split = (row.get("split") or "").strip() or hashed_split(rel, seed)
     if split not in splits:
       raise UserError(f"{path}: row for '{rel}' has split '{split}'; use train, validation or test")

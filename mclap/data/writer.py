@@ -63,12 +63,18 @@ class _Job:
     try:
       result = self.work_fn(item)
     except Exception as e:  # One bad input must never stop the job.
-      return Reject(id=str(getattr(item, "id", item)), reason="error", detail=f"{type(e).__name__}: {e}")
+      result = Reject(id=str(getattr(item, "id", item)), reason="error", detail=f"{type(e).__name__}: {e}")
     if isinstance(result, Reject):
-      return result
+      return Reject(id=printable(result.id), reason=result.reason, detail=printable(result.detail))
+    result = {**result, "id": printable(str(result["id"]))}  # A file name that is not UTF-8 still names it.
     if problem := _check_record(result, self.n_mels, self.require_captions):
-      return Reject(id=str(result["id"]), reason=problem)
+      return Reject(id=result["id"], reason=problem)
     return {**result, "mel": np.asarray(result["mel"], np.float16)}
+
+
+def printable(text: str) -> str:
+  """`text` with bytes that were not UTF-8 (lone surrogates) written as escapes."""
+  return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 _job: _Job | None = None
@@ -90,6 +96,9 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 def _check_record(record: dict[str, Any], n_mels: int, require_captions: bool) -> str | None:
   """Why a rendered/decoded record cannot be stored, or None if it is fine."""
+  texts = [str(t) for t in (*record.get("captions", []), *record.get("tags", []))]
+  if any(printable(t) != t for t in texts):
+    return "caption not UTF-8"
   if require_captions and not any(str(c).strip() for c in record.get("captions", [])):
     return "empty caption"
   mel = np.asarray(record["mel"])
@@ -151,20 +160,38 @@ def _remove_stale(out: pathlib.Path, shards: list[_Shard], split_names: Sequence
       (out / _PROGRESS_DIR / (path.name + ".json")).unlink(missing_ok=True)
 
 
-def _results(job: _Job, items: Iterator[Any], num_workers: int) -> Iterator[dict[str, Any] | Reject]:
+def _results(
+  job: _Job, items: Sequence[Any], num_workers: int, item_timeout: float
+) -> Iterator[dict[str, Any] | Reject]:
   """Job results in item order, from a spawned process pool or inline.
 
   Either way the work runs with one BLAS/OpenMP thread: parallelism comes from the processes
   (measured: with their own thread pools, 2 workers on 2 cores were no faster than 1, and 1.5x
   faster without), and the mel bytes must not depend on the number of workers.
+
+  In the pool, an item without a result after `item_timeout` seconds (a decoder that hangs, or
+  a worker killed by a crash in native code, whose item the pool then never returns) is rejected
+  and the pool restarted for the items after it, so the job never hangs.
   """
   if num_workers == 0:
     with threadpoolctl.threadpool_limits(1):
       yield from map(job, items)
     return
   ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(num_workers, initializer=_init_worker, initargs=(job,)) as pool:
-    yield from pool.imap(_run, items, chunksize=2)
+  done = 0
+  while done < len(items):
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(job,)) as pool:
+      results = pool.imap(_run, items[done:], chunksize=1)
+      try:
+        while done < len(items):
+          result = results.next(timeout=item_timeout)
+          done += 1
+          yield result
+      except multiprocessing.TimeoutError:
+        item = items[done]
+        done += 1
+        detail = f"no result after {item_timeout:g}s: the decoder hung or crashed its worker process"
+        yield Reject(id=printable(str(getattr(item, "id", item))), reason="timed out", detail=detail)
 
 
 def write_corpus(
@@ -178,6 +205,7 @@ def write_corpus(
   num_workers: int | None = None,
   shard_size: int = 256,
   require_captions: bool = True,
+  item_timeout: float = 300.0,
   show_progress: bool = True,
 ) -> dict[str, Any]:
   """Writes (or finishes) a prepared corpus and returns its `dataset_info`.
@@ -193,6 +221,7 @@ def write_corpus(
     num_workers: worker processes; 0 runs inline, None uses every core.
     shard_size: items per shard (the unit of resumption).
     require_captions: reject records without a non-empty caption (False for tagging-only sources).
+    item_timeout: seconds a worker may spend on one item before it is rejected as hung.
     show_progress: draw a progress bar with rate and ETA on stderr.
   """
   out = pathlib.Path(output_dir)
@@ -227,8 +256,9 @@ def write_corpus(
   )
   results = _results(
     _Job(work_fn, n_mels, require_captions),
-    (item for s in todo for item in s.items),
+    [item for s in todo for item in s.items],
     min(num_workers, remaining),
+    item_timeout,
   )
   for shard in todo:
     tmp = out / (shard.file + ".tmp")

@@ -1,0 +1,247 @@
+"""Training survives what happens to long jobs: kill -9, SIGTERM/SIGINT, damaged checkpoints,
+non-finite steps, a full disk, an unwritable workdir."""
+
+import json
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, make_tiny_config
+
+from mclap import checkpoints, parallel, train, trainer
+from mclap.errors import ConfigError, UserError
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+CKPT_EVERY = 4
+
+
+def _args(corpus, workdir, steps=STEPS):
+  overrides = {
+    "data.dir": corpus,
+    "data.mel.n_mels": 32,
+    "data.crop_seconds": 2.0,
+    "data.num_workers": 0,
+    "data.eval_batch_size": 8,
+    "data.token_bucket": 0,  # One step shape: one compilation per process.
+    "train.batch_size": 8,
+    "train.steps": steps,
+    "train.log_every": 1,
+    "train.eval_every": steps,
+    "train.ckpt_every": CKPT_EVERY,
+    "optim.warmup_steps": 2,
+  }
+  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+  return [sys.executable, "-m", "mclap.train", "--config", "configs/muscall.py:demo", *flags, "--workdir", str(workdir)]
+
+
+class Run:
+  """A training process whose output is read line by line."""
+
+  def __init__(self, args, **popen_kwargs):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    self.process = subprocess.Popen(
+      args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_kwargs
+    )
+    self.lines = []
+
+  def wait_for_step(self, step: int) -> int:
+    """Reads output until a logged train step >= `step`; returns that step."""
+    for line in self.process.stdout:
+      self.lines.append(line)
+      if line.startswith("[train step "):
+        seen = int(line.split()[2].rstrip("]"))
+        if seen >= step:
+          return seen
+    raise AssertionError(f"the run ended before step {step}:\n{''.join(self.lines)}")
+
+  def finish(self, timeout=600) -> tuple[int, str]:
+    out, _ = self.process.communicate(timeout=timeout)
+    self.lines.append(out)
+    return self.process.returncode, "".join(self.lines)
+
+
+def _final_state(workdir, step=STEPS):
+  mgr = checkpoints.manager(pathlib.Path(workdir) / "checkpoints", None)
+  state = jax.device_get(checkpoints.restore_on_host(mgr, step))
+  mgr.close()
+  return state
+
+
+def _assert_bit_identical(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_corpus, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  code, out = Run(_args(tiny_corpus, workdir)).finish()
+  assert code == 0, out
+  return workdir
+
+
+def test_killed_twice_with_sigkill_resumes_to_bit_identical_parameters(tiny_corpus, uninterrupted, tmp_path):
+  rng = np.random.default_rng(0)
+  first_kill = int(rng.integers(2, STEPS // 3))
+  second_kill = int(rng.integers(STEPS // 2, STEPS - 8))
+  resumed_at = []
+  for kill_at in (first_kill, second_kill):
+    run = Run(_args(tiny_corpus, tmp_path))
+    run.wait_for_step(kill_at)
+    run.process.send_signal(signal.SIGKILL)  # Anywhere: mid-step, mid-save, mid-log.
+    code, out = run.finish()
+    assert code == -signal.SIGKILL
+    resumed_at += [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
+  code, out = Run(_args(tiny_corpus, tmp_path)).finish()
+  assert code == 0, out
+  resumed_at += [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
+  assert len(resumed_at) == 2 and 0 < resumed_at[0] < resumed_at[1] < STEPS, out
+
+  _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))  # Replayed steps once.
+
+
+def test_sigterm_and_sigint_save_a_checkpoint_and_exit_0(tiny_corpus, uninterrupted, tmp_path):
+  stopped_at = []
+  for sig, at in ((signal.SIGTERM, 5), (signal.SIGINT, 20)):
+    run = Run(_args(tiny_corpus, tmp_path))
+    run.wait_for_step(at)
+    run.process.send_signal(sig)
+    code, out = run.finish()
+    assert code == 0, out
+    message = next(line for line in out.splitlines() if line.startswith("stopped by"))
+    assert message.startswith(f"stopped by {sig.name} after step ") and "Run the same command to resume" in message
+    stopped_at.append(int(message.split()[5]))
+    assert stopped_at[-1] in checkpoints.manager(tmp_path / "checkpoints", None).all_steps()
+  code, out = Run(_args(tiny_corpus, tmp_path)).finish()
+  assert code == 0 and f"resumed from {tmp_path / 'checkpoints'} at step {stopped_at[-1]}" in out, out
+  _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+
+
+def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(tiny_corpus, uninterrupted, tmp_path):
+  """A file-size limit makes every large write fail with EFBIG, as a full disk fails with ENOSPC."""
+  shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+  limit = 256 * 1024  # Above the logs, below the checkpoint's array file.
+
+  def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+  # The save of step STEPS + CKPT_EVERY fails; training stops before the final validation.
+  code, out = Run(_args(tiny_corpus, tmp_path, steps=STEPS + 3 * CKPT_EVERY), preexec_fn=limit_file_size).finish()
+  last = out.strip().splitlines()[-1]
+  assert code != 0 and last.startswith(f"error: writing a checkpoint to {tmp_path / 'checkpoints'} failed"), out
+  assert f"complete checkpoints there: steps [{STEPS - 2 * CKPT_EVERY}, {STEPS - CKPT_EVERY}, {STEPS}]" in last
+  assert "run the same command to resume" in last
+  _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+
+
+def _small_run(config, steps=4):
+  config.train.update(steps=steps, log_every=1, eval_every=steps, ckpt_every=2, seed=0)
+  config.optim.warmup_steps = 2
+  return config
+
+
+@pytest.fixture(scope="module")
+def four_steps(tiny_corpus, tmp_path_factory):
+  """An in-process run of 4 steps with checkpoints at 2 and 4: (config, workdir)."""
+  config = _small_run(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
+  workdir = tmp_path_factory.mktemp("four_steps")
+  train.train(config, workdir)
+  return config, workdir
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(four_steps, tmp_path, capsys):
+  config, workdir = four_steps
+  whole = _final_state(workdir, 4)
+
+  shutil.copytree(workdir, tmp_path / "damaged")
+  for data_file in (tmp_path / "damaged/checkpoints/4/state/d").iterdir():
+    data_file.write_bytes(b"\0" * 64)  # Truncated and overwritten: what a crashed disk leaves.
+  capsys.readouterr()
+  train.train(config, tmp_path / "damaged")
+  err = capsys.readouterr().err
+  assert "warning: the checkpoint of step 4 is damaged" in err
+  assert [p.name.split("-")[0] for p in (tmp_path / "damaged/damaged_checkpoints").iterdir()] == ["4"]
+  _assert_bit_identical(whole, _final_state(tmp_path / "damaged", 4))  # Redone from step 2.
+
+  for step in (2, 4):  # Every checkpoint damaged: stop, never start over.
+    (tmp_path / f"damaged/checkpoints/{step}/state/_METADATA").write_text("{not json")
+  with pytest.raises(UserError, match=r"no checkpoint in .* could be restored \(step 4 .*; step 2 .*Start a new"):
+    train.train(config, tmp_path / "damaged")
+
+
+def test_checkpoint_of_another_model_is_refused_by_name(four_steps, tmp_path):
+  config, workdir = four_steps
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  config = config.copy_and_resolve_references()
+  config.data.crop_seconds = 4.0  # The audio tower's positional embedding grows.
+  with pytest.raises(ConfigError, match=r"written for another model: params/audio/pool/positional_embedding is"):
+    train.train(config, tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]  # Nothing moved aside.
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_path, monkeypatch):
+  config = _small_run(tiny_config, steps=8)
+  config.train.max_nonfinite_in_a_row = 3
+  mesh = parallel.make_mesh(config.mesh)
+  tx = trainer.make_optimizer(config, 8)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  rng = np.random.default_rng(0)
+  batch = {
+    "mel": rng.normal(size=(8, 32, 63)).astype(np.float32),
+    "tokens": rng.integers(1, 100, size=(8, 32)).astype(np.int32),
+    "token_mask": np.ones((8, 32), bool),
+  }
+  poisoned = {**batch, "mel": np.where(np.arange(63) == 5, np.nan, batch["mel"]).astype(np.float32)}
+  before = jax.device_get(state)
+  state, metrics = step(state, trainer.to_global(poisoned, mesh))
+  assert bool(metrics["skipped"]) and not np.isfinite([float(metrics["loss"]), float(metrics["grad_norm"])]).all()
+  after = jax.device_get(state)
+  assert int(after["step"]) == 1
+  _assert_bit_identical({k: v for k, v in before.items() if k != "step"}, {k: v for k, v in after.items() if k != "step"})
+  for _ in range(2):  # The first has learning rate 0 (warm-up): the skipped step did not advance it.
+    state, metrics = step(state, trainer.to_global(batch, mesh))
+    assert not bool(metrics["skipped"])
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state["params"]), after["params"])
+  assert all(jax.tree.leaves(moved))
+
+  to_global = trainer.to_global
+  calls = []
+
+  def poison_from_step_3(batch, mesh, *args):
+    calls.append(1)
+    if len(calls) >= 3:
+      batch = {**batch, "mel": np.full_like(batch["mel"], np.inf)}
+    return to_global(batch, mesh, *args)
+
+  monkeypatch.setattr(trainer, "to_global", poison_from_step_3)
+  with pytest.raises(UserError, match=r"training stopped at step 5: 3 steps in a row had a non-finite loss"):
+    train.train(config, tmp_path)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  skipped = [r for r in rows if "skipped/train_records" in r]
+  assert [(r["step"], r["skipped/skipped_in_a_row"]) for r in skipped] == [(3, 1), (4, 2), (5, 3)]
+  assert all(len(r["skipped/train_records"]) == 8 for r in skipped)
+  losses = [r for r in rows if "train/loss" in r]
+  assert [r["train/skipped_steps"] for r in losses] == [0, 0, 1, 2]  # Step 5 stopped before its log row.
+
+
+def test_unwritable_or_full_workdir_fails_before_training(tmp_path, monkeypatch):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(UserError, match=r"cannot write to the workdir .*file/run .*choose a writable --workdir"):
+    checkpoints.check_writable(tmp_path / "file" / "run", needed_bytes=0)
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+  checkpoints.check_writable(tmp_path / "run", needed_bytes=2**20)
+  with pytest.raises(UserError, match=r"has 10 MiB free; checkpoints need 20 MiB .*free space or choose another"):
+    checkpoints.check_writable(tmp_path / "run", needed_bytes=20 * 2**20)
