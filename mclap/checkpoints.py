@@ -229,6 +229,7 @@ def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> Non
       if value.shape != variable[...].shape:
         raise UserError(
           f"{directory}: {name}.{'.'.join(map(str, path))} has shape {list(value.shape)}, the config's "
-          f"tower expects {list(variable[...].shape)}"
+          f"tower expects {list(variable[...].shape)} (data.crop_seconds, data.mel and model.{name} must be "
+          "those it was trained with)"
         )
       variable[...] = np.asarray(value)  # From the host: the tower may live on other devices.

@@ -8,6 +8,7 @@ the key and the closest valid ones.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import pathlib
@@ -70,6 +71,57 @@ def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
     walked.append(part)
 
 
+def _node(config: ml_collections.ConfigDict, dotted_key: str):
+  for part in dotted_key.split("."):
+    config = config[part]
+  return config
+
+
+def _parses(parse: Callable[[str], object], value: str) -> bool:
+  try:
+    parse(value.strip())
+  except (ValueError, SyntaxError):
+    return False
+  return True
+
+
+def _bool(value: str) -> bool:
+  if value.lower() not in ("true", "false", "1", "0"):
+    raise ValueError(value)
+  return value.lower() in ("true", "1")
+
+
+def _sequence(value: str) -> tuple | list:
+  parsed = ast.literal_eval(value)
+  if not isinstance(parsed, (tuple, list)):
+    raise ValueError(value)
+  return parsed
+
+
+# What a flag value must look like for a default of each type (ml_collections converts it so).
+_VALUE_KINDS = (
+  (bool, _bool, "true or false"),
+  (int, int, "an integer"),
+  (float, float, "a number"),
+  ((tuple, list), _sequence, "a tuple such as (1, 2)"),
+)
+
+
+def check_override_value(config: ml_collections.ConfigDict, dotted_key: str, value: str, flag: str = "config") -> None:
+  """Raises ConfigError if `value` cannot become the type of the key's default, saying what can."""
+  default = config
+  for part in dotted_key.split("."):
+    default = default[part]
+  for types, parse, kind in _VALUE_KINDS:
+    if isinstance(default, types):
+      if not _parses(parse, value):
+        raise ConfigError(
+          f"--{flag}.{dotted_key}={value}: expected {kind} (the default is {default!r}); "
+          f"write e.g. --{flag}.{dotted_key}={default!r}"
+        )
+      return
+
+
 def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
   """Validates `--config` and every `--config.key=value` in argv before absl parses them."""
   spec, overrides = None, []
@@ -80,14 +132,16 @@ def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
     elif arg.startswith(f"--{flag}="):
       spec = arg.split("=", 1)[1]
     elif arg.startswith(f"--{flag}."):
-      overrides.append(arg[len(flag) + 3 :].split("=", 1)[0])
+      key, has_value, value = arg[len(flag) + 3 :].partition("=")
+      overrides.append((key, value if has_value else (args[i + 1] if i + 1 < len(args) else "")))
   if spec is None:
     if overrides:
       raise ConfigError(f"--{flag}.* overrides given without --{flag}=FILE")
     return
   config = load_config(spec)
-  for key in overrides:
+  for key, value in overrides:
     check_override(config, key)  # Booleans are set as --config.a.flag=false (no --noflag form).
+    check_override_value(config, key, value, flag)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -56,9 +56,13 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Me
 def check_batch_sizes(mesh: Mesh, **batch_sizes: int) -> None:
   """Global batch sizes must split evenly over the mesh's data axis."""
   devices = mesh.shape[DATA]
-  if bad := {k: v for k, v in batch_sizes.items() if v % devices}:
-    sizes = ", ".join(f"{k}={v}" for k, v in bad.items())
-    raise ConfigError(f"{sizes} must be a multiple of the {devices} devices on the mesh's data axis")
+  for key, size in batch_sizes.items():
+    if not isinstance(size, int) or size <= 0 or size % devices:
+      fit = devices * max(-(-size // devices), 1) if isinstance(size, int) else devices
+      raise ConfigError(
+        f"config.{key}={size!r} must be a positive multiple of the {devices} devices on the mesh's data axis "
+        f"(global batch, over all devices and processes); e.g. --config.{key}={fit}"
+      )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 from conftest import ROOT
+from flax import nnx
 
 from mclap import cli, objectives
 
@@ -81,14 +82,49 @@ def test_cli_fails_at_start_with_one_line():
   assert result.stderr.strip().splitlines() == [
     "error: unknown config key 'train.batch_sise': 'batch_sise' is not in train; did you mean "
     "'train.batch_size'? valid keys there: batch_size, ckpt_every, dtype, epochs, eval_every, keep_checkpoints, "
-    "log_every, remat, seed, steps, sub_batches"
+    "log_every, max_nonfinite_in_a_row, remat, seed, steps, sub_batches"
   ]
   missing = _run_cli("--config", "configs/nope.py")
   assert missing.stderr.strip().splitlines() == [
     "error: config file configs/nope.py not found (expected e.g. configs/muscall.py:demo)"
   ]
   wrong_type = _run_cli("--config", CONFIG, "--config.train.batch_size=many")
-  assert "flag --config.train.batch_size=many: invalid literal for int()" in wrong_type.stderr.splitlines()[0]
+  assert wrong_type.stderr.strip().splitlines() == [
+    "error: --config.train.batch_size=many: expected an integer (the default is 256); "
+    "write e.g. --config.train.batch_size=256"
+  ]
+
+
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("train.steps=2.5", r"train.steps=2.5: expected an integer \(the default is 0\)"),
+    ("optim.lr=fast", r"optim.lr=fast: expected a number \(the default is 5e-05\)"),
+    ("mesh.fsdp=maybe", r"mesh.fsdp=maybe: expected true or false"),
+    ("model.audio.layers=3", r"layers=3: expected a tuple such as \(1, 2\) .*layers=\(3, 4, 6, 3\)$"),
+  ],
+)
+def test_values_of_the_wrong_type_are_named(override, message):
+  with pytest.raises(cli.ConfigError, match=message):
+    cli.check_config_args(["prog", "--config", CONFIG, f"--config.{override}"])
+  cli.check_config_args(["prog", "--config", CONFIG, "--config.train.steps=3", "--config.model.audio.layers=(1,1,1,1)"])
+
+
+def test_values_that_do_not_fit_the_devices_or_the_model_are_named(tiny_config, tmp_path):
+  from mclap import train
+  from mclap.models import dual_encoder
+
+  tiny_config.train.batch_size = 12
+  with pytest.raises(cli.ConfigError, match=r"train.batch_size=12 must be a positive multiple of the 8 devices"):
+    train.train(tiny_config, tmp_path)
+  tiny_config.train.dtype = "half"
+  with pytest.raises(cli.ConfigError, match=r"config.train.dtype='half'; use float32 or bfloat16"):
+    dual_encoder.build_model(tiny_config, vocab_size=10, rngs=nnx.Rngs(0))
+  tiny_config.train.dtype = "float32"
+  tiny_config.model.text.update(kind="bert", pooling="mean")  # all-MiniLM-L6-v2: 512 positions.
+  tiny_config.data.max_tokens = 600
+  with pytest.raises(cli.ConfigError, match=r"max_tokens=600 is longer than .* 512 positions; set .*max_tokens=512"):
+    nnx.eval_shape(lambda: dual_encoder.build_model(tiny_config, vocab_size=10, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize(

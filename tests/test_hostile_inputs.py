@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import ROOT, TINY_MEL, corpus_records, corpus_rejects, tone
+from test_writer import _work
 
 from mclap.data import audio, records, writer
-from test_writer import _work
 
 RATE = 16000
 

@@ -73,7 +73,7 @@ def test_bad_audio_is_named_by_reason(tmp_path):
   np.save(tmp_path / "nan.npy", np.full(RATE, np.nan, np.float32))
   (tmp_path / "text.mp3").write_text("not audio")
   assert _reason(tmp_path / "absent.wav") == "missing file"
-  assert _reason(tmp_path / "zero.wav") == "unreadable"
+  assert _reason(tmp_path / "zero.wav") == "empty"
   assert _reason(tmp_path / "cut.wav") == "truncated"
   assert _reason(tmp_path / "cut.flac") == "truncated"
   assert _reason(tmp_path / "silent.wav") == "silent"

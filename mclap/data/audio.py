@@ -1,7 +1,8 @@
 """Decoding any audio file (or MusCALL `.npy` waveform) to mono float32 at the corpus rate.
 
 Files are read, downmixed and resampled block by block up to `max_seconds`, so a very long or
-very wide file costs no more memory than the capped mono output. Problems raise `AudioError` with one of the reasons that `rejects.jsonl` reports.
+very wide file costs no more memory than the capped mono output. Problems raise `AudioError`
+with one of the reasons that `rejects.jsonl` reports.
 """
 
 from __future__ import annotations

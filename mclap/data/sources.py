@@ -200,7 +200,8 @@ def audiocaption(root: pathlib.Path) -> Listing:
     items = []
     for i, entry in enumerate(entries):
       if not isinstance(entry, dict) or "audio_path" not in entry:
-        problem = f"{file} entry {i} has no 'audio_path'" if isinstance(entry, dict) else f"{file} entry {i} is no object"
+        what = "has no 'audio_path'" if isinstance(entry, dict) else "is not an object"
+        problem = f"{file} entry {i} {what}"
         items.append(AudioItem(id=f"{file}#{i}", path="", bad_metadata=problem))
         continue
       items.append(

@@ -179,9 +179,15 @@ def _audio_tower(config: ml_collections.ConfigDict, dtype: Any, rngs: nnx.Rngs) 
 def _text_tower(config: ml_collections.ConfigDict, vocab_size: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
   text_cfg = config.model.text
   if text_cfg.kind == "bert":
-    return bert.build_bert(
+    tower = bert.build_bert(
       text_pretrained_dir(config), pooling=text_cfg.pooling, remat=config.train.remat, dtype=dtype, rngs=rngs
     )
+    if (positions := tower.max_positions - tower.position_offset) < config.data.max_tokens:
+      raise ConfigError(
+        f"config.data.max_tokens={config.data.max_tokens} is longer than the pretrained text tower's {positions} "
+        f"positions; set --config.data.max_tokens={positions} or less"
+      )
+    return tower
   if text_cfg.kind != "transformer":
     raise ConfigError(f"config.model.text.kind={text_cfg.kind!r}; available: transformer, bert")
   return TextTransformer(
@@ -216,11 +222,16 @@ def sentence_encoder_dir(config: ml_collections.ConfigDict) -> str:
   return str(directory)
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def build_model(
   config: ml_collections.ConfigDict, *, vocab_size: int, rngs: nnx.Rngs, dtype: Any | None = None
 ) -> DualEncoder:
   """The dual encoder of `config.model` (and what `config.loss` needs), sized for `config.data`
   crops; pretrained weights are loaded separately (`load_pretrained`)."""
+  if dtype is None and config.train.dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"config.train.dtype={config.train.dtype!r}; use {' or '.join(COMPUTE_DTYPES)}")
   dtype = jnp.dtype(dtype or config.train.dtype)
   audio = _audio_tower(config, dtype, rngs)
   text = _text_tower(config, vocab_size, dtype, rngs)
