@@ -106,7 +106,10 @@ def _write_errors(mgr: ocp.CheckpointManager):
 
 
 def _first_line(error: Exception) -> str:
-  return (str(error).splitlines() or [""])[0][:300]
+  """The error's first line, its middle cut if long: storage errors put the path first and the
+  operating system's reason ("No space left on device") last."""
+  line = (str(error).splitlines() or [""])[0]
+  return line if len(line) <= 300 else f"{line[:150]} … {line[-150:]}"
 
 
 def _complete_steps(directory: pathlib.Path) -> list[int]:
