@@ -112,7 +112,13 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
   # ---------------------------------------------------------------- Loop.
-  nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, lambda s, v: log.write(s, v, "skipped"))
+  train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
+
+  def report_skipped(step: int, values: dict) -> None:
+    ids = [train_records[i]["id"] for i in values["train_records"]]
+    log.write(step, {**values, "record_ids": ids}, prefix="skipped")
+
+  nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, report_skipped)
   window_start, window_steps, step, stopped = time.perf_counter(), 0, start, None
   with guards.StopSignals() as stop_signals:
     try:

@@ -179,6 +179,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(four_steps, tm
   shutil.copytree(workdir, tmp_path / "damaged")
   for data_file in (tmp_path / "damaged/checkpoints/4/state/d").iterdir():
     data_file.write_bytes(b"\0" * 64)  # Truncated and overwritten: what a crashed disk leaves.
+  half_written = tmp_path / "damaged/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp"
+  half_written.mkdir(parents=True)  # What a kill during a save leaves: never taken for a checkpoint.
+  (half_written / "_METADATA").write_text('{"tree_metadata": {"par')
   capsys.readouterr()
   train.train(config, tmp_path / "damaged")
   err = capsys.readouterr().err
@@ -244,7 +247,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   skipped = [r for r in rows if "skipped/train_records" in r]
   assert [(r["step"], r["skipped/skipped_in_a_row"]) for r in skipped] == [(3, 1), (4, 2), (5, 3)]
-  assert all(len(r["skipped/train_records"]) == 8 for r in skipped)
+  assert all(len(r["skipped/train_records"]) == len(r["skipped/record_ids"]) == 8 for r in skipped)
+  assert all(i.startswith("synth-") for r in skipped for i in r["skipped/record_ids"])
   losses = [r for r in rows if "train/loss" in r]
   assert [r["train/skipped_steps"] for r in losses] == [0, 0, 1, 2]  # Step 5 stopped before its log row.
 
