@@ -90,6 +90,10 @@ def _run(item: Any) -> dict[str, Any] | Reject:
   return _job(item)
 
 
+def _ready(_: int) -> None:
+  """A task that returns once a worker has started."""
+
+
 def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
@@ -181,6 +185,7 @@ def _results(
   done = 0
   while done < len(items):
     with ctx.Pool(num_workers, initializer=_init_worker, initargs=(job,)) as pool:
+      pool.map(_ready, range(num_workers), chunksize=1)  # Worker start-up does not count against an item.
       results = pool.imap(_run, items[done:], chunksize=1)
       try:
         while done < len(items):
