@@ -109,9 +109,7 @@ _VALUE_KINDS = (
 
 def check_override_value(config: ml_collections.ConfigDict, dotted_key: str, value: str, flag: str = "config") -> None:
   """Raises ConfigError if `value` cannot become the type of the key's default, saying what can."""
-  default = config
-  for part in dotted_key.split("."):
-    default = default[part]
+  default = _node(config, dotted_key)
   for types, parse, kind in _VALUE_KINDS:
     if isinstance(default, types):
       if not _parses(parse, value):

@@ -85,8 +85,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   )
 
   # ---------------------------------------------------------------- Input.
-  num_train = records.read_info(config.data.dir)["splits"][config.data.train_split]["count"]
-  steps = total_steps(config, num_train)
+  train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
+  steps = total_steps(config, len(train_records))
   train_ds = pipeline.train_dataset(config, process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = pipeline.iterate(train_ds, config.data.num_workers)
 
@@ -112,8 +112,6 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
   # ---------------------------------------------------------------- Loop.
-  train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
-
   def report_skipped(step: int, values: dict) -> None:
     ids = [train_records[i]["id"] for i in values["train_records"]]
     log.write(step, {**values, "record_ids": ids}, prefix="skipped")

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import ROOT, make_tiny_config
+from test_trainer import small
 
 from mclap import checkpoints, parallel, train, trainer
 from mclap.errors import ConfigError, UserError
@@ -157,16 +158,10 @@ def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(t
   _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
 
 
-def _small_run(config, steps=4):
-  config.train.update(steps=steps, log_every=1, eval_every=steps, ckpt_every=2, seed=0)
-  config.optim.warmup_steps = 2
-  return config
-
-
 @pytest.fixture(scope="module")
 def four_steps(tiny_corpus, tmp_path_factory):
   """An in-process run of 4 steps with checkpoints at 2 and 4: (config, workdir)."""
-  config = _small_run(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
+  config = small(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
   workdir = tmp_path_factory.mktemp("four_steps")
   train.train(config, workdir)
   return config, workdir
@@ -206,7 +201,7 @@ def test_checkpoint_of_another_model_is_refused_by_name(four_steps, tmp_path):
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_path, monkeypatch):
-  config = _small_run(tiny_config, steps=8)
+  config = small(tiny_config, steps=8)
   config.train.max_nonfinite_in_a_row = 3
   mesh = parallel.make_mesh(config.mesh)
   tx = trainer.make_optimizer(config, 8)

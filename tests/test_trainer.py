@@ -15,8 +15,9 @@ from mclap.errors import UserError
 pytestmark = pytest.mark.slow
 
 
-def small(config):
-  config.train.update(steps=4, log_every=1, eval_every=4, ckpt_every=2, seed=0)
+def small(config, steps=4):
+  """A short run: `steps` steps, logged every step, checkpoints every 2, validation at the end."""
+  config.train.update(steps=steps, log_every=1, eval_every=steps, ckpt_every=2, seed=0)
   config.optim.warmup_steps = 2
   return config
 

@@ -63,13 +63,18 @@ class _Job:
     try:
       result = self.work_fn(item)
     except Exception as e:  # One bad input must never stop the job.
-      result = Reject(id=str(getattr(item, "id", item)), reason="error", detail=f"{type(e).__name__}: {e}")
+      result = Reject(id=_item_id(item), reason="error", detail=f"{type(e).__name__}: {e}")
     if isinstance(result, Reject):
       return Reject(id=printable(result.id), reason=result.reason, detail=printable(result.detail))
     result = {**result, "id": printable(str(result["id"]))}  # A file name that is not UTF-8 still names it.
     if problem := _check_record(result, self.n_mels, self.require_captions):
       return Reject(id=result["id"], reason=problem)
     return {**result, "mel": np.asarray(result["mel"], np.float16)}
+
+
+def _item_id(item: Any) -> str:
+  """What names an item whose work gave no record: its `id`, else the item itself."""
+  return str(getattr(item, "id", item))
 
 
 def printable(text: str) -> str:
@@ -196,7 +201,7 @@ def _results(
         item = items[done]
         done += 1
         detail = f"no result after {item_timeout:g}s: the decoder hung or crashed its worker process"
-        yield Reject(id=printable(str(getattr(item, "id", item))), reason="timed out", detail=detail)
+        yield Reject(id=printable(_item_id(item)), reason="timed out", detail=detail)
 
 
 def write_corpus(
