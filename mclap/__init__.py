@@ -1,3 +1,11 @@
 """mclap: contrastive music audio–language models (MusCALL family) in JAX/Flax."""
 
 __version__ = "0.1.0"
+
+
+def load(directory, batch_size: int = 16, max_seconds: float = 600.0):
+  """Loads an inference bundle as an `mclap.inference.Model` (see that module). Imported lazily:
+  `import mclap` stays light for the jobs that do not need JAX."""
+  from mclap import inference
+
+  return inference.load(directory, batch_size=batch_size, max_seconds=max_seconds)

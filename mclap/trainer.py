@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from mclap import objectives, parallel
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
-from mclap.models import build_model, dual_encoder, frozen_filter, load_pretrained
+from mclap.models import build_model, frozen_filter, load_pretrained
 
 # Batch keys the step reads; the last four are only in some objectives' batches (SSL, triplet, matching).
 MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "other_token_mask", "other_match")
@@ -328,11 +328,8 @@ def make_embed_fn(model_def: ModelDef) -> Callable:
   def embed(state, batch):
     model = model_def.merge(state)
     mel = batch["mel"]
-    crops = mel.shape[1] if mel.ndim == 4 else 1
-    features = model.audio_features(mel.reshape(-1, *mel.shape[-2:]), train=False)
-    joint = model.project_audio(features)
-    per_clip = lambda x: x.reshape(-1, crops, x.shape[-1]).mean(axis=1)  # noqa: E731
-    out = {"audio": dual_encoder.l2_normalize(per_clip(joint)), "audio_features": per_clip(features)}
+    joint, features = model.embed_clips(mel if mel.ndim == 4 else mel[:, None])
+    out = {"audio": joint, "audio_features": features}
     if "tokens" in batch:
       out["text"] = model.embed_text(batch["tokens"], batch["token_mask"])
     return out

@@ -7,6 +7,7 @@ Mels are computed once, offline, by `mclap.data.prepare`; the settings travel wi
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +34,34 @@ def default_mel_config() -> ml_collections.ConfigDict:
       norm="slaney",  # Filter normalisation: "slaney" or "" for none.
       top_db=80.0,  # Dynamic range kept below each clip's peak.
       amin=1e-10,  # Power floor before the log; also the value used to pad short clips.
+      pad_mode="constant",  # How the centred STFT pads the signal's ends: "constant" (zeros) or "reflect".
+      window_norm=False,  # Divide the power by the window's energy (torchaudio's `normalized=True`).
     )
   )
+
+
+def muscall_torchaudio_config() -> ml_collections.ConfigDict:
+  """The front end the original MusCALL computes inside its model, for imported checkpoints:
+  torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=1024, f_min=0, f_max=11025, n_mels=128,
+  power=2, normalized=True)` (HTK mel scale, unnormalised filters, reflect-padded Hann STFT
+  divided by the window's energy) then `AmplitudeToDB(top_db=100)`.
+
+  Filters above the 8 kHz Nyquist frequency are empty there as here. One difference: torchaudio
+  applies `top_db` below the loudest value of the whole batch it is given, mclap below each
+  clip's own peak (torchaudio with batches of one).
+  """
+  config = default_mel_config()
+  config.update(fmax=11025.0, htk=True, norm="", top_db=100.0, pad_mode="reflect", window_norm=True)
+  return config
+
+
+PRESETS = {"mclap": default_mel_config, "muscall_torchaudio": muscall_torchaudio_config}
+
+
+def complete(mel_config: Mapping[str, Any]) -> dict[str, Any]:
+  """Mel settings with the keys added since a corpus or bundle was written, at the values that
+  reproduce what it was written with (the defaults)."""
+  return {**default_mel_config().to_dict(), **mel_config}
 
 
 def floor_db(mel_config: Mapping[str, Any]) -> float:
@@ -49,9 +76,12 @@ def num_frames(seconds: float, mel_config: Mapping[str, Any]) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str):
-  return librosa.filters.mel(
-    sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm or None
-  ).astype(np.float32)
+  with warnings.catch_warnings():
+    if fmax > sr / 2:  # Filters above Nyquist are empty by the settings' design (MusCALL's fmax 11025).
+      warnings.filterwarnings("ignore", "Empty filters detected", UserWarning)
+    return librosa.filters.mel(
+      sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm or None
+    ).astype(np.float32)
 
 
 def log_mel(wave: np.ndarray, mel_config: Mapping[str, Any]) -> np.ndarray:
@@ -59,15 +89,16 @@ def log_mel(wave: np.ndarray, mel_config: Mapping[str, Any]) -> np.ndarray:
 
   The dB scale is absolute (reference power 1.0), so loudness survives into the features.
   """
-  c = dict(mel_config)
-  spec = librosa.stft(
-    np.asarray(wave, np.float32),
-    n_fft=c["n_fft"],
-    hop_length=c["hop_length"],
-    center=True,
-    pad_mode="constant",
-  )
+  c = complete(mel_config)
+  if c["pad_mode"] not in ("constant", "reflect"):
+    raise ValueError(f"mel pad_mode={c['pad_mode']!r}; use constant or reflect")
+  wave = np.asarray(wave, np.float32)
+  if c["pad_mode"] == "reflect" and len(wave) <= c["n_fft"] // 2:  # Reflection needs more samples than it pads.
+    wave = np.pad(wave, (0, c["n_fft"] // 2 + 1 - len(wave)))
+  spec = librosa.stft(wave, n_fft=c["n_fft"], hop_length=c["hop_length"], center=True, pad_mode=c["pad_mode"])
   power = np.abs(spec) ** 2
+  if c["window_norm"]:
+    power /= np.sum(librosa.filters.get_window("hann", c["n_fft"], fftbins=True) ** 2)
   fbank = _filterbank(
     c["sample_rate"], c["n_fft"], c["n_mels"], float(c["fmin"]), float(c["fmax"]), c["htk"], c["norm"]
   )

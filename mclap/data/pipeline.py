@@ -48,6 +48,14 @@ def evenly_spaced_starts(frames: int, length: int, count: int) -> list[int]:
   return [int(round(room * i / (count - 1))) for i in range(count)]
 
 
+def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tuple[np.ndarray, int]:
+  """`count` evenly spaced crops `[count, n_mels, length]` of an evaluated clip (`count` 1: the
+  central one), and the first crop's valid length."""
+  starts = evenly_spaced_starts(mel.shape[1], length, count) if count > 1 else [crop_start(mel.shape[1], length, None)]
+  crops = [crop_or_pad(mel, length, start, pad_value) for start in starts]
+  return np.stack([c for c, _ in crops]), crops[0][1]
+
+
 def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus_dir: str) -> None:
   """The corpus must have been prepared with the mel settings the config (and model) expects."""
   wanted = config.data.mel.to_dict()
@@ -120,9 +128,7 @@ class ToExample:
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
     if rng is None and self.eval_crops > 1:
-      starts = evenly_spaced_starts(mel.shape[1], self.crop_frames, self.eval_crops)
-      crops = [crop_or_pad(mel, self.crop_frames, start, self.pad_value) for start in starts]
-      return np.stack([c for c, _ in crops]), crops[0][1]
+      return eval_crops(mel, self.crop_frames, self.eval_crops, self.pad_value)
     return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
 
   def _positives(self, record: dict[str, Any]) -> list[str]:

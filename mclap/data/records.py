@@ -19,6 +19,7 @@ import grain
 import msgpack
 import numpy as np
 
+from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 
 INFO_FILE = "dataset_info.json"
@@ -87,9 +88,12 @@ def read_info(corpus_dir: str | os.PathLike) -> dict[str, Any]:
       "`python -m mclap.data.prepare --source ... --output DIR`."
     )
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
+    info = json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise CorpusError(f"{path} is not valid JSON ({e}); re-run prepare on this directory.") from e
+  if "mel" in info:
+    info["mel"] = mel_lib.complete(info["mel"])
+  return info
 
 
 class CorpusReader:

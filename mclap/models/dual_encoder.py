@@ -125,6 +125,16 @@ class DualEncoder(nnx.Module):
   def embed_audio(self, mel: jax.Array, train: bool = False) -> jax.Array:
     return self.project_audio(self.audio_features(mel, train))
 
+  def embed_clips(self, mel: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inference embeddings of clips given as `mel [clips, crops, n_mels, frames]`: the joint
+    embedding (normalised mean of the crops' normalised embeddings) and the audio tower's features
+    (their mean), `[clips, dim]` each."""
+    clips, crops = mel.shape[:2]
+    features = self.audio_features(mel.reshape(clips * crops, *mel.shape[2:]), train=False)
+    joint = self.project_audio(features)
+    per_clip = lambda x: x.reshape(clips, crops, x.shape[-1]).mean(axis=1)  # noqa: E731
+    return l2_normalize(per_clip(joint)), per_clip(features)
+
   def embed_sentences(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
     """Sentence-BERT caption embeddings (mean pooled, L2-normalised), without gradient."""
     return jax.lax.stop_gradient(l2_normalize(self.sentence_encoder(tokens, token_mask)))

@@ -1,0 +1,144 @@
+"""Embed a music folder: `python -m mclap.embed --bundle B --audio_dir D --output E`.
+
+Every audio file under D (WAV, FLAC, OGG, MP3, MusCALL .npy; by extension, any depth) is decoded,
+turned into a log-mel as `prepare` does and embedded by the bundle's model into an index
+(`mclap.index`): embeddings, paths and durations. Files are decoded by `--num_workers` threads
+while the model embeds; every `--part_size` files are saved as a part, so an interrupted job
+(Ctrl-C, kill) resumes where it stopped when run again, and a re-run after files were added embeds
+only the new ones. Files that cannot be used are listed in E/rejects.jsonl with the reason and
+skipped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+import tqdm
+from absl import flags
+
+import mclap
+from mclap import cli
+from mclap import index as index_lib
+from mclap.data import audio as audio_lib
+from mclap.errors import UserError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".npy", ".aiff", ".aif", ".opus")
+
+
+def list_audio(audio_dir: pathlib.Path) -> list[str]:
+  """Audio files under `audio_dir`, relative paths in sorted order."""
+  if not audio_dir.is_dir():
+    raise UserError(f"--audio_dir {audio_dir} is not a folder")
+  return sorted(
+    str(p.relative_to(audio_dir)) for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+  )
+
+
+def _decode(model: mclap.inference.Model, path: pathlib.Path, crops: int) -> tuple[np.ndarray | None, dict[str, Any]]:
+  """(crops to embed, item) or (None, {"reason": ...}) for a file that cannot be used."""
+  try:
+    wave = model.waveform(path)
+    return model.mel_crops(wave, crops), {"seconds": round(len(wave) / model.sample_rate, 3)}
+  except audio_lib.AudioError as e:
+    return None, {"reason": str(e)}
+  except Exception as e:  # A decoder's own failure on a strange file: report it, keep going.
+    return None, {"reason": f"failed: {type(e).__name__}: {e}"}
+
+
+def embed_folder(
+  bundle: str | pathlib.Path,
+  audio_dir: str | pathlib.Path,
+  output: str | pathlib.Path,
+  *,
+  batch_size: int = 16,
+  num_workers: int | None = None,
+  part_size: int = 256,
+  crops: int = 0,
+  max_seconds: float = 600.0,
+  show_progress: bool = True,
+) -> dict[str, Any]:
+  """Embeds the files of `audio_dir` not yet in the index at `output`; returns index.json."""
+  audio_dir, output = pathlib.Path(audio_dir).absolute(), pathlib.Path(output)
+  model = mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
+  crops = crops or model.config.data.eval_crops
+  info = {
+    "bundle": str(pathlib.Path(bundle).absolute()),
+    "bundle_id": model.meta["id"],
+    "dim": model.dim,
+    "audio_dir": str(audio_dir),
+    "crops": crops,
+    "mel": model.mel_config,
+  }
+  output.mkdir(parents=True, exist_ok=True)
+  previous, _, items = index_lib.read_consolidated(output)
+  if previous is not None:
+    for key in ("bundle_id", "audio_dir", "crops"):
+      if previous[key] != info[key]:
+        raise UserError(
+          f"{output} was built with {key} {previous[key]!r}, not {info[key]!r}; use a new --output for another "
+          "bundle, folder or crop setting"
+        )
+  done = {i["path"] for i in items} | {i["path"] for i in index_lib.read_parts(output)[1]}
+  rejected = index_lib.read_rejects(output)
+  files = list_audio(audio_dir)
+  todo = [f for f in files if f not in done and f not in rejected]
+  print(f"{len(files)} audio files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
+  bar = tqdm.tqdm(total=len(todo), unit="file", disable=not show_progress, dynamic_ncols=True)
+  new_rejects = 0
+  try:
+    with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+      for start in range(0, len(todo), part_size):
+        part = todo[start : start + part_size]
+        mels, part_items = [], []
+        for path, (clip, item) in zip(part, pool.map(lambda p: _decode(model, audio_dir / p, crops), part)):
+          if clip is None:
+            index_lib.add_reject(output, path, item["reason"])
+            new_rejects += 1
+          else:
+            mels.append(clip)
+            part_items.append({"path": path, **item})
+          bar.update()
+        if part_items:
+          index_lib.write_part(output, model.embed_mels(mels), part_items)
+  except KeyboardInterrupt:
+    bar.close()
+    sys.exit(f"interrupted; the finished parts are kept in {output}. Run the same command to resume.")
+  bar.close()
+  info = index_lib.consolidate(output, info)
+  print(
+    f"index {output}: {info['count']} files ({len(todo) - new_rejects} new); rejected {new_rejects} new, "
+    f"{len(rejected) + new_rejects} in all (see {index_lib.REJECTS_FILE})"
+  )
+  return info
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  embed_folder(
+    f.bundle,
+    f.audio_dir,
+    f.output,
+    batch_size=f.batch_size,
+    num_workers=f.num_workers,
+    part_size=f.part_size,
+    crops=f.crops,
+    max_seconds=f.max_seconds,
+  )
+
+
+if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
+  flags.DEFINE_string("bundle", None, "Inference bundle (python -m mclap.export).", required=True)
+  flags.DEFINE_string("audio_dir", None, "Folder of audio files (searched recursively).", required=True)
+  flags.DEFINE_string("output", None, "Index directory to write or extend.", required=True)
+  flags.DEFINE_integer("batch_size", 16, "Clips per model call.")
+  flags.DEFINE_integer("num_workers", None, "Decoding threads (default: all cores).")
+  flags.DEFINE_integer("part_size", 256, "Files per saved part (the unit of resumption).")
+  flags.DEFINE_integer("crops", 0, "Crops averaged per file (0: the bundle's; 1: the central crop).")
+  flags.DEFINE_float("max_seconds", 600.0, "Read at most this much of each file.")
+  cli.run(main)

@@ -1,0 +1,74 @@
+"""Export: `python -m mclap.export --workdir W --output B [--step N | --best] [--dtype bfloat16]`.
+
+Writes an inference bundle (`mclap.bundle`) of a training workdir's checkpoint: the embedding
+model's variables, its config (from `W/config.json`), tokenizer files and mel settings. Load it
+with `mclap.load(B)`, or use it with `python -m mclap.embed` and `python -m mclap.search`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+from absl import flags
+
+from mclap import bundle, cli
+from mclap import eval as eval_lib
+from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import UserError
+
+
+def workdir_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise UserError(f"{path} not found: --workdir must be a workdir written by python -m mclap.train")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def export(
+  workdir: str | pathlib.Path,
+  output: str | pathlib.Path,
+  *,
+  step: int | None = None,
+  best: bool = False,
+  dtype: str = "float32",
+  overwrite: bool = False,
+) -> pathlib.Path:
+  """Writes the bundle of a checkpoint of `workdir`; returns its directory."""
+  workdir = pathlib.Path(workdir)
+  config = workdir_config(workdir)
+  # The state is restored replicated over this machine's devices, whatever mesh trained it.
+  config.mesh.update(data=-1, model=1, fsdp=False)
+  config.data.eval_batch_size = jax.device_count()
+  _, model_def, state, step = eval_lib.restore_for_eval(config, workdir, step, best)
+  inference = bundle.inference_config(config, dtype)
+  variables = bundle.variables_of(model_def.merge(state), inference)
+  source = {"workdir": str(workdir.absolute()), "step": step, "best": best}
+  out = bundle.write(
+    output,
+    inference,
+    variables,
+    source=source,
+    tokenizer_dir=tokenizer_lib.for_config(config).directory,
+    overwrite=overwrite,
+  )
+  print(f"exported step {step} of {workdir} to {out} ({dtype}); load it with mclap.load({str(out)!r})")
+  return out
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  export(f.workdir, f.output, step=f.step, best=f.best, dtype=f.dtype, overwrite=f.overwrite)
+
+
+if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
+  flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).", required=True)
+  flags.DEFINE_string("output", None, "Bundle directory to write.", required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_bool("best", False, "Export the checkpoint with the best validation R@10.")
+  flags.DEFINE_enum("dtype", "float32", bundle.DTYPES, "Stored parameters and compute dtype of the bundle.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
+  cli.run(main)

@@ -1,0 +1,140 @@
+"""An embedding index of an audio collection: what `python -m mclap.embed` writes and
+`python -m mclap.search` ranks.
+
+```
+E/index.json          version, bundle (path and id), dimension, count, audio folder, data directory
+E/data-<N>/embeddings.npy   float32 [count, dim], L2-normalised (memory-mapped when searched)
+E/data-<N>/items.jsonl      one line per row: {"path": relative to the audio folder, "seconds": ...}
+E/parts/part-*.npz    embedded since the last consolidation (an interrupted or running job)
+E/rejects.jsonl       files that could not be embedded, with the reason
+```
+
+`index.json` is replaced atomically last, so a reader sees the previous complete index or the new
+one, never a mix; finished parts survive an interruption and are not embedded again.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+from mclap.data import records
+from mclap.errors import UserError
+
+VERSION = 1
+INDEX_FILE, PARTS_DIR, REJECTS_FILE = "index.json", "parts", "rejects.jsonl"
+
+
+class IndexFileError(UserError):
+  """An index directory is missing or damaged."""
+
+
+class Index:
+  """A consolidated index, opened for search (embeddings memory-mapped)."""
+
+  def __init__(self, directory: str | pathlib.Path):
+    self.directory = pathlib.Path(directory)
+    path = self.directory / INDEX_FILE
+    if not path.is_file():
+      raise IndexFileError(f"{path} not found: build the index with python -m mclap.embed --output {self.directory}")
+    self.info = json.loads(path.read_text())
+    data = self.directory / self.info["data"]
+    self.embeddings = np.load(data / "embeddings.npy", mmap_mode="r")
+    self.items = [json.loads(line) for line in (data / "items.jsonl").read_text().splitlines()]
+    if len(self.items) != len(self.embeddings) or len(self.items) != self.info["count"]:
+      raise IndexFileError(f"{data} is inconsistent ({len(self.items)} items, {len(self.embeddings)} embeddings)")
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def rows_of_file(self, path: str | pathlib.Path) -> set[int]:
+    """The row of a file of the indexed folder (empty if the file is not in the index)."""
+    target, root = pathlib.Path(path).resolve(), pathlib.Path(self.info["audio_dir"]).resolve()
+    if not target.is_relative_to(root):
+      return set()
+    relative = str(target.relative_to(root))
+    return {row for row, item in enumerate(self.items) if item["path"] == relative}
+
+  def search(self, queries: np.ndarray, top_k: int, exclude: set[int] | None = None) -> list[list[tuple[int, float]]]:
+    """Per query embedding `[n, dim]`, the `top_k` (row, cosine similarity) pairs, best first."""
+    scores = np.asarray(queries, np.float32) @ self.embeddings.T
+    if exclude:
+      scores[:, sorted(exclude)] = -np.inf
+    k = min(top_k, scores.shape[1] - len(exclude or ()))
+    results = []
+    for row in scores:
+      top = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+      top = top[np.argsort(-row[top], kind="stable")][:k]
+      results.append([(int(i), float(row[i])) for i in top])
+    return results
+
+
+def read_consolidated(directory: pathlib.Path) -> tuple[dict[str, Any] | None, np.ndarray | None, list[dict]]:
+  """(index.json, embeddings, items) of the last consolidation; (None, None, []) before the first."""
+  if not (directory / INDEX_FILE).is_file():
+    return None, None, []
+  index = Index(directory)
+  return index.info, np.asarray(index.embeddings), index.items
+
+
+def read_parts(directory: pathlib.Path) -> tuple[list[np.ndarray], list[dict]]:
+  """Embeddings and items of the finished parts (a part is written atomically, so all are whole)."""
+  embeddings, items = [], []
+  for part in sorted((directory / PARTS_DIR).glob("part-*.npz")):
+    with np.load(part) as data:
+      embeddings.append(data["embeddings"])
+      items += json.loads(str(data["items"]))
+  return embeddings, items
+
+
+def write_part(directory: pathlib.Path, embeddings: np.ndarray, items: list[dict]) -> None:
+  parts = directory / PARTS_DIR
+  parts.mkdir(parents=True, exist_ok=True)
+  name = f"part-{len(list(parts.glob('part-*.npz'))):06d}-{uuid.uuid4().hex[:8]}.npz"
+  tmp = parts / f".{name}"
+  with open(tmp, "wb") as f:
+    np.savez(f, embeddings=embeddings.astype(np.float32), items=np.asarray(json.dumps(items)))
+  tmp.rename(parts / name)
+
+
+def read_rejects(directory: pathlib.Path) -> dict[str, str]:
+  path = directory / REJECTS_FILE
+  lines = path.read_text().splitlines() if path.is_file() else []
+  return {r["path"]: r["reason"] for r in map(json.loads, lines)}
+
+
+def add_reject(directory: pathlib.Path, path: str, reason: str) -> None:
+  with open(directory / REJECTS_FILE, "a", encoding="utf-8") as f:
+    f.write(json.dumps({"path": path, "reason": reason}, ensure_ascii=False) + "\n")
+
+
+def consolidate(directory: pathlib.Path, info: dict[str, Any]) -> dict[str, Any]:
+  """Merges the last consolidation and the finished parts into a new data directory, then points
+  `index.json` at it (the commit) and removes what it replaces. Returns the new index.json."""
+  _, old_embeddings, items = read_consolidated(directory)
+  part_embeddings, part_items = read_parts(directory)
+  blocks = ([old_embeddings] if old_embeddings is not None else []) + part_embeddings
+  embeddings = np.concatenate(blocks) if blocks else np.zeros((0, info["dim"]), np.float32)
+  items = items + part_items
+  # A job stopped after its commit but before removing the parts would add them twice.
+  first = {}
+  for row, item in enumerate(items):
+    first.setdefault(item["path"], row)
+  keep = sorted(first.values())
+  embeddings, items = embeddings[keep], [items[i] for i in keep]
+  data = f"data-{uuid.uuid4().hex[:8]}"
+  (directory / data).mkdir()
+  np.save(directory / data / "embeddings.npy", embeddings.astype(np.float32))
+  (directory / data / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
+  info = {**info, "version": VERSION, "count": len(items), "data": data}
+  records.write_json_atomic(directory / INDEX_FILE, info)
+  for stale in directory.glob("data-*"):  # The replaced one, and any left by a job stopped before its commit.
+    if stale.name != data:
+      shutil.rmtree(stale, ignore_errors=True)
+  shutil.rmtree(directory / PARTS_DIR, ignore_errors=True)
+  return info

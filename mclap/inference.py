@@ -1,0 +1,131 @@
+"""The Python API of a trained model: `model = mclap.load(bundle)`.
+
+```python
+import mclap
+
+model = mclap.load("bundles/demo")
+audio = model.embed_audio(["a.wav", "b.flac"])            # [2, dim], L2-normalised
+text = model.embed_text(["calm piano", "loud drums"])     # [2, dim]
+scores = audio @ text.T                                   # cosine similarities
+probs = model.zero_shot(["a.wav"], ["piano", "organ"])    # [1, 2], softmax over the labels
+```
+
+Audio is decoded, resampled and turned into a log-mel exactly as `mclap.data.prepare` does, then
+embedded from its central crop (or the mean of `crops` evenly spaced crops). Batches have a fixed
+size, so each function compiles once.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mclap import bundle as bundle_lib
+from mclap.data import audio as audio_lib
+from mclap.data import mel as mel_lib
+from mclap.data import pipeline
+from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import UserError
+
+# An audio input: a file path, a mono waveform at the model's sample rate, or (waveform, its rate).
+AudioInput = str | os.PathLike | np.ndarray | tuple[np.ndarray, int]
+
+
+class Model:
+  """A loaded bundle: embeds audio and text into the joint space, scores zero-shot labels."""
+
+  def __init__(self, directory: str | pathlib.Path, batch_size: int = 16, max_seconds: float = 600.0):
+    self.directory = pathlib.Path(directory)
+    self.meta, model = bundle_lib.read(self.directory)
+    self.config = self.meta["config"]
+    self.mel_config = self.config.data.mel.to_dict()
+    self.sample_rate = int(self.mel_config["sample_rate"])
+    self.crop_frames = mel_lib.num_frames(self.config.data.crop_seconds, self.mel_config)
+    self.batch_size, self.max_seconds = batch_size, max_seconds
+    self.tokenizer = tokenizer_lib.for_config(self.config)
+    self.logit_scale = float(model.logit_scale())
+    self._graphdef, self._state = nnx.split(model)
+    self._audio_fn = jax.jit(lambda state, mel: nnx.merge(self._graphdef, state).embed_clips(mel)[0])
+    self._text_fn = jax.jit(lambda state, tokens, mask: nnx.merge(self._graphdef, state).embed_text(tokens, mask))
+    tokens = jax.ShapeDtypeStruct((batch_size, self.tokenizer.max_len), jnp.int32)
+    self.dim = int(jax.eval_shape(self._text_fn, self._state, tokens, tokens).shape[1])
+
+  def waveform(self, audio: AudioInput) -> np.ndarray:
+    """Mono float32 at the model's rate, at most `max_seconds`, decoded and checked as `prepare`
+    does. Raises `audio_lib.AudioError` for input that cannot be used (missing, unreadable, silent ...)."""
+    if isinstance(audio, (str, os.PathLike)):
+      return audio_lib.load_audio(audio, self.sample_rate, max_seconds=self.max_seconds)
+    wave, rate = (audio[0], int(audio[1])) if isinstance(audio, tuple) else (audio, self.sample_rate)
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim != 1:
+      raise UserError(f"a waveform must be mono, shape [samples]; got shape {list(wave.shape)}")
+    return audio_lib.conform(wave[: int(self.max_seconds * rate)], rate, self.sample_rate)
+
+  def mel_crops(self, wave: np.ndarray, crops: int | None = None) -> np.ndarray:
+    """The crops `[crops, n_mels, frames]` of a waveform's log-mel that the model embeds: the
+    central one, or `crops` evenly spaced ones (default: the bundle's `data.eval_crops`)."""
+    mel = mel_lib.log_mel(wave, self.mel_config)
+    count = crops or self.config.data.eval_crops
+    return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
+
+  def embed_mels(self, mels: Iterable[np.ndarray]) -> np.ndarray:
+    """Joint-space embeddings `[n, dim]` of clips given as crops `[crops, n_mels, frames]` each."""
+    out = []
+    for chunk in _chunks(list(mels), self.batch_size):
+      batch = np.stack(chunk + [chunk[0]] * (self.batch_size - len(chunk)))  # One shape: one compilation.
+      out.append(np.asarray(self._audio_fn(self._state, jnp.asarray(batch)))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+  def embed_audio(self, audio: Sequence[AudioInput], crops: int | None = None) -> np.ndarray:
+    """L2-normalised embeddings `[len(audio), dim]` of files or waveforms (see `waveform`)."""
+    mels = []
+    for item in audio:
+      try:
+        mels.append(self.mel_crops(self.waveform(item), crops))
+      except audio_lib.AudioError as e:
+        raise UserError(f"{item if isinstance(item, (str, os.PathLike)) else 'a waveform'}: {e}") from e
+    return self.embed_mels(mels)
+
+  def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+    """L2-normalised embeddings `[len(texts), dim]`."""
+    if isinstance(texts, str):
+      raise UserError("embed_text takes a list of texts; wrap a single one: embed_text([text])")
+    out = []
+    for chunk in _chunks(list(texts), self.batch_size):
+      tokens, mask = self.tokenizer(chunk + [""] * (self.batch_size - len(chunk)))
+      out.append(np.asarray(self._text_fn(self._state, tokens, mask))[: len(chunk)])
+    return np.concatenate(out)
+
+  def zero_shot(
+    self, audio: Sequence[AudioInput], labels: Sequence[str], prompt: str = "A {} track", crops: int | None = None
+  ) -> np.ndarray:
+    """Probabilities `[len(audio), len(labels)]`: softmax over the labels of the model's logits
+    (logit scale x cosine similarity between a clip and the label's prompt)."""
+    if "{}" not in prompt:
+      raise UserError(f"prompt {prompt!r} needs a {{}} where the label goes")
+    logits = self.logit_scale * self.embed_audio(audio, crops) @ self.embed_text([prompt.format(x) for x in labels]).T
+    return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+  def __repr__(self) -> str:
+    m = self.config.model
+    return (
+      f"mclap.Model({str(self.directory)!r}: audio {m.audio.kind}, text {m.text.kind}, "
+      f"{self.config.data.crop_seconds:g} s crops, dtype {self.meta['dtype']}, from {self.meta['source']})"
+    )
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+  for start in range(0, len(items), size):
+    yield items[start : start + size]
+
+
+def load(directory: str | pathlib.Path, batch_size: int = 16, max_seconds: float = 600.0) -> Model:
+  """Loads an inference bundle (written by `python -m mclap.export` or the MusCALL import)."""
+  return Model(directory, batch_size=batch_size, max_seconds=max_seconds)

@@ -1,0 +1,73 @@
+"""Search an index: `python -m mclap.search --index E "calm piano with strings" [--top_k 10]`.
+
+Ranks the files of an index (`python -m mclap.embed`) by cosine similarity to each text query,
+or with `--like FILE` to a piece of audio (the file itself is left out of its own results).
+The bundle is the one the index was built with, unless `--bundle` names a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import flags
+
+import mclap
+from mclap import cli
+from mclap import index as index_lib
+from mclap.errors import UserError
+
+
+def search(
+  index: index_lib.Index | str | pathlib.Path,
+  queries: list[str],
+  *,
+  like: list[str] = (),
+  top_k: int = 10,
+  bundle: str | pathlib.Path = "",
+  model: mclap.inference.Model | None = None,
+) -> list[dict]:
+  """Per query (texts, then audio files), {"query", "results": [{"rank", "score", "path"}]}."""
+  index = index if isinstance(index, index_lib.Index) else index_lib.Index(index)
+  if not queries and not like:
+    raise UserError('give a text query ("calm piano") or --like FILE')
+  model = model or mclap.load(bundle or index.info["bundle"])
+  if model.meta["id"] != index.info["bundle_id"]:
+    raise UserError(f"{index.directory} was built with another bundle than {model.directory}; use that one (--bundle)")
+  results = []
+  if queries:
+    results += _ranked(index, queries, model.embed_text(queries), top_k)
+  for path in like:
+    own = index.rows_of_file(path)
+    query = model.embed_audio([path], index.info["crops"])
+    results += _ranked(index, [f"like {path}"], query, top_k, own)
+  return results
+
+
+def _ranked(index, names, embeddings, top_k, exclude=None) -> list[dict]:
+  out = []
+  for name, hits in zip(names, index.search(embeddings, top_k, exclude)):
+    ranked = [{"rank": r + 1, "score": round(s, 4), "path": index.items[i]["path"]} for r, (i, s) in enumerate(hits)]
+    out.append({"query": name, "results": ranked})
+  return out
+
+
+def main(argv):
+  f = flags.FLAGS
+  results = search(f.index, argv[1:], like=f.like, top_k=f.top_k, bundle=f.bundle)
+  for result in results:
+    if f.json:
+      print(json.dumps(result, ensure_ascii=False))
+      continue
+    print(result["query"])
+    for hit in result["results"]:
+      print(f"  {hit['rank']:3d}  {hit['score']:.4f}  {hit['path']}")
+
+
+if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
+  flags.DEFINE_string("index", None, "Index directory (python -m mclap.embed --output).", required=True)
+  flags.DEFINE_integer("top_k", 10, "Results per query.")
+  flags.DEFINE_multi_string("like", [], "Audio file(s) to find similar music to (instead of, or besides, text).")
+  flags.DEFINE_string("bundle", "", "Bundle to embed queries with (default: the index's).")
+  flags.DEFINE_bool("json", False, "Print one JSON object per query instead of a table.")
+  cli.run(main)
