@@ -67,10 +67,15 @@ def abstract_model(config: ml_collections.ConfigDict) -> nnx.Module:
   return nnx.eval_shape(lambda: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(0)))
 
 
+def abstract_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The variables of the inference model of `config`: nested dict of shape/dtype structs."""
+  return nnx.state(abstract_model(config)).to_pure_dict()
+
+
 def variables_of(model: nnx.Module, config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The values (host numpy, nested dict) of `model` that the inference model of `config` has;
   `model` may have more parts (a training objective's)."""
-  wanted = nnx.state(abstract_model(config)).to_pure_dict()
+  wanted = abstract_variables(config)
   have = jax.device_get(nnx.state(model).to_pure_dict())
 
   def pick(want, got, path):
@@ -92,6 +97,14 @@ def _copy_tokenizer(source: pathlib.Path, target: pathlib.Path) -> None:
     raise UserError(f"{source} has no tokenizer.json; a bundle needs the text tower's tokenizer")
 
 
+def check_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
+  """Fails early if `output` exists and may not be replaced."""
+  output = pathlib.Path(output)
+  if output.exists() and not overwrite:
+    raise UserError(f"{output} exists; choose another --output or pass --overwrite")
+  return output
+
+
 def write(
   output: str | pathlib.Path,
   config: ml_collections.ConfigDict,
@@ -107,9 +120,7 @@ def write(
   `tokenizer_dir`. With dtype bfloat16 the parameters are stored in bfloat16 (half the size);
   batch statistics and constants stay float32.
   """
-  output = pathlib.Path(output)
-  if output.exists() and not overwrite:
-    raise UserError(f"{output} exists; choose another --output or pass --overwrite")
+  output = check_output(output, overwrite)
   tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
   tmp.mkdir(parents=True)
   try:

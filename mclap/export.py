@@ -38,6 +38,7 @@ def export(
 ) -> pathlib.Path:
   """Writes the bundle of a checkpoint of `workdir`; returns its directory."""
   workdir = pathlib.Path(workdir)
+  bundle.check_output(output, overwrite)
   config = workdir_config(workdir)
   # The state is restored replicated over this machine's devices, whatever mesh trained it.
   config.mesh.update(data=-1, model=1, fsdp=False)

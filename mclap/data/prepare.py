@@ -52,6 +52,12 @@ _ITEM_TIMEOUT = flags.DEFINE_float(
   "item_timeout", 300.0, "Seconds a worker may take for one file before it is rejected as hung (workers > 0)."
 )
 _MEL = config_flags.DEFINE_config_dict("mel", mel_lib.default_mel_config(), "Log-mel settings.")
+_MEL_PRESET = flags.DEFINE_enum(
+  "mel_preset",
+  "mclap",
+  list(mel_lib.PRESETS),
+  "Mel settings to start from: mclap's, or muscall_torchaudio (original MusCALL checkpoints' front end).",
+)
 _CONFIG = flags.DEFINE_string(
   "config", "", "Training config (path.py[:arg]) whose data.mel the corpus gets; --mel.* flags still override."
 )
@@ -118,10 +124,10 @@ def _split_lists() -> dict[str, str]:
 
 def _mel_config() -> dict:
   """The `--mel.*` flags, on top of the training config's `data.mel` when `--config` names one,
-  so that the corpus is made for the model that will read it."""
-  if not _CONFIG.value:
+  or of `--mel_preset`, so that the corpus is made for the model that will read it."""
+  if not _CONFIG.value and _MEL_PRESET.value == "mclap":
     return _MEL.value.to_dict()
-  mel = cli.load_config(_CONFIG.value).data.mel
+  mel = cli.load_config(_CONFIG.value).data.mel if _CONFIG.value else mel_lib.PRESETS[_MEL_PRESET.value]()
   mel.update_from_flattened_dict(config_flags.get_override_values(flags.FLAGS["mel"]))
   return mel.to_dict()
 

@@ -1,0 +1,1 @@
+"""Tools that turn other projects' artefacts into mclap ones."""

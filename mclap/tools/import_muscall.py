@@ -1,0 +1,322 @@
+"""Import an original MusCALL checkpoint: `python -m mclap.tools.import_muscall --checkpoint
+best_model.pth.tar --tokenizer_dir CLIP_DIR --output B`.
+
+Maps the PyTorch state_dict of MusCALL (Manco et al.; ModifiedResNet audio backbone with attention
+pooling, TextTransformer, bias-free audio/text projections, logit_scale; batch-norm running
+statistics included) into an mclap bundle with the torchaudio-matching mel preset
+(`mel.muscall_torchaudio_config`), so the imported model sees the inputs it was trained on.
+
+The checkpoint is read without torch (`mclap.torch_checkpoint`); a `.npz` of the state_dict's
+arrays under their original names works too. The architecture (widths, depths, vocabulary, text
+length, projection size) is read from the arrays' shapes; attention heads are not visible there
+and default to MusCALL's 8. The tokenizer is CLIP's BPE from a local directory: tokenizer.json,
+or the vocab.json + merges.txt of `openai/clip-vit-base-patch32`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import tempfile
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import flags
+
+from mclap import bundle, cli, torch_checkpoint
+from mclap.data import mel as mel_lib
+from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import UserError
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """The model's state_dict from a MusCALL checkpoint ({"state_dict": ...}), a bare state_dict, or
+  an `.npz`; DataParallel's `module.` prefixes removed."""
+  path = pathlib.Path(path)
+  if path.suffix == ".npz":
+    with np.load(path) as data:
+      state = dict(data)
+  else:
+    loaded = torch_checkpoint.load(path)
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict):
+      raise UserError(f"{path} holds no state_dict (found {type(loaded).__name__})")
+  return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+
+
+def _count(state: dict[str, np.ndarray], pattern: str) -> int:
+  """How many distinct indices `{i}` the keys matching `pattern` have."""
+  regex = re.compile(pattern.replace(".", r"\.").replace("{i}", r"(\d+)"))
+  return len({m.group(1) for k in state if (m := regex.fullmatch(k))})
+
+
+def muscall_config(
+  state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 8, crop_seconds: float = 20.0
+) -> ml_collections.ConfigDict:
+  """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays."""
+  if "textual_head.token_embedding.weight" not in state:
+    raise UserError(
+      "the checkpoint has no textual_head.token_embedding: only MusCALL's TextTransformer text model can be "
+      "imported (not CLIPTextModel)"
+    )
+  if "audio_backbone.attnpool.positional_embedding" not in state:
+    raise UserError("the checkpoint's audio backbone has no attention pooling; only pooling=attention can be imported")
+  if "logit_scale" not in state:
+    raise UserError("the checkpoint has no logit_scale (trained with a fixed temperature); that is not supported")
+  layers = tuple(_count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
+  width = int(state["textual_head.token_embedding.weight"].shape[1])
+  mel = mel_lib.muscall_torchaudio_config()
+  if "audio_backbone.spec.mel_scale.fb" in state:
+    mel.n_mels = int(state["audio_backbone.spec.mel_scale.fb"].shape[1])
+  linear_head = dict(kind="linear", hidden=(), activation="tanh")
+  config = ml_collections.ConfigDict(
+    dict(
+      data=dict(
+        mel=mel.to_dict(),
+        crop_seconds=crop_seconds,
+        eval_crops=1,  # MusCALL evaluates the central crop.
+        max_tokens=int(state["textual_head.position_embedding.weight"].shape[0]),
+        tokenizer_dir="",
+      ),
+      model=dict(
+        audio=dict(
+          kind="modified_resnet",
+          width=int(state["audio_backbone.conv1.weight"].shape[0]) * 2,
+          layers=layers,
+          pooling="attention",
+          heads=audio_heads,
+          output_dim=int(state["audio_backbone.attnpool.c_proj.weight"].shape[0]),
+          head=linear_head,
+        ),
+        text=dict(
+          kind="transformer",
+          layers=_count(state, "textual_head.transformer.layers.{i}.0.fn.to_qkv.weight"),
+          width=width,
+          heads=text_heads,
+          mask="causal",
+          # The original pools at the highest token id, CLIP's end of text: the last real token.
+          pooling="eot",
+          head=linear_head,
+        ),
+        projection_dim=int(state["audio_projection.weight"].shape[0]),
+        logit_scale_init=float(np.log(1 / 0.07)),
+        logit_scale_max=float(np.log(100.0)),
+        learn_temperature=True,
+      ),
+    )
+  )
+  return bundle.inference_config(config)
+
+
+def _linear(state, name: str) -> dict[str, np.ndarray]:
+  out = {"kernel": state[f"{name}.weight"].T}
+  if f"{name}.bias" in state:
+    out["bias"] = state[f"{name}.bias"]
+  return out
+
+
+def _conv_bn(state, conv: str, bn: str) -> tuple[dict, dict]:
+  """(params, batch_stats) of an mclap `_ConvBN` from a torch conv (OIHW) and BatchNorm2d."""
+  params = {"conv": {"kernel": state[f"{conv}.weight"].transpose(2, 3, 1, 0)}}
+  params["bn"] = {"scale": state[f"{bn}.weight"], "bias": state[f"{bn}.bias"]}
+  stats = {"bn": {"mean": state[f"{bn}.running_mean"], "var": state[f"{bn}.running_var"]}}
+  return params, stats
+
+
+def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
+  """(mclap variables {params, batch_stats} as nested dicts, the original keys left unused)."""
+  used: set[str] = set()
+  tracked = _Tracked(state, used)
+  a, t = "audio_backbone", "textual_head"
+  params: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}, "text": {"blocks": {}}}
+  stats: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}}
+  for i in range(3):
+    params["audio"]["stem"][i], stats["audio"]["stem"][i] = _conv_bn(tracked, f"{a}.conv{i + 1}", f"{a}.bn{i + 1}")
+  block = 0
+  for stage, depth in enumerate(config.model.audio.layers):
+    for i in range(depth):
+      prefix, p, s = f"{a}.layer{stage + 1}.{i}", {}, {}
+      for c in (1, 2, 3):
+        p[f"conv{c}"], s[f"conv{c}"] = _conv_bn(tracked, f"{prefix}.conv{c}", f"{prefix}.bn{c}")
+      if f"{prefix}.downsample.0.weight" in state:
+        p["downsample"], s["downsample"] = _conv_bn(tracked, f"{prefix}.downsample.0", f"{prefix}.downsample.1")
+      params["audio"]["blocks"][block], stats["audio"]["blocks"][block] = p, s
+      block += 1
+  pool = f"{a}.attnpool"
+  params["audio"]["pool"] = {
+    "positional_embedding": tracked[f"{pool}.positional_embedding"],
+    "attention": {
+      "q_proj": _linear(tracked, f"{pool}.q_proj"),
+      "k_proj": _linear(tracked, f"{pool}.k_proj"),
+      "v_proj": _linear(tracked, f"{pool}.v_proj"),
+      "out_proj": _linear(tracked, f"{pool}.c_proj"),
+    },
+  }
+  text = params["text"]
+  text["token_embedding"] = {"embedding": tracked[f"{t}.token_embedding.weight"]}
+  text["positional_embedding"] = tracked[f"{t}.position_embedding.weight"]
+  width = config.model.text.width
+  for i in range(config.model.text.layers):
+    layer = f"{t}.transformer.layers.{i}"
+    # One bias-free qkv projection; its output features are q, k, v in that order (torch's chunk(3)).
+    q, k, v = np.split(tracked[f"{layer}.0.fn.to_qkv.weight"], 3, axis=0)
+    zeros = np.zeros(width, q.dtype)
+    text["blocks"][i] = {
+      "ln_1": _layer_norm(tracked, f"{layer}.0.norm"),
+      "attention": {
+        "q_proj": {"kernel": q.T, "bias": zeros},
+        "k_proj": {"kernel": k.T, "bias": zeros},
+        "v_proj": {"kernel": v.T, "bias": zeros},
+        "out_proj": _linear(tracked, f"{layer}.0.fn.out_projection"),
+      },
+      "ln_2": _layer_norm(tracked, f"{layer}.1.norm"),
+      "mlp_in": _linear(tracked, f"{layer}.1.fn.mlp.0"),
+      "mlp_out": _linear(tracked, f"{layer}.1.fn.mlp.3"),
+    }
+  text["ln_final"] = _layer_norm(tracked, f"{t}.transformer.norm_out")  # The original's ln_final is never called.
+  params["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
+  params["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
+  params["logit_scale_param"] = tracked["logit_scale"]
+  variables = _merge(params, stats)
+  return variables, sorted(set(state) - used)
+
+
+def _layer_norm(state, name: str) -> dict[str, np.ndarray]:
+  return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
+
+
+def _merge(params: dict, stats: dict) -> dict:
+  """One tree of parameters and batch statistics (NNX keeps both as variables of one module)."""
+  out = dict(params)
+  for k, v in stats.items():
+    out[k] = _merge(out[k], v) if isinstance(v, dict) else v
+  return out
+
+
+class _Tracked(dict):
+  """The state_dict, recording which keys were read."""
+
+  def __init__(self, state: dict[str, np.ndarray], used: set[str]):
+    super().__init__(state)
+    self.used = used
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self:
+      raise UserError(f"the checkpoint has no {key}: it is not a MusCALL model of the expected architecture")
+    self.used.add(key)
+    return np.asarray(super().__getitem__(key), np.float32)
+
+
+# Original keys that carry nothing the mclap model needs.
+_IGNORED = (
+  re.compile(r"audio_backbone\.spec\..*"),  # torchaudio's window and filterbank buffers: the mel preset computes them.
+  re.compile(r".*\.num_batches_tracked"),
+  re.compile(r"textual_head\.ln_final\..*"),  # Defined but never used in the original forward pass.
+  re.compile(r"audio_ssl\..*"),  # MusCALL_SSL's training-only projection head (and its alias of the backbone).
+)
+
+
+def check_filterbank(state: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> None:
+  """The checkpoint's own mel filterbank buffer, if saved, must be the preset's."""
+  fb = state.get("audio_backbone.spec.mel_scale.fb")
+  if fb is None:
+    return
+  m = config.data.mel
+  ours = mel_lib._filterbank(m.sample_rate, m.n_fft, m.n_mels, m.fmin, m.fmax, m.htk, m.norm)  # noqa: SLF001
+  if fb.shape != ours.T.shape or not np.allclose(fb, ours.T, atol=1e-5):
+    raise UserError("the checkpoint's mel filterbank differs from torchaudio's MusCALL settings; it cannot be imported")
+
+
+def import_muscall(
+  checkpoint: str | pathlib.Path,
+  tokenizer_dir: str | pathlib.Path,
+  output: str | pathlib.Path,
+  *,
+  audio_heads: int = 8,
+  text_heads: int = 8,
+  crop_seconds: float = 20.0,
+  overwrite: bool = False,
+) -> pathlib.Path:
+  """Writes the bundle of a MusCALL checkpoint; returns its directory."""
+  bundle.check_output(output, overwrite)
+  state = read_state_dict(checkpoint)
+  config = muscall_config(state, audio_heads=audio_heads, text_heads=text_heads, crop_seconds=crop_seconds)
+  check_filterbank(state, config)
+  variables, unused = muscall_variables(state, config)
+  if unknown := [k for k in unused if not any(p.fullmatch(k) for p in _IGNORED)]:
+    raise UserError(f"{len(unknown)} arrays of the checkpoint have no place in the model, e.g. {unknown[:3]}")
+  with tempfile.TemporaryDirectory() as tmp:
+    tokenizer = clip_tokenizer_dir(pathlib.Path(tokenizer_dir), pathlib.Path(tmp))
+    config.data.tokenizer_dir = str(tokenizer)
+    vocab = state["textual_head.token_embedding.weight"].shape[0]
+    if (tokens := tokenizer_lib.for_config(config).vocab_size) != vocab:
+      raise UserError(
+        f"the tokenizer in {tokenizer_dir} has {tokens} tokens, the checkpoint's text embedding {vocab}: "
+        "use the tokenizer the model was trained with (MusCALL: openai/clip-vit-base-patch32's)"
+      )
+    _check_shapes(bundle.abstract_variables(config), variables, checkpoint)
+    source = {"muscall_checkpoint": str(pathlib.Path(checkpoint).absolute())}
+    out = bundle.write(output, config, variables, source=source, tokenizer_dir=tokenizer, overwrite=overwrite)
+  print(f"imported {checkpoint} to {out}; load it with mclap.load({str(out)!r})")
+  return out
+
+
+def _check_shapes(expected: dict, got: dict, checkpoint, path: str = "") -> None:
+  """Every variable of the mclap model gets a value of its shape (else the checkpoint is not the
+  architecture its shapes suggested, or the audio length differs)."""
+  if set(expected) != set(got):
+    raise UserError(f"{checkpoint}: the model's {path or 'root'} has {sorted(expected)}, the import {sorted(got)}")
+  for key, want in expected.items():
+    if isinstance(want, dict):
+      _check_shapes(want, got[key], checkpoint, f"{path}{key}/")
+    elif tuple(want.shape) != np.shape(got[key]):
+      hint = " (the audio length: set --crop_seconds)" if key == "positional_embedding" and "audio" in path else ""
+      raise UserError(
+        f"{checkpoint}: {path}{key} has shape {list(np.shape(got[key]))}, expected {list(want.shape)}{hint}"
+      )
+
+
+def clip_tokenizer_dir(directory: pathlib.Path, scratch: pathlib.Path) -> pathlib.Path:
+  """A directory with CLIP's tokenizer.json: `directory` itself, or a tokenizer built from its
+  vocab.json + merges.txt (offline) in `scratch`."""
+  if (directory / "tokenizer.json").is_file():
+    return directory
+  if not ((directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
+    raise UserError(
+      f"{directory} has neither tokenizer.json nor vocab.json + merges.txt: --tokenizer_dir must hold CLIP's "
+      "tokenizer files (openai/clip-vit-base-patch32)"
+    )
+  from transformers import CLIPTokenizer  # Only here: building tokenizer.json from the BPE files.
+
+  CLIPTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer.save(
+    str(scratch / "tokenizer.json")
+  )
+  return scratch
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  import_muscall(
+    f.checkpoint,
+    f.tokenizer_dir,
+    f.output,
+    audio_heads=f.audio_heads,
+    text_heads=f.text_heads,
+    crop_seconds=f.crop_seconds,
+    overwrite=f.overwrite,
+  )
+
+
+if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
+  flags.DEFINE_string("checkpoint", None, "MusCALL checkpoint (.pth.tar / .pth, or .npz of its state_dict).")
+  flags.DEFINE_string("tokenizer_dir", None, "CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt).")
+  flags.DEFINE_string("output", None, "Bundle directory to write.")
+  flags.DEFINE_integer("audio_heads", 8, "Attention-pooling heads of the audio backbone (MusCALL: 8).")
+  flags.DEFINE_integer("text_heads", 8, "Attention heads of the text transformer (MusCALL: 8).")
+  flags.DEFINE_float("crop_seconds", 20.0, "Audio length the model was trained on (MusCALL: audio_len_seconds, 20).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
+  for name in ("checkpoint", "tokenizer_dir", "output"):
+    flags.mark_flag_as_required(name)
+  cli.run(main)

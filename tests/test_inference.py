@@ -1,0 +1,198 @@
+"""Using a trained model: export bundles, the `mclap.load` API, embedding a folder and searching it."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import soundfile
+from conftest import ROOT, make_tiny_config, tone
+from test_trainer import small
+
+import mclap
+from mclap import bundle, embed, evaluators, export, search, train, trainer
+from mclap import eval as eval_lib
+from mclap import index as index_lib
+from mclap.data import mel as mel_lib
+from mclap.data import pipeline, records, sources
+from mclap.errors import UserError
+
+
+def run(module, *args):
+  result = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+  """(config, workdir, bundle exported by the CLI) of a 4-step run on the tiny corpus."""
+  config = small(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
+  workdir = tmp_path_factory.mktemp("trained")
+  train.train(config, workdir)
+  out = tmp_path_factory.mktemp("bundles") / "float32"
+  run("mclap.export", "--workdir", workdir, "--output", out)
+  return config, workdir, out
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+  return mclap.load(trained[2], batch_size=4)
+
+
+def test_bundle_embeddings_equal_the_evaluation_embeddings(trained, model):
+  config, workdir, _ = trained
+  mesh, model_def, state, _ = eval_lib.restore_for_eval(config, workdir, None, False)
+  context = evaluators.EvalContext(config, mesh, trainer.make_embed_fn(model_def), state)
+  expected = context.embeddings("test")
+  reader = records.CorpusReader(config.data.dir, "test")
+  floor = mel_lib.floor_db(config.data.mel)
+  mels = [pipeline.eval_crops(reader[i]["mel"], model.crop_frames, 1, floor)[0] for i in range(len(reader))]
+  np.testing.assert_allclose(model.embed_mels(mels), expected["audio"], atol=2e-5)
+  captions = [reader[i]["captions"][0] for i in range(len(reader))]
+  np.testing.assert_allclose(model.embed_text(captions), expected["text"], atol=2e-5)
+
+
+def test_audio_is_decoded_and_turned_into_a_mel_as_prepare_does(model, tmp_path):
+  path = tmp_path / "stereo 44k.flac"
+  soundfile.write(path, tone(3.0, 44100, channels=2, freq=523.0), 44100)
+  settings = sources.DecodeSettings(tuple(sorted(model.mel_config.items())), 600.0, 1.0, 16000)
+  record = sources.decode_record(sources.AudioItem(id="x", path=str(path)), settings)
+  np.testing.assert_allclose(mel_lib.log_mel(model.waveform(path), model.mel_config), record["mel"], atol=1e-5)
+  from_record = model.embed_mels([pipeline.eval_crops(record["mel"], model.crop_frames, 1, -100.0)[0]])
+  np.testing.assert_allclose(model.embed_audio([path]), from_record, atol=1e-5)
+  # A waveform at another rate is resampled like a file.
+  np.testing.assert_allclose(model.embed_audio([(tone(3.0, 16000), 16000)]), model.embed_audio([tone(3.0, 16000)]))
+
+
+def test_crop_averaging_and_zero_shot_scores(model):
+  waves = [tone(6.0, 16000, freq=f) for f in (220.0, 880.0)]
+  three = model.embed_audio(waves, crops=3)
+  crops = [model.mel_crops(w.astype(np.float32), 3) for w in waves]
+  assert crops[0].shape[0] == 3
+  singles = [model.embed_mels([c[i : i + 1] for i in range(3)]) for c in crops]
+  mean = np.stack([s.mean(axis=0) for s in singles])
+  np.testing.assert_allclose(three, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+  labels = ["piano", "organ", "synth pad"]
+  probs = model.zero_shot(waves, labels, prompt="A {} track")
+  logits = model.logit_scale * model.embed_audio(waves) @ model.embed_text([f"A {x} track" for x in labels]).T
+  expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+  np.testing.assert_allclose(probs, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_bundle_is_self_contained_and_bfloat16_halves_it(trained, model, tmp_path):
+  _, workdir, out = trained
+  copy = tmp_path / "moved"
+  shutil.copytree(out, copy)
+  moved = mclap.load(copy, batch_size=4)
+  assert moved.config.data.tokenizer_dir.startswith(str(copy))
+  np.testing.assert_array_equal(moved.embed_text(["calm piano"]), model.embed_text(["calm piano"]))
+  half = export.export(workdir, tmp_path / "bf16", dtype="bfloat16")
+  saved = ocp.StandardCheckpointHandler().metadata((half / bundle.VARIABLES_DIR).absolute())
+  assert saved["text"]["token_embedding"]["embedding"].dtype == jax.numpy.bfloat16
+  assert saved["audio"]["stem"]["0"]["bn"]["mean"].dtype == np.float32
+  size = lambda d: sum(p.stat().st_size for p in (d / bundle.VARIABLES_DIR).rglob("*") if p.is_file())  # noqa: E731
+  assert size(half) < 0.6 * size(out)
+  waves = [tone(3.0, 16000, freq=f) for f in (220.0, 440.0, 880.0)]
+  cosines = np.sum(mclap.load(half, batch_size=4).embed_audio(waves) * model.embed_audio(waves), axis=1)
+  assert cosines.min() > 0.99
+
+
+def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path):
+  with pytest.raises(UserError, match="is not an mclap bundle"):
+    mclap.load(tmp_path)
+  with pytest.raises(UserError, match="missing file"):
+    model.embed_audio([tmp_path / "nowhere.wav"])
+  with pytest.raises(UserError, match="list of texts"):
+    model.embed_text("calm piano")
+  with pytest.raises(UserError, match="exists"):
+    export.export(tmp_path, model.directory)
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("music")
+  (folder / "jazz").mkdir()
+  soundfile.write(folder / "a.wav", tone(3.0, 22050, freq=220.0), 22050)
+  soundfile.write(folder / "jazz" / "b.flac", tone(4.0, 44100, channels=2, freq=660.0), 44100)
+  np.save(folder / "c.npy", tone(2.5, 16000, freq=1320.0).astype(np.float32))
+  (folder / "broken.mp3").write_bytes(b"not audio at all")
+  soundfile.write(folder / "silent.wav", np.zeros(16000), 16000)
+  (folder / "notes.txt").write_text("not an audio extension: ignored")
+  return folder
+
+
+def test_embed_cli_indexes_a_folder_skipping_bad_files(trained, model, music, tmp_path):
+  out = run(
+    "mclap.embed", "--bundle", trained[2], "--audio_dir", music, "--output", tmp_path / "index", "--part_size", 2
+  )
+  assert "rejected 2 new" in out
+  index = index_lib.Index(tmp_path / "index")
+  assert [i["path"] for i in index.items] == ["a.wav", "c.npy", "jazz/b.flac"]
+  assert [i["seconds"] for i in index.items] == [3.0, 2.5, 4.0]
+  np.testing.assert_allclose(index.embeddings, model.embed_audio([music / i["path"] for i in index.items]), atol=1e-5)
+  assert set(index_lib.read_rejects(tmp_path / "index")) == {"broken.mp3", "silent.wav"}
+  assert "silent" in index_lib.read_rejects(tmp_path / "index")["silent.wav"]
+
+
+def test_embed_resumes_after_an_interruption_and_adds_new_files(trained, model, music, tmp_path, monkeypatch):
+  folder = tmp_path / "music"
+  shutil.copytree(music, folder)
+  calls = []
+  original = mclap.inference.Model.embed_mels
+
+  def interrupted_after_one_part(self, mels):
+    calls.append(len(mels))
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return original(self, mels)
+
+  monkeypatch.setattr(mclap.inference.Model, "embed_mels", interrupted_after_one_part)
+  with pytest.raises(SystemExit, match="Run the same command to resume"):
+    embed.embed_folder(trained[2], folder, tmp_path / "index", part_size=1, show_progress=False)
+  monkeypatch.undo()
+  assert len(index_lib.read_parts(tmp_path / "index")[1]) == 1 and not (tmp_path / "index" / "index.json").exists()
+  info = embed.embed_folder(trained[2], folder, tmp_path / "index", part_size=1, show_progress=False)
+  assert info["count"] == 3
+  soundfile.write(folder / "d.wav", tone(3.0, 16000, freq=990.0), 16000)
+  embed.embed_folder(trained[2], folder, tmp_path / "index", part_size=1, show_progress=False)
+  index = index_lib.Index(tmp_path / "index")
+  assert [i["path"] for i in index.items] == ["a.wav", "c.npy", "jazz/b.flac", "d.wav"]
+  np.testing.assert_allclose(index.embeddings, model.embed_audio([folder / i["path"] for i in index.items]), atol=1e-5)
+  assert sorted(p.name for p in (tmp_path / "index").iterdir()) == sorted(
+    ["index.json", info_data(tmp_path), "rejects.jsonl"]
+  )
+
+
+def info_data(tmp_path):
+  return json.loads((tmp_path / "index" / "index.json").read_text())["data"]
+
+
+def test_search_ranks_by_cosine_and_leaves_the_query_file_out(trained, model, music, tmp_path):
+  embed.embed_folder(trained[2], music, tmp_path / "index", show_progress=False)
+  index = index_lib.Index(tmp_path / "index")
+  query = "calm piano with strings"
+  (text, like) = search.search(tmp_path / "index", [query], like=[str(music / "a.wav")], top_k=2, model=model)
+  scores = np.asarray(index.embeddings) @ model.embed_text([query])[0]
+  order = np.argsort(-scores, kind="stable")[:2]
+  assert [r["path"] for r in text["results"]] == [index.items[i]["path"] for i in order]
+  np.testing.assert_allclose([r["score"] for r in text["results"]], scores[order], atol=1e-4)
+  assert "a.wav" not in [r["path"] for r in like["results"]] and len(like["results"]) == 2
+  printed = run("mclap.search", "--index", tmp_path / "index", "--top_k", 1, "--json", query)
+  assert json.loads(printed)["results"][0]["path"] == text["results"][0]["path"]
+
+
+def test_index_search_top_k_matches_a_full_sort():
+  rng = np.random.default_rng(0)
+  embeddings = rng.standard_normal((1000, 16)).astype(np.float32)
+  index = index_lib.Index.__new__(index_lib.Index)
+  index.embeddings = embeddings
+  queries = rng.standard_normal((3, 16)).astype(np.float32)
+  for q, hits in zip(queries, index.search(queries, 5, exclude={7})):
+    scores = embeddings @ q
+    scores[7] = -np.inf
+    assert [i for i, _ in hits] == list(np.argsort(-scores, kind="stable")[:5])
