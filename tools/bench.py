@@ -16,6 +16,10 @@ memory: per-device memory from XLA's memory analysis of compiled steps (nothing 
   and SigLIP loss steps (loss + gradient w.r.t. 512-d embeddings) for global batches 64 -> 4096 on
   all devices (run with 8 simulated CPU devices: `make bench`), and the whole train step of each
   model config at `--model_batch` on one device for every remat policy and for 1, 2, 4 sub-batches.
+search: `mclap.search` on an index of `--index_size` (100,000) random 512-d embeddings with the
+  muscall.py model (untrained: speed does not depend on the weights): loading the index and the
+  bundle, the first query (compiles the text tower), then per query, warm, the text embedding and
+  the ranking (cosine against every row, top 10), median and worst of 20 queries.
 towers: where the model's time goes: each tower alone, forward (inference) and forward +
   backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
 """
@@ -27,6 +31,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -43,11 +48,17 @@ import soxr  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from mclap import cli, memory, parallel, trainer  # noqa: E402
+import mclap  # noqa: E402
+from mclap import bundle, cli, memory, parallel, search, trainer  # noqa: E402
+from mclap import index as index_lib  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
+from mclap.data import tokenizer as tokenizer_lib  # noqa: E402
+from mclap.models import build_model  # noqa: E402
 
-_BENCHMARKS = flags.DEFINE_list("benchmarks", ["input", "prepare", "model", "towers"], "Which benchmarks to run.")
+_BENCHMARKS = flags.DEFINE_list(
+  "benchmarks", ["input", "prepare", "model", "towers", "search"], "Which benchmarks to run."
+)
 _CONFIGS = flags.DEFINE_list("configs", ["configs/muscall.py:demo", "configs/muscall.py"], "Configs to benchmark.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per measurement (after 2 warm-up batches).")
 _CACHE = flags.DEFINE_string("cache", str(ROOT / "build/bench"), "Where benchmark corpora are kept.")
@@ -56,6 +67,7 @@ _MODEL_BATCH = flags.DEFINE_integer("model_batch", 16, "Global batch for train_s
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype for train_step/embed (bfloat16 on accelerators).")
 _PREPARE_TRACKS = flags.DEFINE_integer("prepare_tracks", 32, "Tracks for the prepare benchmark (half MP3, half FLAC).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model measurement (after 2 warm-up steps).")
+_INDEX_SIZE = flags.DEFINE_integer("index_size", 100_000, "Rows of the search benchmark's index.")
 _TOKEN_BUCKETS = flags.DEFINE_list("token_buckets", ["0", "16"], "data.token_bucket values for train_step/embed.")
 
 
@@ -347,6 +359,60 @@ def bench_memory(spec: str) -> list[dict]:
   return rows
 
 
+def bench_search(spec: str = "configs/muscall.py") -> list[dict]:
+  config = cli.load_config(spec)
+  config.train.dtype = "float32"
+  work = pathlib.Path(tempfile.mkdtemp(prefix="mclap-search-bench-"))
+  inference = bundle.inference_config(config)
+  tokenizer = tokenizer_lib.for_config(inference)
+  model = build_model(inference, vocab_size=tokenizer.vocab_size, rngs=nnx.Rngs(0))
+  variables = jax.device_get(nnx.state(model).to_pure_dict())
+  bundle.write(work / "bundle", inference, variables, source={"benchmark": spec}, tokenizer_dir=tokenizer.directory)
+  meta = bundle.read_meta(work / "bundle")
+  dim = config.model.projection_dim
+  rng = np.random.default_rng(0)
+  embeddings = rng.standard_normal((_INDEX_SIZE.value, dim)).astype(np.float32)
+  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+  items = [{"path": f"track{i:06d}.mp3", "seconds": 30.0} for i in range(len(embeddings))]
+  index_lib.write_part(work / "index", embeddings, items)
+  info = {"bundle": str(work / "bundle"), "bundle_id": meta["id"], "dim": dim, "audio_dir": str(work), "crops": 1}
+  index_lib.consolidate(work / "index", info)
+  start = time.perf_counter()
+  index = index_lib.Index(work / "index")
+  open_s = time.perf_counter() - start
+  start = time.perf_counter()
+  loaded = mclap.load(work / "bundle", batch_size=1)
+  load_s = time.perf_counter() - start
+  queries = [f"calm piano with strings, take {i}" for i in range(21)]
+  start = time.perf_counter()
+  search.search(index, queries[:1], top_k=10, model=loaded)
+  first_s = time.perf_counter() - start
+  total, ranking = [], []
+  for query in queries[1:]:
+    start = time.perf_counter()
+    embedded = loaded.embed_text([query])
+    middle = time.perf_counter()
+    index.search(embedded, 10)
+    end = time.perf_counter()
+    total.append(end - start)
+    ranking.append(end - middle)
+  shutil.rmtree(work)
+  return [
+    {
+      "benchmark": "search",
+      "config": spec,
+      "index_size": len(index),
+      "dim": dim,
+      "open_index_s": round(open_s, 3),
+      "load_bundle_s": round(load_s, 3),
+      "first_query_s": round(first_s, 3),
+      "query_median_ms": round(1000 * float(np.median(total)), 1),
+      "query_max_ms": round(1000 * max(total), 1),
+      "ranking_median_ms": round(1000 * float(np.median(ranking)), 1),
+    }
+  ]
+
+
 def main(argv):
   del argv
   env = machine()
@@ -356,6 +422,7 @@ def main(argv):
     "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec, measure_peak(_DTYPE.value))],
     "towers": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_towers(spec)],
     "memory": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_memory(spec)],
+    "search": bench_search,
   }
   for name in _BENCHMARKS.value:
     for row in runs[name]():
