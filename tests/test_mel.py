@@ -36,3 +36,21 @@ def test_loudness_survives_the_log_scale():
 def test_num_frames_matches_muscall_crop():
   assert mel.num_frames(20.0, mel.default_mel_config()) == 626
   assert mel.floor_db(mel.default_mel_config()) == -100.0
+
+
+def test_corpora_written_before_newer_mel_keys_read_with_the_values_they_used(tmp_path):
+  import json
+
+  from mclap import cli
+  from mclap.data import pipeline, records
+
+  older = {k: v for k, v in mel.default_mel_config().items() if k not in ("pad_mode", "window_norm")}
+  (tmp_path / records.INFO_FILE).write_text(json.dumps({"mel": older}))
+  info = records.read_info(tmp_path)
+  assert info["mel"]["pad_mode"] == "constant" and info["mel"]["window_norm"] is False
+  config = cli.load_config("configs/muscall.py")
+  pipeline.check_corpus(info, config, str(tmp_path))  # No mismatch reported.
+  preset = mel.muscall_torchaudio_config()
+  assert (preset.htk, preset.norm, preset.fmax, preset.top_db, preset.pad_mode, preset.window_norm) == (
+    True, "", 11025.0, 100.0, "reflect", True,
+  )  # fmt: skip
