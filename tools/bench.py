@@ -19,7 +19,8 @@ memory: per-device memory from XLA's memory analysis of compiled steps (nothing 
 search: `mclap.search` on an index of `--index_size` (100,000) random 512-d embeddings with the
   muscall.py model (untrained: speed does not depend on the weights): loading the index and the
   bundle, the first query (compiles the text tower), then per query, warm, the text embedding and
-  the ranking (cosine against every row, top 10), median and worst of 20 queries.
+  the ranking (cosine against every row, top 10), median and worst of 20 queries; and `mclap.embed`
+  of the prepare benchmark's tracks with the same bundle (files/min, model load included).
 towers: where the model's time goes: each tower alone, forward (inference) and forward +
   backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
 """
@@ -49,7 +50,7 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mclap  # noqa: E402
-from mclap import bundle, cli, memory, parallel, search, trainer  # noqa: E402
+from mclap import bundle, cli, embed, memory, parallel, search, trainer  # noqa: E402
 from mclap import index as index_lib  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
@@ -396,10 +397,21 @@ def bench_search(spec: str = "configs/muscall.py") -> list[dict]:
     end = time.perf_counter()
     total.append(end - start)
     ranking.append(end - middle)
+  start = time.perf_counter()
+  embedded_info = embed.embed_folder(work / "bundle", prepare_tracks(), work / "folder", show_progress=False)
+  embed_s = time.perf_counter() - start
   shutil.rmtree(work)
   return [
     {
-      "benchmark": "search",
+      "bench": "embed",
+      "config": spec,
+      "files": embedded_info["count"],
+      "input": "30 s 44.1 kHz stereo MP3+FLAC",
+      "threads": os.cpu_count(),
+      "files_per_min": round(60 * embedded_info["count"] / embed_s, 1),
+    },
+    {
+      "bench": "search",
       "config": spec,
       "index_size": len(index),
       "dim": dim,
@@ -409,7 +421,7 @@ def bench_search(spec: str = "configs/muscall.py") -> list[dict]:
       "query_median_ms": round(1000 * float(np.median(total)), 1),
       "query_max_ms": round(1000 * max(total), 1),
       "ranking_median_ms": round(1000 * float(np.median(ranking)), 1),
-    }
+    },
   ]
 
 
