@@ -84,6 +84,12 @@ def _filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk:
     ).astype(np.float32)
 
 
+def filterbank(mel_config: Mapping[str, Any]) -> np.ndarray:
+  """The mel filters `[n_mels, 1 + n_fft // 2]` of the settings (float32)."""
+  c = complete(mel_config)
+  return _filterbank(c["sample_rate"], c["n_fft"], c["n_mels"], float(c["fmin"]), float(c["fmax"]), c["htk"], c["norm"])
+
+
 def log_mel(wave: np.ndarray, mel_config: Mapping[str, Any]) -> np.ndarray:
   """Log-mel power spectrogram in dB, float32 `[n_mels, frames]`, of a mono wave at the config's rate.
 
@@ -99,10 +105,7 @@ def log_mel(wave: np.ndarray, mel_config: Mapping[str, Any]) -> np.ndarray:
   power = np.abs(spec) ** 2
   if c["window_norm"]:
     power /= np.sum(librosa.filters.get_window("hann", c["n_fft"], fftbins=True) ** 2)
-  fbank = _filterbank(
-    c["sample_rate"], c["n_fft"], c["n_mels"], float(c["fmin"]), float(c["fmax"]), c["htk"], c["norm"]
-  )
-  mel = fbank @ power
+  mel = filterbank(c) @ power
   db = 10.0 * np.log10(np.maximum(mel, c["amin"]))
   if c["top_db"]:
     db = np.maximum(db, db.max() - c["top_db"])

@@ -222,8 +222,7 @@ def check_filterbank(state: dict[str, np.ndarray], config: ml_collections.Config
   fb = state.get("audio_backbone.spec.mel_scale.fb")
   if fb is None:
     return
-  m = config.data.mel
-  ours = mel_lib._filterbank(m.sample_rate, m.n_fft, m.n_mels, m.fmin, m.fmax, m.htk, m.norm)  # noqa: SLF001
+  ours = mel_lib.filterbank(config.data.mel.to_dict())
   if fb.shape != ours.T.shape or not np.allclose(fb, ours.T, atol=1e-5):
     raise UserError("the checkpoint's mel filterbank differs from torchaudio's MusCALL settings; it cannot be imported")
 
