@@ -61,10 +61,12 @@ def embed_folder(
   crops: int = 0,
   max_seconds: float = 600.0,
   show_progress: bool = True,
+  model: mclap.inference.Model | None = None,
 ) -> dict[str, Any]:
-  """Embeds the files of `audio_dir` not yet in the index at `output`; returns index.json."""
+  """Embeds the files of `audio_dir` not yet in the index at `output`; returns index.json.
+  `model`: the bundle already loaded (its own batch size and `max_seconds` then apply)."""
   audio_dir, output = pathlib.Path(audio_dir).absolute(), pathlib.Path(output)
-  model = mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
+  model = model or mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
   crops = crops or model.config.data.eval_crops
   info = {
     "bundle": str(pathlib.Path(bundle).absolute()),
