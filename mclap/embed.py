@@ -11,6 +11,7 @@ skipped.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
 import pathlib
@@ -48,6 +49,19 @@ def _decode(model: mclap.inference.Model, path: pathlib.Path, crops: int) -> tup
     return None, {"reason": str(e)}
   except Exception as e:  # A decoder's own failure on a strange file: report it, keep going.
     return None, {"reason": f"failed: {type(e).__name__}: {e}"}
+
+
+def _ahead(pool: concurrent.futures.Executor, fn, items: list, depth: int):
+  """(item, fn(item)) in order, with up to `depth` calls running ahead in `pool`."""
+  queue = collections.deque()
+  for item in items:
+    queue.append((item, pool.submit(fn, item)))
+    if len(queue) > depth:
+      done, future = queue.popleft()
+      yield done, future.result()
+  while queue:
+    done, future = queue.popleft()
+    yield done, future.result()
 
 
 def embed_folder(
@@ -91,22 +105,40 @@ def embed_folder(
   todo = [f for f in files if f not in done and f not in rejected]
   print(f"{len(files)} audio files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
   bar = tqdm.tqdm(total=len(todo), unit="file", disable=not show_progress, dynamic_ncols=True)
-  new_rejects = 0
+  new_rejects, pending, part_embeddings, part_items = 0, [], [], []
+
+  def embed_pending():
+    if pending:
+      part_embeddings.append(model.embed_mels([clip for clip, _ in pending]))
+      part_items.extend(item for _, item in pending)
+      pending.clear()
+
+  def save_part():
+    embed_pending()
+    if part_items:
+      index_lib.write_part(output, np.concatenate(part_embeddings), part_items)
+      part_embeddings.clear()
+      part_items.clear()
+
   try:
-    with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
-      for start in range(0, len(todo), part_size):
-        part = todo[start : start + part_size]
-        mels, part_items = [], []
-        for path, (clip, item) in zip(part, pool.map(lambda p: _decode(model, audio_dir / p, crops), part)):
-          if clip is None:
-            index_lib.add_reject(output, path, item["reason"])
-            new_rejects += 1
-          else:
-            mels.append(clip)
-            part_items.append({"path": path, **item})
-          bar.update()
-        if part_items:
-          index_lib.write_part(output, model.embed_mels(mels), part_items)
+    # Threads decode ahead (NumPy, soxr and libsndfile release the GIL) while the model embeds.
+    decode = lambda p: _decode(model, audio_dir / p, crops)  # noqa: E731
+    pool = concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count())
+    try:
+      for path, (clip, item) in _ahead(pool, decode, todo, 2 * model.batch_size):
+        if clip is None:
+          index_lib.add_reject(output, path, item["reason"])
+          new_rejects += 1
+        else:
+          pending.append((clip, {"path": path, **item}))
+        if len(pending) == model.batch_size:
+          embed_pending()
+        if len(part_items) + len(pending) >= part_size:
+          save_part()
+        bar.update()
+      save_part()
+    finally:
+      pool.shutdown(cancel_futures=True)  # On an interrupt, files not yet started are not decoded.
   except KeyboardInterrupt:
     bar.close()
     sys.exit(f"interrupted; the finished parts are kept in {output}. Run the same command to resume.")
