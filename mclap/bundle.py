@@ -39,6 +39,7 @@ from mclap.models import build_model
 FORMAT, VERSION = "mclap.bundle", 1
 BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = "bundle.json", "variables", "tokenizer"
 DTYPES = ("float32", "bfloat16")
+DTYPE_NAMES = {"float32": "float32", "f32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # Short names too.
 # Tokenizer directories can hold a model's weights too; the bundle has its own.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt")
 
@@ -49,8 +50,9 @@ class BundleError(UserError):
 
 def inference_config(config: ml_collections.ConfigDict, dtype: str = "float32") -> ml_collections.ConfigDict:
   """The part of a training config that rebuilds the embedding model, computing in `dtype`."""
-  if dtype not in DTYPES:
+  if dtype not in DTYPE_NAMES:
     raise UserError(f"dtype {dtype!r}; use {' or '.join(DTYPES)}")
+  dtype = DTYPE_NAMES[dtype]
   c = ml_collections.ConfigDict()
   c.data = {k: config.data[k] for k in ("crop_seconds", "eval_crops", "max_tokens", "tokenizer_dir")}
   c.data.mel = mel_lib.complete(config.data.mel.to_dict())

@@ -55,7 +55,7 @@ def export(
     tokenizer_dir=tokenizer_lib.for_config(config).directory,
     overwrite=overwrite,
   )
-  print(f"exported step {step} of {workdir} to {out} ({dtype}); load it with mclap.load({str(out)!r})")
+  print(f"exported step {step} of {workdir} to {out} ({inference.train.dtype}); load it with mclap.load({str(out)!r})")
   return out
 
 
@@ -70,6 +70,6 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_string("output", None, "Bundle directory to write.", required=True)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_bool("best", False, "Export the checkpoint with the best validation R@10.")
-  flags.DEFINE_enum("dtype", "float32", bundle.DTYPES, "Stored parameters and compute dtype of the bundle.")
+  flags.DEFINE_enum("dtype", "float32", list(bundle.DTYPE_NAMES), "Parameters and compute dtype (bf16 = bfloat16).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
   cli.run(main)

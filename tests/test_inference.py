@@ -91,7 +91,7 @@ def test_bundle_is_self_contained_and_bfloat16_halves_it(trained, model, tmp_pat
   moved = mclap.load(copy, batch_size=4)
   assert moved.config.data.tokenizer_dir.startswith(str(copy))
   np.testing.assert_array_equal(moved.embed_text(["calm piano"]), model.embed_text(["calm piano"]))
-  half = export.export(workdir, tmp_path / "bf16", dtype="bfloat16")
+  half = export.export(workdir, tmp_path / "bf16", dtype="bf16")
   saved = ocp.StandardCheckpointHandler().metadata((half / bundle.VARIABLES_DIR).absolute())
   assert saved["text"]["token_embedding"]["embedding"].dtype == jax.numpy.bfloat16
   assert saved["audio"]["stem"]["0"]["bn"]["mean"].dtype == np.float32
