@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import mclap
+from mclap import checkpoints
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
@@ -80,14 +81,31 @@ def variables_of(model: nnx.Module, config: ml_collections.ConfigDict) -> dict[s
   wanted = abstract_variables(config)
   have = jax.device_get(nnx.state(model).to_pure_dict())
 
-  def pick(want, got, path):
-    if isinstance(want, dict):
-      return {k: pick(v, got[k], f"{path}/{k}") for k, v in want.items()}
-    if np.shape(got) != want.shape:
-      raise UserError(f"{path}: shape {list(np.shape(got))}, the bundle's model expects {list(want.shape)}")
-    return np.asarray(got)
+  def pick(want, got):
+    return {k: pick(v, got[k]) if isinstance(v, dict) else np.asarray(got[k]) for k, v in want.items()}
 
-  return pick(wanted, have, "")
+  picked = pick(wanted, have)
+  if problem := shape_mismatch(wanted, picked):
+    raise UserError(f"the trained model does not fit its inference model: {problem}")
+  return picked
+
+
+def shape_mismatch(expected: dict[str, Any], got: dict[str, Any], path: str = "") -> str | None:
+  """The first difference in names or shapes between two nested dicts of arrays (or shape
+  structs), None if there is none. Keys compare as text: Orbax restores integer keys as strings."""
+  want_keys, have_keys = {str(k): k for k in expected}, {str(k): k for k in got}
+  if set(want_keys) != set(have_keys):
+    return f"{path or '/'} holds {sorted(have_keys)}, expected {sorted(want_keys)}"
+  for name, key in want_keys.items():
+    want, have = expected[key], got[have_keys[name]]
+    if isinstance(want, dict) != isinstance(have, dict):
+      return f"{path}{name} is {'not ' if isinstance(want, dict) else ''}a group of arrays where expected"
+    if isinstance(want, dict):
+      if problem := shape_mismatch(want, have, f"{path}{name}/"):
+        return problem
+    elif tuple(np.shape(have)) != tuple(want.shape):
+      return f"{path}{name} has shape {list(np.shape(have))}, expected {list(want.shape)}"
+  return None
 
 
 def _copy_tokenizer(source: pathlib.Path, target: pathlib.Path) -> None:
@@ -199,25 +217,13 @@ def read(directory: str | pathlib.Path) -> tuple[dict[str, Any], nnx.Module]:
   meta = read_meta(directory)
   model = abstract_model(meta["config"])
   graphdef, state = nnx.split(model)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   path = (directory / VARIABLES_DIR).absolute()
   try:
     saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-    variables = ocp.StandardCheckpointer().restore(path, target)
+    variables = ocp.StandardCheckpointer().restore(path, checkpoints.on_first_device(saved))
   except Exception as e:  # Orbax and TensorStore report damage in types of their own.
     raise BundleError(f"cannot read the variables of {directory} ({type(e).__name__}: {e}); export it again") from e
-  expected = {k: v.shape for k, v in _flat(state.to_pure_dict()).items()}
-  found = {k: v.shape for k, v in _flat(variables).items()}
-  if expected != found:
-    differ = sorted(set(expected.items()) ^ set(found.items()))
-    raise BundleError(f"{directory}: the variables do not fit the model its bundle.json describes (first: {differ[0]})")
+  if problem := shape_mismatch(state.to_pure_dict(), variables):
+    raise BundleError(f"{directory}: the variables do not fit the model its bundle.json describes ({problem})")
   state.replace_by_pure_dict(variables)
   return meta, nnx.merge(graphdef, state)
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out

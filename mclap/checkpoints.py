@@ -204,9 +204,14 @@ def restore_on_host(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The train state saved at `step`, on this process's first device, whatever mesh or number of
   processes wrote it (Orbax otherwise insists on the saving topology)."""
   saved = ocp.StandardCheckpointHandler().metadata(pathlib.Path(mgr.directory) / str(step) / "state")
+  return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(on_first_device(saved))))["state"]
+
+
+def on_first_device(metadata) -> Any:
+  """A restore target for the arrays Orbax's `metadata` describes: as saved, on this process's
+  first device."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-  return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:

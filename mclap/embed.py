@@ -91,15 +91,16 @@ def embed_folder(
     "mel": model.mel_config,
   }
   output.mkdir(parents=True, exist_ok=True)
-  previous, _, items = index_lib.read_consolidated(output)
+  done = {i["path"] for i in index_lib.read_parts(output)[1]}
+  previous = index_lib.existing(output)
   if previous is not None:
+    done |= {i["path"] for i in previous.items}
     for key in ("bundle_id", "audio_dir", "crops"):
-      if previous[key] != info[key]:
+      if previous.info[key] != info[key]:
         raise UserError(
-          f"{output} was built with {key} {previous[key]!r}, not {info[key]!r}; use a new --output for another "
-          "bundle, folder or crop setting"
+          f"{output} was built with {key} {previous.info[key]!r}, not {info[key]!r}; use a new --output for "
+          "another bundle, folder or crop setting"
         )
-  done = {i["path"] for i in items} | {i["path"] for i in index_lib.read_parts(output)[1]}
   rejected = index_lib.read_rejects(output)
   files = list_audio(audio_dir)
   todo = [f for f in files if f not in done and f not in rejected]

@@ -74,12 +74,9 @@ class Index:
     return results
 
 
-def read_consolidated(directory: pathlib.Path) -> tuple[dict[str, Any] | None, np.ndarray | None, list[dict]]:
-  """(index.json, embeddings, items) of the last consolidation; (None, None, []) before the first."""
-  if not (directory / INDEX_FILE).is_file():
-    return None, None, []
-  index = Index(directory)
-  return index.info, np.asarray(index.embeddings), index.items
+def existing(directory: pathlib.Path) -> Index | None:
+  """The last consolidation of `directory` (embeddings memory-mapped), None before the first."""
+  return Index(directory) if (directory / INDEX_FILE).is_file() else None
 
 
 def read_parts(directory: pathlib.Path) -> tuple[list[np.ndarray], list[dict]]:
@@ -116,9 +113,10 @@ def add_reject(directory: pathlib.Path, path: str, reason: str) -> None:
 def consolidate(directory: pathlib.Path, info: dict[str, Any]) -> dict[str, Any]:
   """Merges the last consolidation and the finished parts into a new data directory, then points
   `index.json` at it (the commit) and removes what it replaces. Returns the new index.json."""
-  _, old_embeddings, items = read_consolidated(directory)
+  old = existing(directory)
   part_embeddings, part_items = read_parts(directory)
-  blocks = ([old_embeddings] if old_embeddings is not None else []) + part_embeddings
+  items = old.items if old is not None else []
+  blocks = ([old.embeddings] if old is not None else []) + part_embeddings
   embeddings = np.concatenate(blocks) if blocks else np.zeros((0, info["dim"]), np.float32)
   items = items + part_items
   # A job stopped after its commit but before removing the parts would add them twice.

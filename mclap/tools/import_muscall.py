@@ -116,35 +116,41 @@ def _linear(state, name: str) -> dict[str, np.ndarray]:
   return out
 
 
-def _conv_bn(state, conv: str, bn: str) -> tuple[dict, dict]:
-  """(params, batch_stats) of an mclap `_ConvBN` from a torch conv (OIHW) and BatchNorm2d."""
-  params = {"conv": {"kernel": state[f"{conv}.weight"].transpose(2, 3, 1, 0)}}
-  params["bn"] = {"scale": state[f"{bn}.weight"], "bias": state[f"{bn}.bias"]}
-  stats = {"bn": {"mean": state[f"{bn}.running_mean"], "var": state[f"{bn}.running_var"]}}
-  return params, stats
+def _conv_bn(state, conv: str, bn: str) -> dict:
+  """An mclap `_ConvBN`'s variables (batch-norm running statistics included) from a torch conv
+  (OIHW) and BatchNorm2d."""
+  return {
+    "conv": {"kernel": state[f"{conv}.weight"].transpose(2, 3, 1, 0)},
+    "bn": {
+      "scale": state[f"{bn}.weight"],
+      "bias": state[f"{bn}.bias"],
+      "mean": state[f"{bn}.running_mean"],
+      "var": state[f"{bn}.running_var"],
+    },
+  }
 
 
 def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
-  """(mclap variables {params, batch_stats} as nested dicts, the original keys left unused)."""
-  used: set[str] = set()
-  tracked = _Tracked(state, used)
+  """(mclap variables as one nested dict: parameters and batch statistics together, as NNX keeps
+  them; the original keys left unused)."""
+  tracked = _Tracked(state)
   a, t = "audio_backbone", "textual_head"
-  params: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}, "text": {"blocks": {}}}
-  stats: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}}
+  variables: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}, "text": {"blocks": {}}}
+  audio = variables["audio"]
   for i in range(3):
-    params["audio"]["stem"][i], stats["audio"]["stem"][i] = _conv_bn(tracked, f"{a}.conv{i + 1}", f"{a}.bn{i + 1}")
+    audio["stem"][i] = _conv_bn(tracked, f"{a}.conv{i + 1}", f"{a}.bn{i + 1}")
   block = 0
   for stage, depth in enumerate(config.model.audio.layers):
     for i in range(depth):
-      prefix, p, s = f"{a}.layer{stage + 1}.{i}", {}, {}
-      for c in (1, 2, 3):
-        p[f"conv{c}"], s[f"conv{c}"] = _conv_bn(tracked, f"{prefix}.conv{c}", f"{prefix}.bn{c}")
+      prefix = f"{a}.layer{stage + 1}.{i}"
+      audio["blocks"][block] = {
+        f"conv{c}": _conv_bn(tracked, f"{prefix}.conv{c}", f"{prefix}.bn{c}") for c in (1, 2, 3)
+      }
       if f"{prefix}.downsample.0.weight" in state:
-        p["downsample"], s["downsample"] = _conv_bn(tracked, f"{prefix}.downsample.0", f"{prefix}.downsample.1")
-      params["audio"]["blocks"][block], stats["audio"]["blocks"][block] = p, s
+        audio["blocks"][block]["downsample"] = _conv_bn(tracked, f"{prefix}.downsample.0", f"{prefix}.downsample.1")
       block += 1
   pool = f"{a}.attnpool"
-  params["audio"]["pool"] = {
+  audio["pool"] = {
     "positional_embedding": tracked[f"{pool}.positional_embedding"],
     "attention": {
       "q_proj": _linear(tracked, f"{pool}.q_proj"),
@@ -153,7 +159,7 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
       "out_proj": _linear(tracked, f"{pool}.c_proj"),
     },
   }
-  text = params["text"]
+  text = variables["text"]
   text["token_embedding"] = {"embedding": tracked[f"{t}.token_embedding.weight"]}
   text["positional_embedding"] = tracked[f"{t}.position_embedding.weight"]
   width = config.model.text.width
@@ -175,31 +181,22 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
       "mlp_out": _linear(tracked, f"{layer}.1.fn.mlp.3"),
     }
   text["ln_final"] = _layer_norm(tracked, f"{t}.transformer.norm_out")  # The original's ln_final is never called.
-  params["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
-  params["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
-  params["logit_scale_param"] = tracked["logit_scale"]
-  variables = _merge(params, stats)
-  return variables, sorted(set(state) - used)
+  variables["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
+  variables["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
+  variables["logit_scale_param"] = tracked["logit_scale"]
+  return variables, sorted(set(state) - tracked.used)
 
 
 def _layer_norm(state, name: str) -> dict[str, np.ndarray]:
   return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
 
 
-def _merge(params: dict, stats: dict) -> dict:
-  """One tree of parameters and batch statistics (NNX keeps both as variables of one module)."""
-  out = dict(params)
-  for k, v in stats.items():
-    out[k] = _merge(out[k], v) if isinstance(v, dict) else v
-  return out
-
-
 class _Tracked(dict):
   """The state_dict, recording which keys were read."""
 
-  def __init__(self, state: dict[str, np.ndarray], used: set[str]):
+  def __init__(self, state: dict[str, np.ndarray]):
     super().__init__(state)
-    self.used = used
+    self.used: set[str] = set()
 
   def __getitem__(self, key: str) -> np.ndarray:
     if key not in self:
@@ -254,26 +251,15 @@ def import_muscall(
         f"the tokenizer in {tokenizer_dir} has {tokens} tokens, the checkpoint's text embedding {vocab}: "
         "use the tokenizer the model was trained with (MusCALL: openai/clip-vit-base-patch32's)"
       )
-    _check_shapes(bundle.abstract_variables(config), variables, checkpoint)
+    # Every variable of the mclap model gets a value of its shape, else the checkpoint is not the
+    # architecture its shapes suggested, or the audio length differs.
+    if problem := bundle.shape_mismatch(bundle.abstract_variables(config), variables):
+      hint = " (the audio length: set --crop_seconds)" if "pool/positional_embedding" in problem else ""
+      raise UserError(f"{checkpoint}: {problem}{hint}")
     source = {"muscall_checkpoint": str(pathlib.Path(checkpoint).absolute())}
     out = bundle.write(output, config, variables, source=source, tokenizer_dir=tokenizer, overwrite=overwrite)
   print(f"imported {checkpoint} to {out}; load it with mclap.load({str(out)!r})")
   return out
-
-
-def _check_shapes(expected: dict, got: dict, checkpoint, path: str = "") -> None:
-  """Every variable of the mclap model gets a value of its shape (else the checkpoint is not the
-  architecture its shapes suggested, or the audio length differs)."""
-  if set(expected) != set(got):
-    raise UserError(f"{checkpoint}: the model's {path or 'root'} has {sorted(expected)}, the import {sorted(got)}")
-  for key, want in expected.items():
-    if isinstance(want, dict):
-      _check_shapes(want, got[key], checkpoint, f"{path}{key}/")
-    elif tuple(want.shape) != np.shape(got[key]):
-      hint = " (the audio length: set --crop_seconds)" if key == "positional_embedding" and "audio" in path else ""
-      raise UserError(
-        f"{checkpoint}: {path}{key} has shape {list(np.shape(got[key]))}, expected {list(want.shape)}{hint}"
-      )
 
 
 def clip_tokenizer_dir(directory: pathlib.Path, scratch: pathlib.Path) -> pathlib.Path:
