@@ -56,6 +56,7 @@ def inference_config(config: ml_collections.ConfigDict, dtype: str = "float32") 
   dtype = DTYPE_NAMES[dtype]
   c = ml_collections.ConfigDict()
   c.data = {k: config.data[k] for k in ("crop_seconds", "eval_crops", "max_tokens", "tokenizer_dir")}
+  c.data.crop = config.data.get("crop", "mel")  # Where inference crops: see `inference.Model.mel_crops`.
   c.data.mel = mel_lib.complete(config.data.mel.to_dict())
   c.model = config.model.to_dict()
   c.model.audio.init_from = ""

@@ -40,11 +40,13 @@ def list_audio(audio_dir: pathlib.Path) -> list[str]:
   )
 
 
-def _decode(model: mclap.inference.Model, path: pathlib.Path, crops: int) -> tuple[np.ndarray | None, dict[str, Any]]:
+def _decode(
+  model: mclap.inference.Model, path: pathlib.Path, crops: int, crop: str
+) -> tuple[np.ndarray | None, dict[str, Any]]:
   """(crops to embed, item) or (None, {"reason": ...}) for a file that cannot be used."""
   try:
     wave = model.waveform(path)
-    return model.mel_crops(wave, crops), {"seconds": round(len(wave) / model.sample_rate, 3)}
+    return model.mel_crops(wave, crops, crop), {"seconds": round(len(wave) / model.sample_rate, 3)}
   except audio_lib.AudioError as e:
     return None, {"reason": str(e)}
   except Exception as e:  # A decoder's own failure on a strange file: report it, keep going.
@@ -73,6 +75,7 @@ def embed_folder(
   num_workers: int | None = None,
   part_size: int = 256,
   crops: int = 0,
+  crop: str = "",
   max_seconds: float = 600.0,
   show_progress: bool = True,
   model: mclap.inference.Model | None = None,
@@ -82,12 +85,16 @@ def embed_folder(
   audio_dir, output = pathlib.Path(audio_dir).absolute(), pathlib.Path(output)
   model = model or mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
   crops = crops or model.config.data.eval_crops
+  crop = crop or model.crop
+  if crop not in mclap.inference.CROP_RULES:
+    raise UserError(f"--crop={crop}; use one of {', '.join(mclap.inference.CROP_RULES)}")
   info = {
     "bundle": str(pathlib.Path(bundle).absolute()),
     "bundle_id": model.meta["id"],
     "dim": model.dim,
     "audio_dir": str(audio_dir),
     "crops": crops,
+    "crop": crop,
     "mel": model.mel_config,
   }
   output.mkdir(parents=True, exist_ok=True)
@@ -95,10 +102,10 @@ def embed_folder(
   previous = index_lib.existing(output)
   if previous is not None:
     done |= {i["path"] for i in previous.items}
-    for key in ("bundle_id", "audio_dir", "crops"):
-      if previous.info[key] != info[key]:
+    for key in ("bundle_id", "audio_dir", "crops", "crop"):
+      if (before := previous.info.get(key, "mel")) != info[key]:  # Indices before the crop key cropped mels.
         raise UserError(
-          f"{output} was built with {key} {previous.info[key]!r}, not {info[key]!r}; use a new --output for "
+          f"{output} was built with {key} {before!r}, not {info[key]!r}; use a new --output for "
           "another bundle, folder or crop setting"
         )
   rejected = index_lib.read_rejects(output)
@@ -123,7 +130,7 @@ def embed_folder(
 
   try:
     # Threads decode ahead (NumPy, soxr and libsndfile release the GIL) while the model embeds.
-    decode = lambda p: _decode(model, audio_dir / p, crops)  # noqa: E731
+    decode = lambda p: _decode(model, audio_dir / p, crops, crop)  # noqa: E731
     pool = concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count())
     try:
       for path, (clip, item) in _ahead(pool, decode, todo, 2 * model.batch_size):
@@ -163,6 +170,7 @@ def main(argv):
     num_workers=f.num_workers,
     part_size=f.part_size,
     crops=f.crops,
+    crop=f.crop,
     max_seconds=f.max_seconds,
   )
 
@@ -175,5 +183,8 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_integer("num_workers", None, "Decoding threads (default: all cores).")
   flags.DEFINE_integer("part_size", 256, "Files per saved part (the unit of resumption).")
   flags.DEFINE_integer("crops", 0, "Crops averaged per file (0: the bundle's; 1: the central crop).")
+  flags.DEFINE_enum(
+    "crop", "", ["", "mel", "waveform"], "Crop the log-mel or the waveform (default: the bundle's; see mclap.load)."
+  )
   flags.DEFINE_float("max_seconds", 600.0, "Read at most this much of each file.")
   cli.run(main)

@@ -11,7 +11,8 @@ probs = model.zero_shot(["a.wav"], ["piano", "organ"])    # [1, 2], softmax over
 ```
 
 Audio is decoded, resampled and turned into a log-mel exactly as `mclap.data.prepare` does, then
-embedded from its central crop (or the mean of `crops` evenly spaced crops). Batches have a fixed
+embedded from its central crop (or the mean of `crops` evenly spaced crops); imported MusCALL
+models crop the waveform before the log-mel, as the original does (`crop`). Batches have a fixed
 size, so each function compiles once.
 """
 
@@ -34,6 +35,7 @@ from mclap.data import pipeline
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
 
+CROP_RULES = ("mel", "waveform")
 # An audio input: a file path, a mono waveform at the model's sample rate, or (waveform, its rate).
 AudioInput = str | os.PathLike | np.ndarray | tuple[np.ndarray, int]
 
@@ -48,6 +50,8 @@ class Model:
     self.mel_config = self.config.data.mel.to_dict()
     self.sample_rate = int(self.mel_config["sample_rate"])
     self.crop_frames = mel_lib.num_frames(self.config.data.crop_seconds, self.mel_config)
+    self.crop_samples = int(round(self.config.data.crop_seconds * self.sample_rate))
+    self.crop = self.config.data.get("crop", "mel")  # Bundles written before the key cropped the mel.
     self.batch_size, self.max_seconds = batch_size, max_seconds
     self.tokenizer = tokenizer_lib.for_config(self.config)
     self.logit_scale = float(model.logit_scale())
@@ -68,12 +72,24 @@ class Model:
       raise UserError(f"a waveform must be mono, shape [samples]; got shape {list(wave.shape)}")
     return audio_lib.conform(wave[: int(self.max_seconds * rate)], rate, self.sample_rate)
 
-  def mel_crops(self, wave: np.ndarray, crops: int | None = None) -> np.ndarray:
-    """The crops `[crops, n_mels, frames]` of a waveform's log-mel that the model embeds: the
-    central one, or `crops` evenly spaced ones (default: the bundle's `data.eval_crops`)."""
-    mel = mel_lib.log_mel(wave, self.mel_config)
+  def mel_crops(self, wave: np.ndarray, crops: int | None = None, crop: str | None = None) -> np.ndarray:
+    """The crops `[crops, n_mels, frames]` of a waveform that the model embeds: the central one, or
+    `crops` evenly spaced ones (default: the bundle's `data.eval_crops`).
+
+    `crop` (default: the bundle's `data.crop`) says where the crop is taken: "mel" crops the
+    whole file's log-mel, as mclap trains and evaluates; "waveform" crops the samples and takes
+    the log-mel of the crop, zero-padding shorter files, as the original MusCALL does (the
+    default of imported MusCALL bundles, so their embeddings are the original's for any length).
+    """
     count = crops or self.config.data.eval_crops
-    return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
+    rule = crop or self.crop
+    if rule not in CROP_RULES:
+      raise UserError(f"crop={rule!r}; use one of {', '.join(CROP_RULES)}")
+    if rule == "mel":
+      mel = mel_lib.log_mel(wave, self.mel_config)
+      return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
+    waves = pipeline.eval_crops(wave[None], self.crop_samples, count, 0.0)[0][:, 0]
+    return np.stack([mel_lib.log_mel(w, self.mel_config) for w in waves])
 
   def embed_mels(self, mels: Iterable[np.ndarray]) -> np.ndarray:
     """Joint-space embeddings `[n, dim]` of clips given as crops `[crops, n_mels, frames]` each."""
@@ -83,15 +99,29 @@ class Model:
       out.append(np.asarray(self._audio_fn(self._state, jnp.asarray(batch)))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-  def embed_audio(self, audio: Sequence[AudioInput], crops: int | None = None) -> np.ndarray:
-    """L2-normalised embeddings `[len(audio), dim]` of files or waveforms (see `waveform`)."""
-    mels = []
-    for item in audio:
+  def embed_audio(
+    self, audio: Sequence[AudioInput], crops: int | None = None, crop: str | None = None, errors: str = "raise"
+  ) -> np.ndarray | tuple[np.ndarray, dict[int, str]]:
+    """L2-normalised embeddings `[len(audio), dim]` of files or waveforms (see `waveform`, and
+    `mel_crops` for `crops` and `crop`).
+
+    An input that cannot be used (missing, unreadable, silent ...) raises a `UserError` naming it;
+    with `errors="skip"` it is left out instead, and the result is `(embeddings of the others,
+    {position in audio: reason})`.
+    """
+    if errors not in ("raise", "skip"):
+      raise UserError(f"errors={errors!r}; use raise or skip")
+    mels, skipped = [], {}
+    for position, item in enumerate(audio):
       try:
-        mels.append(self.mel_crops(self.waveform(item), crops))
+        mels.append(self.mel_crops(self.waveform(item), crops, crop))
       except audio_lib.AudioError as e:
-        raise UserError(f"{item if isinstance(item, (str, os.PathLike)) else 'a waveform'}: {e}") from e
-    return self.embed_mels(mels)
+        name = item if isinstance(item, (str, os.PathLike)) else f"waveform {position}"
+        if errors == "raise":
+          raise UserError(f"{name}: {e}; pass errors='skip' to embed the others") from e
+        skipped[position] = str(e)
+    embeddings = self.embed_mels(mels)
+    return (embeddings, skipped) if errors == "skip" else embeddings
 
   def embed_text(self, texts: Sequence[str]) -> np.ndarray:
     """L2-normalised embeddings `[len(texts), dim]`."""
@@ -104,13 +134,18 @@ class Model:
     return np.concatenate(out)
 
   def zero_shot(
-    self, audio: Sequence[AudioInput], labels: Sequence[str], prompt: str = "A {} track", crops: int | None = None
+    self,
+    audio: Sequence[AudioInput],
+    labels: Sequence[str],
+    prompt: str = "A {} track",
+    crops: int | None = None,
+    crop: str | None = None,
   ) -> np.ndarray:
     """Probabilities `[len(audio), len(labels)]`: softmax over the labels of the model's logits
     (logit scale x cosine similarity between a clip and the label's prompt)."""
     if "{}" not in prompt:
       raise UserError(f"prompt {prompt!r} needs a {{}} where the label goes")
-    logits = self.logit_scale * self.embed_audio(audio, crops) @ self.embed_text([prompt.format(x) for x in labels]).T
+    logits = self.logit_scale * self.embed_audio(audio, crops, crop) @ self.embed_text([prompt.format(x) for x in labels]).T
     return np.asarray(jax.nn.softmax(logits, axis=-1))
 
   def __repr__(self) -> str:

@@ -69,15 +69,26 @@ def clip_tokenizer_files(directory):
   return len(vocab)
 
 
-def htk_filterbank():
-  """torchaudio.functional.melscale_fbanks(513, 0, 11025, 128, 16000, norm=None, mel_scale='htk'), by its formula."""
-  freqs = np.linspace(0, SR // 2, N_FFT // 2 + 1)
-  mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-  points = 700.0 * (10 ** (np.linspace(mel(0.0), mel(11025.0), N_MELS + 2) / 2595.0) - 1.0)
+def linspace(start, end, steps, dtype):
+  """torch.linspace: the step in `dtype`, the first half counted up from start and the second half
+  down from end, in `dtype` arithmetic (numpy's linspace computes in float64 and rounds once)."""
+  start, end = dtype(start), dtype(end)
+  step = (end - start) / dtype(steps - 1)
+  i = np.arange(steps)
+  up, down = start + i.astype(dtype) * step, end - (steps - 1 - i).astype(dtype) * step
+  return np.where(i < steps // 2, up, down).astype(dtype)
+
+
+def htk_filterbank(dtype=np.float64, fmax=11025.0):
+  """torchaudio.functional.melscale_fbanks(513, 0, fmax, 128, 16000, norm=None, mel_scale='htk'), by its
+  formula, computed in `dtype` (torchaudio: float32, the buffer a MusCALL checkpoint saves)."""
+  freqs = linspace(0, SR // 2, N_FFT // 2 + 1, dtype)
+  mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731  (torchaudio: Python floats)
+  points = dtype(700.0) * (dtype(10.0) ** (linspace(mel(0.0), mel(fmax), N_MELS + 2, dtype) / dtype(2595.0)) - 1)
   diff = np.diff(points)
   slopes = points[None, :] - freqs[:, None]
   down, up = -slopes[:, :-2] / diff[:-1], slopes[:, 2:] / diff[1:]
-  return np.maximum(0.0, np.minimum(down, up))  # [freqs, mels]
+  return np.maximum(dtype(0.0), np.minimum(down, up))  # [freqs, mels]
 
 
 def muscall_state_dict(vocab, rng):
@@ -101,7 +112,7 @@ def muscall_state_dict(vocab, rng):
 
   a = "audio_backbone"
   state[f"{a}.spec.spectrogram.window"] = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
-  state[f"{a}.spec.mel_scale.fb"] = htk_filterbank().astype(np.float32)
+  state[f"{a}.spec.mel_scale.fb"] = htk_filterbank(np.float32)
   for i, (cin, cout) in enumerate([(1, WIDTH // 2), (WIDTH // 2, WIDTH // 2), (WIDTH // 2, WIDTH)]):
     conv(f"{a}.conv{i + 1}", cout, cin, 3)
     bn(f"{a}.bn{i + 1}", cout)
@@ -296,6 +307,39 @@ def test_imported_embeddings_equal_the_original_forward_pass(imported):
   assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
 
 
+def muscall_crop(wave):
+  """The original's evaluation input (AudioCaptionDataset._crop_audio, get_audio): the central
+  CROP_SECONDS of the samples, (len - n) // 2 in, or the file zero-padded to that length."""
+  n = int(SR * CROP_SECONDS)
+  if len(wave) > n:
+    start = (len(wave) - n) // 2
+    return wave[start : start + n]
+  return np.concatenate([wave, np.zeros(n - len(wave), wave.dtype)])
+
+
+def changing(seconds, seed):
+  """Noise in bands and loudness that change every 0.1 s: any shift of the crop shows."""
+  rng = np.random.default_rng(seed)
+  blocks = rng.uniform(0.05, 1.0, int(seconds * 10) + 1)
+  t = np.arange(int(seconds * SR)) / SR
+  wave = np.sin(2 * np.pi * (200 + 3000 * blocks[(t * 10).astype(int)]) * t) + 0.3 * rng.standard_normal(t.size)
+  return (wave * blocks[(t * 10).astype(int)]).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_imported_models_crop_the_waveform_like_the_original(imported):
+  """A file longer than the crop (the original takes the central samples, then their mel) and one
+  shorter (zero-padded samples): the imported model embeds both as the original does."""
+  state, _, bundle = imported
+  model = mclap.load(bundle, batch_size=2)
+  assert model.crop == "waveform"
+  waves = [changing(CROP_SECONDS * 1.5 + 0.01, 1), changing(CROP_SECONDS * 0.4, 2)]
+  expected = normalized(muscall_audio(state, [muscall_crop(w) for w in waves]))
+  np.testing.assert_allclose(model.embed_audio(waves), expected, atol=2e-4)
+  cropped_mel = model.embed_audio(waves, crop="mel")  # mclap's own rule: another input.
+  assert np.abs(cropped_mel - expected).max() > 1e-2
+
+
 def test_every_parameter_lands_in_its_place(imported):
   state, _, bundle = imported
   variables, unused = import_muscall.muscall_variables(
@@ -334,10 +378,23 @@ def test_import_errors_say_what_is_wrong(imported, tmp_path):
   np.savez(tmp_path / "extra.npz", **extra)
   with pytest.raises(UserError, match="no place in the model"):
     import_muscall.import_muscall(tmp_path / "extra.npz", clip_dir, tmp_path / "b2")
+  for name, fb in (("fmax", htk_filterbank(np.float32, fmax=11000.0)), ("slaney", htk_filterbank(np.float32) / 50)):
+    np.savez(tmp_path / f"{name}.npz", **dict(state, **{"audio_backbone.spec.mel_scale.fb": fb}))
+    with pytest.raises(UserError, match="other mel settings"):
+      import_muscall.import_muscall(tmp_path / f"{name}.npz", clip_dir, tmp_path / "b4")
   (tmp_path / "empty_tokenizer").mkdir()
   with pytest.raises(UserError, match="vocab.json \\+ merges.txt"):
     import_muscall.import_muscall(tmp_path / "wrong_crop.npz", tmp_path / "empty_tokenizer", tmp_path / "b3")
-  assert not any(p.name.startswith(("b1", "b2", "b3", ".b")) for p in tmp_path.iterdir())
+  assert not any(p.name.startswith(("b1", "b2", "b3", "b4", ".b")) for p in tmp_path.iterdir())
+
+
+def test_a_filterbank_torchaudio_computed_in_float32_is_accepted(imported):
+  """torchaudio saves its filters computed in float32; some entries differ from exact ones by more
+  than 1e-5 (genuine checkpoints were refused for it); the fixture's checkpoint carries such filters."""
+  float32 = htk_filterbank(np.float32)
+  assert not np.allclose(float32, htk_filterbank(), atol=1e-5)
+  config = mclap.bundle.read_meta(imported[2])["config"]
+  import_muscall.check_filterbank({"audio_backbone.spec.mel_scale.fb": float32}, config)
 
 
 def test_torch_written_checkpoint_imports_like_the_npz(imported, tmp_path):
