@@ -46,9 +46,10 @@ def muscall_torchaudio_config() -> ml_collections.ConfigDict:
   power=2, normalized=True)` (HTK mel scale, unnormalised filters, reflect-padded Hann STFT
   divided by the window's energy) then `AmplitudeToDB(top_db=100)`.
 
-  Filters above the 8 kHz Nyquist frequency are empty there as here. One difference: torchaudio
-  applies `top_db` below the loudest value of the whole batch it is given, mclap below each
-  clip's own peak (torchaudio with batches of one).
+  Filters above the 8 kHz Nyquist frequency are empty there as here. One difference: MusCALL
+  applies `AmplitudeToDB` to the 3-D `[batch, n_mels, frames]` spectrogram, for which torchaudio
+  computes one `top_db` cut-off below the loudest value of the whole batch (per clip only from
+  4-D inputs); mclap cuts below each clip's own peak, as the original does for batches of one.
   """
   config = default_mel_config()
   config.update(fmax=11025.0, htk=True, norm="", top_db=100.0, pad_mode="reflect", window_norm=True)
