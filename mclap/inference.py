@@ -145,7 +145,9 @@ class Model:
     (logit scale x cosine similarity between a clip and the label's prompt)."""
     if "{}" not in prompt:
       raise UserError(f"prompt {prompt!r} needs a {{}} where the label goes")
-    logits = self.logit_scale * self.embed_audio(audio, crops, crop) @ self.embed_text([prompt.format(x) for x in labels]).T
+    logits = (
+      self.logit_scale * self.embed_audio(audio, crops, crop) @ self.embed_text([prompt.format(x) for x in labels]).T
+    )
     return np.asarray(jax.nn.softmax(logits, axis=-1))
 
   def __repr__(self) -> str:

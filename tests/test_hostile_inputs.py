@@ -80,8 +80,8 @@ def _hostile_corpus(root):
   ]
   text = json.dumps(entries, ensure_ascii=False).encode("utf-8")
   (root / "dataset_train.json").write_bytes(text.replace(b"@LATIN1@", "café music".encode("latin-1")))
-  for name in ("dataset_val.json", "dataset_test.json"):
-    (root / name).write_text("[]")
+  for name, split in (("dataset_val.json", "validation"), ("dataset_test.json", "test")):  # An empty split is refused.
+    (root / name).write_text(json.dumps([{"audio_id": split, "caption": "a cello", "audio_path": "good.ogg"}]))
   kept = {"good", "spaces and ünïcödé", "wide", "long", "flac inside", "long caption"}
   rejected = {
     "zero": "empty",
@@ -114,6 +114,7 @@ def test_hostile_corpus_rejects_each_bad_item_with_its_reason_and_keeps_every_go
   assert result.returncode == 0, result.stderr
   found = corpus_records(out, "train")
   assert set(found) == kept
+  assert set(corpus_records(out, "validation")) == {"validation"} and set(corpus_records(out, "test")) == {"test"}
   assert corpus_rejects(out) == rejected
   assert found["long caption"]["captions"] == [long_caption.strip()]
   assert found["long"]["mel"].shape == (32, 1 + 30 * RATE // 512)  # Capped at --max_seconds.

@@ -107,6 +107,10 @@ def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path):
     mclap.load(tmp_path)
   with pytest.raises(UserError, match="missing file"):
     model.embed_audio([tmp_path / "nowhere.wav"])
+  good = tone(3.0, 16000)
+  embeddings, skipped = model.embed_audio([tmp_path / "nowhere.wav", good, np.zeros(16000)], errors="skip")
+  assert list(skipped) == [0, 2] and skipped[0].startswith("missing file") and skipped[2].startswith("silent")
+  np.testing.assert_allclose(embeddings, model.embed_audio([good]), atol=1e-6)
   with pytest.raises(UserError, match="list of texts"):
     model.embed_text("calm piano")
   with pytest.raises(UserError, match="exists"):

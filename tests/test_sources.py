@@ -8,6 +8,7 @@ import soundfile
 from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
 from mclap.data import audio, records, sources
+from mclap.errors import UserError
 
 RATE = 16000
 
@@ -53,8 +54,13 @@ def test_segment_is_cut_from_long_recordings_and_short_files_are_the_segment(tmp
   assert len(cut) == 2 * RATE and abs(peak_hz(cut, RATE) - 880.0) < 2.0
   capped = audio.load_audio(tmp_path / f"long{suffix}", RATE, segment=(1.0, 3.0), max_seconds=0.5)
   assert len(capped) == RATE // 2 and abs(peak_hz(capped, RATE) - 880.0) < 4.0
-  whole = audio.load_audio(tmp_path / f"short{suffix}", RATE, segment=(30.0, 40.0))  # Already cut out.
+  whole = audio.load_audio(tmp_path / f"short{suffix}", RATE, segment=(30.0, 32.0))  # Already cut out.
   assert len(whole) == 2 * RATE and abs(peak_hz(whole, RATE) - 660.0) < 2.0
+  # A 4 s file for the segment [3 s, 5 s): not the 2 s clip, and it ends before 5 s; either reading
+  # would pair the caption with the wrong audio.
+  with pytest.raises(audio.AudioError) as e:
+    audio.load_audio(tmp_path / f"long{suffix}", RATE, segment=(3.0, 5.0))
+  assert e.value.reason == "ambiguous length" and "4.00s" in e.value.detail
 
 
 def _reason(path, **kwargs):
@@ -204,7 +210,10 @@ def test_gtzan_genres_labels_and_split_lists(tmp_path):
     (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
     args.append(f"{split}={tmp_path / f'{split}.txt'}")
   out = tmp_path / "filtered"
-  prepare("--source", "gtzan", "--input", str(root / "genres"), "--output", str(out), "--split_lists", ",".join(args))
+  result = prepare(
+    "--source", "gtzan", "--input", str(root / "genres"), "--output", str(out), "--split_lists", ",".join(args)
+  )  # fmt: skip
+  assert "left out 7 by split lists" in result.stderr  # 10 files, 3 of them listed.
   assert set(corpus_records(out, "train")) == {"blues/blues.00000.wav", "jazz/jazz.00001.wav"}
   assert set(corpus_records(out, "test")) == {"rock/rock.00000.wav"}
   assert corpus_rejects(out) == {"rock/rock.00009.wav": "missing file"}
@@ -213,8 +222,24 @@ def test_gtzan_genres_labels_and_split_lists(tmp_path):
 
 def test_mel_settings_from_a_training_config_and_flags(tmp_path):
   out = tmp_path / "corpus"
-  args = ["--source", "synthetic", "--num_clips", "10", "--clip_seconds", "1", "--num_workers", "0"]
+  args = ["--source", "synthetic", "--num_clips", "64", "--clip_seconds", "0.5", "--num_workers", "0"]
   args += ["--output", str(out), "--config", str(ROOT / "configs/muscall.py:demo"), "--mel.fmax", "7000"]
   subprocess.run([sys.executable, "-m", "mclap.data.prepare", *args], cwd=ROOT, check=True, capture_output=True)
   mel = records.read_info(out)["mel"]
   assert mel["n_mels"] == 64 and mel["fmax"] == 7000.0  # From the demo config, then the flag.
+
+
+def test_a_gtzan_folder_one_level_off_names_the_right_one(tmp_path):
+  """--input one level above the dataset: its folders are not genres and hold no clips."""
+  root = tmp_path / "downloads"
+  (root / "gtzan/genres/jazz").mkdir(parents=True)
+  soundfile.write(root / "gtzan/genres/jazz/jazz.00000.wav", tone(1.5, 22050), 22050)
+  (root / "papers").mkdir()
+  with pytest.raises(UserError, match=f"did you mean --input {root / 'gtzan'}"):
+    sources.gtzan(root, {})
+  kaggle = tmp_path / "kaggle/Data/genres_original/jazz"  # The Kaggle copy's layout.
+  kaggle.mkdir(parents=True)
+  soundfile.write(kaggle / "jazz.00000.wav", tone(1.5, 22050), 22050)
+  assert [i.id for i in sources.gtzan(tmp_path / "kaggle/Data", {}).splits["test"]] == ["jazz/jazz.00000.wav"]
+  with pytest.raises(UserError, match=f"did you mean --input {tmp_path / 'kaggle/Data'}"):
+    sources.gtzan(tmp_path / "kaggle", {})

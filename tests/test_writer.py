@@ -1,6 +1,7 @@
 import functools
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -9,9 +10,10 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, TINY_MEL, build_synthetic, tone
+from conftest import ROOT, TINY_MEL, build_synthetic, corpus_records, corpus_rejects, tone
 
-from mclap.data import records, writer
+from mclap.data import records, sources, writer
+from mclap.errors import UserError
 
 
 def _work(item):
@@ -92,11 +94,11 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, source_args):
   proc = subprocess.Popen(args + ["--output", str(out)], cwd=ROOT, stderr=subprocess.DEVNULL)
   progress = out / ".progress"
   deadline = time.time() + 120
-  while time.time() < deadline and len(list(progress.glob("*.json"))) < 3:
+  while time.time() < deadline and len(list(progress.glob("*.array_record.json"))) < 3:
     time.sleep(0.02)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  finished = {p.name for p in progress.glob("*.json")}
+  finished = {p.name for p in progress.glob("*.array_record.json")}
   assert 3 <= len(finished) < num_shards and not (out / records.INFO_FILE).exists()
 
   result = subprocess.run(args + ["--output", str(out)], check=True, cwd=ROOT, capture_output=True, text=True)
@@ -113,7 +115,7 @@ def test_changed_work_settings_redo_the_shards(tmp_path):
   items = {"train": [("ok", i) for i in range(6)]}
   kwargs = dict(mel_config=TINY_MEL, source="test", num_workers=0, shard_size=4, show_progress=False)
   writer.write_corpus(tmp_path, items, functools.partial(_scaled, scale=1.0), **kwargs)
-  writer.write_corpus(tmp_path, items, functools.partial(_scaled, scale=2.0), **kwargs)
+  writer.write_corpus(tmp_path, items, functools.partial(_scaled, scale=2.0), overwrite=True, **kwargs)
   assert float(records.CorpusReader(tmp_path, "train")[5]["mel"][0, 0]) == 10.0  # Not the stale 5.0.
   assert writer.describe(functools.partial(_scaled, scale=2.0)) == writer.describe(
     functools.partial(_scaled, scale=2.0)
@@ -141,4 +143,95 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
     result.stderr.strip().splitlines()[-1]
     == f"error: unknown --source={bad}; choose one of: synthetic, audiocaption, folder, musiccaps, song_describer, "
     "gtzan, mtat, mtg_jamendo, tinysol, tfds:<name>"
+  )
+
+
+def _folder_items(root, names):
+  """sources.folder's listing of `names` (all in train) and its decoding work function."""
+  (root / "metadata.csv").write_text("path,caption,split\n" + "".join(f"{n},song {n},train\n" for n in names))
+  settings = sources.DecodeSettings(tuple(sorted(TINY_MEL.items())), 600.0, 0.5, 16000)
+  return sources.folder(root, 0).splits, functools.partial(sources.decode_record, settings=settings)
+
+
+def test_a_rerun_retries_rejected_files_that_changed(tmp_path, capsys):
+  root = tmp_path / "music"
+  root.mkdir()
+  soundfile.write(root / "good.wav", tone(1.0, 16000), 16000)
+  (root / "corrupt.wav").write_bytes(b"RIFF not really")
+  splits, work = _folder_items(root, ["good.wav", "corrupt.wav", "later.wav"])
+  kwargs = dict(mel_config=TINY_MEL, source="folder", num_workers=0, shard_size=2, show_progress=False)
+  writer.write_corpus(tmp_path / "out", splits, work, **kwargs)
+  assert corpus_rejects(tmp_path / "out") == {"corrupt.wav": "unreadable", "later.wav": "missing file"}
+  writer.write_corpus(tmp_path / "out", splits, work, **kwargs)  # Nothing changed: nothing redone,
+  writer.write_corpus(tmp_path / "out", splits, work, retry_rejects=True, **kwargs)  # unless asked.
+  err = capsys.readouterr().err
+  assert "wrote 0 of 2 shards" in err and "wrote 2 of 2 shards" in err and "--retry_rejects" in err
+  assert corpus_rejects(tmp_path / "out") == {"corrupt.wav": "unreadable", "later.wav": "missing file"}
+  soundfile.write(root / "later.wav", tone(1.0, 16000), 16000)  # Downloaded after all,
+  soundfile.write(root / "corrupt.wav", tone(1.0, 16000, freq=330.0), 16000)  # replaced by a good copy.
+  info = writer.write_corpus(tmp_path / "out", splits, work, **kwargs)
+  assert info["num_rejected"] == 0 and set(corpus_records(tmp_path / "out", "train")) == {
+    "good.wav", "corrupt.wav", "later.wav",
+  }  # fmt: skip
+
+
+def _needs_package(item):
+  """Fails like a worker without an installed package until the marker file exists."""
+  marker, i = item
+  if not os.path.exists(marker):
+    raise ModuleNotFoundError("No module named 'platformdirs'")
+  return {"id": f"x{i}", "mel": np.zeros((TINY_MEL["n_mels"], 4), np.float32), "captions": ["c"]}
+
+
+def test_a_job_whose_items_mostly_fail_for_one_reason_stops(tmp_path, capsys):
+  marker = str(tmp_path / "installed")
+  items = {"train": [(marker, i) for i in range(40)]}
+  kwargs = dict(mel_config=TINY_MEL, source="test", num_workers=0, shard_size=8, show_progress=False)
+  with pytest.raises(UserError, match=r"20 of the first 20 items were rejected as 'error'.*install it"):
+    writer.write_corpus(tmp_path / "out", items, _needs_package, **kwargs)
+  assert not (tmp_path / "out" / records.INFO_FILE).exists()
+  pathlib.Path(marker).touch()  # The package is installed: the same job now completes.
+  info = writer.write_corpus(tmp_path / "out", items, _needs_package, **kwargs)
+  assert info["splits"]["train"]["count"] == 40 and info["num_rejected"] == 0
+
+  root = tmp_path / "music"  # A wrong audio folder: every file is missing, after a few good ones.
+  root.mkdir()
+  names = [f"{i}.wav" for i in range(30)]
+  for name in names[:8]:
+    soundfile.write(root / name, tone(0.6, 16000), 16000)
+  splits, work = _folder_items(root, names)
+  kwargs["source"] = "folder"
+  with pytest.raises(UserError, match=r"22 of 30 items were rejected as 'missing file'.*--audio_dir"):
+    writer.write_corpus(tmp_path / "wrong", splits, work, **kwargs)
+  info = writer.write_corpus(tmp_path / "wrong", splits, work, allow_rejects=True, **kwargs)
+  assert info["num_rejected"] == 22 and "--retry_rejects" in capsys.readouterr().err
+
+
+def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path):
+  kwargs = dict(mel_config=TINY_MEL, num_workers=0, shard_size=4, show_progress=False)
+  first = {"train": [("ok", i) for i in range(6)], "test": [("ok", 10 + i) for i in range(3)]}
+  writer.write_corpus(tmp_path, first, _work, source="first", **kwargs)
+  (tmp_path / "notes.txt").write_text("mine")
+  second = {"test": [("ok", i) for i in range(5)]}
+  with pytest.raises(UserError, match="other settings \\(source differ\\).*--overwrite"):
+    writer.write_corpus(tmp_path, second, _work, source="second", **kwargs)
+  info = writer.write_corpus(tmp_path, second, _work, source="second", overwrite=True, **kwargs)
+  listed = {s["file"] for split in info["splits"].values() for s in split["shards"]}
+  assert set(info["splits"]) == {"test"} and {p.name for p in tmp_path.glob("*.array_record")} == listed
+  assert (tmp_path / "notes.txt").read_text() == "mine"  # Only the corpus's own files go.
+
+
+def test_workers_started_from_an_unguarded_script_stop_with_the_fix(tmp_path):
+  script = tmp_path / "make_corpus.py"
+  script.write_text(
+    "from mclap.data import synthetic, writer\n"
+    "mel = dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16, fmin=0.0, fmax=8000.0, htk=False,\n"
+    "           norm='slaney', top_db=80.0, amin=1e-10)\n"
+    f"writer.write_corpus({str(tmp_path / 'out')!r}, synthetic.plan_clips(4, 0, 0.5), synthetic.make_record_fn(mel),\n"
+    "                    mel_config=mel, source='synthetic', num_workers=1)\n"
+  )
+  result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'line 4 starts worker processes at the top level of a script: put that code under `if __name__ == "__main__":`' in (
+    result.stderr
   )

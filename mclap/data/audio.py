@@ -17,11 +17,14 @@ import soundfile
 import soxr
 
 SILENCE_PEAK = 1e-5  # Peak amplitude below which a clip counts as silent.
+SEGMENT_TOLERANCE = 0.5  # Seconds a download of a clip may differ from the clip's length (codec padding).
 
 
 @dataclasses.dataclass
 class AudioError(Exception):
-  reason: str  # missing file | unreadable | empty | truncated | non-finite samples | silent | too short
+  reason: (
+    str  # missing file | unreadable | empty | truncated | ambiguous length | non-finite samples | silent | too short
+  )
   detail: str = ""
 
   def __str__(self) -> str:
@@ -97,11 +100,19 @@ def _read_npy(
 
 
 def _span(frames: int, rate: int, segment: tuple[float, float] | None, max_seconds: float | None) -> tuple[int, int]:
-  """The frames to read: the segment if the file is long enough to hold it (else the whole file,
-  which is then taken to be the segment already cut out), capped at `max_seconds`."""
+  """The frames to read, capped at `max_seconds`: the segment if the file reaches its end (a whole
+  recording), the whole file if it is as long as the segment (the segment already cut out);
+  any other length could be either, so the file is rejected rather than paired with the wrong
+  audio."""
   start, stop = 0, frames
   if segment is not None and frames >= int(segment[1] * rate):
     start, stop = int(segment[0] * rate), int(segment[1] * rate)
+  elif segment is not None and abs(frames / rate - (segment[1] - segment[0])) > SEGMENT_TOLERANCE:
+    raise AudioError(
+      "ambiguous length",
+      f"{frames / rate:.2f}s is neither the {segment[1] - segment[0]:g}s clip nor a recording reaching its end at "
+      f"{segment[1]:g}s",
+    )
   if max_seconds is not None:
     stop = min(stop, start + int(max_seconds * rate))
   return start, stop
@@ -157,9 +168,10 @@ def load_audio(
 ) -> np.ndarray:
   """Mono float32 waveform of `path` at `sample_rate`, at most `max_seconds` long.
 
-  `segment` = (start, end) seconds reads just that part of a file that is long enough to hold it
-  (a MusicCaps clip inside a whole YouTube recording); a shorter file is taken to be the segment
-  already cut out, so both kinds of download work.
+  `segment` = (start, end) seconds reads just that part of a file that reaches `end` (a MusicCaps
+  clip inside a whole YouTube recording); a file as long as the segment (within
+  `SEGMENT_TOLERANCE`) is the segment already cut out, so both kinds of download work; a file of
+  any other length is rejected as "ambiguous length".
 
   `.npy` files are MusCALL waveforms at `npy_sample_rate`; everything else goes through
   libsndfile (WAV, FLAC, OGG/Vorbis, MP3, ...), any rate and channel count, recognised by its

@@ -51,6 +51,18 @@ _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the un
 _ITEM_TIMEOUT = flags.DEFINE_float(
   "item_timeout", 300.0, "Seconds a worker may take for one file before it is rejected as hung (workers > 0)."
 )
+_TFDS_CAPTION = flags.DEFINE_string(
+  "tfds_caption", "", "tfds: the text feature to use as captions (default: one named caption(s)/text/description)."
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Replace a corpus that --output holds from other settings (else prepare refuses)."
+)
+_RETRY_REJECTS = flags.DEFINE_bool(
+  "retry_rejects", False, "Try every rejected item again (a re-run retries those whose file changed anyway)."
+)
+_ALLOW_REJECTS = flags.DEFINE_bool(
+  "allow_rejects", False, "Keep going when most items fail for one reason (else prepare stops with it)."
+)
 _MEL = config_flags.DEFINE_config_dict("mel", mel_lib.default_mel_config(), "Log-mel settings.")
 _MEL_PRESET = flags.DEFINE_enum(
   "mel_preset",
@@ -111,8 +123,24 @@ SOURCES = {
 }
 
 
+# What each source needs (what it looks for under --input): named when it finds nothing.
+LAYOUTS = {
+  "synthetic": "enough clips for a stratified train/validation/test split of 8 instruments: --num_clips 64 or more",
+  "audiocaption": "dataset_train/val/test.json listing files under audio/",
+  "folder": "metadata.csv or metadata.jsonl with path, caption[, tags][, split] columns",
+  "musiccaps": "musiccaps-public.csv and audio files named by ytid under audio/",
+  "song_describer": "song_describer.csv and the audio/ folder",
+  "gtzan": "genres/<genre>/<genre>.NNNNN.wav (or the genre folders directly)",
+  "mtat": "annotations_final.csv and the audio folders 0 ... f",
+  "mtg_jamendo": "data/splits/split-N/<subset>-{train,validation,test}.tsv",
+  "tinysol": "TinySOL_metadata.csv and the TinySOL/ folder",
+}
+
+
 def _tfds(mel_config: dict):
-  return tfds_source.list_items(_SOURCE.value, _INPUT.value or "", mel_config, _MAX_SECONDS.value, _MIN_SECONDS.value)
+  return tfds_source.list_items(
+    _SOURCE.value, _INPUT.value or "", mel_config, _MAX_SECONDS.value, _MIN_SECONDS.value, _TFDS_CAPTION.value
+  )
 
 
 def _split_lists() -> dict[str, str]:
@@ -139,6 +167,12 @@ def main(argv):
     raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}, tfds:<name>")
   mel_config = _mel_config()
   listing, work_fn = (_tfds if is_tfds else SOURCES[_SOURCE.value])(mel_config)
+  empty = [name for name, items in listing.splits.items() if not items]
+  if empty or not listing.splits:
+    where = f" in {_INPUT.value}" if _INPUT.value else ""
+    expected = f": it expects {LAYOUTS[_SOURCE.value]}" if _SOURCE.value in LAYOUTS else ""
+    what = f"for split(s) {', '.join(empty)}" if empty else "at all"
+    raise UserError(f"--source={_SOURCE.value} found no items {what}{where}{expected}")
   writer.write_corpus(
     _OUTPUT.value,
     listing.splits,
@@ -150,6 +184,9 @@ def main(argv):
     num_workers=_NUM_WORKERS.value,
     shard_size=_SHARD_SIZE.value,
     item_timeout=_ITEM_TIMEOUT.value,
+    overwrite=_OVERWRITE.value,
+    retry_rejects=_RETRY_REJECTS.value,
+    allow_rejects=_ALLOW_REJECTS.value,
   )
 
 

@@ -81,6 +81,11 @@ def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] |
   }
 
 
+def _nonempty(splits: dict[str, list[AudioItem]]) -> dict[str, list[AudioItem]]:
+  """The splits that rows went to: hashing a small corpus may leave one without any."""
+  return {name: items for name, items in splits.items() if items}
+
+
 def hashed_split(item_id: str, seed: int, fractions: tuple[tuple[str, float], ...] = SPLIT_FRACTIONS) -> str:
   """A split by a seeded hash of the id (80/10/10 train/validation/test by default): stable as
   the corpus grows, and the same for every caption of one recording."""
@@ -265,7 +270,7 @@ def folder(root: pathlib.Path, seed: int, metadata: str = "") -> Listing:
         id=rel, path=str(root / rel), captions=_captions(row.get("caption", "")), tags=_split_tags(row.get("tags"))
       )
     )
-  return Listing(splits)
+  return Listing(_nonempty(splits))
 
 
 def _gtzan_key(entry: str) -> str:
@@ -274,20 +279,31 @@ def _gtzan_key(entry: str) -> str:
   return f"{name.split('.')[0]}/{name}"
 
 
+GTZAN_FOLDERS = ("genres", "genres_original")  # The original archive's, and the Kaggle copy's (in Data/).
+
+
 def gtzan(root: pathlib.Path, split_lists: dict[str, str]) -> Listing:
-  """GTZAN: `genres/<genre>/<genre>.NNNNN.wav` (or the genre folders directly under `root`).
+  """GTZAN: `genres/<genre>/<genre>.NNNNN.wav` (or `genres_original/...`, or the genre folders
+  directly under `root`).
 
   Labels are the sorted genre folder names. `split_lists` maps split names to files listing
   clips (paths or names, one per line), such as the fault-filtered split; clips in no list are
   left out and counted. Without lists, every clip goes to the `test` split (zero-shot use).
   """
-  base = root / "genres" if (root / "genres").is_dir() else root
+  base = next((root / name for name in GTZAN_FOLDERS if (root / name).is_dir()), root)
   genres = sorted(d.name for d in base.iterdir() if d.is_dir())
   if not genres:
     raise UserError(f"no genre folders in {base}: --source=gtzan expects genres/<genre>/<genre>.NNNNN.wav")
   found = {
     f"{g}/{p.name}": p for g in genres for p in sorted((base / g).iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES
   }
+  if not found:
+    deeper = sorted(str(p.parent) for name in GTZAN_FOLDERS for p in base.glob(f"*/{name}") if p.is_dir())
+    hint = f"; did you mean --input {deeper[0]}?" if deeper else ""
+    raise UserError(
+      f"no audio files in the genre folders of {base} ({', '.join(genres[:5])}{', ...' if len(genres) > 5 else ''}): "
+      f"--source=gtzan expects genres/<genre>/<genre>.NNNNN.wav{hint}"
+    )
 
   def item(key: str) -> AudioItem:
     genre = key.split("/")[0]
@@ -308,7 +324,9 @@ def musiccaps(root: pathlib.Path, seed: int, metadata: str = "", audio_dir: str 
   is_audioset_eval) and audio files named by ytid (`<ytid>.<ext>`, or starting with the ytid)
   anywhere under the audio folder.
 
-  A file may be the whole recording (the [start_s, end_s) clip is cut out) or the clip itself.
+  A file may be the whole recording (it reaches end_s: the [start_s, end_s) clip is cut out) or
+  the clip itself (as long as the clip); a file of any other length could be either and is
+  rejected as "ambiguous length" (see `audio.load_audio`).
   The AudioSet evaluation clips form `test`; the rest splits 90/10 into train/validation by a
   seeded hash of the ytid. Aspects become tags.
   """
@@ -339,7 +357,7 @@ def musiccaps(root: pathlib.Path, seed: int, metadata: str = "", audio_dir: str 
         segment=segment,
       )
     )
-  return Listing(splits)
+  return Listing(_nonempty(splits))
 
 
 MTG_CATEGORIES = {"genre": "genre", "instrument": "instrument", "mood/theme": "moodtheme"}

@@ -8,14 +8,17 @@ and reads its examples by index, so the audio is decoded once, in parallel.
 
 Which features are used, from the dataset's own feature description: the `Audio` feature (its
 sample rate; integer samples are 16-bit PCM unless larger values occur, then 32-bit), a `Text`
-feature named caption, captions, text or description (or a sequence of them) as captions, and a
-`ClassLabel` feature (label, genre, instrument, or the only one) as label and tag.
+feature named caption, captions, text or description (or a sequence of them) as captions, or the
+one `--tfds_caption` names (other text features, such as TFDS gtzan's `audio/filename`, are not
+descriptions), and a `ClassLabel` feature (label, genre, instrument, or the only one) as label and
+tag. Which features were used is printed, and kept in `dataset_info.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any
 
 import numpy as np
@@ -70,8 +73,28 @@ def _pick(features: dict[str, Any], kinds: tuple[str, ...], preferred: tuple[str
   return named[0] if named else (candidates[0] if len(candidates) == 1 else "")
 
 
-def list_items(spec: str, data_dir: str, mel_config: dict, max_seconds: float | None, min_seconds: float):
-  """The listing and work settings of `tfds:<name>` (name as TFDS takes it: `gtzan`, `name:1.0.0`)."""
+def _is_text(feature: Any) -> bool:
+  kind = type(feature).__name__
+  return kind == "Text" or (kind == "Sequence" and type(feature.feature).__name__ == "Text")
+
+
+def caption_feature(features: dict[str, Any], chosen: str = "") -> str:
+  """The text feature whose values become captions: `chosen`, else one named as captions are
+  (`CAPTION_KEYS`), else none. A dataset's only text feature is not taken for a description:
+  it is often a file name or an id."""
+  if chosen:
+    if chosen not in features or not _is_text(features[chosen]):
+      texts = sorted(k for k, f in features.items() if _is_text(f))
+      raise UserError(f"--tfds_caption={chosen} is not a text feature of the dataset (text features: {texts})")
+    return chosen
+  return next((k for k in CAPTION_KEYS if k in features and _is_text(features[k])), "")
+
+
+def list_items(
+  spec: str, data_dir: str, mel_config: dict, max_seconds: float | None, min_seconds: float, caption: str = ""
+):
+  """The listing and work settings of `tfds:<name>` (name as TFDS takes it: `gtzan`, `name:1.0.0`);
+  `caption` names the text feature to use as captions (default: see `caption_feature`)."""
   tfds = _tfds()
   name = spec.removeprefix("tfds:")
   try:
@@ -85,9 +108,7 @@ def list_items(spec: str, data_dir: str, mel_config: dict, max_seconds: float | 
   audio_key = _pick(features, ("Audio",), ("audio",))
   if not audio_key:
     raise UserError(f"TFDS dataset '{name}' has no single Audio feature (features: {sorted(features)})")
-  caption_key = _pick(features, ("Text", "Sequence"), CAPTION_KEYS)
-  if caption_key and type(features[caption_key]).__name__ == "Sequence":
-    caption_key = caption_key if type(features[caption_key].feature).__name__ == "Text" else ""
+  caption_key = caption_feature(features, caption)
   label_key = _pick(features, ("ClassLabel",), LABEL_KEYS)
   label_names = tuple(features[label_key].names) if label_key else ()
   settings = TfdsSettings(
@@ -108,7 +129,16 @@ def list_items(spec: str, data_dir: str, mel_config: dict, max_seconds: float | 
   for split, info in builder.info.splits.items():
     ours = SPLIT_NAMES.get(split, split)
     splits[ours] = [TfdsItem(id=f"{split}/{i}", split=split, index=i) for i in range(info.num_examples)]
-  extra = {"tfds": {"name": name, "version": str(builder.info.version), "audio": audio_key}}
+  extra = {
+    "tfds": {"name": name, "version": str(builder.info.version), "audio": audio_key, "caption": caption_key},
+  }
+  unused = sorted(k for k, f in features.items() if _is_text(f) and k != caption_key)
+  print(
+    f"tfds:{name}: audio from '{audio_key}', captions from {repr(caption_key) if caption_key else 'no feature'}"
+    f"{f', labels from {label_key!r}' if label_key else ''}"
+    f"{f'; text features not used as captions: {unused} (--tfds_caption FEATURE uses one)' if unused else ''}",
+    file=sys.stderr,
+  )
   if label_names:
     extra["label_names"] = list(label_names)
   listing = Listing(splits, extra, require_captions=bool(caption_key))

@@ -4,12 +4,15 @@ A source supplies items per split (small picklable descriptions: a clip spec, a 
 top-level `work_fn(item) -> record | Reject` that does the heavy part (render or decode, then
 log-mel) in worker processes. The writer groups items into fixed shards, writes each shard to a
 temporary file and renames it when complete, then records a small manifest; a re-run skips every
-shard whose manifest matches its plan and redoes the rest. Bad items become `Reject`s in
-`rejects.jsonl`; they never stop the job.
+shard whose manifest matches its plan and redoes the rest, and the shards whose rejects may have
+been fixed since (a file that was missing or broken has changed; the worker crashed or hung).
+Bad items become `Reject`s in `rejects.jsonl` and never stop the job, unless most items fail for
+the same reason: then the job stops with that reason, since its corpus would be mostly missing.
 """
 
 from __future__ import annotations
 
+import ast
 import collections
 import dataclasses
 import functools
@@ -20,8 +23,10 @@ import multiprocessing
 import os
 import pathlib
 import re
+import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,6 +37,7 @@ from array_record.python import array_record_module
 
 import mclap
 from mclap.data import records
+from mclap.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,19 @@ class Reject:
 
 WorkFn = Callable[[Any], "dict[str, Any] | Reject"]
 _PROGRESS_DIR = ".progress"
+_SETTINGS_FILE = "settings.json"  # In _PROGRESS_DIR: how the corpus in this directory is made.
+_SHARD_PATTERN = re.compile(r"^[\w.-]+-\d{5}-of-\d{5}\.array_record(\.tmp)?$")
+# Rejects whose cause lies in the environment rather than the item: retried on every re-run.
+RETRIED_REASONS = ("error", "timed out")
+# A job stops when more than this share of its items, and more than this many, fail for one reason
+# (checked on the first items already, and at the end over all of them).
+MASS_FAILURE_SHARE, MASS_FAILURE_COUNT = 0.5, 20
+_HINTS = {
+  "missing file": "the files are not where the source looks for them: check --input and --audio_dir",
+  "unreadable": "the files cannot be decoded: check that they are audio files of a format libsndfile reads",
+  "timed out": "the decoder hangs or crashes: run with --num_workers 0 to see how",
+  "No module named": "a Python package is missing: install it (pip install -e . in mclap's folder)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,27 +165,140 @@ def _plan(splits: dict[str, Sequence[Any]], shard_size: int, settings: dict[str,
   return shards
 
 
-def _load_manifest(out: pathlib.Path, shard: _Shard) -> dict[str, Any] | None:
-  """The manifest of a finished shard, or None if the shard must be (re)done."""
-  path = out / _PROGRESS_DIR / (shard.file + ".json")
-  if not (path.is_file() and (out / shard.file).is_file()):
-    return None
+def _file_state(path: str) -> list[int] | None:
+  """(size, modification time) of an item's file, None if it has none or it does not exist: a
+  rejected file whose state changed (downloaded, replaced) is tried again on a re-run."""
   try:
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError:
+    info = os.stat(path) if path else None
+  except OSError:
     return None
-  return manifest if manifest.get("fingerprint") == shard.fingerprint else None
+  return [info.st_size, info.st_mtime_ns] if info else None
 
 
-def _remove_stale(out: pathlib.Path, shards: list[_Shard], split_names: Sequence[str]) -> None:
-  """Deletes shards of these splits left by an earlier run with a different plan."""
-  keep = {s.file for s in shards}
-  names = "|".join(map(re.escape, split_names))
-  pattern = re.compile(rf"^({names})-\d{{5}}-of-\d{{5}}\.array_record(\.tmp)?$")
+def _retry(reject: dict[str, Any], retry_rejects: bool) -> bool:
+  """Whether a re-run must try a rejected item again."""
+  if retry_rejects or reject["reason"] in RETRIED_REASONS:
+    return True
+  return bool(reject.get("path")) and _file_state(reject["path"]) != reject.get("file_state")
+
+
+def _load_manifest(out: pathlib.Path, shard: _Shard, retry_rejects: bool) -> dict[str, Any] | None:
+  """The manifest of a finished shard, or None if the shard must be (re)done."""
+  manifest = _read_json(out / _PROGRESS_DIR / (shard.file + ".json"))
+  if (
+    not ((out / shard.file).is_file() and isinstance(manifest, dict))
+    or manifest.get("fingerprint") != shard.fingerprint
+  ):
+    return None
+  return None if any(_retry(r, retry_rejects) for r in manifest["rejects"]) else manifest
+
+
+def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None:
+  """Makes `out` this job's: refuses a corpus made with other settings unless `overwrite`, which
+  deletes it (its shards, manifests, rejects and info; nothing else in the directory)."""
+  path = out / _PROGRESS_DIR / _SETTINGS_FILE
+  before = _read_json(path)
+  if before is None and (info := _read_json(out / records.INFO_FILE)):  # Written before settings.json existed.
+    before = {**settings, "mel": info.get("mel"), "source": info.get("source")}
+  if before is not None and before != settings:
+    if not overwrite:
+      changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+      raise UserError(
+        f"{out} holds a corpus prepared with other settings ({', '.join(changed)} differ); choose another "
+        "--output, or pass --overwrite to replace it"
+      )
+    shutil.rmtree(out / _PROGRESS_DIR, ignore_errors=True)
+    for name in (records.INFO_FILE, records.REJECTS_FILE):
+      (out / name).unlink(missing_ok=True)
+    _remove_stale(out, keep=set())
+  (out / _PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+  records.write_json_atomic(path, settings)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  """A JSON file's content; None if it is missing or damaged (it is then rewritten)."""
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _remove_stale(out: pathlib.Path, keep: set[str]) -> None:
+  """Deletes shards (of any split) that the current plan does not write, with their manifests."""
   for path in out.iterdir():
-    if pattern.match(path.name) and path.name not in keep:
+    if _SHARD_PATTERN.match(path.name) and path.name not in keep:
       path.unlink()
       (out / _PROGRESS_DIR / (path.name + ".json")).unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class _FailureWatch:
+  """Stops a job whose items mostly fail for one reason (a wrong folder, a missing package): on
+  the first `MASS_FAILURE_COUNT` results if they all do, or at the end."""
+
+  allow: bool
+  counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  examples: dict[str, Reject] = dataclasses.field(default_factory=dict)
+  seen: int = 0
+
+  def add(self, result: dict[str, Any] | Reject) -> None:
+    self.seen += 1
+    if isinstance(result, Reject):
+      self.counts[result.reason] += 1
+      self.examples.setdefault(result.reason, result)
+    if self.seen == MASS_FAILURE_COUNT and len(self.counts) == 1 and self.counts.total() == self.seen:
+      self._stop(*self.counts.most_common(1)[0], f"the first {self.seen}")
+
+  def finish(self, rejects: list[dict[str, Any]], total: int) -> None:
+    counts = collections.Counter(r["reason"] for r in rejects)
+    for r in rejects:
+      self.examples.setdefault(r["reason"], Reject(r["id"], r["reason"], r.get("detail", "")))
+    if counts and (top := counts.most_common(1)[0])[1] > max(MASS_FAILURE_COUNT, MASS_FAILURE_SHARE * total):
+      self._stop(*top, str(total))
+
+  def _stop(self, reason: str, count: int, of: str) -> None:
+    if self.allow:
+      return
+    example = self.examples[reason]
+    hint = next((h for key, h in _HINTS.items() if key in f"{reason} {example.detail}"), "see rejects.jsonl")
+    detail = f" (e.g. {example.id}: {example.detail})" if example.detail else ""
+    raise UserError(
+      f"stopped: {count} of {of} items were rejected as '{reason}'{detail}; {hint}. Then run the same command "
+      "again (or pass --allow_rejects to keep a corpus without them)"
+    )
+
+
+def _check_main_module(num_workers: int | None) -> None:
+  """Worker processes are spawned, and each imports the main script again: a call at the script's
+  top level, outside `if __name__ == "__main__":`, would run again in every worker, which would
+  start workers of its own, forever. Such a call is refused before any worker starts."""
+  main = sys.modules.get("__main__")
+  script = getattr(main, "__file__", None)
+  if num_workers == 0 or not script or not script.endswith(".py"):
+    return
+  frame = next(
+    (f for f, _ in traceback.walk_stack(None) if f.f_code.co_name == "<module>" and f.f_code.co_filename == script),
+    None,
+  )
+  if frame is None:
+    return
+  line = frame.f_lineno
+  tree = ast.parse(pathlib.Path(script).read_text(encoding="utf-8"))
+  if not any(
+    isinstance(n, ast.If) and _is_main_test(n.test) and n.lineno <= line <= n.end_lineno for n in ast.walk(tree)
+  ):
+    raise UserError(
+      f"{script} line {line} starts worker processes at the top level of a script: put that code under "
+      '`if __name__ == "__main__":` (spawned workers import the script again), or pass num_workers=0'
+    )
+
+
+def _is_main_test(test: ast.expr) -> bool:
+  """`__name__ == "__main__"`, either way round."""
+  if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+    return False
+  sides = {ast.dump(test.left), ast.dump(test.comparators[0])}
+  return sides == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))}
 
 
 def _results(
@@ -217,13 +349,17 @@ def write_corpus(
   require_captions: bool = True,
   item_timeout: float = 300.0,
   show_progress: bool = True,
+  overwrite: bool = False,
+  retry_rejects: bool = False,
+  allow_rejects: bool = False,
 ) -> dict[str, Any]:
   """Writes (or finishes) a prepared corpus and returns its `dataset_info`.
 
   Args:
     output_dir: corpus directory; created if needed.
     splits: split name -> items; `work_fn` turns each item into a record dict (see
-      `records.encode`) or a `Reject`.
+      `records.encode`) or a `Reject`. An item with a `path` attribute names its file, which a
+      re-run checks for changes if the item was rejected.
     work_fn: picklable top-level callable, run in `num_workers` spawned processes.
     mel_config: mel settings the records were computed with (stored in `dataset_info.json`).
     source: name of the data source, stored in `dataset_info.json`.
@@ -233,9 +369,13 @@ def write_corpus(
     require_captions: reject records without a non-empty caption (False for tagging-only sources).
     item_timeout: seconds a worker may spend on one item before it is rejected as hung.
     show_progress: draw a progress bar with rate and ETA on stderr.
+    overwrite: replace a corpus that `output_dir` holds from other settings (else refused).
+    retry_rejects: try every rejected item again (by default, those whose file changed, and
+      those that failed for reasons of the environment: `RETRIED_REASONS`).
+    allow_rejects: keep going when most items fail for one reason (else `UserError`).
   """
+  _check_main_module(num_workers)
   out = pathlib.Path(output_dir)
-  (out / _PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
   n_mels = int(mel_config["n_mels"])
   settings = {
     "mel": dict(mel_config),
@@ -244,10 +384,13 @@ def write_corpus(
     "work": describe(work_fn),
     "require_captions": require_captions,
   }
+  _claim(out, settings, overwrite)
   shards = _plan(splits, shard_size, settings)
-  _remove_stale(out, shards, list(splits))
-  manifests = {s.file: _load_manifest(out, s) for s in shards}
+  _remove_stale(out, keep={s.file for s in shards})
+  manifests = {s.file: _load_manifest(out, s, retry_rejects) for s in shards}
   todo = [s for s in shards if manifests[s.file] is None]
+  if todo:  # Until the job ends, no dataset_info.json lists shards that are being replaced.
+    (out / records.INFO_FILE).unlink(missing_ok=True)
   total = sum(len(items) for items in splits.values())
   num_workers = os.cpu_count() if num_workers is None else num_workers
   seen_ids = {i for m in manifests.values() if m for i in m["ids"]}
@@ -270,41 +413,62 @@ def write_corpus(
     min(num_workers, remaining),
     item_timeout,
   )
-  for shard in todo:
-    tmp = out / (shard.file + ".tmp")
-    writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
-    manifest = {"fingerprint": shard.fingerprint, "ids": [], "tags": [], "rejects": []}
-    tags = set()
-    for _ in shard.items:
+  watch = _FailureWatch(allow_rejects)
+  try:
+    for shard in todo:
+      manifests[shard.file] = _write_shard(out, shard, results, seen_ids, watch, bar)
+  finally:
+    results.close()  # Stops the worker pool when the job stops early.
+    bar.close()
+
+  info = _finish(out, shards, manifests, list(splits), mel_config, source, extra_info or {}, watch, total)
+  _print_summary(info, out, time.time() - start, len(todo), len(shards))
+  return info
+
+
+def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
+  """Writes one shard from the next results (to a temporary file renamed when complete) and its
+  manifest; returns the manifest."""
+  tmp = out / (shard.file + ".tmp")
+  writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
+  manifest = {"fingerprint": shard.fingerprint, "ids": [], "tags": [], "rejects": []}
+  tags = set()
+  try:
+    for item in shard.items:
       result = next(results)
       bar.update(1)
       if not isinstance(result, Reject) and result["id"] in seen_ids:
         result = Reject(id=str(result["id"]), reason="duplicate id")
+      watch.add(result)
       if isinstance(result, Reject):
-        manifest["rejects"].append(dataclasses.asdict(result))
+        path = str(getattr(item, "path", ""))
+        file = {"path": path, "file_state": _file_state(path)} if path else {}
+        manifest["rejects"].append({**dataclasses.asdict(result), **file})
         continue
       writer.write(records.encode(result))
       seen_ids.add(result["id"])
       manifest["ids"].append(result["id"])
       tags.update(result.get("tags", []))
+  finally:
     writer.close()
-    os.replace(tmp, out / shard.file)
-    manifest["tags"] = sorted(tags)
-    records.write_json_atomic(out / _PROGRESS_DIR / (shard.file + ".json"), manifest)
-    manifests[shard.file] = manifest
-  bar.close()
-
-  info = _finish(out, shards, manifests, list(splits), mel_config, source, extra_info or {})
-  _print_summary(info, out, time.time() - start, len(todo), len(shards))
-  return info
+  os.replace(tmp, out / shard.file)
+  manifest["tags"] = sorted(tags)
+  records.write_json_atomic(out / _PROGRESS_DIR / (shard.file + ".json"), manifest)
+  return manifest
 
 
-def _finish(out, shards, manifests, split_names, mel_config, source, extra_info) -> dict[str, Any]:
-  """Writes `rejects.jsonl` and `dataset_info.json` from the shard manifests."""
-  rejects = [dict(r, split=s.split) for s in shards for r in manifests[s.file]["rejects"]]
-  tmp = out / (records.REJECTS_FILE + ".tmp")
-  tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), encoding="utf-8")
-  os.replace(tmp, out / records.REJECTS_FILE)
+def _finish(out, shards, manifests, split_names, mel_config, source, extra_info, watch, total) -> dict[str, Any]:
+  """Writes `rejects.jsonl` and, unless most items failed for one reason, `dataset_info.json`
+  from the shard manifests."""
+  rejects = [
+    {**{k: v for k, v in r.items() if k != "file_state"}, "split": s.split}
+    for s in shards
+    for r in manifests[s.file]["rejects"]
+  ]
+  records.write_text_atomic(
+    out / records.REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
+  )
+  watch.finish(rejects, total)
   split_info = {}
   for name in split_names:
     parts = [{"file": s.file, "count": len(manifests[s.file]["ids"])} for s in shards if s.split == name]
@@ -325,10 +489,16 @@ def _finish(out, shards, manifests, split_names, mel_config, source, extra_info)
 
 
 def _print_summary(info, out, seconds, shards_done, shards_total) -> None:
-  splits = ", ".join(f"{k} {v['count']}" for k, v in info["splits"].items())
-  print(
-    f"prepared {out}: {splits}; rejected {info['num_rejected']} (see {records.REJECTS_FILE}); "
-    f"wrote {shards_done} of {shards_total} shards in {seconds:.1f}s "
-    f"({shards_total - shards_done} already done)",
-    file=sys.stderr,
+  parts = [", ".join(f"{k} {v['count']}" for k, v in info["splits"].items()), f"rejected {info['num_rejected']}"]
+  if info["num_rejected"]:
+    parts[-1] += f" (see {records.REJECTS_FILE}; a re-run retries those whose file changed, --retry_rejects all)"
+  # Items a source leaves out on purpose (not in the split lists, no tags ...), counted in `left_out_<why>`.
+  parts += [
+    f"left out {n} {k.removeprefix('left_out_').replace('_', ' ')}"
+    for k, n in info.items()
+    if k.startswith("left_out_") and n
+  ]
+  parts.append(
+    f"wrote {shards_done} of {shards_total} shards in {seconds:.1f}s ({shards_total - shards_done} already done)"
   )
+  print(f"prepared {out}: {'; '.join(parts)}", file=sys.stderr)
