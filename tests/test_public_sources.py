@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile
 from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
 from mclap.data import records, sources
+from mclap.errors import UserError
 
 RATE = 16000
 
@@ -205,3 +207,17 @@ def test_tfds_pcm_scaling():
   np.testing.assert_allclose(tfds_source.to_float(np.array([16384, -32768], np.int64)), [0.5, -1.0])
   np.testing.assert_allclose(tfds_source.to_float(np.array([[2**30, 0]], np.int64)), [0.25])
   np.testing.assert_array_equal(tfds_source.to_float(np.array([0.25], np.float32)), [0.25])
+
+
+def test_tfds_captions_come_only_from_description_features():
+  """TFDS's gtzan has one text feature, `audio/filename`: a file name is not a caption."""
+  from mclap.data import tfds_source
+
+  Text = type("Text", (), {})  # noqa: N806  Stand-ins with TFDS's feature class names.
+  Sequence = type("Sequence", (), {"feature": Text()})  # noqa: N806
+  gtzan = {"audio": object(), "audio/filename": Text(), "label": object()}
+  assert tfds_source.caption_feature(gtzan) == ""
+  assert tfds_source.caption_feature(gtzan, "audio/filename") == "audio/filename"  # Asked for by name.
+  with pytest.raises(UserError, match=r"not a text feature .*\['audio/filename'\]"):
+    tfds_source.caption_feature(gtzan, "label")
+  assert tfds_source.caption_feature({"id": Text(), "captions": Sequence()}) == "captions"
