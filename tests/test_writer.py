@@ -232,6 +232,5 @@ def test_workers_started_from_an_unguarded_script_stop_with_the_fix(tmp_path):
   )
   result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
-  assert 'line 4 starts worker processes at the top level of a script: put that code under `if __name__ == "__main__":`' in (
-    result.stderr
-  )
+  fix = 'line 4 starts worker processes at the top level of a script: put that code under `if __name__ == "__main__":`'
+  assert fix in result.stderr
