@@ -7,7 +7,7 @@ import pytest
 import soundfile
 from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
-from mclap.data import audio, records, sources
+from mclap.data import audio, mel, records, sources
 from mclap.errors import UserError
 
 RATE = 16000
@@ -86,6 +86,22 @@ def test_bad_audio_is_named_by_reason(tmp_path):
   assert _reason(tmp_path / "nan.npy") == "non-finite samples"
   assert _reason(tmp_path / "text.mp3") == "unreadable"
   assert _reason(tmp_path / "full.wav", min_seconds=2.0) == "too short"
+
+
+def test_a_reject_says_what_the_decoder_said_once_and_prints_nothing(tmp_path, capfd):
+  """A corrupt MP3: libsndfile calls it "not a regular file", libmpg123 prints its complaint on the
+  process's stderr (over the progress bar). The reject names the path once, says what the decoder
+  found, and nothing is printed."""
+  (tmp_path / "corrupt.mp3").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes())
+  settings = sources.DecodeSettings(tuple(sorted(mel.default_mel_config().items())), 600.0, 0.5, RATE)
+  capfd.readouterr()
+  corrupt = sources.decode_record(sources.AudioItem(id="c", path=str(tmp_path / "corrupt.mp3")), settings)
+  missing = sources.decode_record(sources.AudioItem(id="m", path=str(tmp_path / "absent.wav")), settings)
+  assert capfd.readouterr().err == ""
+  assert corrupt.reason == "unreadable" and "not a regular file" not in corrupt.detail
+  assert corrupt.detail.startswith(f"{tmp_path / 'corrupt.mp3'}: no decoder recognises its content (decoder: ")
+  assert "Illegal Audio-MPEG-Header" in corrupt.detail and corrupt.detail.count(str(tmp_path)) == 1
+  assert (missing.reason, missing.detail) == ("missing file", str(tmp_path / "absent.wav"))
 
 
 def test_audiocaption_layout(tmp_path):

@@ -7,10 +7,14 @@ with one of the reasons that `rejects.jsonl` reports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import pathlib
 import stat
-from collections.abc import Iterable
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import soundfile
@@ -54,13 +58,13 @@ def _check_file(path: pathlib.Path) -> None:
   try:
     info = path.stat()
   except FileNotFoundError:
-    raise AudioError("missing file", str(path)) from None
+    raise AudioError("missing file") from None
   except OSError as e:  # ELOOP: a symlink loop.
-    raise AudioError("unreadable", f"{path}: {e.strerror}") from None
+    raise AudioError("unreadable", str(e.strerror)) from None
   if not stat.S_ISREG(info.st_mode):
-    raise AudioError("unreadable", f"{path} is not a regular file")
+    raise AudioError("unreadable", "not a regular file")
   if info.st_size == 0:
-    raise AudioError("empty", f"{path} has zero bytes")
+    raise AudioError("empty", "zero bytes")
 
 
 def _mp3_stream_bytes(head: bytes) -> tuple[int, int] | None:
@@ -123,7 +127,12 @@ def _read_file(
 ) -> np.ndarray:
   try:
     f = soundfile.SoundFile(str(path))
-  except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
+  except soundfile.LibsndfileError as e:
+    # libsndfile says "File does not exist or is not a regular file" of an existing file that no
+    # decoder takes (`_check_file` ruled the rest out): say that instead.
+    said = "no decoder recognises its content" if "not a regular file" in e.error_string else e.error_string
+    raise AudioError("unreadable", said) from e
+  except (RuntimeError, OSError) as e:
     raise AudioError("unreadable", f"{type(e).__name__}: {e}") from e
   with f:
     rate, declared = f.samplerate, f.frames
@@ -149,12 +158,33 @@ def _read_file(
         f.seek(start)
       wave = _to_mono(blocks(), rate, sample_rate)
     except (soundfile.LibsndfileError, RuntimeError) as e:
-      raise AudioError("truncated", f"decoding stopped early: {e}") from e
+      said = e.error_string if isinstance(e, soundfile.LibsndfileError) else str(e)
+      raise AudioError("truncated", f"decoding stopped early: {said}") from e
   if declared <= 0 or read == 0:
     raise AudioError("empty", "no audio frames")
   if read < wanted:
     raise AudioError("truncated", f"header declares {declared} frames, {read} could be read")
   return wave
+
+
+@contextlib.contextmanager
+def decoder_messages() -> Iterator[list[str]]:
+  """Collects what native decoders (libmpg123 inside libsndfile) print on the process's stderr
+  while the block runs, so that it lands in a reject's detail instead of over a progress bar.
+  It redirects the whole process's stderr: only for a process that decodes one file at a time
+  (prepare's workers)."""
+  said: list[str] = []
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield said
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      said.extend(line.strip() for line in capture.read().decode(errors="replace").splitlines() if line.strip())
 
 
 def load_audio(

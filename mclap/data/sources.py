@@ -61,17 +61,22 @@ def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] |
   if item.bad_metadata:
     return Reject(id=item.id, reason="bad metadata", detail=item.bad_metadata)
   mel_config = dict(settings.mel)
-  try:
-    wave = audio.load_audio(
-      item.path,
-      mel_config["sample_rate"],
-      segment=item.segment,
-      max_seconds=settings.max_seconds,
-      min_seconds=settings.min_seconds,
-      npy_sample_rate=settings.npy_sample_rate,
-    )
-  except audio.AudioError as e:
-    return Reject(id=item.id, reason=e.reason, detail=f"{item.path}: {e.detail}")
+  with audio.decoder_messages() as said:
+    try:
+      wave = audio.load_audio(
+        item.path,
+        mel_config["sample_rate"],
+        segment=item.segment,
+        max_seconds=settings.max_seconds,
+        min_seconds=settings.min_seconds,
+        npy_sample_rate=settings.npy_sample_rate,
+      )
+      error = None
+    except audio.AudioError as e:
+      error = e
+  if error is not None:
+    detail = f"{item.path}{': ' + error.detail if error.detail else ''}"
+    return Reject(id=item.id, reason=error.reason, detail=detail + (f" (decoder: {' / '.join(said)})" if said else ""))
   return {
     "id": item.id,
     "mel": mel_lib.log_mel(wave, mel_config),
