@@ -40,7 +40,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(f"_mclap_config_{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None) if arg else module.get_config()
+  try:
+    return module.get_config(arg or None) if arg else module.get_config()
+  except ValueError as e:  # A config's own check of its argument (an unknown variant).
+    raise ConfigError(f"{spec}: {e}") from e
 
 
 def base_config(
@@ -120,8 +123,11 @@ def check_override_value(config: ml_collections.ConfigDict, dotted_key: str, val
       return
 
 
-def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
-  """Validates `--config` and every `--config.key=value` in argv before absl parses them."""
+def check_config_args(
+  argv: Sequence[str], flag: str = "config", default: Callable[[], ml_collections.ConfigDict] | None = None
+) -> None:
+  """Validates `--config` and every `--config.key=value` in argv before absl parses them; for a
+  flag that holds a fixed config dict (`default`, e.g. prepare's `--mel`), its `--flag.key=value`s."""
   spec, overrides = None, []
   args = list(argv[1:])
   for i, arg in enumerate(args):
@@ -132,14 +138,25 @@ def check_config_args(argv: Sequence[str], flag: str = "config") -> None:
     elif arg.startswith(f"--{flag}."):
       key, has_value, value = arg[len(flag) + 3 :].partition("=")
       overrides.append((key, value if has_value else (args[i + 1] if i + 1 < len(args) else "")))
-  if spec is None:
+  if spec is None and default is None:
     if overrides:
       raise ConfigError(f"--{flag}.* overrides given without --{flag}=FILE")
     return
-  config = load_config(spec)
+  config = load_config(spec) if spec is not None else default()
   for key, value in overrides:
     check_override(config, key)  # Booleans are set as --config.a.flag=false (no --noflag form).
     check_override_value(config, key, value, flag)
+
+
+def define_config_dict(name: str, default: Callable[[], ml_collections.ConfigDict], help_text: str):
+  """A config-dict flag (`--mel.n_mels=64`). `config_flags` reads its overrides from the command
+  line as the flag is defined and fails with a traceback on an unknown key; they are checked
+  first, so that a mistake stops the job in one line."""
+  try:
+    check_config_args(sys.argv, name, default)
+  except UserError as e:
+    sys.exit(f"error: {e}")
+  return config_flags.DEFINE_config_dict(name, default(), help_text)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -7,6 +7,7 @@ from conftest import ROOT
 from flax import nnx
 
 from mclap import cli, objectives
+from mclap.errors import ConfigError
 
 CONFIG = str(ROOT / "configs/muscall.py")
 
@@ -27,7 +28,8 @@ def test_base_config_reads_like_the_muscall_table():
 def _run_cli(*args):
   """Runs a job entry point (`cli.run`) that prints the config it was given as JSON."""
   code = (
-    "import json; from mclap import cli; flag = cli.define_config_flag(); "
+    "import json, ml_collections; from mclap import cli; flag = cli.define_config_flag(); "
+    "cli.define_config_dict('mel', lambda: ml_collections.ConfigDict(dict(n_mels=128)), 'A config-dict flag.'); "
     "cli.run(lambda argv: print(json.dumps(flag.value.to_dict())))"
   )
   return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
@@ -72,7 +74,7 @@ def test_booleans_are_set_with_false_not_a_no_prefix():
 
 
 def test_unknown_variant_is_named():
-  with pytest.raises(ValueError, match="unknown variant.*'dmeo'"):
+  with pytest.raises(ConfigError, match="unknown variant.*'dmeo'"):
     cli.load_config(CONFIG + ":dmeo")
 
 
@@ -87,6 +89,15 @@ def test_cli_fails_at_start_with_one_line():
   missing = _run_cli("--config", "configs/nope.py")
   assert missing.stderr.strip().splitlines() == [
     "error: config file configs/nope.py not found (expected e.g. configs/muscall.py:demo)"
+  ]
+  variant = _run_cli("--config", CONFIG + ":dmeo")  # Both were tracebacks.
+  assert variant.stderr.strip().splitlines() == [
+    f"error: {CONFIG}:dmeo: unknown variant(s) ['dmeo'] of configs/muscall.py; known: ('demo', 'weighted', 'ssl')"
+  ]
+  dict_flag = _run_cli("--mel.nmels", "64")
+  assert dict_flag.stderr.strip().splitlines() == [
+    "error: unknown config key 'nmels': 'nmels' is not in the top level; did you mean 'n_mels'? valid keys there: "
+    "n_mels"
   ]
   wrong_type = _run_cli("--config", CONFIG, "--config.train.batch_size=many")
   assert wrong_type.stderr.strip().splitlines() == [

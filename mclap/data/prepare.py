@@ -63,7 +63,7 @@ _RETRY_REJECTS = flags.DEFINE_bool(
 _ALLOW_REJECTS = flags.DEFINE_bool(
   "allow_rejects", False, "Keep going when most items fail for one reason (else prepare stops with it)."
 )
-_MEL = config_flags.DEFINE_config_dict("mel", mel_lib.default_mel_config(), "Log-mel settings.")
+_MEL = cli.define_config_dict("mel", mel_lib.default_mel_config, "Log-mel settings.")
 _MEL_PRESET = flags.DEFINE_enum(
   "mel_preset",
   "mclap",
