@@ -29,9 +29,10 @@ from mclap.errors import ConfigError, UserError
 QUARANTINE = "damaged_checkpoints"
 
 
-def manager(directory: str | pathlib.Path, keep: int | None) -> ocp.CheckpointManager:
-  """Keeps the last `keep` checkpoints under `directory` (created if needed)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+def manager(directory: str | pathlib.Path, keep: int | None, create: bool = True) -> ocp.CheckpointManager:
+  """Keeps the last `keep` checkpoints under `directory` (created if needed and `create`; jobs that
+  only read leave a mistyped directory uncreated)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 

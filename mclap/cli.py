@@ -125,9 +125,14 @@ def check_override_value(config: ml_collections.ConfigDict, dotted_key: str, val
 
 def check_config_args(
   argv: Sequence[str], flag: str = "config", default: Callable[[], ml_collections.ConfigDict] | None = None
-) -> None:
+) -> tuple[dict[str, ml_collections.ConfigDict], list[int]]:
   """Validates `--config` and every `--config.key=value` in argv before absl parses them; for a
-  flag that holds a fixed config dict (`default`, e.g. prepare's `--mel`), its `--flag.key=value`s."""
+  flag that holds a fixed config dict (`default`, e.g. prepare's `--mel`), its `--flag.key=value`s.
+
+  Returns the new evaluator entries that overrides define (`--config.evals.gtzan.kind=zero_shot
+  --config.evals.gtzan.dir=D`; see `new_eval_entry`) and the positions in argv of their arguments,
+  which absl must not see (the config is locked to its keys).
+  """
   spec, overrides = None, []
   args = list(argv[1:])
   for i, arg in enumerate(args):
@@ -137,15 +142,58 @@ def check_config_args(
       spec = arg.split("=", 1)[1]
     elif arg.startswith(f"--{flag}."):
       key, has_value, value = arg[len(flag) + 3 :].partition("=")
-      overrides.append((key, value if has_value else (args[i + 1] if i + 1 < len(args) else "")))
+      if has_value:
+        overrides.append((key, value, [i + 1]))
+      else:
+        overrides.append((key, args[i + 1] if i + 1 < len(args) else "", [i + 1, i + 2]))
   if spec is None and default is None:
     if overrides:
       raise ConfigError(f"--{flag}.* overrides given without --{flag}=FILE")
-    return
+    return {}, []
   config = load_config(spec) if spec is not None else default()
-  for key, value in overrides:
+  entries: dict[str, list[tuple[str, str]]] = {}
+  positions = []
+  for key, value, where in overrides:
+    evals, _, rest = key.partition(".")
+    name, _, setting = rest.partition(".")
+    if evals == "evals" and setting and "evals" in config and name not in config.evals:
+      entries.setdefault(name, []).append((setting, value))
+      positions += where
+      continue
     check_override(config, key)  # Booleans are set as --config.a.flag=false (no --noflag form).
     check_override_value(config, key, value, flag)
+  return {name: new_eval_entry(config, name, values) for name, values in entries.items()}, positions
+
+
+def new_eval_entry(config: ml_collections.ConfigDict, name: str, values: list[tuple[str, str]]):
+  """An evaluator entry `evals.<name>` that the config lacks, from `--config.evals.<name>.*` flags:
+  `kind` picks the evaluator, whose settings start from the config's entry of that kind (so
+  `--config.evals.gtzan.kind=zero_shot --config.evals.gtzan.dir=data/gtzan` evaluates another corpus
+  beside the training corpus's `zero_shot`, into `gtzan.json`)."""
+  kinds = {settings.get("kind", entry): entry for entry, settings in config.evals.items()}
+  kind = dict(values).get("kind", "")
+  if kind not in kinds:
+    raise ConfigError(
+      f"--config.evals.{name}.* adds an evaluator entry: give it --config.evals.{name}.kind=KIND, KIND one of "
+      f"{sorted(kinds)} (its other settings start from that entry's)"
+    )
+  entry = ml_collections.ConfigDict(config.evals[kinds[kind]].to_dict())
+  entry.kind = kind
+  for key, value in values:
+    if key != "kind":
+      check_override(entry, key)
+      check_override_value(entry, key, value, f"config.evals.{name}")
+      entry[key] = _typed(entry[key], value)
+  return entry
+
+
+def _typed(default: object, value: str) -> object:
+  """A flag's text as the type of the key's default (as `config_flags` converts it)."""
+  for types, parse, _ in _VALUE_KINDS:
+    if isinstance(default, types):
+      parsed = parse(value.strip())
+      return tuple(parsed) if isinstance(default, tuple) else parsed
+  return value
 
 
 def define_config_dict(name: str, default: Callable[[], ml_collections.ConfigDict], help_text: str):
@@ -162,16 +210,25 @@ def define_config_dict(name: str, default: Callable[[], ml_collections.ConfigDic
 def run(main: Callable[[list[str]], None]) -> None:
   """`app.run` that reports bad config files, keys and other `UserError`s in one line."""
 
+  new_entries = {}
+
   def parse(argv):
     try:
-      check_config_args(argv)
+      entries, positions = check_config_args(argv)
     except UserError as e:
       sys.exit(f"error: {e}")
-    return app.parse_flags_with_usage(argv)
+    new_entries.update(entries)
+    kept = [a for i, a in enumerate(argv) if i not in positions]
+    sys.argv = kept  # config_flags reads its overrides from sys.argv itself.
+    return app.parse_flags_with_usage(kept)
 
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO.
+    if new_entries:
+      config = flags.FLAGS["config"].value
+      with config.unlocked():
+        config.evals.update(new_entries)
     try:
       parallel.initialize_distributed()
       main(argv)

@@ -8,49 +8,76 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
 import jax
 from absl import flags
 
 from mclap import checkpoints, cli, evaluators, parallel, trainer
+from mclap.data import pipeline, records
 from mclap.errors import ConfigError
 
 
 def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool):
-  """The model definition and the state of the chosen checkpoint, replicated over the mesh."""
+  """The model definition and the state of the chosen checkpoint, replicated over the mesh. The
+  checkpoint is found before the model is built, and nothing is created in `workdir`."""
+  directory = pathlib.Path(workdir) / ("best" if best else "checkpoints")
+  mgr = checkpoints.manager(directory, None, create=False) if directory.is_dir() else None
+  available = list(mgr.all_steps()) if mgr else []
+  if not available:
+    raise ConfigError(f"no checkpoints in {directory}; train first with python -m mclap.train --workdir {workdir}")
+  step = available[-1] if step is None else step
+  if step not in available:
+    raise ConfigError(f"no checkpoint for step {step} in {directory}; available: {available}")
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
   tx = trainer.make_optimizer(config, total_steps=1)  # Only its state's structure matters here.
   model_def, state = trainer.init_state(config, mesh, tx)
-  mgr = checkpoints.manager(workdir / ("best" if best else "checkpoints"), None)
-  available = mgr.all_steps()
-  if not available:
-    raise ConfigError(f"no checkpoints in {mgr.directory}; train first with python -m mclap.train --workdir {workdir}")
-  step = available[-1] if step is None else step
-  if step not in available:
-    raise ConfigError(f"no checkpoint for step {step} in {mgr.directory}; available: {list(available)}")
   state = checkpoints.restore(mgr, step, state)
   mgr.close()
   return mesh, model_def, state, step
+
+
+def check_evaluators(config, names: list[str]) -> dict[str, Any]:
+  """The evaluator module of each name, after checking what each will read (its corpus, that
+  corpus's mel settings, its splits): mistakes are reported before the model is built."""
+  if unknown := [n for n in names if n not in config.evals]:
+    raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")
+  modules = {n: evaluators.module_of(n, config.evals[n]) for n in names}
+  if bad := [n for n, m in modules.items() if m is None]:
+    raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(evaluators.REGISTRY)}")
+  for name in names:
+    settings = config.evals[name]
+    corpus = settings.get("dir", "") or config.data.dir
+    info = records.read_info(corpus)
+    pipeline.check_corpus(info, config, corpus)
+    have = sorted(info.get("splits", {}))
+    for key, split in settings.items():
+      if key.endswith("split") and split not in have:
+        raise ConfigError(
+          f"config.evals.{name}.{key} is '{split}', not a split of {corpus} (it has: {have}); "
+          f"set --config.evals.{name}.{key}"
+        )
+  return modules
 
 
 def evaluate(config, workdir, step: int | None = None, best: bool = False, names=None) -> dict[str, dict]:
   workdir = pathlib.Path(workdir)
   out = workdir / "eval"
   which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
+  names = list(names or config.evals.keys())
+  modules = check_evaluators(config, names)
   mesh, model_def, state, step = restore_for_eval(config, workdir, step, best)
   context = evaluators.EvalContext(
     config, mesh, trainer.make_embed_fn(model_def), state, trainer.make_text_embed_fn(model_def), out_dir=out
   )
-  names = list(names or config.evals.keys())
-  if unknown := [n for n in names if n not in config.evals]:
-    raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")
-  modules = {n: evaluators.module_of(n, config.evals[n]) for n in names}
-  if bad := [n for n, m in modules.items() if m is None]:
-    raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(evaluators.REGISTRY)}")
   results, tables = {}, {}
   for name in names:
-    results[name] = {"step": step, **modules[name].run(context, config.evals[name])}
+    try:
+      results[name] = {"step": step, **modules[name].run(context, config.evals[name])}
+    except evaluators.NotApplicable as e:  # One evaluator that cannot run on this data; the others can.
+      print(f"warning: skipped evaluator {name}: {e}", flush=True)
+      continue
     if jax.process_index() == 0:
       tables[name] = modules[name].table(results[name])
       out.mkdir(exist_ok=True)

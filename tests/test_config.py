@@ -106,6 +106,25 @@ def test_cli_fails_at_start_with_one_line():
   ]
 
 
+def test_evaluator_entries_for_other_corpora_are_added_from_flags():
+  result = _run_cli(
+    "--config", CONFIG, "--config.evals.gtzan.kind=zero_shot", "--config.evals.gtzan.dir", "data/gtzan",
+    "--config.evals.gtzan.ensemble=false", "--config.train.steps=3",
+  )  # fmt: skip
+  config = json.loads(result.stdout)
+  expected = {**config["evals"]["zero_shot"], "kind": "zero_shot", "dir": "data/gtzan", "ensemble": False}
+  assert config["evals"]["gtzan"] == expected and config["evals"]["zero_shot"]["dir"] == ""
+  assert config["train"]["steps"] == 3
+  no_kind = _run_cli("--config", CONFIG, "--config.evals.gtzan.dir=data/gtzan")
+  assert (
+    no_kind.stderr.strip()
+    .splitlines()[-1]
+    .startswith(
+      "error: --config.evals.gtzan.* adds an evaluator entry: give it --config.evals.gtzan.kind=KIND, KIND one of"
+    )
+  )
+
+
 @pytest.mark.parametrize(
   "override, message",
   [

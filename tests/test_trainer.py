@@ -2,6 +2,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -10,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from mclap import checkpoints, parallel, train, trainer
 from mclap import eval as eval_lib
 from mclap.data import pipeline
-from mclap.errors import UserError
+from mclap.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +140,7 @@ def _final_params(config, workdir):
   return jax.device_get(restored)
 
 
-def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monkeypatch, capsys):
   config = small(tiny_config)
   train.train(config, tmp_path / "whole")
 
@@ -175,6 +176,26 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
     assert set(saved[direction]) == {"R@1", "R@5", "R@10", "mAP@10", "median_rank", "mean_rank"}
     assert saved[direction]["R@10"] == 100.0  # Every item is within the top 10 of 8.
   assert saved["muscall_protocol"]["num_items"] == n
+
+  few = ml_collections.ConfigDict(config.to_dict())
+  few.evals.tsne.max_points = 4  # Too few points for a map: tsne is skipped, retrieval still runs.
+  assert set(eval_lib.evaluate(few, tmp_path / "whole", names=["tsne", "retrieval"])) == {"retrieval"}
+  assert "warning: skipped evaluator tsne" in capsys.readouterr().out
+
+
+def test_eval_mistakes_are_reported_before_the_model_is_built(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(trainer, "init_state", None)  # Building the model would fail the test.
+  with pytest.raises(ConfigError, match="no checkpoints in .*typo/checkpoints"):
+    eval_lib.evaluate(tiny_config, tmp_path / "typo")
+  assert not (tmp_path / "typo").exists()  # Reading creates nothing.
+  bad_split = ml_collections.ConfigDict(tiny_config.to_dict())
+  bad_split.evals.fewshot.train_split = "training"
+  with pytest.raises(ConfigError, match=r"config.evals.fewshot.train_split is 'training', not a split of"):
+    eval_lib.evaluate(bad_split, tmp_path / "typo", names=["retrieval", "fewshot"])
+  other_mels = ml_collections.ConfigDict(tiny_config.to_dict())
+  other_mels.data.mel.n_mels = 16
+  with pytest.raises(UserError, match="prepare the corpus for it with `python -m mclap.data.prepare --config"):
+    eval_lib.evaluate(other_mels, tmp_path / "typo")
 
 
 def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_path):

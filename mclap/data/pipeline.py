@@ -64,8 +64,9 @@ def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus
   if diff:
     details = "; ".join(f"{k}: corpus {a!r}, config {b!r}" for k, (a, b) in diff.items())
     raise records.CorpusError(
-      f"{corpus_dir} was prepared with other mel settings than config.data.mel ({details}). "
-      "Re-run prepare with matching --mel.* flags, or set --config.data.mel.* to the corpus values."
+      f"{corpus_dir} was prepared with other mel settings than config.data.mel ({details}). A model reads only "
+      "the mels it was made for: prepare the corpus for it with `python -m mclap.data.prepare --config <this "
+      "config> ...` (or matching --mel.* flags); --config.data.mel.* set to the corpus values suits only a new model"
     )
 
 

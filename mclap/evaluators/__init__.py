@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from mclap.evaluators import analysis, fewshot, retrieval, tagging, tsne, zero_shot
-from mclap.evaluators.context import SPACES, EvalContext
+from mclap.evaluators.context import SPACES, EvalContext, NotApplicable
 
-__all__ = ["REGISTRY", "SPACES", "EvalContext", "module_of"]
+__all__ = ["REGISTRY", "SPACES", "EvalContext", "NotApplicable", "module_of"]
 
 REGISTRY = {m.__name__.rsplit(".", 1)[1]: m for m in (retrieval, zero_shot, tagging, fewshot, analysis, tsne)}
 

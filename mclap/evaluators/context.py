@@ -20,6 +20,13 @@ from jax.sharding import Mesh
 from mclap import trainer
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import UserError
+
+
+class NotApplicable(UserError):
+  """An evaluator cannot run on this data (too few labelled clips for a map): it is skipped with a
+  warning and the other evaluators run."""
+
 
 # Per space, the keys of its audio and text embeddings.
 SPACES = {"joint": ("audio", "text"), "pre_joint": ("audio_features", "text_features")}

@@ -15,6 +15,7 @@ from mclap import metrics
 from mclap.errors import UserError
 from mclap.evaluators import plots
 from mclap.evaluators import prompts as prompts_lib
+from mclap.evaluators.context import NotApplicable
 
 
 def embed_2d(points: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
@@ -33,7 +34,10 @@ def run(context, settings) -> dict:
   count = min(int(settings.get("max_points", 2000)), len(labelled))
   chosen = np.sort(np.random.default_rng(seed).choice(labelled, count, replace=False))
   if count < 8:
-    raise UserError(f"split '{settings['split']}' has {count} labelled clips; a t-SNE map needs at least 8")
+    raise NotApplicable(
+      f"a t-SNE map needs at least 8 points; split '{settings['split']}' has {len(labelled)} labelled clips "
+      f"(max_points {settings.get('max_points', 2000)})"
+    )
   label_texts = prompts_lib.load_label_texts(settings.get("label_texts", ""))
   text = context.embed_texts(prompts_lib.prompts(settings["prompt"], names, label_texts))
   perplexity = float(settings.get("perplexity", 30.0))
