@@ -176,6 +176,21 @@ def test_tinysol_labels_and_folds(tmp_path):
   assert json.loads((out / records.INFO_FILE).read_text())["splits"]["train"]["count"] == 1
 
 
+def test_tinysol_in_mirdata_layout_and_with_metadata_flag(tmp_path):
+  """mirdata keeps TinySOL_metadata.csv in annotation/ and the audio in audio/; --metadata names
+  any other place (it was ignored by this source)."""
+  header = "Path,Fold,Family,Instrument (abbr.),Instrument (in full)"
+  row = "Strings/Violin/ordinario/Vn-ord-A4-pp-1c-N.wav,1,Strings,Vn,Violin"
+  (tmp_path / "mirdata/annotation").mkdir(parents=True)
+  (tmp_path / "mirdata/audio").mkdir()
+  (tmp_path / "mirdata/annotation/TinySOL_metadata.csv").write_text(f"{header}\n{row}\n")
+  [item] = sources.tinysol(tmp_path / "mirdata").splits["test"]
+  assert item.path == str(tmp_path / "mirdata/audio" / row.split(",")[0]) and item.tags == ("Violin", "Strings")
+  (tmp_path / "elsewhere.csv").write_text(f"{header}\n{row.replace('Violin', 'Viola')}\n")
+  [item] = sources.tinysol(tmp_path / "mirdata", metadata=str(tmp_path / "elsewhere.csv")).splits["test"]
+  assert item.tags == ("Viola", "Strings")
+
+
 def test_tfds_dataset_with_audio_caption_and_label(tmp_path):
   data_dir = tmp_path / "tensorflow_datasets"
   build = subprocess.run([sys.executable, str(ROOT / "tests/tfds_tiny.py"), str(data_dir)], capture_output=True)

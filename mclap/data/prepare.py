@@ -29,7 +29,9 @@ _SOURCE = flags.DEFINE_string(
 _INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
 _OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
 _METADATA = flags.DEFINE_string(
-  "metadata", "", "folder, musiccaps, song_describer: the metadata file, if not the default one in --input."
+  "metadata",
+  "",
+  "folder, musiccaps, song_describer, mtat, tinysol: the metadata file, if not the default one in --input.",
 )
 _AUDIO_DIR = flags.DEFINE_string("audio_dir", "", "Audio folder, if not the source's default under --input.")
 _SUBSET = flags.DEFINE_string(
@@ -117,9 +119,11 @@ SOURCES = {
     lambda root: sources.song_describer(root, _SUBSET.value, _METADATA.value, _AUDIO_DIR.value)
   ),
   "gtzan": _audio_source(lambda root: sources.gtzan(root, _split_lists())),
-  "mtat": _audio_source(lambda root: sources.mtat(root, _split_lists(), _SUBSET.value, _AUDIO_DIR.value)),
+  "mtat": _audio_source(
+    lambda root: sources.mtat(root, _split_lists(), _SUBSET.value, _AUDIO_DIR.value, _METADATA.value)
+  ),
   "mtg_jamendo": _audio_source(lambda root: sources.mtg_jamendo(root, _SUBSET.value, _FOLD.value, _AUDIO_DIR.value)),
-  "tinysol": _audio_source(lambda root: sources.tinysol(root, _FOLD.value, _AUDIO_DIR.value)),
+  "tinysol": _audio_source(lambda root: sources.tinysol(root, _FOLD.value, _AUDIO_DIR.value, _METADATA.value)),
 }
 
 
@@ -133,7 +137,7 @@ LAYOUTS = {
   "gtzan": "genres/<genre>/<genre>.NNNNN.wav (or the genre folders directly)",
   "mtat": "annotations_final.csv and the audio folders 0 ... f",
   "mtg_jamendo": "data/splits/split-N/<subset>-{train,validation,test}.tsv",
-  "tinysol": "TinySOL_metadata.csv and the TinySOL/ folder",
+  "tinysol": "TinySOL_metadata.csv (or annotation/TinySOL_metadata.csv) and the TinySOL/ or audio/ folder",
 }
 
 

@@ -164,11 +164,18 @@ def _index_by_ytid(audio_root: pathlib.Path) -> dict[str, pathlib.Path]:
   return index
 
 
-def _metadata_file(root: pathlib.Path, metadata: str, default: str, source: str, columns: str) -> pathlib.Path:
-  path = pathlib.Path(metadata) if metadata else root / default
-  if not path.is_file():
-    raise UserError(f"{path} not found: --source={source} needs {default} ({columns}) in --input, or --metadata FILE")
-  return path
+def _metadata_file(
+  root: pathlib.Path, metadata: str, default: str, source: str, columns: str, folders: tuple[str, ...] = ()
+) -> pathlib.Path:
+  """`--metadata` if given, else `default` in `root` or in one of its `folders` (other layouts of
+  the same download)."""
+  candidates = [pathlib.Path(metadata)] if metadata else [root / default, *(root / f / default for f in folders)]
+  if path := next((p for p in candidates if p.is_file()), None):
+    return path
+  raise UserError(
+    f"{' or '.join(map(str, candidates))} not found: --source={source} needs {default} ({columns}) in --input, "
+    "or --metadata FILE"
+  )
 
 
 def _require_columns(path: pathlib.Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
@@ -412,7 +419,9 @@ def _mtg_tag_text(tags) -> dict[str, str]:
 MTAT_LIST_SPLIT = {**dict.fromkeys("0123456789ab", "train"), "c": "validation", **dict.fromkeys("def", "test")}
 
 
-def mtat(root: pathlib.Path, split_lists: dict[str, str], subset: str = "", audio_dir: str = "") -> Listing:
+def mtat(
+  root: pathlib.Path, split_lists: dict[str, str], subset: str = "", audio_dir: str = "", metadata: str = ""
+) -> Listing:
   """MagnaTagATune: `annotations_final.csv` (tab-separated clip_id, 188 binary tag columns,
   mp3_path) and the audio folders `0`...`f`.
 
@@ -423,7 +432,7 @@ def mtat(root: pathlib.Path, split_lists: dict[str, str], subset: str = "", audi
   """
   if subset not in ("", "top50", "all"):
     raise UserError(f"--subset={subset} for mtat; use top50 or all")
-  path = _metadata_file(root, "", "annotations_final.csv", "mtat", "tab-separated clip_id, tags..., mp3_path")
+  path = _metadata_file(root, metadata, "annotations_final.csv", "mtat", "tab-separated clip_id, tags..., mp3_path")
   rows = _metadata_rows(path, delimiter="\t")
   _require_columns(path, rows, ("clip_id", "mp3_path"))
   names = [c for c in rows[0] if c not in ("clip_id", "mp3_path")] if rows else []
@@ -514,13 +523,16 @@ def mtg_jamendo(root: pathlib.Path, subset: str = "", fold: int | None = None, a
   return Listing(splits, extra, require_captions=False)
 
 
-def tinysol(root: pathlib.Path, fold: int | None = None, audio_dir: str = "") -> Listing:
+def tinysol(root: pathlib.Path, fold: int | None = None, audio_dir: str = "", metadata: str = "") -> Listing:
   """TinySOL: `TinySOL_metadata.csv` (Path, Fold, Family, Instrument (in full), ...) and the
-  audio folder `TinySOL/` (or `audio/`). Labels are the instruments; tags the instrument and its
+  audio folder `TinySOL/` (or `audio/`), as Zenodo's archives unpack; mirdata's download keeps the
+  metadata in `annotation/`. Labels are the instruments; tags the instrument and its
   family. Everything is `test` (zero-shot use) unless `fold` is given: then that fold is `test`
   and the other four are `train`.
   """
-  path = _metadata_file(root, "", "TinySOL_metadata.csv", "tinysol", "Path, Fold, Family, Instrument (in full)")
+  path = _metadata_file(
+    root, metadata, "TinySOL_metadata.csv", "tinysol", "Path, Fold, Family, Instrument (in full)", ("annotation",)
+  )
   rows = _metadata_rows(path)
   instrument_column = next((c for c in ("Instrument (in full)", "Instrument Name") if rows and c in rows[0]), "")
   _require_columns(path, rows, ("Path", "Fold", "Family", instrument_column or "Instrument (in full)"))
