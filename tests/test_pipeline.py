@@ -1,9 +1,16 @@
 import itertools
 import json
+import os
+import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +207,57 @@ def test_match_texts_are_true_pairs_half_of_the_time(tiny_config):
       assert is_own == bool(match)
       matches.append(match)
   assert abs(np.mean(matches) - 0.5) < 0.1  # 200 draws: 4 standard deviations is 0.14.
+
+
+def _children(pid: int) -> list[int]:
+  """Processes whose parent is `pid` (from /proc)."""
+  found = []
+  for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == pid:
+      found.append(int(stat.parent.name))
+  return found
+
+
+def _alive(pid: int) -> bool:
+  try:
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def test_grain_workers_exit_when_their_trainer_is_killed(tiny_corpus, tmp_path):
+  """kill -9 of a process reading through Grain workers: the workers (and multiprocessing's
+  resource tracker) must not live on as orphans."""
+  script = tmp_path / "reader.py"
+  script.write_text(
+    "import sys, time\n"
+    f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+    "from conftest import make_tiny_config\n"
+    "from mclap.data import pipeline\n"
+    "if __name__ == '__main__':\n"
+    f"  config = make_tiny_config('configs/muscall.py:demo', {str(tiny_corpus)!r})\n"
+    "  batches = pipeline.iterate(pipeline.train_dataset(config), num_workers=2)\n"
+    "  next(batches)\n"
+    "  print('reading', flush=True)\n"
+    "  time.sleep(600)\n"
+  )
+  reader = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  children = []
+  try:
+    assert reader.stdout.readline().strip() == "reading"
+    children = _children(reader.pid)
+    assert len(children) >= 2  # The two workers (and the resource tracker).
+    reader.kill()
+    reader.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(map(_alive, children)):
+      time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)]
+  finally:
+    reader.kill()
+    for pid in filter(_alive, children):
+      os.kill(pid, signal.SIGKILL)

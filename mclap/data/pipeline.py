@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import threading
+import time
 from typing import Any
 
 import grain
@@ -308,5 +311,20 @@ def iterate(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
   """A checkpointable iterator, prefetched by `num_workers` processes (0: in this process)."""
   it_ds = ds.to_iter_dataset()
   if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=exit_with_parent)
   return iter(it_ds)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: the worker ends itself within a second of its parent's death. A trainer
+  killed with SIGKILL (or by the OOM killer) cannot stop its workers, which would otherwise live
+  on, each holding its memory, until someone kills them."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:  # A dead parent's children are adopted by another process.
+      time.sleep(0.5)
+    os._exit(1)
+
+  threading.Thread(target=watch, name="mclap-exit-with-parent", daemon=True).start()
