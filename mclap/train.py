@@ -3,8 +3,9 @@
 Re-running with the same workdir resumes from the last complete checkpoint (state and data
 position) and reaches bit-identical parameters. SIGTERM or Ctrl-C saves a checkpoint after the
 current step and exits 0; a step with a non-finite loss or gradient is skipped and logged.
-Writes `W/metrics.jsonl`, `W/checkpoints/` (last `train.keep_checkpoints`) and `W/best/` (the
-checkpoint with the best validation text→audio R@10, MusCALL's model-selection rule).
+Writes `W/metrics.jsonl` and the same scalars as TensorBoard event files in W (`tensorboard
+--logdir W`), `W/checkpoints/` (last `train.keep_checkpoints`) and `W/best/` (the checkpoint with
+the best validation text→audio R@10, MusCALL's model-selection rule).
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import jax
 import numpy as np
 from absl import flags
 
-from mclap import checkpoints, cli, evaluators, guards, losses, metrics, parallel, trainer
+from mclap import checkpoints, cli, evaluators, guards, losses, metrics, parallel, tensorboard, trainer
 from mclap.data import pipeline, records
 
 
 class MetricsLog:
-  """Process 0 prints metrics and appends them as JSON lines; other processes stay quiet."""
+  """Process 0 prints metrics, appends them as JSON lines and writes their numbers as TensorBoard
+  scalars (in the directory of the JSON file); other processes stay quiet."""
 
   def __init__(self, path: pathlib.Path):
     self.path = path if jax.process_index() == 0 else None
+    self.events = None
 
   def write(self, step: int, values: dict, prefix: str = "train") -> None:
     if self.path is None:
@@ -33,8 +36,14 @@ class MetricsLog:
     row = {"step": step, **{f"{prefix}/{k}": (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
+    self.events = self.events or tensorboard.EventWriter(self.path.parent)
+    self.events.scalars(step, {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
     shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
     print(f"[{prefix} step {step}] {shown}", flush=True)
+
+  def close(self) -> None:
+    if self.events is not None:
+      self.events.close()
 
   def drop_after(self, step: int) -> None:
     """Forgets the rows of steps after `step`: a resumed run logs them again."""
@@ -117,30 +126,35 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     log.write(step, {**values, "record_ids": ids}, prefix="skipped")
 
   nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, report_skipped)
-  window_start, window_steps, step, stopped = time.perf_counter(), 0, start, None
+  window_start, window_steps, input_wait, step, stopped = time.perf_counter(), 0, 0.0, start, None
   with guards.StopSignals() as stop_signals:
     try:
       for step in range(start + 1, steps + 1):
+        waiting = time.perf_counter()
         batch = trainer.trim_token_padding(next(data_iter), config.data.token_bucket)
+        input_wait += time.perf_counter() - waiting
         state, step_metrics = train_step(state, trainer.to_global(batch, mesh))
         nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
         window_steps += 1
         if step == start + 1:  # Leave compilation out of the rates.
           jax.block_until_ready(state)
-          window_start, window_steps = time.perf_counter(), 0
+          window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         if step % config.train.log_every == 0 or step == steps:
           nonfinite.flush()
           values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-          rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+          window = max(time.perf_counter() - window_start, 1e-9)
+          rate = window_steps / window
           values.update(
             lr=float(schedule(step - 1)),
             skipped_steps=nonfinite.total,
             steps_per_s=rate,
             examples_per_s=rate * config.train.batch_size,
+            # The share of the interval spent waiting for the next batch: near 1, the run is input-bound.
+            input_wait_fraction=min(input_wait / window, 1.0) if window_steps else 0.0,
             eta_min=(steps - step) / max(rate, 1e-9) / 60,
           )
           log.write(step, values)
-          window_start, window_steps = time.perf_counter(), 0
+          window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         if step % config.train.eval_every == 0 or step == steps:
           found = validate(config, embed, state, mesh, float(step_metrics["logit_scale"]))
           log.write(step, found, prefix="val")
@@ -165,6 +179,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
       ckpts.close()
       best_ckpt.close()
       data_iter.close()
+      log.close()
   if stopped:
     print(
       f"stopped by {stopped} after step {step} of {steps}; its checkpoint is in {workdir / 'checkpoints'}. "

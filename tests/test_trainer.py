@@ -158,9 +158,10 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
   rows = [json.loads(line) for line in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
-  assert {"train/logit_scale", "train/lr", "train/steps_per_s", "train/examples_per_s", "train/eta_min"} <= set(
-    train_rows[-1]
-  )
+  logged = {"train/logit_scale", "train/lr", "train/steps_per_s", "train/examples_per_s", "train/eta_min"}
+  assert logged | {"train/input_wait_fraction"} <= set(train_rows[-1])
+  assert 0.0 <= train_rows[-1]["train/input_wait_fraction"] <= 1.0
+  assert len(list((tmp_path / "whole").glob("events.out.tfevents.*"))) == 1  # TensorBoard (test_tensorboard).
   assert [r["step"] for r in rows if "val/t2a_R@10" in r] == [4]
   assert json.loads((tmp_path / "whole/best.json").read_text())["step"] == 4
 
