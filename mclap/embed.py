@@ -102,10 +102,11 @@ def embed_folder(
   previous = index_lib.existing(output)
   if previous is not None:
     done |= {i["path"] for i in previous.items}
+    before = {"crop": "mel", **previous.info}  # Indices written before the crop key cropped the mel.
     for key in ("bundle_id", "audio_dir", "crops", "crop"):
-      if (before := previous.info.get(key, "mel")) != info[key]:  # Indices before the crop key cropped mels.
+      if before[key] != info[key]:
         raise UserError(
-          f"{output} was built with {key} {before!r}, not {info[key]!r}; use a new --output for "
+          f"{output} was built with {key} {before[key]!r}, not {info[key]!r}; use a new --output for "
           "another bundle, folder or crop setting"
         )
   rejected = index_lib.read_rejects(output)

@@ -26,9 +26,8 @@ SEGMENT_TOLERANCE = 0.5  # Seconds a download of a clip may differ from the clip
 
 @dataclasses.dataclass
 class AudioError(Exception):
-  reason: (
-    str  # missing file | unreadable | empty | truncated | ambiguous length | non-finite samples | silent | too short
-  )
+  # missing file | unreadable | empty | truncated | ambiguous length | non-finite samples | silent | too short
+  reason: str
   detail: str = ""
 
   def __str__(self) -> str:
