@@ -113,7 +113,6 @@ def embed_folder(
   files = list_audio(audio_dir)
   todo = [f for f in files if f not in done and f not in rejected]
   print(f"{len(files)} audio files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
-  bar = tqdm.tqdm(total=len(todo), unit="file", disable=not show_progress, dynamic_ncols=True)
   new_rejects, pending, part_embeddings, part_items = 0, [], [], []
 
   def embed_pending():
@@ -129,29 +128,33 @@ def embed_folder(
       part_embeddings.clear()
       part_items.clear()
 
-  try:
-    # Threads decode ahead (NumPy, soxr and libsndfile release the GIL) while the model embeds.
-    decode = lambda p: _decode(model, audio_dir / p, crops, crop)  # noqa: E731
-    pool = concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count())
+  # Decoders print notes on broken files (libmpg123: "Illegal Audio-MPEG-Header"): into a log, not
+  # over the progress bar.
+  with open(output / index_lib.DECODER_LOG, "ab") as log, audio_lib.stderr_into(log) as terminal:
+    bar = tqdm.tqdm(total=len(todo), unit="file", disable=not show_progress, dynamic_ncols=True, file=terminal)
     try:
-      for path, (clip, item) in _ahead(pool, decode, todo, 2 * model.batch_size):
-        if clip is None:
-          index_lib.add_reject(output, path, item["reason"])
-          new_rejects += 1
-        else:
-          pending.append((clip, {"path": path, **item}))
-        if len(pending) == model.batch_size:
-          embed_pending()
-        if len(part_items) + len(pending) >= part_size:
-          save_part()
-        bar.update()
-      save_part()
-    finally:
-      pool.shutdown(cancel_futures=True)  # On an interrupt, files not yet started are not decoded.
-  except KeyboardInterrupt:
+      # Threads decode ahead (NumPy, soxr and libsndfile release the GIL) while the model embeds.
+      decode = lambda p: _decode(model, audio_dir / p, crops, crop)  # noqa: E731
+      pool = concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count())
+      try:
+        for path, (clip, item) in _ahead(pool, decode, todo, 2 * model.batch_size):
+          if clip is None:
+            index_lib.add_reject(output, path, item["reason"])
+            new_rejects += 1
+          else:
+            pending.append((clip, {"path": path, **item}))
+          if len(pending) == model.batch_size:
+            embed_pending()
+          if len(part_items) + len(pending) >= part_size:
+            save_part()
+          bar.update()
+        save_part()
+      finally:
+        pool.shutdown(cancel_futures=True)  # On an interrupt, files not yet started are not decoded.
+    except KeyboardInterrupt:
+      bar.close()
+      sys.exit(f"interrupted; the finished parts are kept in {output}. Run the same command to resume.")
     bar.close()
-    sys.exit(f"interrupted; the finished parts are kept in {output}. Run the same command to resume.")
-  bar.close()
   info = index_lib.consolidate(output, info)
   print(
     f"index {output}: {info['count']} files ({len(todo) - new_rejects} new); rejected {new_rejects} new, "

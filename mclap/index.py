@@ -7,6 +7,7 @@ E/data-<N>/embeddings.npy   float32 [count, dim], L2-normalised (memory-mapped w
 E/data-<N>/items.jsonl      one line per row: {"path": relative to the audio folder, "seconds": ...}
 E/parts/part-*.npz    embedded since the last consolidation (an interrupted or running job)
 E/rejects.jsonl       files that could not be embedded, with the reason
+E/decoder.log         what native decoders printed while embedding (their notes on broken files)
 ```
 
 `index.json` is replaced atomically last, so a reader sees the previous complete index or the new
@@ -27,7 +28,7 @@ from mclap.data import records
 from mclap.errors import UserError
 
 VERSION = 1
-INDEX_FILE, PARTS_DIR, REJECTS_FILE = "index.json", "parts", "rejects.jsonl"
+INDEX_FILE, PARTS_DIR, REJECTS_FILE, DECODER_LOG = "index.json", "parts", "rejects.jsonl", "decoder.log"
 
 
 class IndexFileError(UserError):

@@ -23,9 +23,10 @@ from mclap.errors import UserError
 
 
 def run(module, *args):
+  """(stdout, stderr) of `python -m module args`, which must succeed."""
   result = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
-  return result.stdout
+  return result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +132,13 @@ def music(tmp_path_factory):
 
 
 def test_embed_cli_indexes_a_folder_skipping_bad_files(trained, model, music, tmp_path):
-  out = run(
+  out, err = run(
     "mclap.embed", "--bundle", trained[2], "--audio_dir", music, "--output", tmp_path / "index", "--part_size", 2
   )
   assert "rejected 2 new" in out
+  # libmpg123's complaint about broken.mp3 goes to the index's log, not over the progress bar.
+  assert "Illegal Audio-MPEG-Header" in (tmp_path / "index/decoder.log").read_text()
+  assert "Illegal Audio-MPEG-Header" not in err and "5/5" in err  # The bar itself still shows.
   index = index_lib.Index(tmp_path / "index")
   assert [i["path"] for i in index.items] == ["a.wav", "c.npy", "jazz/b.flac"]
   assert [i["seconds"] for i in index.items] == [3.0, 2.5, 4.0]
@@ -168,7 +172,7 @@ def test_embed_resumes_after_an_interruption_and_adds_new_files(trained, model, 
   assert [i["path"] for i in index.items] == ["a.wav", "c.npy", "jazz/b.flac", "d.wav"]
   np.testing.assert_allclose(index.embeddings, model.embed_audio([folder / i["path"] for i in index.items]), atol=1e-5)
   assert sorted(p.name for p in (tmp_path / "index").iterdir()) == sorted(
-    ["index.json", info_data(tmp_path), "rejects.jsonl"]
+    ["index.json", info_data(tmp_path), "rejects.jsonl", "decoder.log"]
   )
 
 
@@ -186,7 +190,7 @@ def test_search_ranks_by_cosine_and_leaves_the_query_file_out(trained, model, mu
   assert [r["path"] for r in text["results"]] == [index.items[i]["path"] for i in order]
   np.testing.assert_allclose([r["score"] for r in text["results"]], scores[order], atol=1e-4)
   assert "a.wav" not in [r["path"] for r in like["results"]] and len(like["results"]) == 2
-  printed = run("mclap.search", "--index", tmp_path / "index", "--top_k", 1, "--json", query)
+  printed, _ = run("mclap.search", "--index", tmp_path / "index", "--top_k", 1, "--json", query)
   assert json.loads(printed)["results"][0]["path"] == text["results"][0]["path"]
 
 

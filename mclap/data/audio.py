@@ -15,6 +15,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from typing import IO, TextIO
 
 import numpy as np
 import soundfile
@@ -167,21 +168,34 @@ def _read_file(
 
 
 @contextlib.contextmanager
-def decoder_messages() -> Iterator[list[str]]:
-  """Collects what native decoders (libmpg123 inside libsndfile) print on the process's stderr
-  while the block runs, so that it lands in a reject's detail instead of over a progress bar.
-  It redirects the whole process's stderr: only for a process that decodes one file at a time
-  (prepare's workers)."""
-  said: list[str] = []
+def stderr_into(file: IO[bytes]) -> Iterator[TextIO]:
+  """Sends what the process writes on its stderr (file descriptor 2: native decoders such as
+  libmpg123 print their complaints there) into `file` while the block runs; yields a stream to the
+  real stderr, for a progress bar. Process-wide: every thread's output goes to `file`."""
   sys.stderr.flush()
   saved = os.dup(2)
+  terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+  os.dup2(file.fileno(), 2)
+  try:
+    yield terminal
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    terminal.close()
+
+
+@contextlib.contextmanager
+def decoder_messages() -> Iterator[list[str]]:
+  """The lines native decoders print while the block runs, collected instead of printed over a
+  progress bar, so that they land in a reject's detail (for a process that decodes one file at a
+  time: prepare's workers)."""
+  said: list[str] = []
   with tempfile.TemporaryFile() as capture:
-    os.dup2(capture.fileno(), 2)
     try:
-      yield said
+      with stderr_into(capture):
+        yield said
     finally:
-      os.dup2(saved, 2)
-      os.close(saved)
       capture.seek(0)
       said.extend(line.strip() for line in capture.read().decode(errors="replace").splitlines() if line.strip())
 
