@@ -219,6 +219,13 @@ def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path
   listed = {s["file"] for split in info["splits"].values() for s in split["shards"]}
   assert set(info["splits"]) == {"test"} and {p.name for p in tmp_path.glob("*.array_record")} == listed
   assert (tmp_path / "notes.txt").read_text() == "mine"  # Only the corpus's own files go.
+  (tmp_path / ".progress/settings.json").unlink()  # A corpus of an older mclap: its info is compared,
+  older = json.loads((tmp_path / records.INFO_FILE).read_text())
+  older["mel"] = {k: v for k, v in older["mel"].items() if k not in ("pad_mode", "window_norm")}  # with defaults.
+  (tmp_path / records.INFO_FILE).write_text(json.dumps(older))
+  writer.write_corpus(tmp_path, second, _work, source="second", **kwargs)
+  with pytest.raises(UserError, match="other settings \\(source differ\\)"):
+    writer.write_corpus(tmp_path, second, _work, source="third", **kwargs)
 
 
 def test_workers_started_from_an_unguarded_script_stop_with_the_fix(tmp_path):

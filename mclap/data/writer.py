@@ -36,6 +36,7 @@ import tqdm
 from array_record.python import array_record_module
 
 import mclap
+from mclap.data import mel as mel_lib
 from mclap.data import records
 from mclap.errors import UserError
 
@@ -199,7 +200,7 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
   path = out / _PROGRESS_DIR / _SETTINGS_FILE
   before = _read_json(path)
   if before is None and (info := _read_json(out / records.INFO_FILE)):  # Written before settings.json existed.
-    before = {**settings, "mel": info.get("mel"), "source": info.get("source")}
+    before = {**settings, "mel": mel_lib.complete(info.get("mel", {})), "source": info.get("source")}
   if before is not None and before != settings:
     if not overwrite:
       changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
