@@ -46,12 +46,14 @@ def check_evaluators(config, names: list[str]) -> dict[str, Any]:
   modules = {n: evaluators.module_of(n, config.evals[n]) for n in names}
   if bad := [n for n, m in modules.items() if m is None]:
     raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(evaluators.REGISTRY)}")
+  infos = {}  # Evaluators mostly share the training corpus: read and check each corpus once.
   for name in names:
     settings = config.evals[name]
     corpus = settings.get("dir", "") or config.data.dir
-    info = records.read_info(corpus)
-    pipeline.check_corpus(info, config, corpus)
-    have = sorted(info.get("splits", {}))
+    if corpus not in infos:
+      infos[corpus] = records.read_info(corpus)
+      pipeline.check_corpus(infos[corpus], config, corpus)
+    have = sorted(infos[corpus].get("splits", {}))
     for key, split in settings.items():
       if key.endswith("split") and split not in have:
         raise ConfigError(
