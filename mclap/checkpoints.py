@@ -82,6 +82,20 @@ def wait(mgr: ocp.CheckpointManager) -> None:
     mgr.wait_until_finished()
 
 
+def close(*managers: ocp.CheckpointManager) -> None:
+  """Finishes and closes `managers`; a background write that failed meanwhile is reported as
+  `wait` reports it (closing is where Orbax surfaces a failure that `check_writes` had not seen yet)."""
+  failed = []
+  for mgr in managers:
+    try:
+      with _write_errors(mgr):
+        mgr.close()
+    except UserError as e:
+      failed.append(e)
+  if failed:
+    raise failed[0]
+
+
 def check_writes(mgr: ocp.CheckpointManager) -> None:
   """Raises if a background write has failed (cheap: call after every step)."""
   with _write_errors(mgr):

@@ -176,10 +176,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
       nonfinite.flush()
       checkpoints.wait(ckpts)
     finally:
-      ckpts.close()
-      best_ckpt.close()
       data_iter.close()
       log.close()
+      checkpoints.close(ckpts, best_ckpt)
   if stopped:
     print(
       f"stopped by {stopped} after step {step} of {steps}; its checkpoint is in {workdir / 'checkpoints'}. "

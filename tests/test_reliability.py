@@ -4,6 +4,7 @@ non-finite steps, a full disk, an unwritable workdir."""
 import json
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import subprocess
@@ -150,12 +151,29 @@ def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(t
   code, out = Run(args).finish()
   assert code != 0, out
   # Orbax's writer threads print their own tracebacks around it; the job's verdict is one line.
-  error = next(line for line in out.splitlines() if line.startswith("error: "))
+  errors = [line for line in out.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, out
+  error = errors[0]
   assert error.startswith(f"error: writing a checkpoint to {tmp_path / 'checkpoints'} failed (ValueError:")
   assert "File too large" in error
   assert f"complete checkpoints there: steps [{STEPS - 2 * CKPT_EVERY}, {STEPS - CKPT_EVERY}, {STEPS}]" in error
   assert "run the same command to resume" in error
   _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+
+
+def test_a_write_that_fails_while_closing_is_reported_in_one_line(tmp_path):
+  """A job that ends (or stops on another error) right after a save learns of its failure only
+  when closing the managers: that must be the same one-line error, not a traceback."""
+  failing, other = checkpoints.manager(tmp_path / "a", 2), checkpoints.manager(tmp_path / "b", 2)
+  limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limit[1]))
+  try:
+    noise = np.random.default_rng(0).normal(size=(256, 1024)).astype(np.float32)  # Incompressible: 1 MiB written.
+    checkpoints.save(failing, 1, {"params": {"w": jax.numpy.asarray(noise)}})
+    with pytest.raises(UserError, match=r"checkpoint to .*/a failed .*File too large.*no complete checkpoint"):
+      checkpoints.close(failing, other)
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, limit)
 
 
 @pytest.fixture(scope="module")
