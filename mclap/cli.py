@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -207,9 +209,30 @@ def define_config_dict(name: str, default: Callable[[], ml_collections.ConfigDic
   return config_flags.DEFINE_config_dict(name, default(), help_text)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """`app.run` that reports bad config files, keys and other `UserError`s in one line."""
+def default_compilation_cache() -> str:
+  """Where compiled programs are kept between runs: JAX's own setting when the environment gives
+  one, else the user's cache directory (XDG), as other tools there keep theirs."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  return str(pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "mclap" / "jax")
 
+
+def use_compilation_cache(directory: str) -> None:
+  """Keeps compiled programs in `directory` ('': nowhere), so that a second start of the same
+  config (a resume, an eval after training) loads its step instead of compiling it again. Programs
+  that compile in under a second are not worth a file (JAX's default threshold)."""
+  jax.config.update("jax_compilation_cache_dir", directory or None)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`app.run` that reports bad config files, keys and other `UserError`s in one line, and keeps
+  compiled programs in `--compilation_cache`."""
+  flags.DEFINE_string(
+    "compilation_cache",
+    default_compilation_cache(),
+    "Directory where compiled programs are kept between runs (a re-run skips most of its compilation); "
+    "empty to keep none.",
+  )
   new_entries = {}
 
   def parse(argv):
@@ -230,6 +253,7 @@ def run(main: Callable[[list[str]], None]) -> None:
       with config.unlocked():
         config.evals.update(new_entries)
     try:
+      use_compilation_cache(flags.FLAGS.compilation_cache)
       parallel.initialize_distributed()
       main(argv)
     except UserError as e:

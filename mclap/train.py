@@ -84,6 +84,7 @@ def validate(config, embed, state, mesh, logit_scale: float) -> dict[str, float]
 
 def train(config, workdir: str | pathlib.Path) -> dict:
   """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set)."""
+  started = time.perf_counter()
   workdir = pathlib.Path(workdir)
   checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 
@@ -127,6 +128,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
 
   nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, report_skipped)
   window_start, window_steps, input_wait, step, stopped = time.perf_counter(), 0, 0.0, start, None
+  startup = {}
   with guards.StopSignals() as stop_signals:
     try:
       for step in range(start + 1, steps + 1):
@@ -136,9 +138,10 @@ def train(config, workdir: str | pathlib.Path) -> dict:
         state, step_metrics = train_step(state, trainer.to_global(batch, mesh))
         nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
         window_steps += 1
-        if step == start + 1:  # Leave compilation out of the rates.
+        if step == start + 1:  # Leave compilation out of the rates; report it once.
           jax.block_until_ready(state)
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
+          startup = {"startup_s": window_start - started}
         if step % config.train.log_every == 0 or step == steps:
           nonfinite.flush()
           values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -149,15 +152,21 @@ def train(config, workdir: str | pathlib.Path) -> dict:
             skipped_steps=nonfinite.total,
             steps_per_s=rate,
             examples_per_s=rate * config.train.batch_size,
-            # The share of the interval spent waiting for the next batch: near 1, the run is input-bound.
+            # Each step's time split into waiting for its batch and the rest (the step itself, logging,
+            # checkpoint saves): a wait fraction near 1 means the run is input-bound.
+            input_wait_s=input_wait / max(window_steps, 1),
+            step_s=(window - input_wait) / max(window_steps, 1),
             input_wait_fraction=min(input_wait / window, 1.0) if window_steps else 0.0,
             eta_min=(steps - step) / max(rate, 1e-9) / 60,
+            **startup,
           )
+          startup = {}
           log.write(step, values)
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         if step % config.train.eval_every == 0 or step == steps:
+          began = time.perf_counter()
           found = validate(config, embed, state, mesh, float(step_metrics["logit_scale"]))
-          log.write(step, found, prefix="val")
+          log.write(step, {**found, "seconds": time.perf_counter() - began}, prefix="val")
           if found["t2a_R@10"] > best["t2a_R@10"]:
             best = {"step": step, "t2a_R@10": found["t2a_R@10"]}
             if step in best_ckpt.all_steps():  # Saved by a run killed before it wrote best.json.
@@ -166,9 +175,12 @@ def train(config, workdir: str | pathlib.Path) -> dict:
             checkpoints.wait(best_ckpt)
             if jax.process_index() == 0:
               records.write_json_atomic(best_file, best)
+          window_start += time.perf_counter() - began  # Reported as val/seconds, not in the step rates.
         stop_requested = stop_signals.requested()
         if step % config.train.ckpt_every == 0 or step == steps or stop_requested:
-          checkpoints.save(ckpts, step, state, data_iter)
+          began = time.perf_counter()
+          checkpoints.save(ckpts, step, state, data_iter)  # Copies to host, then writes in the background.
+          window_start += time.perf_counter() - began
         checkpoints.check_writes(ckpts)
         if stop_requested:
           stopped = stop_signals.received or "a stop signal on another process"

@@ -24,6 +24,13 @@ TINY_CLIPS = 64
 TINY_SECONDS = 3.0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def job_compilation_cache(tmp_path_factory):
+  """Jobs the tests start keep their compiled programs in one directory for the session (shared
+  by jobs compiling the same programs), not in the user's cache."""
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("compilation_cache"))
+
+
 def tone(seconds, rate, channels=1, freq=440.0):
   """A sine with a little noise (never silent), [samples] or [samples, channels]."""
   t = np.arange(int(seconds * rate)) / rate

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -33,6 +35,38 @@ def _run_cli(*args):
     "cli.run(lambda argv: print(json.dumps(flag.value.to_dict())))"
   )
   return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def _start_job(env, *args) -> str:
+  """A job (`cli.run`) that compiles a program: 'loaded' if all it compiled came from the cache,
+  'compiled' if none did, 'uncached' if the cache was not asked."""
+  code = (
+    "import collections, jax, jax.numpy as jnp; from mclap import cli\n"
+    "seen = collections.Counter()\n"
+    "jax.monitoring.register_event_listener(lambda e, **_: seen.update([e.rsplit('/', 1)[-1]]))\n"
+    "def main(argv):\n"
+    "  jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n"
+    "  hits, misses = seen['cache_hits'], seen['cache_misses']\n"
+    "  print({(0, 0): 'uncached', (0, 1): 'compiled', (1, 0): 'loaded'}[min(hits, 1), min(misses, 1)])\n"
+    "cli.run(main)"
+  )
+  env = {**env, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # The tiny program counts too.
+  result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  return result.stdout.strip()
+
+
+def test_a_second_start_loads_its_programs_from_the_compilation_cache(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
+  env["HOME"] = str(tmp_path / "home")
+  default = tmp_path / "home/.cache/mclap/jax"
+  assert [_start_job(env), _start_job(env)] == ["compiled", "loaded"]  # Under the user's cache directory unless told.
+  assert any(default.iterdir())
+  assert [_start_job(env, f"--compilation_cache={tmp_path / 'c'}") for _ in range(2)] == ["compiled", "loaded"]
+  shutil.rmtree(default)
+  assert _start_job(env, "--compilation_cache=") == "uncached" and not default.exists()  # Off.
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "from_env")  # JAX's own variable is the default then.
+  assert [_start_job(env), _start_job(env)] == ["compiled", "loaded"] and any((tmp_path / "from_env").iterdir())
 
 
 def test_overrides_reach_every_level():

@@ -212,8 +212,12 @@ def attention(q, k, v, heads, mask=None):
 
 
 def muscall_audio(s, waves):
+  return muscall_audio_from_mels(s, np.stack([torchaudio_log_mel(w) for w in waves]))
+
+
+def muscall_audio_from_mels(s, mels):
   a = "audio_backbone"
-  x = np.stack([torchaudio_log_mel(w) for w in waves])[:, None]
+  x = mels[:, None]
   for i in range(3):
     x = relu(batch_norm(conv2d(x, s[f"{a}.conv{i + 1}.weight"], 2 if i == 0 else 1), s, f"{a}.bn{i + 1}"))
   x = avg_pool(x, 2)

@@ -51,7 +51,8 @@ class Run:
   def __init__(self, args, compile_cache=None):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     if compile_cache:
-      env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+      args = [*args, f"--compilation_cache={compile_cache}"]
+      env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     self.process = subprocess.Popen(
       args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -95,6 +96,7 @@ def uninterrupted(tiny_corpus, tmp_path_factory, compile_cache):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   code, out = Run(_args(tiny_corpus, workdir), compile_cache).finish()
   assert code == 0, out
+  assert any(compile_cache.iterdir())  # The runs below load the step from there.
   return workdir
 
 
@@ -139,7 +141,9 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_0(tiny_corpus, uninterrup
   _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
 
 
-def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(tiny_corpus, uninterrupted, tmp_path):
+def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(
+  tiny_corpus, uninterrupted, compile_cache, tmp_path
+):
   """A file-size limit makes every large write fail with EFBIG, as a full disk fails with ENOSPC."""
   shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
   limit = 256 * 1024  # Above the logs, below the checkpoint's array file.
@@ -148,7 +152,7 @@ def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(t
   with_limit += "os.execv(sys.executable, sys.argv[1:])"
   args = [sys.executable, "-c", with_limit, *train_args]
   # The save of step STEPS + CKPT_EVERY fails; training stops before the final validation.
-  code, out = Run(args).finish()
+  code, out = Run(args, compile_cache).finish()
   assert code != 0, out
   # Orbax's writer threads print their own tracebacks around it; the job's verdict is one line.
   errors = [line for line in out.splitlines() if line.startswith("error: ")]

@@ -159,10 +159,15 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   logged = {"train/logit_scale", "train/lr", "train/steps_per_s", "train/examples_per_s", "train/eta_min"}
-  assert logged | {"train/input_wait_fraction"} <= set(train_rows[-1])
-  assert 0.0 <= train_rows[-1]["train/input_wait_fraction"] <= 1.0
+  assert logged | {"train/input_wait_fraction", "train/input_wait_s", "train/step_s"} <= set(train_rows[-1])
+  last = train_rows[-1]
+  assert 0.0 <= last["train/input_wait_fraction"] <= 1.0 and last["train/input_wait_s"] >= 0 < last["train/step_s"]
+  interval = last["train/input_wait_s"] + last["train/step_s"]  # Per step: 1 / steps_per_s.
+  assert interval == pytest.approx(1 / last["train/steps_per_s"], rel=1e-3)
+  assert [r["step"] for r in train_rows if "train/startup_s" in r] == [1] and train_rows[0]["train/startup_s"] > 0
   assert len(list((tmp_path / "whole").glob("events.out.tfevents.*"))) == 1  # TensorBoard (test_tensorboard).
   assert [r["step"] for r in rows if "val/t2a_R@10" in r] == [4]
+  assert [r["val/seconds"] > 0 for r in rows if "val/t2a_R@10" in r] == [True]  # Time taken from the steps.
   assert json.loads((tmp_path / "whole/best.json").read_text())["step"] == 4
 
   results = eval_lib.evaluate(config, tmp_path / "whole", names=["retrieval", "tsne"])["retrieval"]

@@ -23,6 +23,14 @@ search: `mclap.search` on an index of `--index_size` (100,000) random 512-d embe
   of the prepare benchmark's tracks with the same bundle (files/min, after loading and compiling).
 towers: where the model's time goes: each tower alone, forward (inference) and forward +
   backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
+versus: mclap's train step beside the PyTorch MusCALL of tools/torch_muscall.py at equal work
+  (same batch of log-mels and `max_tokens`-token texts, same sizes and vocabulary), timed in
+  alternating rounds in one process so that both see the same machine; needs torch. On a GPU the
+  PyTorch step runs as the original ships (fp16 AMP) and in bf16 AMP.
+loop: the real job, `python -m mclap.train` on the input corpus with `data.num_workers` =
+  `--workers`, for `--loop_steps` steps: examples/s and the input-wait share from its
+  metrics.jsonl (the first step, compilation, is left out by the job), its start-up from a cold
+  compilation cache, then a second start of the same config with that cache warm.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import os
 import pathlib
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +79,24 @@ _PREPARE_TRACKS = flags.DEFINE_integer("prepare_tracks", 32, "Tracks for the pre
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model measurement (after 2 warm-up steps).")
 _INDEX_SIZE = flags.DEFINE_integer("index_size", 100_000, "Rows of the search benchmark's index.")
 _TOKEN_BUCKETS = flags.DEFINE_list("token_buckets", ["0", "16"], "data.token_bucket values for train_step/embed.")
+_SUB_BATCHES = flags.DEFINE_integer("sub_batches", 1, "train.sub_batches for train_step (feature caching).")
+_WORKERS = flags.DEFINE_list("workers", [], "Input worker counts for input/loop (default: 0 and the config's).")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 300, "Steps of the loop benchmark's training run.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of the versus benchmark.")
+_SET = flags.DEFINE_multi_string("set", [], "key=value set in every benchmarked config (data.tokenizer_dir=DIR).")
+
+
+def load_config(spec: str):
+  """The config of `spec` with the `--set` values (checked like a job's --config.key=value)."""
+  config = cli.load_config(str(ROOT / spec))
+  for item in _SET.value:
+    key, _, value = item.partition("=")
+    cli.check_override(config, key)
+    *parents, leaf = key.split(".")
+    section = functools.reduce(getattr, parents, config)
+    current = getattr(section, leaf)
+    setattr(section, leaf, type(current)(value) if isinstance(current, (int, float, str)) else value)
+  return config
 
 
 def machine() -> dict:
@@ -77,7 +104,7 @@ def machine() -> dict:
   if pathlib.Path("/proc/cpuinfo").is_file():
     names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
     cpu = names[0] if names else cpu
-  versions = {p: metadata.version(p) for p in ("jax", "jaxlib", "flax", "grain", "numpy", "librosa")}
+  versions = {p: metadata.version(p) for p in ("jax", "jaxlib", "flax", "grain", "numpy")}
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
 
 
@@ -112,10 +139,10 @@ _ALL_AUGMENTATIONS = dict(gain_prob=1.0, noise_prob=1.0, pitch_prob=1.0, time_ma
 
 
 def bench_input(spec: str) -> list[dict]:
-  config = cli.load_config(str(ROOT / spec))
+  config = load_config(spec)
   config.data.dir = str(bench_corpus(config))
   rows = []
-  runs = [(w, False) for w in sorted({0, config.data.num_workers})] + [(0, True)]
+  runs = [(w, False) for w in _worker_counts(config)] + [(0, True)]
   for workers, augmented in runs:
     if augmented:
       config.data.augment.update(_ALL_AUGMENTATIONS)
@@ -137,6 +164,10 @@ def bench_input(spec: str) -> list[dict]:
       }
     )
   return rows
+
+
+def _worker_counts(config) -> list[int]:
+  return sorted(map(int, _WORKERS.value)) if _WORKERS.value else sorted({0, config.data.num_workers})
 
 
 def prepare_tracks() -> pathlib.Path:
@@ -228,10 +259,11 @@ def measure_peak(dtype: str) -> dict:
 
 
 def bench_model(spec: str, peak: dict) -> list[dict]:
-  config = cli.load_config(str(ROOT / spec))
+  config = load_config(spec)
   config.data.dir = str(bench_corpus(config))
   config.train.batch_size = _MODEL_BATCH.value
   config.train.dtype = _DTYPE.value
+  config.train.sub_batches = _SUB_BATCHES.value
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   tx = trainer.make_optimizer(config, 1000)
   model_def, state = trainer.init_state(config, mesh, tx)
@@ -249,6 +281,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
       "crop_seconds": config.data.crop_seconds,
       "n_mels": config.data.mel.n_mels,
       "token_bucket": bucket,
+      "sub_batches": config.train.sub_batches,
       "tokens": int(batch["tokens"].shape[-1]),
       "devices": jax.device_count(),
     }
@@ -283,8 +316,114 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
   return rows
 
 
+def bench_versus(spec: str) -> list[dict]:
+  import torch
+
+  from tools import torch_muscall
+
+  config = load_config(spec)
+  config.data.dir = str(bench_corpus(config))
+  config.train.batch_size = _MODEL_BATCH.value
+  config.train.dtype = _DTYPE.value
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  tx = trainer.make_optimizer(config, 1000)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  host_batch = pipeline.train_dataset(config)[0]  # Texts padded to max_tokens: the original never trims.
+  batch = trainer.to_global(host_batch, mesh)
+  holder = {"state": state}
+
+  def mclap_step():
+    holder["state"], metrics = step(holder["state"], batch)
+    jax.block_until_ready(metrics)
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  vocab = tokenizer_lib.for_config(config).vocab_size
+  model = torch_muscall.MusCALL(config, vocab=vocab).to(device).train()
+  mels = torch.from_numpy(np.asarray(host_batch["mel"], np.float32)).to(device)
+  ids = torch.from_numpy(np.asarray(host_batch["tokens"], np.int64)).to(device)
+  amp = {"float32": [None]} if device == "cpu" else {"float16 AMP": [torch.float16], "bfloat16 AMP": [torch.bfloat16]}
+  runs = {f"mclap {config.train.dtype}": mclap_step}
+  for name, (dtype,) in amp.items():
+    torch_step = torch_muscall.make_train_step(model, config, dtype)
+    runs[f"PyTorch MusCALL {name}"] = lambda torch_step=torch_step: (torch_step(mels, ids), _sync(torch, device))
+  rates = {name: [] for name in runs}
+  for _ in range(_ROUNDS.value):  # Alternating, so that both see the same machine state.
+    for name, run in runs.items():
+      rates[name].append(_STEPS.value * config.train.batch_size / time_batches(run, _STEPS.value))
+  ours = max(rates[f"mclap {config.train.dtype}"])
+  return [
+    {
+      "bench": "versus",
+      "config": spec,
+      "implementation": name,
+      "batch_size": config.train.batch_size,
+      "tokens": int(host_batch["tokens"].shape[-1]),
+      "device": device,
+      "examples_per_s_by_round": [round(r, 2) for r in per_round],
+      "mclap_ratio": round(ours / max(per_round), 2),
+      "torch": torch.__version__,
+    }
+    for name, per_round in rates.items()
+  ]
+
+
+def _sync(torch, device: str) -> None:
+  if device == "cuda":
+    torch.cuda.synchronize()
+
+
+def bench_loop(spec: str) -> list[dict]:
+  """The training job as users run it, in a subprocess: steady rate, input wait, start-up."""
+  config = load_config(spec)
+  corpus = bench_corpus(config)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    cache = pathlib.Path(tmp) / "compilation_cache"
+    for workers in _worker_counts(config)[-1:]:
+      for start, steps in (("cold", _LOOP_STEPS.value), ("warm", 2)):
+        workdir = pathlib.Path(tmp) / f"{start}-{workers}"
+        overrides = {
+          "data.dir": corpus,
+          "data.num_workers": workers,
+          "train.batch_size": _MODEL_BATCH.value,
+          "train.dtype": _DTYPE.value,
+          "train.steps": steps,
+          "train.log_every": max(1, min(20, steps // 5)),
+          "train.eval_every": steps,
+          "train.ckpt_every": steps,
+        }
+        args = ["--config", str(ROOT / spec), "--workdir", str(workdir), f"--compilation_cache={cache}"]
+        args += [f"--config.{item}" for item in _SET.value] + [f"--config.{k}={v}" for k, v in overrides.items()]
+        began = time.perf_counter()
+        job = subprocess.run([sys.executable, "-m", "mclap.train", *args], cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - began
+        if job.returncode:
+          raise RuntimeError(f"mclap.train failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}")
+        logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [r for r in logged if "train/loss" in r]
+        steady = [r for r in train_rows if "train/startup_s" not in r]  # The first window holds the compilation.
+        row = {
+          "bench": "loop",
+          "config": spec,
+          "start": start,
+          "batch_size": _MODEL_BATCH.value,
+          "dtype": _DTYPE.value,
+          "workers": workers,
+          "steps": steps,
+          "startup_s": train_rows[0]["train/startup_s"],
+          "job_wall_s": round(wall, 1),
+        }
+        if start == "cold" and steady:
+          row["examples_per_s"] = round(float(np.median([r["train/examples_per_s"] for r in steady])), 2)
+          row["input_wait_fraction"] = round(float(np.mean([r["train/input_wait_fraction"] for r in steady])), 3)
+          row["validation_s"] = next(r["val/seconds"] for r in logged if "val/seconds" in r)
+        rows.append(row)
+  return rows
+
+
 def bench_towers(spec: str) -> list[dict]:
-  config = cli.load_config(str(ROOT / spec))
+  config = load_config(spec)
   config.train.dtype = _DTYPE.value
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1000))
@@ -320,7 +459,7 @@ def bench_towers(spec: str) -> list[dict]:
 
 
 def bench_memory(spec: str) -> list[dict]:
-  config = cli.load_config(str(ROOT / spec))
+  config = load_config(spec)
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   rows = []
   for loss in ("infonce", "siglip"):
@@ -337,7 +476,7 @@ def bench_memory(spec: str) -> list[dict]:
           "total_mb": round(sizes["total"] / 2**20, 2),
         }
       )
-  config = cli.load_config(str(ROOT / spec))
+  config = load_config(spec)
   config.data.dir = str(bench_corpus(config))
   config.train.update(batch_size=_MODEL_BATCH.value, dtype=_DTYPE.value)
   batch = trainer.trim_token_padding(pipeline.train_dataset(config)[0], config.data.token_bucket)
@@ -438,6 +577,8 @@ def main(argv):
     "towers": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_towers(spec)],
     "memory": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_memory(spec)],
     "search": bench_search,
+    "versus": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_versus(spec)],
+    "loop": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_loop(spec)],
   }
   for name in _BENCHMARKS.value:
     for row in runs[name]():

@@ -1,17 +1,17 @@
 """Log-mel front end shared by every data source.
 
 Mels are computed once, offline, by `mclap.data.prepare`; the settings travel with the corpus in
-`dataset_info.json` so training, evaluation and inference always agree on them.
+`dataset_info.json` so training, evaluation and inference always agree on them. The STFT and the
+mel filters are NumPy here (librosa's definitions, checked against librosa in the tests): the
+front end then needs no numba/LLVM, which accelerator images often lack and which weigh 60 MB.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import librosa
 import ml_collections
 import numpy as np
 
@@ -75,14 +75,65 @@ def num_frames(seconds: float, mel_config: Mapping[str, Any]) -> int:
   return 1 + int(round(seconds * mel_config["sample_rate"])) // mel_config["hop_length"]
 
 
+# Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3
+_SLANEY_BREAK_HZ = 1000.0
+_SLANEY_LOG_STEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray, htk: bool) -> np.ndarray:
+  hz = np.asarray(hz, np.float64)
+  if htk:
+    return 2595.0 * np.log10(1.0 + hz / 700.0)
+  linear = hz / _SLANEY_HZ_PER_MEL
+  above = _SLANEY_BREAK_HZ / _SLANEY_HZ_PER_MEL + np.log(np.maximum(hz, 1e-300) / _SLANEY_BREAK_HZ) / _SLANEY_LOG_STEP
+  return np.where(hz >= _SLANEY_BREAK_HZ, above, linear)
+
+
+def mel_to_hz(mels: np.ndarray, htk: bool) -> np.ndarray:
+  mels = np.asarray(mels, np.float64)
+  if htk:
+    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+  break_mel = _SLANEY_BREAK_HZ / _SLANEY_HZ_PER_MEL
+  above = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOG_STEP * (mels - break_mel))
+  return np.where(mels >= break_mel, above, _SLANEY_HZ_PER_MEL * mels)
+
+
+def mel_frequencies(n: int, fmin: float, fmax: float, htk: bool) -> np.ndarray:
+  """`n` frequencies in Hz evenly spaced on the mel scale from `fmin` to `fmax`: the filters' edges."""
+  return mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n), htk)
+
+
 @functools.lru_cache(maxsize=8)
-def _filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str):
-  with warnings.catch_warnings():
-    if fmax > sr / 2:  # Filters above Nyquist are empty by the settings' design (MusCALL's fmax 11025).
-      warnings.filterwarnings("ignore", "Empty filters detected", UserWarning)
-    return librosa.filters.mel(
-      sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm or None
-    ).astype(np.float32)
+def _filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool, norm: str) -> np.ndarray:
+  """Triangles between consecutive mel edges over the FFT bins; "slaney" norm divides each by its
+  width in Hz / 2 (constant energy per filter). Filters above Nyquist stay empty (MusCALL's fmax
+  11025 Hz at 16 kHz)."""
+  edges = mel_frequencies(n_mels + 2, fmin, fmax, htk)
+  bins = np.fft.rfftfreq(n_fft, 1.0 / sr)
+  rising = (bins[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+  falling = (edges[2:, None] - bins[None, :]) / np.diff(edges)[1:, None]
+  weights = np.maximum(0.0, np.minimum(rising, falling))
+  if norm == "slaney":
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+  elif norm:
+    raise ValueError(f"mel norm={norm!r}; use slaney or an empty string")
+  return weights.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+  """The periodic Hann window (what spectral analysis uses; librosa's and torch's default)."""
+  return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def power_spectrogram(wave: np.ndarray, n_fft: int, hop_length: int, pad_mode: str) -> np.ndarray:
+  """|STFT|² `[1 + n_fft // 2, frames]` of a centred, Hann-windowed STFT (frame t centred on
+  sample t * hop_length, the ends padded by n_fft // 2 with zeros or reflection)."""
+  padded = np.pad(wave, n_fft // 2, mode=pad_mode)
+  frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+  spec = np.fft.rfft(frames * _hann(n_fft), axis=-1)
+  return (spec.real**2 + spec.imag**2).T
 
 
 def filterbank(mel_config: Mapping[str, Any]) -> np.ndarray:
@@ -102,10 +153,9 @@ def log_mel(wave: np.ndarray, mel_config: Mapping[str, Any]) -> np.ndarray:
   wave = np.asarray(wave, np.float32)
   if c["pad_mode"] == "reflect" and len(wave) <= c["n_fft"] // 2:  # Reflection needs more samples than it pads.
     wave = np.pad(wave, (0, c["n_fft"] // 2 + 1 - len(wave)))
-  spec = librosa.stft(wave, n_fft=c["n_fft"], hop_length=c["hop_length"], center=True, pad_mode=c["pad_mode"])
-  power = np.abs(spec) ** 2
+  power = power_spectrogram(wave, c["n_fft"], c["hop_length"], c["pad_mode"])
   if c["window_norm"]:
-    power /= np.sum(librosa.filters.get_window("hann", c["n_fft"], fftbins=True) ** 2)
+    power /= np.sum(_hann(c["n_fft"]) ** 2)
   mel = filterbank(c) @ power
   db = 10.0 * np.log10(np.maximum(mel, c["amin"]))
   if c["top_db"]:

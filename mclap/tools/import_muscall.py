@@ -20,7 +20,6 @@ import re
 import tempfile
 from typing import Any
 
-import librosa
 import ml_collections
 import numpy as np
 from absl import flags
@@ -244,7 +243,7 @@ def check_filterbank(state: dict[str, np.ndarray], config: ml_collections.Config
 
 def _narrowest_band(mel: ml_collections.ConfigDict) -> float:
   """The smallest distance in Hz between neighbouring mel filter edges of the settings."""
-  edges = librosa.mel_frequencies(mel.n_mels + 2, fmin=mel.fmin, fmax=mel.fmax, htk=mel.htk)
+  edges = mel_lib.mel_frequencies(mel.n_mels + 2, mel.fmin, mel.fmax, mel.htk)
   return float(np.diff(edges).min())
 
 
