@@ -1,16 +1,24 @@
 """Shared fixtures: one tiny synthetic corpus per test session, and configs pointing at it."""
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 from absl import flags
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One compilation cache for the session, set before JAX is imported: tests that build the same
+# program (the same config's step in several files) and the jobs they start compile it once, and
+# nothing goes into the user's cache.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mclap-tests-compilation-cache-")
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -22,13 +30,6 @@ flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; jobs parse them in `
 TINY_MEL = dict(mel.default_mel_config(), n_mels=32)
 TINY_CLIPS = 64
 TINY_SECONDS = 3.0
-
-
-@pytest.fixture(scope="session", autouse=True)
-def job_compilation_cache(tmp_path_factory):
-  """Jobs the tests start keep their compiled programs in one directory for the session (shared
-  by jobs compiling the same programs), not in the user's cache."""
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("compilation_cache"))
 
 
 def tone(seconds, rate, channels=1, freq=440.0):

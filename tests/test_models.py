@@ -9,7 +9,7 @@ from scipy.special import softmax
 from mclap import cli
 from mclap.data import mel
 from mclap.errors import ConfigError
-from mclap.models import audio, build_model, text
+from mclap.models import audio, build_model, layers, text
 
 VOCAB = 30522  # The MiniLM WordPiece vocabulary.
 
@@ -181,3 +181,51 @@ def test_heads_mlp_identity_and_the_text_width_as_joint_space():
   config.model.projection_dim = 64
   with pytest.raises(ConfigError, match="identity head keeps the tower's 128 dimensions"):
     build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_batch_norm_computes_what_flax_batch_norm_does(dtype, tolerance):
+  rng = np.random.default_rng(0)
+  ours = layers.BatchNorm(12, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+  flax_bn = nnx.BatchNorm(12, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+  for name in ("scale", "bias", "mean", "var"):
+    value = jnp.asarray(rng.uniform(0.5, 1.5, 12), jnp.float32)
+    getattr(ours, name).value = value
+    getattr(flax_bn, name).value = value
+  for train in (True, True, False):
+    x = jnp.asarray(rng.normal(1.0, 3.0, (6, 5, 7, 12)), dtype)
+    np.testing.assert_allclose(
+      np.asarray(ours(x, use_running_average=not train), np.float32),
+      np.asarray(flax_bn(x, use_running_average=not train), np.float32),
+      rtol=tolerance,
+      atol=tolerance,
+    )
+    for name in ("mean", "var"):  # Running averages move alike (and stay put in inference).
+      np.testing.assert_allclose(getattr(ours, name).value, getattr(flax_bn, name).value, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+def test_masked_attention_equals_numpy(dtype, tolerance):
+  """Causal and padding mask together, as the text towers use them; float32 softmax under bf16."""
+  att = layers.Attention(16, 4, dtype=dtype, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).normal(size=(2, 6, 16)).astype(np.float32)
+  valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  mask = np.tril(np.ones((6, 6), bool))[None, None] & valid[:, None, None, :]
+  ours = np.asarray(att(jnp.asarray(x, dtype), jnp.asarray(x, dtype), jnp.asarray(mask)), np.float32)
+
+  w = lambda layer: (np.asarray(layer.kernel[...], np.float32), np.asarray(layer.bias[...], np.float32))  # noqa: E731
+  (qk, qb), (kk, kb), (vk, vb), (ok, ob) = w(att.q_proj), w(att.k_proj), w(att.v_proj), w(att.out_proj)
+  heads = lambda y: y.reshape(2, 6, 4, 4).transpose(0, 2, 1, 3)  # noqa: E731
+  q, k, v = heads(x @ qk + qb), heads(x @ kk + kb), heads(x @ vk + vb)
+  logits = np.where(mask, q @ k.transpose(0, 1, 3, 2) / 2.0, -np.inf)
+  expected = (softmax(logits, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(2, 6, 16) @ ok + ob
+  np.testing.assert_allclose(ours, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_a_seed_builds_the_model_it_built_with_flax_batch_norm(monkeypatch):
+  """mclap's BatchNorm draws the random keys Flax's did, so every later layer starts the same."""
+  c = muscall_config(2.0)
+  ours = nnx.state(build_model(c, vocab_size=100, rngs=nnx.Rngs(0)), nnx.Param)
+  monkeypatch.setattr(audio, "BatchNorm", lambda n, **kw: nnx.BatchNorm(n, **kw))
+  flax_built = nnx.state(build_model(c, vocab_size=100, rngs=nnx.Rngs(0)), nnx.Param)
+  jax.tree.map(np.testing.assert_array_equal, ours, flax_built)

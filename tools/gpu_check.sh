@@ -51,4 +51,4 @@ for batch in $SCALE; do
   bench 120 --benchmarks=model --model_batch="$batch" --token_buckets=16 --steps=5 \
     || bench 120 --benchmarks=model --model_batch="$batch" --token_buckets=16 --steps=5 --sub_batches=4
 done
-bench 60 --benchmarks=input --configs=configs/muscall.py --workers="0,4,$WORKERS" --batches=10
+bench 120 --benchmarks=input --configs=configs/muscall.py --workers="0,4,$WORKERS" --batches=10

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mclap.errors import ConfigError
-from mclap.models.layers import Attention, Conv2d, avg_pool, maybe_remat
+from mclap.models.layers import Attention, BatchNorm, Conv2d, avg_pool, maybe_remat
 
 
 class _ConvBN(nnx.Module):
@@ -25,7 +25,7 @@ class _ConvBN(nnx.Module):
 
   def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Any, rngs: nnx.Rngs):
     self.conv = Conv2d(cin, cout, kernel, stride, dtype=dtype, rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.bn = BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     return self.bn(self.conv(x), use_running_average=not train)
@@ -145,7 +145,7 @@ class SimpleCNN(nnx.Module):
     )
     self.norms = nnx.List(
       [
-        nnx.BatchNorm(o, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) if b >= first_bn else None
+        BatchNorm(o, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) if b >= first_bn else None
         for b, o in enumerate(channels)
       ]
     )
