@@ -152,8 +152,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
             skipped_steps=nonfinite.total,
             steps_per_s=rate,
             examples_per_s=rate * config.train.batch_size,
-            # Each step's time split into waiting for its batch and the rest (the step itself, logging,
-            # checkpoint saves): a wait fraction near 1 means the run is input-bound.
+            # Each step's time split into waiting for its batch and the rest (the step itself and
+            # logging; validation and checkpoint saves are left out): a wait fraction near 1 means the
+            # run is input-bound.
             input_wait_s=input_wait / max(window_steps, 1),
             step_s=(window - input_wait) / max(window_steps, 1),
             input_wait_fraction=min(input_wait / window, 1.0) if window_steps else 0.0,

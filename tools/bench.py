@@ -403,7 +403,7 @@ def bench_loop(spec: str) -> list[dict]:
           raise RuntimeError(f"mclap.train failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}")
         logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
         train_rows = [r for r in logged if "train/loss" in r]
-        steady = [r for r in train_rows if "train/startup_s" not in r]  # The first window holds the compilation.
+        steady = [r for r in train_rows if "train/startup_s" not in r]  # The first row may time no step.
         row = {
           "bench": "loop",
           "config": spec,
