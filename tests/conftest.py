@@ -99,3 +99,26 @@ def make_tiny_config(spec, corpus):
 @pytest.fixture
 def tiny_config(tiny_corpus):
   return make_tiny_config("configs/muscall.py:demo", tiny_corpus)
+
+
+def small(config, steps=4):
+  """A short run: `steps` steps, logged every step, checkpoints every 2, validation at the end."""
+  config.train.update(steps=steps, log_every=1, eval_every=steps, ckpt_every=2, seed=0)
+  config.optim.warmup_steps = 2
+  return config
+
+
+def fake_record(item):
+  """Items name what to produce: good records, broken ones, crashes, rejects, duplicates."""
+  kind, i = item
+  mel = np.full((TINY_MEL["n_mels"], 4), float(i), np.float32)
+  if kind == "crash":
+    raise OSError("cannot decode")
+  if kind == "reject":
+    return writer.Reject(id=f"x{i}", reason="silent")
+  if kind == "nan":
+    mel[0, 0] = np.nan
+  if kind == "shape":
+    mel = mel[:3]
+  captions = [" ", ""] if kind == "empty" else [f"c{i}"]
+  return {"id": "dup" if kind == "dup" else f"x{i}", "mel": mel, "captions": captions, "tags": [kind]}

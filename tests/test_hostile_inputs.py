@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, TINY_MEL, corpus_records, corpus_rejects, tone
-from test_writer import _work
+from conftest import ROOT, TINY_MEL, corpus_records, corpus_rejects, fake_record, tone
 
 from mclap.data import audio, records, writer
 
@@ -149,7 +148,7 @@ def _hangs_or_crashes(item):
     time.sleep(3600)
   if kind == "segfault":
     os.kill(os.getpid(), signal.SIGSEGV)
-  return _work(item)
+  return fake_record(item)
 
 
 @pytest.mark.slow

@@ -10,8 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import soundfile
-from conftest import ROOT, make_tiny_config, tone
-from test_trainer import small
+from conftest import ROOT, make_tiny_config, small, tone
 
 import mclap
 from mclap import bundle, embed, evaluators, export, search, train, trainer

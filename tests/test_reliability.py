@@ -13,8 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, make_tiny_config
-from test_trainer import small
+from conftest import ROOT, make_tiny_config, small
 
 from mclap import checkpoints, parallel, train, trainer
 from mclap.errors import ConfigError, UserError

@@ -5,7 +5,7 @@ NumPy re-computation that the import of real checkpoints is tested against. Need
 import numpy as np
 import pytest
 from conftest import ROOT
-from test_import_muscall import (
+from muscall_reference import (
   AUDIO_DIM,
   CROP_SECONDS,
   LAYERS,

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import small
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -14,13 +15,6 @@ from mclap.data import pipeline
 from mclap.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.slow
-
-
-def small(config, steps=4):
-  """A short run: `steps` steps, logged every step, checkpoints every 2, validation at the end."""
-  config.train.update(steps=steps, log_every=1, eval_every=steps, ckpt_every=2, seed=0)
-  config.optim.warmup_steps = 2
-  return config
 
 
 def _steps(config, batches, devices=None, **mesh_options):

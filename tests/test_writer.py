@@ -10,26 +10,10 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, TINY_MEL, build_synthetic, corpus_records, corpus_rejects, tone
+from conftest import ROOT, TINY_MEL, build_synthetic, corpus_records, corpus_rejects, fake_record, tone
 
 from mclap.data import records, sources, writer
 from mclap.errors import UserError
-
-
-def _work(item):
-  """Items name what to produce: good records, broken ones, crashes, rejects, duplicates."""
-  kind, i = item
-  mel = np.full((TINY_MEL["n_mels"], 4), float(i), np.float32)
-  if kind == "crash":
-    raise OSError("cannot decode")
-  if kind == "reject":
-    return writer.Reject(id=f"x{i}", reason="silent")
-  if kind == "nan":
-    mel[0, 0] = np.nan
-  if kind == "shape":
-    mel = mel[:3]
-  captions = [" ", ""] if kind == "empty" else [f"c{i}"]
-  return {"id": "dup" if kind == "dup" else f"x{i}", "mel": mel, "captions": captions, "tags": [kind]}
 
 
 def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
@@ -37,7 +21,7 @@ def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
   info = writer.write_corpus(
     tmp_path,
     {"train": list(zip(kinds, range(len(kinds))))},
-    _work,
+    fake_record,
     mel_config=TINY_MEL,
     source="test",
     num_workers=0,
@@ -107,7 +91,7 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, source_args):
 
 
 def _scaled(item, scale):
-  record = _work(item)
+  record = fake_record(item)
   return {**record, "mel": record["mel"] * scale}
 
 
@@ -210,12 +194,12 @@ def test_a_job_whose_items_mostly_fail_for_one_reason_stops(tmp_path, capsys):
 def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path):
   kwargs = dict(mel_config=TINY_MEL, num_workers=0, shard_size=4, show_progress=False)
   first = {"train": [("ok", i) for i in range(6)], "test": [("ok", 10 + i) for i in range(3)]}
-  writer.write_corpus(tmp_path, first, _work, source="first", **kwargs)
+  writer.write_corpus(tmp_path, first, fake_record, source="first", **kwargs)
   (tmp_path / "notes.txt").write_text("mine")
   second = {"test": [("ok", i) for i in range(5)]}
   with pytest.raises(UserError, match="other settings \\(source differ\\).*--overwrite"):
-    writer.write_corpus(tmp_path, second, _work, source="second", **kwargs)
-  info = writer.write_corpus(tmp_path, second, _work, source="second", overwrite=True, **kwargs)
+    writer.write_corpus(tmp_path, second, fake_record, source="second", **kwargs)
+  info = writer.write_corpus(tmp_path, second, fake_record, source="second", overwrite=True, **kwargs)
   listed = {s["file"] for split in info["splits"].values() for s in split["shards"]}
   assert set(info["splits"]) == {"test"} and {p.name for p in tmp_path.glob("*.array_record")} == listed
   assert (tmp_path / "notes.txt").read_text() == "mine"  # Only the corpus's own files go.
@@ -223,9 +207,9 @@ def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path
   older = json.loads((tmp_path / records.INFO_FILE).read_text())
   older["mel"] = {k: v for k, v in older["mel"].items() if k not in ("pad_mode", "window_norm")}  # with defaults.
   (tmp_path / records.INFO_FILE).write_text(json.dumps(older))
-  writer.write_corpus(tmp_path, second, _work, source="second", **kwargs)
+  writer.write_corpus(tmp_path, second, fake_record, source="second", **kwargs)
   with pytest.raises(UserError, match="other settings \\(source differ\\)"):
-    writer.write_corpus(tmp_path, second, _work, source="third", **kwargs)
+    writer.write_corpus(tmp_path, second, fake_record, source="third", **kwargs)
 
 
 def test_workers_started_from_an_unguarded_script_stop_with_the_fix(tmp_path):
