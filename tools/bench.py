@@ -258,16 +258,22 @@ def measure_peak(dtype: str) -> dict:
   return rates
 
 
-def bench_model(spec: str, peak: dict) -> list[dict]:
+def _train_step(spec: str, sub_batches: int = 1):
+  """The config of `spec` at `--model_batch` and `--dtype` on the benchmark corpus, on all local
+  devices: (config, mesh, model_def, state, jitted train step)."""
   config = load_config(spec)
   config.data.dir = str(bench_corpus(config))
   config.train.batch_size = _MODEL_BATCH.value
   config.train.dtype = _DTYPE.value
-  config.train.sub_batches = _SUB_BATCHES.value
+  config.train.sub_batches = sub_batches
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   tx = trainer.make_optimizer(config, 1000)
   model_def, state = trainer.init_state(config, mesh, tx)
-  step = trainer.make_train_step(config, model_def, tx, mesh)
+  return config, mesh, model_def, state, trainer.make_train_step(config, model_def, tx, mesh)
+
+
+def bench_model(spec: str, peak: dict) -> list[dict]:
+  config, mesh, model_def, state, step = _train_step(spec, _SUB_BATCHES.value)
   embed = trainer.make_embed_fn(model_def)
   best_peak = max(peak.values())
   rows = []
@@ -321,14 +327,7 @@ def bench_versus(spec: str) -> list[dict]:
 
   from tools import torch_muscall
 
-  config = load_config(spec)
-  config.data.dir = str(bench_corpus(config))
-  config.train.batch_size = _MODEL_BATCH.value
-  config.train.dtype = _DTYPE.value
-  mesh = parallel.make_mesh({"data": -1, "model": 1})
-  tx = trainer.make_optimizer(config, 1000)
-  model_def, state = trainer.init_state(config, mesh, tx)
-  step = trainer.make_train_step(config, model_def, tx, mesh)
+  config, mesh, _, state, step = _train_step(spec)
   host_batch = pipeline.train_dataset(config)[0]  # Texts padded to max_tokens: the original never trims.
   batch = trainer.to_global(host_batch, mesh)
   holder = {"state": state}
@@ -342,9 +341,9 @@ def bench_versus(spec: str) -> list[dict]:
   model = torch_muscall.MusCALL(config, vocab=vocab).to(device).train()
   mels = torch.from_numpy(np.asarray(host_batch["mel"], np.float32)).to(device)
   ids = torch.from_numpy(np.asarray(host_batch["tokens"], np.int64)).to(device)
-  amp = {"float32": [None]} if device == "cpu" else {"float16 AMP": [torch.float16], "bfloat16 AMP": [torch.bfloat16]}
+  amp = {"float32": None} if device == "cpu" else {"float16 AMP": torch.float16, "bfloat16 AMP": torch.bfloat16}
   runs = {f"mclap {config.train.dtype}": mclap_step}
-  for name, (dtype,) in amp.items():
+  for name, dtype in amp.items():
     torch_step = torch_muscall.make_train_step(model, config, dtype)
     runs[f"PyTorch MusCALL {name}"] = lambda torch_step=torch_step: (torch_step(mels, ids), _sync(torch, device))
   rates = {name: [] for name in runs}
@@ -377,49 +376,48 @@ def bench_loop(spec: str) -> list[dict]:
   """The training job as users run it, in a subprocess: steady rate, input wait, start-up."""
   config = load_config(spec)
   corpus = bench_corpus(config)
-  rows = []
+  workers, rows = _worker_counts(config)[-1], []
   with tempfile.TemporaryDirectory() as tmp:
     cache = pathlib.Path(tmp) / "compilation_cache"
-    for workers in _worker_counts(config)[-1:]:
-      steps = _LOOP_STEPS.value  # The same for both starts: the step count is part of the compiled schedule.
-      for start in ("cold", "warm"):
-        workdir = pathlib.Path(tmp) / f"{start}-{workers}"
-        overrides = {
-          "data.dir": corpus,
-          "data.num_workers": workers,
-          "train.batch_size": _MODEL_BATCH.value,
-          "train.dtype": _DTYPE.value,
-          "train.steps": steps,
-          "train.log_every": max(1, min(20, steps // 5)),
-          "train.eval_every": steps,
-          "train.ckpt_every": steps,
-        }
-        args = ["--config", str(ROOT / spec), "--workdir", str(workdir), f"--compilation_cache={cache}"]
-        args += [f"--config.{item}" for item in _SET.value] + [f"--config.{k}={v}" for k, v in overrides.items()]
-        began = time.perf_counter()
-        job = subprocess.run([sys.executable, "-m", "mclap.train", *args], cwd=ROOT, capture_output=True, text=True)
-        wall = time.perf_counter() - began
-        if job.returncode:
-          raise RuntimeError(f"mclap.train failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}")
-        logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-        train_rows = [r for r in logged if "train/loss" in r]
-        steady = [r for r in train_rows if "train/startup_s" not in r]  # The first row may time no step.
-        row = {
-          "bench": "loop",
-          "config": spec,
-          "start": start,
-          "batch_size": _MODEL_BATCH.value,
-          "dtype": _DTYPE.value,
-          "workers": workers,
-          "steps": steps,
-          "startup_s": train_rows[0]["train/startup_s"],
-          "job_wall_s": round(wall, 1),
-        }
-        if steady:
-          row["examples_per_s"] = round(float(np.median([r["train/examples_per_s"] for r in steady])), 2)
-          row["input_wait_fraction"] = round(float(np.mean([r["train/input_wait_fraction"] for r in steady])), 3)
-          row["validation_s"] = next(r["val/seconds"] for r in logged if "val/seconds" in r)
-        rows.append(row)
+    steps = _LOOP_STEPS.value  # The same for both starts: the step count is part of the compiled schedule.
+    for start in ("cold", "warm"):
+      workdir = pathlib.Path(tmp) / f"{start}-{workers}"
+      overrides = {
+        "data.dir": corpus,
+        "data.num_workers": workers,
+        "train.batch_size": _MODEL_BATCH.value,
+        "train.dtype": _DTYPE.value,
+        "train.steps": steps,
+        "train.log_every": max(1, min(20, steps // 5)),
+        "train.eval_every": steps,
+        "train.ckpt_every": steps,
+      }
+      args = ["--config", str(ROOT / spec), "--workdir", str(workdir), f"--compilation_cache={cache}"]
+      args += [f"--config.{item}" for item in _SET.value] + [f"--config.{k}={v}" for k, v in overrides.items()]
+      began = time.perf_counter()
+      job = subprocess.run([sys.executable, "-m", "mclap.train", *args], cwd=ROOT, capture_output=True, text=True)
+      wall = time.perf_counter() - began
+      if job.returncode:
+        raise RuntimeError(f"mclap.train failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}")
+      logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+      train_rows = [r for r in logged if "train/loss" in r]
+      steady = [r for r in train_rows if "train/startup_s" not in r]  # The first row may time no step.
+      row = {
+        "bench": "loop",
+        "config": spec,
+        "start": start,
+        "batch_size": _MODEL_BATCH.value,
+        "dtype": _DTYPE.value,
+        "workers": workers,
+        "steps": steps,
+        "startup_s": train_rows[0]["train/startup_s"],
+        "job_wall_s": round(wall, 1),
+      }
+      if steady:
+        row["examples_per_s"] = round(float(np.median([r["train/examples_per_s"] for r in steady])), 2)
+        row["input_wait_fraction"] = round(float(np.mean([r["train/input_wait_fraction"] for r in steady])), 3)
+        row["validation_s"] = next(r["val/seconds"] for r in logged if "val/seconds" in r)
+      rows.append(row)
   return rows
 
 
