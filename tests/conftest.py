@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic corpus per test session, and configs pointing at it."""
+"""Shared fixtures (one tiny synthetic corpus per test session, configs pointing at it) and helpers."""
 
 import atexit
 import json
