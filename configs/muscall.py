@@ -113,20 +113,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (per-device state memory / devices; same updates as data parallelism), for large text towers.
   c.mesh = dict(data=-1, model=1, fsdp=False)
   c.evals = ml_collections.ConfigDict()
-  c.evals.retrieval = dict(split="test", subset_size=1000, subset_seed=0)
+  # Every evaluator runs in `python -m mclap.eval`; with every=N > 0 also during training, every N
+  # steps and at the end (its numbers in metrics.jsonl as eval/<name>/...).
+  c.evals.retrieval = dict(split="test", subset_size=1000, subset_seed=0, every=0)
   # Zero-shot on the training corpus's labels and tags; add entries with `kind` and `dir` for other
   # corpora, e.g. c.evals.gtzan = dict(kind="zero_shot", dir="data/gtzan", label_texts="gtzan", ...).
-  zero_shot = dict(split="test", dir="", prompts=("label", "muscall"), ensemble=True, templates_file="")
+  zero_shot = dict(split="test", dir="", prompts=("label", "muscall"), ensemble=True, templates_file="", every=0)
   c.evals.zero_shot = dict(zero_shot, label_texts="")
   c.evals.tagging = dict(zero_shot, tags=(), num_best_worst=5)
   # Sideras's few-shot protocol: probes on frozen embeddings trained with this many labelled clips.
   c.evals.fewshot = dict(
-    split="test", train_split="train", dir="", sizes=(48, 160, 400, 800, 1600, 3200), seeds=5,
+    split="test", train_split="train", dir="", sizes=(48, 160, 400, 800, 1600, 3200), seeds=5, every=0,
     probes=("logistic", "mlp"), spaces=("pre_joint", "joint"),
     logistic_c=1.0, mlp_hidden=512, mlp_epochs=300, mlp_weight_decay=1e-4,
   )  # fmt: skip
   # Vasilakis et al.'s analysis; `ontology` is a JSON label tree for the triplet test ("" = none).
-  label_prompt = dict(split="test", dir="", prompt="muscall", label_texts="")
+  label_prompt = dict(split="test", dir="", prompt="muscall", label_texts="", every=0)
   c.evals.analysis = dict(label_prompt, ontology="configs/ontologies/synthetic_instruments.json", bins=40)
   c.evals.tsne = dict(label_prompt, max_points=2000, perplexity=30.0, seed=0)
 

@@ -3,15 +3,15 @@
 A bundle is a directory:
 
 ```
-B/bundle.json   format, version, mclap version, where the weights came from, dtype, and the config
-                (model, mel settings, crop, token length) that rebuilds the model
+B/bundle.json   format, version, mclap version, where the weights came from, dtype, the model spec
+                that rebuilds the model, and the data settings it reads (mel, crop, token length)
 B/variables/    Orbax checkpoint of the model's variables (parameters, batch statistics, constants)
 B/tokenizer/    tokenizer files (and a BERT tower's config.json), no weights
 ```
 
-Only the parts that embed audio and text are kept: an objective's extra heads (SSL, matching,
-discriminator, logit bias) and the Sentence-BERT loss encoder are left out. Loading reads nothing
-outside the bundle, so it can be copied anywhere.
+A bundle holds the dual encoder only: what an objective trained beside it stays in the training
+workdir. Loading reads nothing outside the bundle, so it can be copied anywhere. Version 1
+bundles (before the spec was stored) load too: their spec is derived from their config.
 """
 
 from __future__ import annotations
@@ -31,13 +31,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import mclap
-from mclap import checkpoints
+from mclap import weights
 from mclap.data import mel as mel_lib
-from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-from mclap.models import build_model
+from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config
 
-FORMAT, VERSION = "mclap.bundle", 1
+FORMAT, VERSION = "mclap.bundle", 2
 BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = "bundle.json", "variables", "tokenizer"
 DTYPES = ("float32", "bfloat16")
 DTYPE_NAMES = {"float32": "float32", "f32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # Short names too.
@@ -49,46 +48,36 @@ class BundleError(UserError):
   """A bundle directory is missing, incomplete, or of another format version."""
 
 
-def inference_config(config: ml_collections.ConfigDict, dtype: str = "float32") -> ml_collections.ConfigDict:
-  """The part of a training config that rebuilds the embedding model, computing in `dtype`."""
-  if dtype not in DTYPE_NAMES:
-    raise UserError(f"dtype {dtype!r}; use {' or '.join(DTYPES)}")
-  dtype = DTYPE_NAMES[dtype]
+def inference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data settings of a training config that inference reads: mel, crop, token length and
+  tokenizer."""
   c = ml_collections.ConfigDict()
   c.data = {k: config.data[k] for k in ("crop_seconds", "eval_crops", "max_tokens", "tokenizer_dir")}
   c.data.crop = config.data.get("crop", "mel")  # Where inference crops: see `inference.Model.mel_crops`.
   c.data.mel = mel_lib.complete(config.data.mel.to_dict())
-  c.model = config.model.to_dict()
-  c.model.audio.init_from = ""
-  c.loss = dict(name="infonce")  # No objective-specific parts.
-  c.train = dict(dtype=dtype, remat="none")
   return c
 
 
-def abstract_model(config: ml_collections.ConfigDict) -> nnx.Module:
-  """The model of an inference config, with shapes but no values (nothing is computed)."""
-  vocab_size = tokenizer_lib.for_config(config).vocab_size
-  return nnx.eval_shape(lambda: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(0)))
+def inference_spec(spec: ModelSpec, dtype: str = "float32") -> ModelSpec:
+  """The spec of a trained model for inference: computing in `dtype`, nothing recomputed."""
+  if dtype not in DTYPE_NAMES:
+    raise UserError(f"dtype {dtype!r}; use {' or '.join(DTYPES)}")
+  return spec.replace(dtype=DTYPE_NAMES[dtype], remat="none")
 
 
-def abstract_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The variables of the inference model of `config`: nested dict of shape/dtype structs."""
-  return nnx.state(abstract_model(config)).to_pure_dict()
+def abstract_model(spec: ModelSpec) -> DualEncoder:
+  """The model of a spec, with shapes but no values (nothing is computed)."""
+  return nnx.eval_shape(lambda: build_model(spec, nnx.Rngs(0)))
 
 
-def variables_of(model: nnx.Module, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The values (host numpy, nested dict) of `model` that the inference model of `config` has;
-  `model` may have more parts (a training objective's)."""
-  wanted = abstract_variables(config)
-  have = jax.device_get(nnx.state(model).to_pure_dict())
+def abstract_variables(spec: ModelSpec) -> dict[str, Any]:
+  """The variables of the model of `spec`: nested dict of shape/dtype structs."""
+  return nnx.state(abstract_model(spec)).to_pure_dict()
 
-  def pick(want, got):
-    return {k: pick(v, got[k]) if isinstance(v, dict) else np.asarray(got[k]) for k, v in want.items()}
 
-  picked = pick(wanted, have)
-  if problem := shape_mismatch(wanted, picked):
-    raise UserError(f"the trained model does not fit its inference model: {problem}")
-  return picked
+def variables_of(model: DualEncoder) -> dict[str, Any]:
+  """The values of `model`'s variables, as host numpy arrays in a nested dict."""
+  return jax.tree.map(np.asarray, jax.device_get(nnx.state(model).to_pure_dict()))
 
 
 def shape_mismatch(expected: dict[str, Any], got: dict[str, Any], path: str = "") -> str | None:
@@ -129,6 +118,7 @@ def check_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
 def write(
   output: str | pathlib.Path,
   config: ml_collections.ConfigDict,
+  spec: ModelSpec,
   variables: dict[str, Any],
   *,
   source: dict[str, Any],
@@ -137,20 +127,18 @@ def write(
 ) -> pathlib.Path:
   """Writes a bundle atomically (into a temporary directory renamed when complete).
 
-  `config` is an inference config; its tokenizer (and a BERT tower's config.json) is copied from
-  `tokenizer_dir`. With dtype bfloat16 the parameters are stored in bfloat16 (half the size);
-  batch statistics and constants stay float32.
+  `config` holds the data settings (`inference_config`); the tokenizer (and a BERT tower's
+  config.json) is copied from `tokenizer_dir`. With `spec.dtype` bfloat16 the parameters are stored
+  in bfloat16 (half the size); batch statistics and constants stay float32.
   """
   output = check_output(output, overwrite)
   tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
   tmp.mkdir(parents=True)
   try:
     _copy_tokenizer(pathlib.Path(tokenizer_dir), tmp / TOKENIZER_DIR)
-    config = ml_collections.ConfigDict(config.to_dict())
+    config = inference_config(config)
     config.data.tokenizer_dir = TOKENIZER_DIR  # Relative to the bundle.
-    if config.model.text.kind == "bert":
-      config.model.text.pretrained_dir = TOKENIZER_DIR
-    if config.train.dtype == "bfloat16":
+    if spec.dtype == "bfloat16":
       variables = _params_to_bfloat16(variables)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save((tmp / VARIABLES_DIR).absolute(), variables)
@@ -162,7 +150,8 @@ def write(
       "id": uuid.uuid4().hex,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "source": source,
-      "dtype": config.train.dtype,
+      "dtype": spec.dtype,
+      "spec": spec.to_dict(),
       "config": json.loads(config.to_json()),
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=1))
@@ -187,7 +176,8 @@ def _params_to_bfloat16(variables: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
-  """bundle.json of a bundle, checked; its config's directories made absolute."""
+  """bundle.json of a bundle, checked; its config's directories made absolute and its `spec` a
+  `ModelSpec`."""
   directory = pathlib.Path(directory)
   path = directory / BUNDLE_FILE
   if not path.is_file():
@@ -206,22 +196,26 @@ def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
   config = ml_collections.ConfigDict(meta["config"])
   config.data.mel = mel_lib.complete(config.data.mel.to_dict())
   config.data.tokenizer_dir = str(directory.absolute() / config.data.tokenizer_dir)
-  if config.model.text.kind == "bert":
-    config.model.text.pretrained_dir = str(directory.absolute() / config.model.text.pretrained_dir)
+  if "spec" in meta:
+    meta["spec"] = ModelSpec.from_dict(meta["spec"], where=str(path))
+  else:  # Version 1: the training config's model section, BERT directories relative to the bundle.
+    if config.model.text.kind == "bert":
+      config.model.text.pretrained_dir = str(directory.absolute() / config.model.text.pretrained_dir)
+    meta["spec"] = spec_from_config(config)
   meta["config"] = config
   return meta
 
 
-def read(directory: str | pathlib.Path) -> tuple[dict[str, Any], nnx.Module]:
+def read(directory: str | pathlib.Path) -> tuple[dict[str, Any], DualEncoder]:
   """(bundle.json, the model with the bundle's variables on the default device)."""
   directory = pathlib.Path(directory)
   meta = read_meta(directory)
-  model = abstract_model(meta["config"])
+  model = abstract_model(meta["spec"])
   graphdef, state = nnx.split(model)
   path = (directory / VARIABLES_DIR).absolute()
   try:
     saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-    variables = ocp.StandardCheckpointer().restore(path, checkpoints.on_first_device(saved))
+    variables = ocp.StandardCheckpointer().restore(path, weights.on_first_device(saved))
   except Exception as e:  # Orbax and TensorStore report damage in types of their own.
     raise BundleError(f"cannot read the variables of {directory} ({type(e).__name__}: {e}); export it again") from e
   if problem := shape_mismatch(state.to_pure_dict(), variables):

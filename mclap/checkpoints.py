@@ -18,12 +18,12 @@ from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 from jax.experimental import multihost_utils
 
+from mclap import weights
 from mclap.errors import ConfigError, UserError
+from mclap.models import ModelSpec
 
 # Where damaged checkpoints are moved, beside the checkpoint directory.
 QUARANTINE = "damaged_checkpoints"
@@ -67,9 +67,14 @@ def check_writable(directory: pathlib.Path, needed_bytes: int) -> None:
     )
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iterator=None) -> None:
-  """Starts writing the checkpoint of `step` (in the background; `wait` for it to finish)."""
+def save(
+  mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iterator=None, spec: ModelSpec | None = None
+) -> None:
+  """Starts writing the checkpoint of `step` (in the background; `wait` for it to finish), with the
+  model spec that rebuilds its model (`weights.read_model`)."""
   items = {"state": ocp.args.StandardSave(_saved_part(state))}
+  if spec is not None:
+    items[weights.SPEC_ITEM] = ocp.args.JsonSave(spec.to_dict())
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
   with _write_errors(mgr):
@@ -112,7 +117,7 @@ def _write_errors(mgr: ocp.CheckpointManager):
     raise
   except Exception as e:  # Orbax and TensorStore report I/O failures in types of their own.
     directory = pathlib.Path(mgr.directory)
-    intact = _complete_steps(directory)
+    intact = weights.checkpoint_steps(directory)
     kept = f"complete checkpoints there: steps {intact}" if intact else "no complete checkpoint there yet"
     raise UserError(
       f"writing a checkpoint to {directory} failed ({type(e).__name__}: {_first_line(e)}); {kept}. "
@@ -125,13 +130,6 @@ def _first_line(error: Exception) -> str:
   operating system's reason ("No space left on device") last."""
   line = (str(error).splitlines() or [""])[0]
   return line if len(line) <= 300 else f"{line[:150]} … {line[-150:]}"
-
-
-def _complete_steps(directory: pathlib.Path) -> list[int]:
-  """Steps with a finished checkpoint (Orbax's temporary directories have other names)."""
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -213,46 +211,3 @@ def _quarantine(directory: pathlib.Path, step: int) -> pathlib.Path:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"mclap quarantine {step}")
   return target
-
-
-def restore_on_host(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """The train state saved at `step`, on this process's first device, whatever mesh or number of
-  processes wrote it (Orbax otherwise insists on the saving topology)."""
-  saved = ocp.StandardCheckpointHandler().metadata(pathlib.Path(mgr.directory) / str(step) / "state")
-  return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(on_first_device(saved))))["state"]
-
-
-def on_first_device(metadata) -> Any:
-  """A restore target for the arrays Orbax's `metadata` describes: as saved, on this process's
-  first device."""
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-
-
-def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
-  """Copies the trained weights and batch statistics of the model's `name` tower, from the latest
-  checkpoint of an mclap training workdir, into `tower` (in place)."""
-  directory = pathlib.Path(workdir) / "checkpoints"
-  mgr = ocp.CheckpointManager(directory.absolute()) if directory.is_dir() else None
-  if mgr is None or mgr.latest_step() is None:
-    raise UserError(f"{directory} holds no checkpoint: init_from must name a workdir written by mclap.train")
-  saved = restore_on_host(mgr, mgr.latest_step())
-  mgr.close()
-  for group in ("params", "batch_stats"):
-    for path, variable in nnx.to_flat_state(nnx.state(tower, nnx.Param if group == "params" else nnx.BatchStat)):
-      node = saved.get(group, {}).get(name)
-      for key in map(str, path):
-        node = node.get(key) if isinstance(node, dict) else None
-      if node is None:
-        raise UserError(
-          f"{directory}: no {group} for {name}.{'.'.join(map(str, path))}; the checkpoint's {name} tower "
-          "must have the architecture the config asks for (and have been trained, not frozen, there)"
-        )
-      value = node["value"]
-      if value.shape != variable[...].shape:
-        raise UserError(
-          f"{directory}: {name}.{'.'.join(map(str, path))} has shape {list(value.shape)}, the config's "
-          f"tower expects {list(variable[...].shape)} (data.crop_seconds, data.mel and model.{name} must be "
-          "those it was trained with)"
-        )
-      variable[...] = np.asarray(value)  # From the host: the tower may live on other devices.

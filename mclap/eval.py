@@ -1,107 +1,110 @@
-"""Evaluate: `python -m mclap.eval --config configs/X.py[:arg] --workdir W [--step N | --best] [--evals a,b]`.
+"""Evaluate: `python -m mclap.eval --config C (--workdir W [--step N | --best] | --bundle B) [--evals a,b]`.
 
-Runs the evaluators named in `config.evals` (or `--evals`) on a checkpoint of W and writes
-`W/eval/<name>.json`, their plots (PNG), and `W/eval/report.md`: every table and plot of the run.
+Runs the evaluators named in `config.evals` (or `--evals`) on a checkpoint of a training workdir,
+or on an inference bundle (exported, or imported from MusCALL), and writes `<out>/<name>.json`,
+their plots (PNG) and `<out>/report.md`: every table and plot of the run (`<out>`: `W/eval`, or
+`--output`, default `B/eval`). The corpora and evaluators come from `--config`; the model, its
+mel settings, crop length and tokenizer from the checkpoint or the bundle.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
 
 import jax
+import ml_collections
 from absl import flags
 
-from mclap import checkpoints, cli, evaluators, parallel, trainer
-from mclap.data import pipeline, records
-from mclap.errors import ConfigError
+from mclap import bundle as bundle_lib
+from mclap import cli, evaluators, parallel, weights
+from mclap.data import mel as mel_lib
+from mclap.embedder import Embedder
+from mclap.errors import ConfigError, UserError
+from mclap.models import DualEncoder, ModelSpec
+
+# What a bundle fixes about the data its model reads.
+_BUNDLE_DATA = ("mel", "crop_seconds", "max_tokens", "tokenizer_dir")
 
 
-def restore_for_eval(config, workdir: pathlib.Path, step: int | None, best: bool):
-  """The model definition and the state of the chosen checkpoint, replicated over the mesh. The
-  checkpoint is found before the model is built, and nothing is created in `workdir`."""
-  directory = pathlib.Path(workdir) / ("best" if best else "checkpoints")
-  mgr = checkpoints.manager(directory, None, create=False) if directory.is_dir() else None
-  available = list(mgr.all_steps()) if mgr else []
-  if not available:
-    raise ConfigError(f"no checkpoints in {directory}; train first with python -m mclap.train --workdir {workdir}")
-  step = available[-1] if step is None else step
-  if step not in available:
-    raise ConfigError(f"no checkpoint for step {step} in {directory}; available: {available}")
-  mesh = parallel.make_mesh(config.mesh)
-  parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
-  tx = trainer.make_optimizer(config, total_steps=1)  # Only its state's structure matters here.
-  model_def, state = trainer.init_state(config, mesh, tx)
-  state = checkpoints.restore(mgr, step, state)
-  mgr.close()
-  return mesh, model_def, state, step
+def _check_fits(spec: ModelSpec, config: ml_collections.ConfigDict, source: str) -> None:
+  """The config's crops must be those the model was built for."""
+  frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
+  if (config.data.mel.n_mels, frames) != (spec.n_mels, spec.crop_frames):
+    raise ConfigError(
+      f"{source} takes {spec.n_mels}-mel crops of {spec.crop_frames} frames, the config gives {config.data.mel.n_mels} "
+      f"mels, {frames} frames; set config.data.mel and config.data.crop_seconds to those it was trained with"
+    )
 
 
-def check_evaluators(config, names: list[str]) -> dict[str, Any]:
-  """The evaluator module of each name, after checking what each will read (its corpus, that
-  corpus's mel settings, its splits): mistakes are reported before the model is built."""
-  if unknown := [n for n in names if n not in config.evals]:
-    raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")
-  modules = {n: evaluators.module_of(n, config.evals[n]) for n in names}
-  if bad := [n for n, m in modules.items() if m is None]:
-    raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(evaluators.REGISTRY)}")
-  infos = {}  # Evaluators mostly share the training corpus: read and check each corpus once.
-  for name in names:
-    settings = config.evals[name]
-    corpus = settings.get("dir", "") or config.data.dir
-    if corpus not in infos:
-      infos[corpus] = records.read_info(corpus)
-      pipeline.check_corpus(infos[corpus], config, corpus)
-    have = sorted(infos[corpus].get("splits", {}))
-    for key, split in settings.items():
-      if key.endswith("split") and split not in have:
-        raise ConfigError(
-          f"config.evals.{name}.{key} is '{split}', not a split of {corpus} (it has: {have}); "
-          f"set --config.evals.{name}.{key}"
-        )
-  return modules
+def _towers(spec: ModelSpec) -> str:
+  return f"audio tower `{spec.audio['kind']}`, text tower `{spec.text['kind']}`"
 
 
-def evaluate(config, workdir, step: int | None = None, best: bool = False, names=None) -> dict[str, dict]:
-  workdir = pathlib.Path(workdir)
-  out = workdir / "eval"
-  which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
+def load(config, workdir=None, bundle=None, step: int | None = None, best: bool = False):
+  """(config to evaluate with, model, description of what was loaded). Exactly one of `workdir`
+  and `bundle`."""
+  if (workdir is None) == (bundle is None):
+    raise UserError("evaluate a training workdir (--workdir) or a bundle (--bundle), one of them")
+  if workdir is not None:
+    which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
+    model, spec, _, step = weights.read_model(workdir, step, best)
+    _check_fits(spec, config, f"the checkpoint of step {step} in {workdir}")
+    return config, model, f"{which} (step {step}); {_towers(spec)}", step
+  meta, model = bundle_lib.read(bundle)
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key in _BUNDLE_DATA:
+    config.data[key] = meta["config"].data[key]
+  if meta["config"].data.get("crop", "mel") == "waveform":
+    print(
+      f"warning: {bundle} crops the waveform before the log-mel (MusCALL's rule); a prepared corpus holds "
+      "whole-file log-mels, so evaluation crops the log-mel: clips longer than the crop embed slightly "
+      "differently than with mclap.load(...).embed_audio",
+      flush=True,
+    )
+  return config, model, f"bundle ({meta['source']}); {_towers(meta['spec'])}", None
+
+
+def evaluate(
+  config, workdir=None, step: int | None = None, best: bool = False, names=None, bundle=None, output=None
+) -> dict[str, dict]:
   names = list(names or config.evals.keys())
-  modules = check_evaluators(config, names)
-  mesh, model_def, state, step = restore_for_eval(config, workdir, step, best)
-  context = evaluators.EvalContext(
-    config, mesh, trainer.make_embed_fn(model_def), state, trainer.make_text_embed_fn(model_def), out_dir=out
-  )
-  results, tables = {}, {}
-  for name in names:
-    try:
-      results[name] = {"step": step, **modules[name].run(context, config.evals[name])}
-    except evaluators.NotApplicable as e:  # One evaluator that cannot run on this data; the others can.
-      print(f"warning: skipped evaluator {name}: {e}", flush=True)
-      continue
+  modules = evaluators.select(config, names)  # Mistakes in the evaluators' settings first.
+  config, model, which, step = load(config, workdir, bundle, step, best)
+  out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
+  context = _context(config, model, out)
+  tables, results = {}, {}
+
+  def write(name: str, result: dict) -> None:
+    results[name] = {"step": step, **result} if step is not None else result
     if jax.process_index() == 0:
       tables[name] = modules[name].table(results[name])
-      out.mkdir(exist_ok=True)
+      out.mkdir(parents=True, exist_ok=True)
       (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
-      (out / REPORT).write_text(
-        report(workdir, f"{which} (step {step})", config, results, tables)
-      )  # Kept current as evaluators finish.
+      (out / REPORT).write_text(report(workdir or bundle, which, config, results, tables))  # Current as each finishes.
       print(tables[name], flush=True)
+
+  evaluators.run(context, modules, write)
   return results
+
+
+def _context(config, model: DualEncoder, out: pathlib.Path) -> evaluators.EvalContext:
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
+  embedder, state = Embedder.for_model(model, mesh, config.data.eval_batch_size, config.data.token_bucket)
+  return evaluators.EvalContext(config, embedder, state, out_dir=out)
 
 
 REPORT = "report.md"
 
 
-def report(workdir: pathlib.Path, checkpoint: str, config, results: dict[str, dict], tables: dict[str, str]) -> str:
+def report(source: pathlib.Path, which: str, config, results: dict[str, dict], tables: dict[str, str]) -> str:
   """Markdown: what was evaluated, then per evaluator its table and plots (linked by file name)."""
   lines = [
-    f"# Evaluation of `{workdir}`",
+    f"# Evaluation of `{source}`",
     "",
-    f"- checkpoint: {checkpoint}",
-    f"- training corpus: `{config.data.dir}`; audio tower `{config.model.audio.kind}`, text tower "
-    f"`{config.model.text.kind}`, loss `{config.loss.name}`",
+    f"- model: {which}",
+    f"- corpus: `{config.data.dir}`",
     f"- evaluation crops: {'central crop' if config.data.eval_crops == 1 else f'mean of {config.data.eval_crops}'}",
     "",
   ]
@@ -115,12 +118,14 @@ def report(workdir: pathlib.Path, checkpoint: str, config, results: dict[str, di
 def main(argv):
   del argv
   f = flags.FLAGS
-  evaluate(f.config, f.workdir, f.step, f.best, f.evals)
+  evaluate(f.config, f.workdir, f.step, f.best, f.evals, bundle=f.bundle, output=f.output)
 
 
 if __name__ == "__main__":  # Flags are defined here so that evaluate() can be imported beside other jobs.
   cli.define_config_flag()
-  flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.", required=True)
+  flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
+  flags.DEFINE_string("bundle", None, "Inference bundle (mclap.export, or the MusCALL import) to evaluate instead.")
+  flags.DEFINE_string("output", None, "Directory for the results (default: W/eval or B/eval).")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
   flags.DEFINE_bool("best", False, "Evaluate the checkpoint with the best validation R@10.")
   flags.DEFINE_list("evals", None, "Evaluators to run (default: all in config.evals).")

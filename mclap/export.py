@@ -7,24 +7,13 @@ with `mclap.load(B)`, or use it with `python -m mclap.embed` and `python -m mcla
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-import jax
-import ml_collections
 from absl import flags
 
-from mclap import bundle, cli
-from mclap import eval as eval_lib
+from mclap import bundle, cli, weights
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-
-
-def workdir_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise UserError(f"{path} not found: --workdir must be a workdir written by python -m mclap.train")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def export(
@@ -39,23 +28,21 @@ def export(
   """Writes the bundle of a checkpoint of `workdir`; returns its directory."""
   workdir = pathlib.Path(workdir)
   bundle.check_output(output, overwrite)
-  config = workdir_config(workdir)
-  # The state is restored replicated over this machine's devices, whatever mesh trained it.
-  config.mesh.update(data=-1, model=1, fsdp=False)
-  config.data.eval_batch_size = jax.device_count()
-  _, model_def, state, step = eval_lib.restore_for_eval(config, workdir, step, best)
-  inference = bundle.inference_config(config, dtype)
-  variables = bundle.variables_of(model_def.merge(state), inference)
+  if dtype not in bundle.DTYPE_NAMES:  # Before the slow part.
+    raise UserError(f"--dtype={dtype}; use {' or '.join(bundle.DTYPES)}")
+  model, spec, config, step = weights.read_model(workdir, step, best)
+  spec = bundle.inference_spec(spec, dtype)
   source = {"workdir": str(workdir.absolute()), "step": step, "best": best}
   out = bundle.write(
     output,
-    inference,
-    variables,
+    config,
+    spec,
+    bundle.variables_of(model),
     source=source,
     tokenizer_dir=tokenizer_lib.for_config(config).directory,
     overwrite=overwrite,
   )
-  print(f"exported step {step} of {workdir} to {out} ({inference.train.dtype}); load it with mclap.load({str(out)!r})")
+  print(f"exported step {step} of {workdir} to {out} ({spec.dtype}); load it with mclap.load({str(out)!r})")
   return out
 
 

@@ -12,8 +12,8 @@ probs = model.zero_shot(["a.wav"], ["piano", "organ"])    # [1, 2], softmax over
 
 Audio is decoded, resampled and turned into a log-mel exactly as `mclap.data.prepare` does, then
 embedded from its central crop (or the mean of `crops` evenly spaced crops); imported MusCALL
-models crop the waveform before the log-mel, as the original does (`crop`). Batches have a fixed
-size, so each function compiles once.
+models crop the waveform before the log-mel, as the original does (`crop`). Embedding goes through
+`mclap.embedder`, as validation and `mclap.eval` do, on this process's first device.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from jax.sharding import Mesh
 
 from mclap import bundle as bundle_lib
+from mclap import parallel
 from mclap.data import audio as audio_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline
 from mclap.data import tokenizer as tokenizer_lib
+from mclap.embedder import Embedder
 from mclap.errors import UserError
 
 CROP_RULES = ("mel", "waveform")
@@ -46,7 +46,7 @@ class Model:
   def __init__(self, directory: str | pathlib.Path, batch_size: int = 16, max_seconds: float = 600.0):
     self.directory = pathlib.Path(directory)
     self.meta, model = bundle_lib.read(self.directory)
-    self.config = self.meta["config"]
+    self.config, self.spec = self.meta["config"], self.meta["spec"]
     self.mel_config = self.config.data.mel.to_dict()
     self.sample_rate = int(self.mel_config["sample_rate"])
     self.crop_frames = mel_lib.num_frames(self.config.data.crop_seconds, self.mel_config)
@@ -55,11 +55,9 @@ class Model:
     self.batch_size, self.max_seconds = batch_size, max_seconds
     self.tokenizer = tokenizer_lib.for_config(self.config)
     self.logit_scale = float(model.logit_scale())
-    self._graphdef, self._state = nnx.split(model)
-    self._audio_fn = jax.jit(lambda state, mel: nnx.merge(self._graphdef, state).embed_clips(mel)[0])
-    self._text_fn = jax.jit(lambda state, tokens, mask: nnx.merge(self._graphdef, state).embed_text(tokens, mask))
-    tokens = jax.ShapeDtypeStruct((batch_size, self.tokenizer.max_len), jnp.int32)
-    self.dim = int(jax.eval_shape(self._text_fn, self._state, tokens, tokens).shape[1])
+    device = Mesh(np.array(jax.local_devices()[:1]), (parallel.DATA,))
+    self._embedder, self._state = Embedder.for_model(model, device, batch_size)
+    self.dim = self._embedder.dim(self._state)
 
   def waveform(self, audio: AudioInput) -> np.ndarray:
     """Mono float32 at the model's rate, at most `max_seconds`, decoded and checked as `prepare`
@@ -93,11 +91,7 @@ class Model:
 
   def embed_mels(self, mels: Iterable[np.ndarray]) -> np.ndarray:
     """Joint-space embeddings `[n, dim]` of clips given as crops `[crops, n_mels, frames]` each."""
-    out = []
-    for chunk in _chunks(list(mels), self.batch_size):
-      batch = np.stack(chunk + [chunk[0]] * (self.batch_size - len(chunk)))  # One shape: one compilation.
-      out.append(np.asarray(self._audio_fn(self._state, jnp.asarray(batch)))[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+    return self._embedder.mels(self._state, list(mels))
 
   def embed_audio(
     self, audio: Sequence[AudioInput], crops: int | None = None, crop: str | None = None, errors: str = "raise"
@@ -127,11 +121,7 @@ class Model:
     """L2-normalised embeddings `[len(texts), dim]`."""
     if isinstance(texts, str):
       raise UserError("embed_text takes a list of texts; wrap a single one: embed_text([text])")
-    out = []
-    for chunk in _chunks(list(texts), self.batch_size):
-      tokens, mask = self.tokenizer(chunk + [""] * (self.batch_size - len(chunk)))
-      out.append(np.asarray(self._text_fn(self._state, tokens, mask))[: len(chunk)])
-    return np.concatenate(out)
+    return self._embedder.texts(self._state, self.tokenizer, list(texts))
 
   def zero_shot(
     self,
@@ -151,16 +141,10 @@ class Model:
     return np.asarray(jax.nn.softmax(logits, axis=-1))
 
   def __repr__(self) -> str:
-    m = self.config.model
     return (
-      f"mclap.Model({str(self.directory)!r}: audio {m.audio.kind}, text {m.text.kind}, "
+      f"mclap.Model({str(self.directory)!r}: audio {self.spec.audio['kind']}, text {self.spec.text['kind']}, "
       f"{self.config.data.crop_seconds:g} s crops, dtype {self.meta['dtype']}, from {self.meta['source']})"
     )
-
-
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-  for start in range(0, len(items), size):
-    yield items[start : start + size]
 
 
 def load(directory: str | pathlib.Path, batch_size: int = 16, max_seconds: float = 600.0) -> Model:

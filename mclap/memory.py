@@ -4,6 +4,8 @@ machine's memory can be measured."""
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,10 +13,6 @@ from jax.sharding import Mesh
 
 from mclap import objectives, parallel, trainer
 from mclap.errors import ConfigError
-
-# Objectives whose batch inputs are all embeddings -> how many replicated scalars follow them
-# (the logit scale; SigLIP's bias).
-_SCALARS = {"infonce": 1, "siglip": 2, "weighted": 1, "ssl": 1, "triplet": 0}
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -33,13 +31,18 @@ def loss_step_bytes(config: ml_collections.ConfigDict, mesh: Mesh, global_batch:
   """Per-device memory of the config's loss and its gradient with respect to the embeddings (the
   part of the train step that the global batch makes quadratic), for `[global_batch, dim]`
   embeddings sharded over the data axis. For the objectives whose batch inputs are all embeddings."""
-  if config.loss.name not in _SCALARS:
-    raise ConfigError(f"loss memory is measured for {', '.join(_SCALARS)}, not config.loss.name={config.loss.name!r}")
   objective = objectives.build(config)
+  if not objective.embedding_inputs:
+    raise ConfigError(
+      f"loss memory is measured for objectives of embeddings only, not config.loss.name={config.loss.name!r}"
+    )
+  # The loss's other positional arguments are its replicated scalars (logit scale, SigLIP's bias).
+  parameters = inspect.signature(objective.loss_fn).parameters
+  scalars = len([p for p in parameters if p != "axis_name"]) - objective.num_batch_args
   loss = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
   embeddings = jax.ShapeDtypeStruct((global_batch, dim), jnp.float32, sharding=parallel.batch_sharding(mesh))
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(mesh))
-  args = [embeddings] * objective.num_batch_args + [scalar] * _SCALARS[config.loss.name]
+  args = [embeddings] * objective.num_batch_args + [scalar] * scalars
   step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
   return compiled_bytes(step.lower(*args).compile())
 
@@ -50,4 +53,4 @@ def train_step_bytes(config: ml_collections.ConfigDict, mesh: Mesh, batch: dict)
   tx = trainer.make_optimizer(config, 1000)
   model_def, state = trainer.init_state(config, mesh, tx)
   step = trainer.make_train_step(config, model_def, tx, mesh)
-  return compiled_bytes(step.lower(state, trainer.to_global(batch, mesh)).compile())
+  return compiled_bytes(step.lower(state, parallel.to_global(batch, mesh)).compile())

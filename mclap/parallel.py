@@ -1,14 +1,16 @@
-"""The device mesh and the data-parallel wrappers the train step uses."""
+"""The device mesh, host batches as global arrays on it, and the data-parallel wrappers of the step."""
 
 from __future__ import annotations
 
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -114,3 +116,39 @@ def sharded_loss(loss_fn: Callable, mesh: Mesh, num_batch_args: int = 2) -> Call
     return fn(*args)
 
   return wrapped
+
+
+# Batch keys the towers read; the last four are only in some objectives' batches (SSL, triplet, matching).
+MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "other_token_mask", "other_match")
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
+  """This process's share of a batch -> global arrays sharded on 'data'."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys if k in batch}
+
+
+# Token arrays and the masks that say which of their positions are real.
+TOKEN_MASKS = {
+  "tokens": "token_mask",
+  "token_mask": "token_mask",
+  "other_tokens": "other_token_mask",
+  "other_token_mask": "other_token_mask",
+}
+
+
+def trim_token_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
+  """Drops the trailing token positions that are padding in every text of the global batch,
+  keeping the longest text rounded up to a multiple of `bucket` (0: keep all). Exact: no real
+  token attends to trailing padding (it is masked, or after it under a causal mask), and pooling
+  reads real tokens only. Short captions then cost the text tower a fraction of `max_tokens`;
+  each distinct length compiles the step once, and every process keeps the same length."""
+  present = [k for k in TOKEN_MASKS if k in batch]
+  if not bucket or not present:
+    return batch
+  full = batch["tokens"].shape[-1]
+  longest = max(int(np.max(batch[TOKEN_MASKS[k]].sum(axis=-1), initial=0)) for k in present)
+  if jax.process_count() > 1:
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+  length = min(-(-max(longest, 1) // bucket) * bucket, full)
+  return {k: v[..., :length] if k in TOKEN_MASKS else v for k, v in batch.items()}

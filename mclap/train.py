@@ -5,7 +5,8 @@ position) and reaches bit-identical parameters. SIGTERM or Ctrl-C saves a checkp
 current step and exits 0; a step with a non-finite loss or gradient is skipped and logged.
 Writes `W/metrics.jsonl` and the same scalars as TensorBoard event files in W (`tensorboard
 --logdir W`), `W/checkpoints/` (last `train.keep_checkpoints`) and `W/best/` (the checkpoint with
-the best validation text→audio R@10, MusCALL's model-selection rule).
+the best validation text→audio R@10, MusCALL's model-selection rule). Validation reports the
+objective's own loss and retrieval; evaluators with `evals.<name>.every > 0` run as well.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from mclap import checkpoints, cli, evaluators, guards, losses, metrics, parallel, tensorboard, trainer
+from mclap import checkpoints, cli, evaluators, guards, metrics, parallel, tensorboard, trainer
 from mclap.data import pipeline, records
+from mclap.embedder import Embedder
 
 
 class MetricsLog:
@@ -65,17 +67,33 @@ def total_steps(config, num_train: int) -> int:
   return config.train.steps or config.train.epochs * max(num_train // config.train.batch_size, 1)
 
 
-def validate(config, embed, state, mesh, logit_scale: float) -> dict[str, float]:
-  """Validation loss (InfoNCE over consecutive training-sized batches) and retrieval metrics."""
-  emb = evaluators.EvalContext(config, mesh, embed, state).embeddings(config.data.val_split)
-  size = config.train.batch_size
-  chunk_losses = [
-    float(losses.infonce_loss(emb["audio"][i : i + size], emb["text"][i : i + size], logit_scale))
-    for i in range(0, len(emb["audio"]), size)
-  ]
+def validation_loss(config, loss_fn, state, mesh) -> float | None:
+  """Mean of the objective's loss over one pass of training-style batches of the validation split
+  (crops, texts and augmentations drawn with the run's seed: the same every time), at most
+  `train.batch_size` examples per batch; None if the split is smaller than one batch per device."""
+  val_records = len(records.CorpusReader(config.data.dir, config.data.val_split))
+  batch_size = min(config.train.batch_size, val_records // jax.device_count() * jax.device_count())
+  if not batch_size:
+    return None
+  ds = pipeline.train_dataset(
+    config,
+    split=config.data.val_split,
+    epochs=1,
+    batch_size=batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  trim = lambda batch: parallel.trim_token_padding(batch, config.data.token_bucket)  # noqa: E731
+  return float(np.mean([float(loss_fn(state, parallel.to_global(trim(batch), mesh))) for batch in ds]))
+
+
+def validate(config, embedder: Embedder, loss_fn, state, mesh) -> dict[str, float]:
+  """The objective's validation loss, and retrieval metrics on central crops and first captions."""
+  emb = evaluators.EvalContext(config, embedder, state).embeddings(config.data.val_split)
   found = metrics.text_audio_retrieval(emb["audio"], emb["text"])
+  loss = validation_loss(config, loss_fn, state, mesh)
   return {
-    "loss": float(np.mean(chunk_losses)),
+    **({"loss": loss} if loss is not None else {}),
     "t2a_R@10": found["text_to_audio"]["R@10"],
     "a2t_R@10": found["audio_to_text"]["R@10"],
     "t2a_R@1": found["text_to_audio"]["R@1"],
@@ -94,6 +112,10 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     mesh, **{"train.batch_size": config.train.batch_size, "data.eval_batch_size": config.data.eval_batch_size}
   )
 
+  # Evaluators that run during training: their settings are checked before anything slow.
+  every = {name: int(settings.get("every", 0)) for name, settings in config.evals.items()}
+  periodic = evaluators.select(config, [name for name, n in every.items() if n > 0])
+
   # ---------------------------------------------------------------- Input.
   train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
   steps = total_steps(config, len(train_records))
@@ -105,7 +127,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   schedule = trainer.learning_rate_schedule(config, steps)
   model_def, state = trainer.init_state(config, mesh, tx)
   train_step = trainer.make_train_step(config, model_def, tx, mesh)
-  embed = trainer.make_embed_fn(model_def)
+  embedder = Embedder(lambda s: model_def.merge(s).model, mesh, config.data.eval_batch_size, config.data.token_bucket)
+  validation_loss_fn = trainer.make_validation_loss(config, model_def, mesh)
   checkpoints.check_writable(workdir, needed_bytes=2 * checkpoints.saved_bytes(state))
 
   # ---------------------------------------------------------------- Resume or start.
@@ -133,9 +156,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     try:
       for step in range(start + 1, steps + 1):
         waiting = time.perf_counter()
-        batch = trainer.trim_token_padding(next(data_iter), config.data.token_bucket)
+        batch = parallel.trim_token_padding(next(data_iter), config.data.token_bucket)
         input_wait += time.perf_counter() - waiting
-        state, step_metrics = train_step(state, trainer.to_global(batch, mesh))
+        state, step_metrics = train_step(state, parallel.to_global(batch, mesh))
         nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
         window_steps += 1
         if step == start + 1:  # Leave compilation out of the rates; report it once.
@@ -166,21 +189,27 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         if step % config.train.eval_every == 0 or step == steps:
           began = time.perf_counter()
-          found = validate(config, embed, state, mesh, float(step_metrics["logit_scale"]))
+          found = validate(config, embedder, validation_loss_fn, state, mesh)
           log.write(step, {**found, "seconds": time.perf_counter() - began}, prefix="val")
           if found["t2a_R@10"] > best["t2a_R@10"]:
             best = {"step": step, "t2a_R@10": found["t2a_R@10"]}
             if step in best_ckpt.all_steps():  # Saved by a run killed before it wrote best.json.
               best_ckpt.delete(step)
-            checkpoints.save(best_ckpt, step, state)
+            checkpoints.save(best_ckpt, step, state, spec=model_def.spec)
             checkpoints.wait(best_ckpt)
             if jax.process_index() == 0:
               records.write_json_atomic(best_file, best)
           window_start += time.perf_counter() - began  # Reported as val/seconds, not in the step rates.
+        if due := {n: m for n, m in periodic.items() if step % every[n] == 0 or step == steps}:
+          began = time.perf_counter()
+          results = evaluators.run(evaluators.EvalContext(config, embedder, state), due)
+          log.write(step, {**evaluators.scalars(results), "seconds": time.perf_counter() - began}, prefix="eval")
+          window_start += time.perf_counter() - began
         stop_requested = stop_signals.requested()
         if step % config.train.ckpt_every == 0 or step == steps or stop_requested:
           began = time.perf_counter()
-          checkpoints.save(ckpts, step, state, data_iter)  # Copies to host, then writes in the background.
+          # Copies to host, then writes in the background.
+          checkpoints.save(ckpts, step, state, data_iter, spec=model_def.spec)
           window_start += time.perf_counter() - began
         checkpoints.check_writes(ckpts)
         if stop_requested:

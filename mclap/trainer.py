@@ -1,6 +1,7 @@
 """The pieces of training: state, optimizer, the jitted sharded step, and batched embedding.
 
-The model lives as NNX state split into (graphdef, frozen, params, batch_stats, constants): only
+The train state holds the model and its objective's heads (`Trainable`), split into (graphdef,
+frozen, [discriminator,] params, batch_stats, constants): only
 `params` get gradients and optimizer state; `frozen` (pretrained parts that are not trained) rides
 along in the state but is loaded from its source, not checkpointed. The step is a pure function of
 plain pytrees, jitted once over the mesh with the state donated. The towers run
@@ -12,40 +13,43 @@ with gathered embeddings.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mclap import objectives, parallel
-from mclap.data import tokenizer as tokenizer_lib
+from mclap import objectives, parallel, weights
 from mclap.errors import ConfigError
-from mclap.models import build_model, frozen_filter, load_pretrained
+from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config
 
-# Batch keys the step reads; the last four are only in some objectives' batches (SSL, triplet, matching).
-MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "other_token_mask", "other_match")
+
+class Trainable(nnx.Module):
+  """What a train state holds: the model and the heads its objective trains beside it."""
+
+  def __init__(self, model: DualEncoder, heads: nnx.Dict):
+    self.model, self.heads = model, heads
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelDef:
-  """What is static about the model: its graph, its untrained constants, and where the train
-  state lives on the mesh (replicated, or split by FSDP)."""
+  """What is static about the trained model: its spec and objective, its graph, its untrained
+  constants, and where the train state lives on the mesh (replicated, or split by FSDP)."""
 
+  spec: ModelSpec
+  objective: objectives.Objective
   graphdef: Any
   constants: Any
   state_sharding: Any
 
-  def merge(self, state: dict[str, Any], params=None, discriminator=None) -> nnx.Module:
-    """The model of a train state (with `params` or `discriminator` in place of the state's, to
-    differentiate)."""
+  def merge(self, state: dict[str, Any], params=None, discriminator=None) -> Trainable:
+    """The model and heads of a train state (with `params` or `discriminator` in place of the
+    state's, to differentiate)."""
     # Fresh Variables (copy=True): batch norm updates its statistics inside `jax.grad`, which NNX
     # forbids on Variables created outside that trace.
     replaced = {"params": params, "discriminator": discriminator}
@@ -59,11 +63,35 @@ def _group_names(has_discriminator: bool) -> list[str]:
   return ["frozen", *(["discriminator"] if has_discriminator else []), "params", "batch_stats"]
 
 
+def frozen_filter(config: ml_collections.ConfigDict, objective: objectives.Objective):
+  """An NNX filter of the parameters that are not trained (no gradient, no optimizer state): the
+  objective's frozen heads (a sentence encoder), any tower with `freeze`, and a BERT tower's
+  embeddings and first `freeze_layers` layers."""
+  audio_frozen = bool(config.model.audio.get("freeze", False))
+  text_cfg = config.model.text
+  text_frozen = bool(text_cfg.get("freeze", False))
+  frozen_layers = int(text_cfg.get("freeze_layers", 0)) if text_cfg.kind == "bert" else 0
+
+  def is_frozen(path: tuple, value: Any) -> bool:
+    if not isinstance(value, nnx.Param):
+      return False
+    part, name = path[0], path[1]
+    if part == "heads":
+      return name in objective.frozen_heads
+    if (name == "audio" and audio_frozen) or (name == "text" and text_frozen):
+      return True
+    if name == "text" and frozen_layers:
+      return path[2] != "layers" or int(path[3]) < frozen_layers
+    return False
+
+  return is_frozen
+
+
 def _filters(config: ml_collections.ConfigDict, objective: objectives.Objective) -> tuple:
-  """NNX filters splitting the model into frozen, [discriminator,] trained parameters, batch
+  """NNX filters splitting the trainable into frozen, [discriminator,] trained parameters, batch
   statistics and the rest (constants)."""
   discriminator = [nnx.All(nnx.Param, nnx.PathContains("discriminator"))] if objective.discriminator else []
-  return (frozen_filter(config), *discriminator, nnx.Param, nnx.BatchStat, ...)
+  return (frozen_filter(config, objective), *discriminator, nnx.Param, nnx.BatchStat, ...)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -86,7 +114,8 @@ def _scale_by_tower(scales: dict[str, float]) -> optax.GradientTransformation:
     del params
 
     def scale(path, u):
-      return u * scales.get(getattr(path[0], "key", None), 1.0)
+      keys = [getattr(k, "key", None) for k in path[:2]]
+      return u * (scales.get(keys[1], 1.0) if keys[0] == "model" else 1.0)
 
     return jax.tree_util.tree_map_with_path(scale, updates), state
 
@@ -117,13 +146,18 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
 
 
 def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
-  """Builds the model and optimizer state directly on the devices, replicated over the mesh or
-  split by FSDP (`mesh.fsdp`), and loads the pretrained weights the config names."""
-  vocab_size = tokenizer_lib.for_config(config).vocab_size
+  """Builds the model, its objective's heads and the optimizer state directly on the devices,
+  replicated over the mesh or split by FSDP (`mesh.fsdp`), and loads the pretrained weights the
+  config names."""
+  spec = spec_from_config(config)
   objective = objectives.build(config)
   filters = _filters(config, objective)
   names = _group_names(objective.discriminator is not None)
-  build = lambda seed: build_model(config, vocab_size=vocab_size, rngs=nnx.Rngs(seed))  # noqa: E731
+
+  def build(seed: int) -> Trainable:
+    rngs = nnx.Rngs(seed)
+    model = build_model(spec, rngs)
+    return Trainable(model, nnx.Dict(objective.heads(spec, model, rngs)))
 
   def init():
     _, *groups, constants = nnx.split(build(config.train.seed), *filters)
@@ -137,44 +171,13 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
   state_shapes, _ = jax.eval_shape(init)
   sharding = parallel.state_sharding(mesh, state_shapes, config.mesh.fsdp)
   state, constants = jax.jit(init, out_shardings=(sharding, parallel.replicated(mesh)))()
-  model_def = ModelDef(graphdef, constants, sharding)
-  model = model_def.merge(state)
-  load_pretrained(model, config)
-  _, *groups, _ = nnx.split(model, *filters)
+  model_def = ModelDef(spec, objective, graphdef, constants, sharding)
+  trainable = model_def.merge(state)
+  weights.load_pretrained(trainable.model, config)
+  objective.load_heads(trainable.heads)
+  _, *groups, _ = nnx.split(trainable, *filters)
   loaded = {k: v for k, v in zip(names, groups) if k != "discriminator"}
   return model_def, {**state, **jax.device_put(loaded, {k: sharding[k] for k in loaded})}
-
-
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:
-  """This process's share of a batch -> global arrays sharded on 'data'."""
-  sharding = parallel.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys if k in batch}
-
-
-# Token arrays and the masks that say which of their positions are real.
-TOKEN_MASKS = {
-  "tokens": "token_mask",
-  "token_mask": "token_mask",
-  "other_tokens": "other_token_mask",
-  "other_token_mask": "other_token_mask",
-}
-
-
-def trim_token_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
-  """Drops the trailing token positions that are padding in every text of the global batch,
-  keeping the longest text rounded up to a multiple of `bucket` (0: keep all). Exact: no real
-  token attends to trailing padding (it is masked, or after it under a causal mask), and pooling
-  reads real tokens only. Short captions then cost the text tower a fraction of `max_tokens`;
-  each distinct length compiles the step once, and every process keeps the same length."""
-  present = [k for k in TOKEN_MASKS if k in batch]
-  if not bucket or not present:
-    return batch
-  full = batch["tokens"].shape[-1]
-  longest = max(int(np.max(batch[TOKEN_MASKS[k]].sum(axis=-1), initial=0)) for k in present)
-  if jax.process_count() > 1:
-    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
-  length = min(-(-max(longest, 1) // bucket) * bucket, full)
-  return {k: v[..., :length] if k in TOKEN_MASKS else v for k, v in batch.items()}
 
 
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
@@ -187,9 +190,11 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   the loss still sees the whole global batch as negatives, while the towers only ever hold the
   activations of one n-th of it.
   """
-  objective = objectives.build(config)
+  objective = model_def.objective
   loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
   sub_batches = config.train.sub_batches
+  # A frozen audio tower keeps its batch-norm statistics: it always runs in inference mode.
+  train_audio = not config.model.audio.get("freeze", False)
   if sub_batches > 1 and objective.discriminator is not None:
     raise ConfigError(f"config.train.sub_batches={sub_batches} does not support config.loss.name={config.loss.name!r}")
 
@@ -199,12 +204,14 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
       state, extra_metrics["discriminator_loss"] = discriminator_update(state, batch)
     batch = {**batch, "row": jnp.arange(batch["mel"].shape[0])}  # Global row ids (supervised contrastive).
     if sub_batches > 1:
-      (loss, batch_stats), grads = feature_cached_grads(objective, loss_fn, model_def, state, batch, sub_batches, mesh)
+      (loss, batch_stats), grads = feature_cached_grads(
+        objective, loss_fn, model_def, state, batch, sub_batches, mesh, train_audio
+      )
     else:
 
       def compute_loss(params):
-        model = model_def.merge(state, params)
-        return loss_fn(*objective.inputs(model, batch)), nnx.state(model, nnx.BatchStat)
+        t = model_def.merge(state, params)
+        return loss_fn(*objective.inputs(t.model, t.heads, batch, train_audio)), nnx.state(t, nnx.BatchStat)
 
       (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -219,7 +226,7 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
     finite = jnp.all(jnp.stack([jnp.isfinite(x) for x in (loss, grad_norm, *extra_metrics.values())]))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, before)
     new_state["step"] = state["step"] + 1
-    scale = model_def.merge(state).logit_scale()
+    scale = model_def.merge(state).model.logit_scale()
     metrics = {"loss": loss, "logit_scale": scale, "grad_norm": grad_norm, "skipped": ~finite, **extra_metrics}
     return new_state, metrics
 
@@ -228,7 +235,11 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
     of the towers are dropped, the main step makes its own."""
     d = objective.discriminator
     d_loss_fn = parallel.sharded_loss(d.loss_fn, mesh, num_batch_args=d.num_batch_args)
-    compute = lambda disc: d_loss_fn(*d.inputs(model_def.merge(state, discriminator=disc), batch))  # noqa: E731
+
+    def compute(disc):
+      t = model_def.merge(state, discriminator=disc)
+      return d_loss_fn(*d.inputs(t.model, t.heads, batch, train_audio))
+
     loss, grads = jax.value_and_grad(compute)(state["discriminator"])
     updates, opt_state = tx.update(grads, state["discriminator_opt_state"], state["discriminator"])
     disc = optax.apply_updates(state["discriminator"], updates)
@@ -238,7 +249,14 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
 
 
 def feature_cached_grads(
-  objective: objectives.Objective, loss_fn: Callable, model_def: ModelDef, state, batch, sub_batches: int, mesh: Mesh
+  objective: objectives.Objective,
+  loss_fn: Callable,
+  model_def: ModelDef,
+  state,
+  batch,
+  sub_batches: int,
+  mesh: Mesh,
+  train_audio: bool,
 ):
   """`((loss, batch_stats), grads)` of the full-batch loss, holding one sub-batch's activations at a time.
 
@@ -270,8 +288,8 @@ def feature_cached_grads(
     return x.reshape(-1, *x.shape[3:])
 
   def embed(params, sub_batch):
-    model = model_def.merge(state, params)
-    return objective.inputs(model, sub_batch), nnx.state(model, nnx.BatchStat)
+    t = model_def.merge(state, params)
+    return objective.inputs(t.model, t.heads, sub_batch, train_audio), nnx.state(t, nnx.BatchStat)
 
   params = state["params"]
   sub_batch_list = {k: split(v) for k, v in batch.items()}
@@ -314,55 +332,16 @@ def feature_cached_grads(
   return (loss, jax.tree.map(lambda x: x.mean(axis=0), batch_stats)), grads
 
 
-def make_embed_fn(model_def: ModelDef) -> Callable:
-  """`embed(state, batch) -> {"audio", "audio_features", ["text"]}` in inference mode (running
-  batch-norm statistics): joint-space audio embeddings, the audio tower's pre-projection features,
-  and text only when the batch has tokens.
-
-  A batch of several crops per clip (`mel [B, crops, n_mels, frames]`, `data.eval_crops`) is
-  embedded crop by crop and averaged: the features by their mean, the joint embedding as the
-  normalised mean of the crops' normalised embeddings.
-  """
+def make_validation_loss(config, model_def: ModelDef, mesh: Mesh) -> Callable:
+  """`loss(state, batch) -> scalar`: the objective's own loss on a batch, with the model in
+  inference mode (running batch-norm statistics) and nothing updated."""
+  objective = model_def.objective
+  loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
 
   @jax.jit
-  def embed(state, batch):
-    model = model_def.merge(state)
-    mel = batch["mel"]
-    joint, features = model.embed_clips(mel if mel.ndim == 4 else mel[:, None])
-    out = {"audio": joint, "audio_features": features}
-    if "tokens" in batch:
-      out["text"] = model.embed_text(batch["tokens"], batch["token_mask"])
-    return out
+  def loss(state, batch):
+    t = model_def.merge(state)
+    batch = {**batch, "row": jnp.arange(batch["mel"].shape[0])}
+    return loss_fn(*objective.inputs(t.model, t.heads, batch, False))
 
-  return embed
-
-
-def make_text_embed_fn(model_def: ModelDef) -> Callable:
-  """`embed_text(state, tokens, token_mask) -> {"text": [n, dim], "text_features"}`: joint-space
-  embeddings of label prompts and queries, and the text tower's pre-projection features."""
-
-  @jax.jit
-  def embed_text(state, tokens, token_mask):
-    model = model_def.merge(state)
-    features = model.text_features(tokens, token_mask)
-    return {"text": model.project_text(features), "text_features": features}
-
-  return embed_text
-
-
-def embed_dataset(
-  embed, state, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, token_bucket: int = 0
-) -> dict[str, np.ndarray]:
-  """Embeds an evaluation pipeline; returns host arrays in record order with the padding dropped:
-  `audio`, `text` (when the batches have tokens), and the records' `index`, `label` and `tags`."""
-  parts: dict[str, list[np.ndarray]] = {}
-  for batch in batches:
-    out = embed(state, to_global(trim_token_padding(batch, token_bucket), mesh))
-    out.update({k: batch[k] for k in ("index", "valid", "label", "tags")})
-    gathered = {k: np.asarray(v) for k, v in multihost_utils.process_allgather(out, tiled=True).items()}
-    keep = gathered.pop("valid").astype(bool)
-    for k, v in gathered.items():
-      parts.setdefault(k, []).append(v[keep])
-  joined = {k: np.concatenate(v) for k, v in parts.items()}
-  order = np.argsort(joined["index"], kind="stable")
-  return {k: v[order] for k, v in joined.items()}
+  return loss

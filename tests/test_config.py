@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from conftest import ROOT
-from flax import nnx
 
 from mclap import cli, objectives
 from mclap.errors import ConfigError
@@ -176,19 +175,19 @@ def test_values_of_the_wrong_type_are_named(override, message):
 
 def test_values_that_do_not_fit_the_devices_or_the_model_are_named(tiny_config, tmp_path):
   from mclap import train
-  from mclap.models import dual_encoder
+  from mclap.models import spec_from_config
 
   tiny_config.train.batch_size = 12
   with pytest.raises(cli.ConfigError, match=r"train.batch_size=12 must be a positive multiple of the 8 devices"):
     train.train(tiny_config, tmp_path)
   tiny_config.train.dtype = "half"
   with pytest.raises(cli.ConfigError, match=r"config.train.dtype='half'; use float32 or bfloat16"):
-    dual_encoder.build_model(tiny_config, vocab_size=10, rngs=nnx.Rngs(0))
+    spec_from_config(tiny_config, vocab_size=10)
   tiny_config.train.dtype = "float32"
   tiny_config.model.text.update(kind="bert", pooling="mean")  # all-MiniLM-L6-v2: 512 positions.
   tiny_config.data.max_tokens = 600
   with pytest.raises(cli.ConfigError, match=r"max_tokens=600 is longer than .* 512 positions; set .*max_tokens=512"):
-    nnx.eval_shape(lambda: dual_encoder.build_model(tiny_config, vocab_size=10, rngs=nnx.Rngs(0)))
+    spec_from_config(tiny_config, vocab_size=10)
 
 
 @pytest.mark.parametrize(

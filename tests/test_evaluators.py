@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import corpus_records, make_tiny_config, prepare, tone
+from flax import nnx
 from matplotlib import image
 from sklearn import metrics as sklearn_metrics
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mclap import metrics, parallel, trainer
+from mclap import metrics, parallel
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
+from mclap.embedder import Embedder
 from mclap.errors import UserError
 from mclap.evaluators import EvalContext, analysis, fewshot, ontology, prompts, tagging, tsne, zero_shot
+from mclap.models import build_model, spec_from_config
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +31,9 @@ pytestmark = pytest.mark.slow
 def context(tiny_corpus):
   config = make_tiny_config("configs/muscall.py:demo", tiny_corpus)
   mesh = parallel.make_mesh(config.mesh)
-  model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1))
-  return EvalContext(config, mesh, trainer.make_embed_fn(model_def), state, trainer.make_text_embed_fn(model_def))
+  model = build_model(spec_from_config(config), nnx.Rngs(config.train.seed))
+  embedder, state = Embedder.for_model(model, mesh, config.data.eval_batch_size)
+  return EvalContext(config, embedder, state)
 
 
 def test_prompt_sets():
@@ -174,7 +178,8 @@ def test_crop_averaging_equals_the_mean_of_separately_embedded_crops(context, ti
     assert room > 2  # The clips are longer than a crop: the three crops differ.
     crops += [record["mel"][:, start : start + length] for start in (0, round(room / 2), room)]
   batch = {"mel": np.stack(crops).astype(np.float16)}
-  each = jax.device_get(context.embed(context.state, trainer.to_global(batch, context.mesh, ["mel"])))
+  mesh = context.embedder.mesh
+  each = jax.device_get(context.embedder.embed_batch(context.state, parallel.to_global(batch, mesh, ["mel"])))
   per_clip = lambda x: x.reshape(-1, 3, x.shape[-1]).mean(axis=1)  # noqa: E731
   np.testing.assert_allclose(averaged["audio_features"], per_clip(each["audio_features"]), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(averaged["audio"], metrics.normalize(per_clip(each["audio"])), rtol=1e-5, atol=1e-5)

@@ -133,9 +133,8 @@ def test_imported_models_crop_the_waveform_like_the_original(imported):
 
 def test_every_parameter_lands_in_its_place(imported):
   state, _, bundle = imported
-  variables, unused = import_muscall.muscall_variables(
-    {k: v.astype(np.float32) for k, v in state.items()}, mclap.bundle.read_meta(bundle)["config"]
-  )
+  state = {k: v.astype(np.float32) for k, v in state.items()}
+  variables, unused = import_muscall.muscall_variables(state, import_muscall.muscall_config(state))
   assert all(k.startswith(("audio_backbone.spec.", "textual_head.ln_final.", "audio_ssl.")) or
              k.endswith("num_batches_tracked") for k in unused)  # fmt: skip
   imported_size = sum(v.size for v in _leaves(variables))

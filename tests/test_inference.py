@@ -13,11 +13,12 @@ import soundfile
 from conftest import ROOT, make_tiny_config, small, tone
 
 import mclap
-from mclap import bundle, embed, evaluators, export, search, train, trainer
+from mclap import bundle, embed, evaluators, export, parallel, search, train, weights
 from mclap import eval as eval_lib
 from mclap import index as index_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline, records, sources
+from mclap.embedder import Embedder
 from mclap.errors import UserError
 
 
@@ -44,11 +45,18 @@ def model(trained):
   return mclap.load(trained[2], batch_size=4)
 
 
-def test_bundle_embeddings_equal_the_evaluation_embeddings(trained, model):
-  config, workdir, _ = trained
-  mesh, model_def, state, _ = eval_lib.restore_for_eval(config, workdir, None, False)
-  context = evaluators.EvalContext(config, mesh, trainer.make_embed_fn(model_def), state)
-  expected = context.embeddings("test")
+def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model, tmp_path):
+  config, workdir, bundle_dir = trained
+  names = ["retrieval", "zero_shot"]
+  from_workdir = eval_lib.evaluate(config, workdir, names=names, output=tmp_path / "w")
+  from_bundle = eval_lib.evaluate(config, bundle=bundle_dir, names=names, output=tmp_path / "b")
+  for name in names:
+    del from_workdir[name]["step"]
+    assert json.loads(json.dumps(from_bundle[name])) == pytest.approx(json.loads(json.dumps(from_workdir[name])))
+  assert "bundle (" in (tmp_path / "b/report.md").read_text()
+  model_of_checkpoint = weights.read_model(workdir)[0]
+  embedder, state = Embedder.for_model(model_of_checkpoint, parallel.make_mesh(config.mesh), 8)
+  expected = evaluators.EvalContext(config, embedder, state).embeddings("test")
   reader = records.CorpusReader(config.data.dir, "test")
   floor = mel_lib.floor_db(config.data.mel)
   mels = [pipeline.eval_crops(reader[i]["mel"], model.crop_frames, 1, floor)[0] for i in range(len(reader))]

@@ -9,9 +9,13 @@ from scipy.special import softmax
 from mclap import cli
 from mclap.data import mel
 from mclap.errors import ConfigError
-from mclap.models import audio, build_model, layers, text
+from mclap.models import audio, build_model, layers, spec_from_config, text
 
 VOCAB = 30522  # The MiniLM WordPiece vocabulary.
+
+
+def build(config, vocab_size=VOCAB):
+  return build_model(spec_from_config(config, vocab_size), nnx.Rngs(0))
 
 
 def muscall_config(crop_seconds=20.0):
@@ -43,7 +47,7 @@ def expected_parameter_count(c) -> int:
 
 def test_muscall_parameter_count():
   config = muscall_config()
-  model = nnx.eval_shape(lambda: build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: build(config))
   count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert count == expected_parameter_count(config) == 31_109_641
   assert audio.resnet_output_grid(128, 626) == (4, 19)
@@ -52,7 +56,7 @@ def test_muscall_parameter_count():
 @pytest.mark.parametrize("seconds, frames", [(10.0, 313), (20.0, 626)])
 def test_output_shapes_for_10_and_20_second_crops(seconds, frames):
   config = muscall_config(seconds)
-  model = build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+  model = build(config)
   assert mel.num_frames(seconds, config.data.mel) == frames
   a = model.embed_audio(jnp.zeros((2, 128, frames)), train=True)
   t = model.embed_text(jnp.ones((2, 77), jnp.int32), jnp.ones((2, 77), jnp.int32))
@@ -64,7 +68,7 @@ def test_output_shapes_for_10_and_20_second_crops(seconds, frames):
 
 
 def test_logit_scale_is_clamped_at_100():
-  model = build_model(muscall_config(10.0), vocab_size=100, rngs=nnx.Rngs(0))
+  model = build(muscall_config(10.0), 100)
   model.logit_scale_param[...] = jnp.asarray(10.0)
   assert float(model.logit_scale()) == pytest.approx(100.0)
 
@@ -130,7 +134,7 @@ def test_remat_changes_nothing_but_memory():
 
   def loss_and_grads(remat):
     config.train.remat = remat
-    graphdef, params, rest = nnx.split(build_model(config, vocab_size=100, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    graphdef, params, rest = nnx.split(build(config, 100), nnx.Param, ...)
 
     def loss(p):
       m = nnx.merge(graphdef, p, rest, copy=True)
@@ -155,7 +159,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
   tokens = jnp.asarray(np.random.default_rng(1).integers(1000, 2000, size=(2, 77)), jnp.int32)
   outputs = {}
   for dtype in ("float32", "bfloat16"):
-    model = build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0), dtype=dtype)
+    config.train.dtype = dtype
+    model = build(config)
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
     embed = nnx.jit(lambda m: (m.embed_audio(mel_in, train=True), m.embed_text(tokens, jnp.ones_like(tokens))))
     outputs[dtype] = embed(model)
@@ -170,7 +175,7 @@ def test_heads_mlp_identity_and_the_text_width_as_joint_space():
   config.model.audio.head = dict(kind="mlp", hidden=(32, 16), activation="relu")
   config.model.text.head = dict(kind="identity", hidden=(), activation="relu")
   config.model.projection_dim = 0  # The text tower's width (128 in the demo).
-  model = build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+  model = build(config)
   shapes = [layer.kernel.shape for layer in model.audio_projection.layers[::2]]
   assert shapes == [(256, 32), (32, 16), (16, 128)] and model.audio_projection.layers[1] is jax.nn.relu
   tokens = jnp.ones((2, 32), jnp.int32)
@@ -180,7 +185,7 @@ def test_heads_mlp_identity_and_the_text_width_as_joint_space():
   )
   config.model.projection_dim = 64
   with pytest.raises(ConfigError, match="identity head keeps the tower's 128 dimensions"):
-    build_model(config, vocab_size=VOCAB, rngs=nnx.Rngs(0))
+    build(config)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
@@ -225,7 +230,7 @@ def test_masked_attention_equals_numpy(dtype, tolerance):
 def test_a_seed_builds_the_model_it_built_with_flax_batch_norm(monkeypatch):
   """mclap's BatchNorm draws the random keys Flax's did, so every later layer starts the same."""
   c = muscall_config(2.0)
-  ours = nnx.state(build_model(c, vocab_size=100, rngs=nnx.Rngs(0)), nnx.Param)
+  ours = nnx.state(build(c, 100), nnx.Param)
   monkeypatch.setattr(audio, "BatchNorm", lambda n, **kw: nnx.BatchNorm(n, **kw))
-  flax_built = nnx.state(build_model(c, vocab_size=100, rngs=nnx.Rngs(0)), nnx.Param)
+  flax_built = nnx.state(build(c, 100), nnx.Param)
   jax.tree.map(np.testing.assert_array_equal, ours, flax_built)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from mclap import checkpoints
+from mclap import checkpoints, weights
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +51,7 @@ def _free_port():
 def _results(workdir):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [row["train/loss"] for row in rows if "train/loss" in row]
-  mgr = checkpoints.manager(workdir / "checkpoints", None)
-  state = checkpoints.restore_on_host(mgr, STEPS)
-  mgr.close()
+  state = weights.saved_state(workdir / "checkpoints", STEPS)
   return losses, jax.device_get(state["params"])
 
 

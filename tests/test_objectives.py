@@ -23,7 +23,7 @@ def _fit_one_batch(config, steps=8):
   model_def, state = trainer.init_state(config, mesh, tx)
   first = jax.device_get(state)
   step = trainer.make_train_step(config, model_def, tx, mesh)
-  batch = trainer.to_global(pipeline.train_dataset(config)[0], mesh)
+  batch = parallel.to_global(pipeline.train_dataset(config)[0], mesh)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, batch)
@@ -52,11 +52,10 @@ def test_objective_trains(spec, tiny_corpus):
 def test_choi_word_branch_is_a_trained_linear_map_of_fixed_label_vectors(tiny_corpus):
   config = make_tiny_config("configs/triplet.py:demo", tiny_corpus)
   _, first, state, model_def = _fit_one_batch(config, steps=2)
-  assert "text" in state["frozen"] and "text" not in state["params"]
-  assert model_def.merge(state).text_projection.kernel.shape == (384, config.model.projection_dim)
-  assert not np.allclose(
-    state["params"]["text_projection"]["kernel"][...], first["params"]["text_projection"]["kernel"][...]
-  )
+  assert "text" in state["frozen"]["model"] and "text" not in state["params"]["model"]
+  assert model_def.merge(state).model.text_projection.kernel.shape == (384, config.model.projection_dim)
+  trained = lambda s: s["params"]["model"]["text_projection"]["kernel"][...]  # noqa: E731
+  assert not np.allclose(trained(state), trained(first))
 
 
 def _save_trained_muscall(corpus, workdir):
@@ -78,10 +77,13 @@ def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(vari
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   # The audio tower (weights and batch statistics) is the checkpoint's, and stays so.
   for group, trained in (("frozen", source["params"]), ("batch_stats", source["batch_stats"])):
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state[group]["audio"]), trained["audio"])
+    jax.tree.map(
+      np.testing.assert_array_equal, jax.device_get(state[group]["model"]["audio"]), trained["model"]["audio"]
+    )
   # Trained: the generator (4 layers into the 384-d MiniLM space) and the logit scale only.
-  assert set(state["params"]) == {"audio_projection", "logit_scale_param"}
-  model = model_def.merge(state)
+  assert set(state["params"]) == {"model"}
+  assert set(state["params"]["model"]) == {"audio_projection", "logit_scale_param"}
+  model = model_def.merge(state).model
   assert [layer.kernel.shape for layer in model.audio_projection.layers[::2]] == [
     (256, 768),
     (768, 768),
@@ -90,7 +92,8 @@ def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(vari
   ]
   assert model.text_projection is None
   if "gan" in variant:
-    assert [layer.kernel.shape for layer in model.discriminator.layers[::2]] == [(384, 256), (256, 256), (256, 1)]
+    discriminator = model_def.merge(state).heads["discriminator"]
+    assert [layer.kernel.shape for layer in discriminator.layers[::2]] == [(384, 256), (256, 256), (256, 1)]
     moved = jax.tree.map(
       lambda a, b: not np.array_equal(a, b), jax.device_get(state["discriminator"]), first["discriminator"]
     )
@@ -101,10 +104,10 @@ def test_weighted_trains_with_a_frozen_pretrained_sentence_encoder(tiny_corpus, 
   config = make_tiny_config("configs/muscall.py:demo,weighted", tiny_corpus)
   losses, first, state, model_def = _fit_one_batch(config)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
-  assert "sentence_encoder" not in state["params"] and "sentence_encoder" in state["frozen"]
+  assert "heads" not in state["params"] and "sentence_encoder" in state["frozen"]["heads"]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), first["frozen"])
   weights = bert.load_file(str(MINILM / "model.safetensors"))
-  loaded = model_def.merge(state).sentence_encoder.word_embeddings.embedding[...]
+  loaded = model_def.merge(state).heads["sentence_encoder"].word_embeddings.embedding[...]
   np.testing.assert_array_equal(np.asarray(loaded), weights["embeddings.word_embeddings.weight"])
   # Checkpoints leave the frozen weights out and restore around them.
   mgr = checkpoints.manager(tmp_path, None)
@@ -118,7 +121,7 @@ def test_weighted_trains_with_a_frozen_pretrained_sentence_encoder(tiny_corpus, 
 def test_frozen_audio_tower_gets_no_gradient_and_no_optimizer_state(tiny_config):
   tiny_config.model.audio.freeze = True
   losses, first, state, _ = _fit_one_batch(tiny_config, steps=3)
-  assert "audio" not in state["params"] and "audio" in state["frozen"]
+  assert "audio" not in state["params"]["model"] and "audio" in state["frozen"]["model"]
   assert losses[-1] < losses[0]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), first["frozen"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["batch_stats"]), first["batch_stats"])
@@ -131,12 +134,13 @@ def test_pretrained_bert_text_tower_with_its_first_layers_frozen(tiny_corpus):
   config.model.text.update(kind="bert", pretrained_dir=str(MINILM), pooling="mean", freeze_layers=4)
   losses, first, state, model_def = _fit_one_batch(config, steps=4)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
-  frozen_layers = {int(k[2]) for k, _ in nnx.to_flat_state(state["frozen"]) if k[:2] == ("text", "layers")}
-  trained_layers = {int(k[2]) for k, _ in nnx.to_flat_state(state["params"]) if k[:2] == ("text", "layers")}
+  layers = lambda group: {int(k[3]) for k, _ in nnx.to_flat_state(group) if k[:3] == ("model", "text", "layers")}  # noqa: E731
+  frozen_layers, trained_layers = layers(state["frozen"]), layers(state["params"])
   assert frozen_layers == {0, 1, 2, 3} and trained_layers == {4, 5}
   weights = bert.load_file(str(MINILM / "model.safetensors"))
   np.testing.assert_array_equal(
-    np.asarray(model_def.merge(state).text.word_embeddings.embedding[...]), weights["embeddings.word_embeddings.weight"]
+    np.asarray(model_def.merge(state).model.text.word_embeddings.embedding[...]),
+    weights["embeddings.word_embeddings.weight"],
   )
 
 
@@ -149,7 +153,7 @@ def test_simple_cnn_tower_with_tanh_heads_trains(tiny_config):
   tiny_config.model.projection_dim = 512
   losses, _, state, model_def = _fit_one_batch(tiny_config, steps=6)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
-  model = model_def.merge(state)
+  model = model_def.merge(state).model
   assert [n is not None for n in model.audio.norms] == [False, False, True, True]
   assert [c.kernel.shape[-1] for c in model.audio.convs] == [16, 32, 64, 128]
   assert model.audio_projection.layers[0].kernel.shape == (128, 1024)

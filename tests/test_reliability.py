@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_tiny_config, small
 
-from mclap import checkpoints, parallel, train, trainer
+from mclap import checkpoints, parallel, train, trainer, weights
 from mclap.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.slow
@@ -74,10 +74,7 @@ class Run:
 
 
 def _final_state(workdir, step=STEPS):
-  mgr = checkpoints.manager(pathlib.Path(workdir) / "checkpoints", None)
-  state = jax.device_get(checkpoints.restore_on_host(mgr, step))
-  mgr.close()
-  return state
+  return jax.device_get(weights.saved_state(pathlib.Path(workdir) / "checkpoints", step))
 
 
 def _assert_bit_identical(a, b):
@@ -236,19 +233,19 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_
   }
   poisoned = {**batch, "mel": np.where(np.arange(63) == 5, np.nan, batch["mel"]).astype(np.float32)}
   before = jax.device_get(state)
-  state, metrics = step(state, trainer.to_global(poisoned, mesh))
+  state, metrics = step(state, parallel.to_global(poisoned, mesh))
   assert bool(metrics["skipped"]) and not np.isfinite([float(metrics["loss"]), float(metrics["grad_norm"])]).all()
   after = jax.device_get(state)
   assert int(after["step"]) == 1
   del before["step"], after["step"]
   _assert_bit_identical(before, after)
   for _ in range(2):  # The first has learning rate 0 (warm-up): the skipped step did not advance it.
-    state, metrics = step(state, trainer.to_global(batch, mesh))
+    state, metrics = step(state, parallel.to_global(batch, mesh))
     assert not bool(metrics["skipped"])
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state["params"]), after["params"])
   assert all(jax.tree.leaves(moved))
 
-  to_global = trainer.to_global
+  to_global = parallel.to_global
   calls = []
 
   def poison_from_step_3(batch, mesh, *args):
@@ -257,7 +254,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_
       batch = {**batch, "mel": np.full_like(batch["mel"], np.inf)}
     return to_global(batch, mesh, *args)
 
-  monkeypatch.setattr(trainer, "to_global", poison_from_step_3)
+  monkeypatch.setattr(parallel, "to_global", poison_from_step_3)
   with pytest.raises(UserError, match=r"training stopped at step 5: 3 steps in a row had a non-finite loss"):
     train.train(config, tmp_path)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

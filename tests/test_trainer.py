@@ -9,9 +9,10 @@ from conftest import small
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from mclap import checkpoints, parallel, train, trainer
+from mclap import checkpoints, parallel, train, trainer, weights
 from mclap import eval as eval_lib
 from mclap.data import pipeline
+from mclap.embedder import Embedder
 from mclap.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def _steps(config, batches, devices=None, **mesh_options):
   step = trainer.make_train_step(config, model_def, tx, mesh)
   losses = []
   for batch in batches:
-    state, m = step(state, trainer.to_global(batch, mesh))
+    state, m = step(state, parallel.to_global(batch, mesh))
     losses.append(float(m["loss"]))
   return losses, state
 
@@ -78,31 +79,31 @@ def test_token_padding_is_trimmed_by_bucket():
   batch = {"tokens": mask * 7, "token_mask": mask, "other_tokens": np.ones((2, 40)), "mel": np.ones((2, 5, 9))}
   batch["other_token_mask"] = np.zeros((2, 40), np.int32)
   batch["other_token_mask"][1, :3] = 1
-  trimmed = trainer.trim_token_padding(batch, 8)
+  trimmed = parallel.trim_token_padding(batch, 8)
   assert trimmed["tokens"].shape == (2, 3, 24) and trimmed["other_token_mask"].shape == (2, 24)
   assert trimmed["mel"] is batch["mel"] and trimmed["tokens"][0, 1].sum() == 7 * 17
-  assert trainer.trim_token_padding(batch, 32)["tokens"].shape[-1] == 32
-  assert trainer.trim_token_padding(batch, 64)["tokens"].shape[-1] == 40  # Never longer than the texts.
-  assert trainer.trim_token_padding(batch, 0) is batch
+  assert parallel.trim_token_padding(batch, 32)["tokens"].shape[-1] == 32
+  assert parallel.trim_token_padding(batch, 64)["tokens"].shape[-1] == 40  # Never longer than the texts.
+  assert parallel.trim_token_padding(batch, 0) is batch
 
 
 def test_trimmed_token_padding_gives_the_same_step(tiny_config):
   config = small(tiny_config)
   config.optim.eps = 1.0  # As above: compare the step, not Adam-amplified rounding.
   batch = pipeline.train_dataset(config)[0]
-  trimmed = trainer.trim_token_padding(batch, 8)
+  trimmed = parallel.trim_token_padding(batch, 8)
   assert trimmed["tokens"].shape[1] < batch["tokens"].shape[1]
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   tx = trainer.make_optimizer(config, 4)
   model_def, state = trainer.init_state(config, mesh, tx)
   step = trainer.make_train_step(config, model_def, tx, mesh)
-  embed = trainer.make_embed_fn(model_def)
+  embed = Embedder(lambda s: model_def.merge(s).model, mesh, config.train.batch_size).embed_batch
   np.testing.assert_allclose(
-    embed(state, trainer.to_global(batch, mesh))["text"],
-    embed(state, trainer.to_global(trimmed, mesh))["text"],
+    embed(state, parallel.to_global(batch, mesh))["text"],
+    embed(state, parallel.to_global(trimmed, mesh))["text"],
     atol=1e-5,
   )
-  results = [step(jax.tree.map(jnp.copy, state), trainer.to_global(b, mesh)) for b in (batch, trimmed)]
+  results = [step(jax.tree.map(jnp.copy, state), parallel.to_global(b, mesh)) for b in (batch, trimmed)]
   (full_state, full_metrics), (trim_state, trim_metrics) = jax.device_get(results)
   assert float(full_metrics["loss"]) == pytest.approx(float(trim_metrics["loss"]), rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), full_state, trim_state)
@@ -184,7 +185,7 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
 
 
 def test_eval_mistakes_are_reported_before_the_model_is_built(tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(trainer, "init_state", None)  # Building the model would fail the test.
+  monkeypatch.setattr(weights, "build_model", None)  # Building the model would fail the test.
   with pytest.raises(ConfigError, match="no checkpoints in .*typo/checkpoints"):
     eval_lib.evaluate(tiny_config, tmp_path / "typo")
   assert not (tmp_path / "typo").exists()  # Reading creates nothing.
@@ -203,7 +204,7 @@ def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_pa
     nnx.Linear(3, width, rngs=nnx.Rngs(seed)), nnx.BatchNorm(width, rngs=nnx.Rngs(seed))
   )
   with pytest.raises(UserError, match="holds no checkpoint"):
-    checkpoints.load_tower(tower(4, 0), tmp_path, "audio")
+    weights.load_tower(tower(4, 0), tmp_path, "audio")
   source = tower(4, 1)
   source.layers[1].mean[...] = jnp.arange(4.0)
   state = {
@@ -214,9 +215,9 @@ def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_pa
   checkpoints.save(mgr, 7, {**state, "step": jnp.zeros((), jnp.int32)})
   mgr.wait_until_finished()
   target = tower(4, 0)
-  checkpoints.load_tower(target, tmp_path, "audio")
+  weights.load_tower(target, tmp_path, "audio")
   jax.tree.map(np.testing.assert_array_equal, nnx.state(target), nnx.state(source))
-  with pytest.raises(UserError, match=r"audio.layers.0.bias has shape \[4\], the config's tower expects \[5\]"):
-    checkpoints.load_tower(tower(5, 0), tmp_path, "audio")
-  with pytest.raises(UserError, match="no params for text"):
-    checkpoints.load_tower(tower(4, 0), tmp_path, "text")
+  with pytest.raises(UserError, match=r"\(audio tower\): layers.0.bias has shape \[4\], the model expects \[5\]"):
+    weights.load_tower(tower(5, 0), tmp_path, "audio")
+  with pytest.raises(UserError, match=r"\(text tower\): no params for layers"):
+    weights.load_tower(tower(4, 0), tmp_path, "text")

@@ -64,7 +64,8 @@ from mclap import index as index_lib  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
 from mclap.data import tokenizer as tokenizer_lib  # noqa: E402
-from mclap.models import build_model  # noqa: E402
+from mclap.embedder import Embedder  # noqa: E402
+from mclap.models import build_model, spec_from_config  # noqa: E402
 
 _BENCHMARKS = flags.DEFINE_list(
   "benchmarks", ["input", "prepare", "model", "towers", "search"], "Which benchmarks to run."
@@ -274,12 +275,12 @@ def _train_step(spec: str, sub_batches: int = 1):
 
 def bench_model(spec: str, peak: dict) -> list[dict]:
   config, mesh, model_def, state, step = _train_step(spec, _SUB_BATCHES.value)
-  embed = trainer.make_embed_fn(model_def)
+  embed = Embedder(lambda s: model_def.merge(s).model, mesh, config.train.batch_size).embed_batch
   best_peak = max(peak.values())
   rows = []
   for bucket in map(int, _TOKEN_BUCKETS.value):
-    batch = trainer.trim_token_padding(pipeline.train_dataset(config)[0], bucket)
-    batch = trainer.to_global(batch, mesh)
+    batch = parallel.trim_token_padding(pipeline.train_dataset(config)[0], bucket)
+    batch = parallel.to_global(batch, mesh)
     common = {
       "config": spec,
       "batch_size": config.train.batch_size,
@@ -329,7 +330,7 @@ def bench_versus(spec: str) -> list[dict]:
 
   config, mesh, _, state, step = _train_step(spec)
   host_batch = pipeline.train_dataset(config)[0]  # Texts padded to max_tokens: the original never trims.
-  batch = trainer.to_global(host_batch, mesh)
+  batch = parallel.to_global(host_batch, mesh)
   holder = {"state": state}
 
   def mclap_step():
@@ -426,7 +427,7 @@ def bench_towers(spec: str) -> list[dict]:
   config.train.dtype = _DTYPE.value
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1000))
-  graphdef, params = nnx.split(model_def.merge(state))
+  graphdef, params = nnx.split(model_def.merge(state).model)
   batch, rng = _MODEL_BATCH.value, np.random.default_rng(0)
   frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
   mel = jnp.asarray(rng.normal(size=(batch, config.data.mel.n_mels, frames)), jnp.float32)
@@ -478,7 +479,7 @@ def bench_memory(spec: str) -> list[dict]:
   config = load_config(spec)
   config.data.dir = str(bench_corpus(config))
   config.train.update(batch_size=_MODEL_BATCH.value, dtype=_DTYPE.value)
-  batch = trainer.trim_token_padding(pipeline.train_dataset(config)[0], config.data.token_bucket)
+  batch = parallel.trim_token_padding(pipeline.train_dataset(config)[0], config.data.token_bucket)
   one_device = parallel.make_mesh({"data": -1, "model": 1}, devices=jax.devices()[:1])
   for remat, sub_batches in (("none", 1), ("dots", 1), ("full", 1), ("none", 2), ("none", 4)):
     config.train.update(remat=remat, sub_batches=sub_batches)
@@ -502,11 +503,10 @@ def bench_search(spec: str = "configs/muscall.py") -> list[dict]:
   config = cli.load_config(spec)
   config.train.dtype = "float32"
   work = pathlib.Path(tempfile.mkdtemp(prefix="mclap-search-bench-"))
-  inference = bundle.inference_config(config)
-  tokenizer = tokenizer_lib.for_config(inference)
-  model = build_model(inference, vocab_size=tokenizer.vocab_size, rngs=nnx.Rngs(0))
-  variables = jax.device_get(nnx.state(model).to_pure_dict())
-  bundle.write(work / "bundle", inference, variables, source={"benchmark": spec}, tokenizer_dir=tokenizer.directory)
+  model_spec = spec_from_config(config)
+  variables = bundle.variables_of(build_model(model_spec, nnx.Rngs(0)))
+  tokenizer_dir = tokenizer_lib.for_config(config).directory
+  bundle.write(work / "bundle", config, model_spec, variables, source={"benchmark": spec}, tokenizer_dir=tokenizer_dir)
   meta = bundle.read_meta(work / "bundle")
   dim = config.model.projection_dim
   rng = np.random.default_rng(0)

@@ -260,18 +260,29 @@ def _local_batch_size(global_batch: int, process_count: int) -> int:
 
 
 def train_dataset(
-  config: ml_collections.ConfigDict, *, process_index: int = 0, process_count: int = 1
+  config: ml_collections.ConfigDict,
+  *,
+  split: str = "",
+  epochs: int | None = None,
+  batch_size: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> grain.MapDataset:
-  """Infinite, reshuffled-every-epoch batches of this process's share of the global batch."""
-  reader, transform = _reader_and_transform(config, config.data.train_split, train=True)
-  local_batch = _local_batch_size(config.train.batch_size, process_count)
-  if len(reader) < config.train.batch_size:
+  """Batches of this process's share of the global batch (`batch_size`, default
+  `train.batch_size`) of training examples of `split` (default the training split), reshuffled
+  every epoch, for `epochs` passes (None: forever). Validation takes one pass over its split this
+  way, so the objective sees the kind of batch it trains on."""
+  split = split or config.data.train_split
+  batch_size = batch_size or config.train.batch_size
+  reader, transform = _reader_and_transform(config, split, train=True)
+  local_batch = _local_batch_size(batch_size, process_count)
+  if len(reader) < batch_size:
     raise records.CorpusError(
-      f"split '{config.data.train_split}' of {config.data.dir} has {len(reader)} records, fewer "
-      f"than one batch ({config.train.batch_size}); lower --config.train.batch_size"
+      f"split '{split}' of {config.data.dir} has {len(reader)} records, fewer "
+      f"than one batch ({batch_size}); lower --config.train.batch_size"
     )
   ds = grain.MapDataset.source(reader).map_with_index(_AttachIndex(len(reader)))
-  ds = ds.shuffle(seed=config.train.seed).repeat(None)
+  ds = ds.shuffle(seed=config.train.seed).repeat(epochs)
   # Crops and augmentations are drawn per position in the global order, before each process takes
   # its slice: the global batch is the same whatever the number of processes.
   ds = ds.random_map(transform, seed=config.train.seed)

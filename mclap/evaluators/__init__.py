@@ -1,18 +1,76 @@
 """Evaluators, selected from `config.evals`: each entry `name: settings` runs the module
 `settings.kind` (default: the name itself) as `run(context, settings) -> dict`, and its
-`table(results) -> str` prints it. Plots go to `context.out_dir`, named in the results' `plots`."""
+`table(results) -> str` prints it. Plots go to `context.out_dir`, named in the results' `plots`.
+`mclap.eval` runs them on a workdir's checkpoint or a bundle; training runs those with
+`settings.every > 0` every that many steps."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import ml_collections
+
+from mclap.data import pipeline, records
+from mclap.errors import ConfigError
 from mclap.evaluators import analysis, fewshot, retrieval, tagging, tsne, zero_shot
 from mclap.evaluators.context import SPACES, EvalContext, NotApplicable
 
-__all__ = ["REGISTRY", "SPACES", "EvalContext", "NotApplicable", "module_of"]
+__all__ = ["REGISTRY", "SPACES", "EvalContext", "NotApplicable", "module_of", "run", "scalars", "select"]
 
 REGISTRY = {m.__name__.rsplit(".", 1)[1]: m for m in (retrieval, zero_shot, tagging, fewshot, analysis, tsne)}
 
 
 def module_of(name: str, settings) -> Any:
   return REGISTRY.get(settings.get("kind", name))
+
+
+def select(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any]:
+  """The evaluator module of each name, after checking what each will read (its corpus, that
+  corpus's mel settings, its splits): mistakes are reported before any model is built."""
+  if unknown := [n for n in names if n not in config.evals]:
+    raise ConfigError(f"unknown evaluator(s) {unknown}; config.evals has {list(config.evals.keys())}")
+  modules = {n: module_of(n, config.evals[n]) for n in names}
+  if bad := [n for n, m in modules.items() if m is None]:
+    raise ConfigError(f"config.evals {bad}: no evaluator of that kind; set kind to one of {list(REGISTRY)}")
+  infos = {}  # Evaluators mostly share the training corpus: read and check each corpus once.
+  for name in names:
+    settings = config.evals[name]
+    corpus = settings.get("dir", "") or config.data.dir
+    if corpus not in infos:
+      infos[corpus] = records.read_info(corpus)
+      pipeline.check_corpus(infos[corpus], config, corpus)
+    have = sorted(infos[corpus].get("splits", {}))
+    for key, split in settings.items():
+      if key.endswith("split") and split not in have:
+        raise ConfigError(
+          f"config.evals.{name}.{key} is '{split}', not a split of {corpus} (it has: {have}); "
+          f"set --config.evals.{name}.{key}"
+        )
+  return modules
+
+
+def run(context: EvalContext, modules: dict[str, Any], on_result=None) -> dict[str, dict]:
+  """Runs each selected evaluator; one that cannot run on this data is skipped with a warning
+  (the others still run). `on_result(name, result)` is called as each finishes."""
+  results = {}
+  for name, module in modules.items():
+    try:
+      results[name] = module.run(context, context.config.evals[name])
+    except NotApplicable as e:
+      print(f"warning: skipped evaluator {name}: {e}", flush=True)
+      continue
+    if on_result is not None:
+      on_result(name, results[name])
+  return results
+
+
+def scalars(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
+  """The numbers of nested results, flattened to `name/key/...` (for metrics logs)."""
+  out = {}
+  for key, value in results.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(scalars(value, f"{name}/"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[name] = float(value)
+  return out

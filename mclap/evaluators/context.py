@@ -1,26 +1,27 @@
-"""What every evaluator is given: the config, the restored model, embeddings and plot paths.
+"""What every evaluator is given: the config, an embedder with the model's state, embeddings and
+plot paths.
 
-Embedding spaces: `joint` is the shared audio–text space (normalised projections); `pre_joint` is
-each tower's own output before its projection head (audio and text widths may differ there, so
-only same-modality comparisons are made in it).
+Embedding spaces (`SPACES`): `joint` is the shared audio–text space (normalised projections);
+`pre_joint` is each tower's own output before its projection head (audio and text widths may
+differ there, so only same-modality comparisons are made in it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh
 
-from mclap import trainer
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
+from mclap.embedder import SPACES, Embedder
 from mclap.errors import UserError
+
+__all__ = ["SPACES", "EvalContext", "NotApplicable"]
 
 
 class NotApplicable(UserError):
@@ -28,20 +29,14 @@ class NotApplicable(UserError):
   warning and the other evaluators run."""
 
 
-# Per space, the keys of its audio and text embeddings.
-SPACES = {"joint": ("audio", "text"), "pre_joint": ("audio_features", "text_features")}
-
-
 @dataclasses.dataclass
 class EvalContext:
-  """What evaluators share: the config, the restored model, split embeddings (computed once per
-  corpus and split) and text embedding."""
+  """What evaluators share: the config, the model (an embedder and its state), split embeddings
+  (computed once per corpus and split) and text embedding."""
 
   config: ml_collections.ConfigDict
-  mesh: Mesh
-  embed: Callable
+  embedder: Embedder
   state: Any
-  embed_text_fn: Callable | None = None
   out_dir: pathlib.Path | None = None  # Where plots are written (None: no plots).
   _cache: dict = dataclasses.field(default_factory=dict)
 
@@ -67,20 +62,13 @@ class EvalContext:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )
-      self._cache[key] = trainer.embed_dataset(self.embed, self.state, ds, self.mesh, self.config.data.token_bucket)
+      self._cache[key] = self.embedder.dataset(self.state, ds)
     return self._cache[key]
 
-  def embed_texts(self, texts: list[str], space: str = "joint", batch_size: int = 256) -> np.ndarray:
+  def embed_texts(self, texts: list[str], space: str = "joint") -> np.ndarray:
     """Embeddings `[len(texts), dim]` of arbitrary texts (prompts): L2-normalised in the joint
     space, the text tower's raw features in the pre-joint space."""
-    tokenizer = tokenizer_lib.for_config(self.config)
-    key = SPACES[space][1]
-    out = []
-    for start in range(0, len(texts), batch_size):
-      chunk = texts[start : start + batch_size]
-      tokens, mask = tokenizer(chunk + [""] * (batch_size - len(chunk)))  # One shape: one compilation.
-      out.append(np.asarray(self.embed_text_fn(self.state, tokens, mask)[key])[: len(chunk)])
-    return np.concatenate(out)
+    return self.embedder.texts(self.state, tokenizer_lib.for_config(self.config), texts, space)
 
   def plot_path(self, name: str) -> pathlib.Path | None:
     """Where to write plot `name` (None when plots are off or another process writes them)."""

@@ -106,11 +106,10 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
   return config
 
 
-def build_bert(directory: str | pathlib.Path, *, pooling: str, remat: str, dtype: Any, rngs: nnx.Rngs) -> BertEncoder:
-  """A randomly initialised tower shaped like the checkpoint in `directory` (see `load_weights`)."""
+def architecture(directory: str | pathlib.Path) -> dict[str, Any]:
+  """`BertEncoder`'s architecture arguments, from a Hugging Face directory's config.json."""
   c = read_config(directory)
-  is_roberta = c["model_type"] != "bert"
-  return BertEncoder(
+  return dict(
     vocab_size=c["vocab_size"],
     max_positions=c["max_position_embeddings"],
     type_vocab_size=c.get("type_vocab_size", 2),
@@ -119,12 +118,14 @@ def build_bert(directory: str | pathlib.Path, *, pooling: str, remat: str, dtype
     heads=c["num_attention_heads"],
     intermediate=c["intermediate_size"],
     eps=c.get("layer_norm_eps", 1e-12),
-    position_offset=c.get("pad_token_id", 1) + 1 if is_roberta else 0,
-    pooling=pooling,
-    remat=remat,
-    dtype=dtype,
-    rngs=rngs,
+    # RoBERTa counts positions from its padding id + 1.
+    position_offset=c.get("pad_token_id", 1) + 1 if c["model_type"] != "bert" else 0,
   )
+
+
+def build_bert(directory: str | pathlib.Path, *, pooling: str, remat: str, dtype: Any, rngs: nnx.Rngs) -> BertEncoder:
+  """A randomly initialised tower shaped like the checkpoint in `directory` (see `load_weights`)."""
+  return BertEncoder(**architecture(directory), pooling=pooling, remat=remat, dtype=dtype, rngs=rngs)
 
 
 _LAYER_NAMES = {

