@@ -16,11 +16,11 @@ adversarial loss -log D(G_a(a)).
 
 import ml_collections
 
-from mclap import cli
+from mclap import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c, own = cli.base_config(__file__, arg, ("gan",))
+  c, own = config_files.base_config(__file__, arg, ("gan",))
   c.model.audio.freeze = True
   c.model.audio.head = dict(kind="mlp", hidden=(768, 768, 768), activation="relu")
   c.model.text.update(kind="bert", pretrained_dir="", pooling="mean", freeze=True)

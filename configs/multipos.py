@@ -16,13 +16,13 @@ The corpus needs these mel settings: `python -m mclap.data.prepare --source synt
 
 import ml_collections
 
-from mclap import cli
+from mclap import config_files
 
 OBJECTIVES = ("is", "scl", "stl", "smm")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c, chosen = cli.base_config(__file__, arg, OBJECTIVES)
+  c, chosen = config_files.base_config(__file__, arg, OBJECTIVES)
   if len(chosen) != 1:
     raise ValueError(f"configs/multipos.py needs exactly one of {OBJECTIVES} (e.g. configs/multipos.py:scl)")
   (objective,) = chosen

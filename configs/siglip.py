@@ -9,11 +9,11 @@ import math
 
 import ml_collections
 
-from mclap import cli
+from mclap import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c, _ = cli.base_config(__file__, arg, ())
+  c, _ = config_files.base_config(__file__, arg, ())
   c.loss = dict(name="siglip", bias_init=-10.0)
   c.model.logit_scale_init = math.log(10.0)
   return c

@@ -10,11 +10,11 @@ tags serves, e.g. the synthetic one: `configs/triplet.py` or `configs/triplet.py
 
 import ml_collections
 
-from mclap import cli
+from mclap import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c, _ = cli.base_config(__file__, arg, ())
+  c, _ = config_files.base_config(__file__, arg, ())
   c.data.positives = "tags"
   c.data.other_text = "negative"
   c.data.max_tokens = 16  # Tag names are a few words.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import importlib.util
 import os
 import pathlib
 import sys
@@ -22,7 +21,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mclap import parallel
+from mclap.config_files import load_config
 from mclap.errors import ConfigError, UserError
+
+__all__ = ["ConfigError", "define_config_flag", "load_config", "run"]
 
 
 def define_config_flag(name: str = "config") -> config_flags._ConfigFlag:  # noqa: SLF001
@@ -32,31 +34,6 @@ def define_config_flag(name: str = "config") -> config_flags._ConfigFlag:  # noq
     f"Config file, optionally with an argument: configs/muscall.py:demo. Override any key with --{name}.a.b=value.",
     lock_config=True,
   )
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Calls `get_config(arg)` of the file in `spec` = 'path.py[:arg]'."""
-  path, _, arg = spec.partition(":")
-  if not pathlib.Path(path).is_file():
-    raise ConfigError(f"config file {path} not found (expected e.g. configs/muscall.py:demo)")
-  module_spec = importlib.util.spec_from_file_location(f"_mclap_config_{pathlib.Path(path).stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  try:
-    return module.get_config(arg or None) if arg else module.get_config()
-  except ValueError as e:  # A config's own check of its argument (an unknown variant).
-    raise ConfigError(f"{spec}: {e}") from e
-
-
-def base_config(
-  config_file: str, arg: str | None, own_variants: Sequence[str]
-) -> tuple[ml_collections.ConfigDict, set[str]]:
-  """For a config built on `configs/muscall.py`: that file's config with the variants of `arg`
-  that are not `own_variants` (e.g. `demo`), and the own variants found."""
-  variants = set(filter(None, (arg or "").split(",")))
-  own = variants & set(own_variants)
-  base = pathlib.Path(config_file).with_name("muscall.py")
-  return load_config(f"{base}:{','.join(sorted(variants - own))}"), own
 
 
 def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:

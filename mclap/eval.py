@@ -41,17 +41,9 @@ def _towers(spec: ModelSpec) -> str:
   return f"audio tower `{spec.audio['kind']}`, text tower `{spec.text['kind']}`"
 
 
-def load(config, workdir=None, bundle=None, step: int | None = None, best: bool = False):
-  """(config to evaluate with, model, description of what was loaded). Exactly one of `workdir`
-  and `bundle`."""
-  if (workdir is None) == (bundle is None):
-    raise UserError("evaluate a training workdir (--workdir) or a bundle (--bundle), one of them")
-  if workdir is not None:
-    which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
-    model, spec, _, step = weights.read_model(workdir, step, best)
-    _check_fits(spec, config, f"the checkpoint of step {step} in {workdir}")
-    return config, model, f"{which} (step {step}); {_towers(spec)}", step
-  meta, model = bundle_lib.read(bundle)
+def with_bundle_data(config: ml_collections.ConfigDict, bundle: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """`config` reading its corpora as the bundle's model does (mel, crop length, tokens)."""
+  meta = bundle_lib.read_meta(bundle)
   config = ml_collections.ConfigDict(config.to_dict())
   for key in _BUNDLE_DATA:
     config.data[key] = meta["config"].data[key]
@@ -62,17 +54,34 @@ def load(config, workdir=None, bundle=None, step: int | None = None, best: bool 
       "differently than with mclap.load(...).embed_audio",
       flush=True,
     )
-  return config, model, f"bundle ({meta['source']}); {_towers(meta['spec'])}", None
+  return config
+
+
+def load(config, workdir=None, bundle=None, step: int | None = None, best: bool = False):
+  """(model, description of what was loaded, step or None) of a workdir's checkpoint or a bundle,
+  exactly one of them; `config` must already read the corpora as the model does (for a bundle:
+  `with_bundle_data`)."""
+  if workdir is not None:
+    which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
+    model, spec, _, step = weights.read_model(workdir, step, best)
+    _check_fits(spec, config, f"the checkpoint of step {step} in {workdir}")
+    return model, f"{which} (step {step}); {_towers(spec)}", step
+  meta, model = bundle_lib.read(bundle)
+  return model, f"bundle ({meta['source']}); {_towers(meta['spec'])}", None
 
 
 def evaluate(
   config, workdir=None, step: int | None = None, best: bool = False, names=None, bundle=None, output=None
 ) -> dict[str, dict]:
+  if (workdir is None) == (bundle is None):
+    raise UserError("evaluate a training workdir (--workdir) or a bundle (--bundle), one of them")
+  if bundle is not None:
+    config = with_bundle_data(config, bundle)
   names = list(names or config.evals.keys())
-  modules = evaluators.select(config, names)  # Mistakes in the evaluators' settings first.
-  config, model, which, step = load(config, workdir, bundle, step, best)
+  modules = evaluators.select(config, names)  # Mistakes in the evaluators' settings before the model.
+  model, which, step = load(config, workdir, bundle, step, best)
   out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
-  context = _context(config, model, out)
+  context = make_context(config, model, out)
   tables, results = {}, {}
 
   def write(name: str, result: dict) -> None:
@@ -88,7 +97,8 @@ def evaluate(
   return results
 
 
-def _context(config, model: DualEncoder, out: pathlib.Path) -> evaluators.EvalContext:
+def make_context(config, model: DualEncoder, out: pathlib.Path | None = None) -> evaluators.EvalContext:
+  """What the evaluators get: the model embedding through an `Embedder` over the config's mesh."""
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
   embedder, state = Embedder.for_model(model, mesh, config.data.eval_batch_size, config.data.token_bucket)

@@ -19,6 +19,7 @@ from muscall_reference import (
   clip_tokenizer_files,
   htk_filterbank,
   muscall_audio,
+  muscall_audio_from_mels,
   muscall_state_dict,
   muscall_text,
   normalized,
@@ -26,7 +27,9 @@ from muscall_reference import (
 )
 
 import mclap
-from mclap import torch_checkpoint
+from mclap import cli, metrics, torch_checkpoint
+from mclap import eval as eval_lib
+from mclap.data import records, synthetic, writer
 from mclap.errors import UserError
 from mclap.tools import import_muscall
 
@@ -197,3 +200,33 @@ def test_torch_written_checkpoint_imports_like_the_npz(imported, tmp_path):
   again = import_muscall.import_muscall(tmp_path / "best_model.pth.tar", clip_dir, tmp_path / "bundle")
   a, b = mclap.bundle.read(bundle)[1], mclap.bundle.read(again)[1]
   np.testing.assert_array_equal(a.audio.pool.positional_embedding[...], b.audio.pool.positional_embedding[...])
+
+
+@pytest.mark.slow
+def test_mclap_eval_evaluates_an_imported_model_as_the_original_embeds(imported, tmp_path):
+  """`mclap.eval --bundle` on an imported checkpoint: a corpus prepared with the bundle's mel
+  settings (clips of exactly the crop length, where cropping the mel and the waveform agree) is
+  embedded as the original's forward pass embeds the same mels and captions."""
+  state, _, bundle = imported
+  mel_config = mclap.bundle.read_meta(bundle)["config"].data.mel.to_dict()
+  clips = synthetic.plan_clips(12, 0, CROP_SECONDS)["train"][:4]
+  corpus = tmp_path / "corpus"
+  writer.write_corpus(
+    corpus, {"test": clips}, synthetic.make_record_fn(mel_config), mel_config=mel_config, source="synthetic",
+    extra_info={"label_names": synthetic.LABEL_NAMES}, num_workers=0, show_progress=False,
+  )  # fmt: skip
+  config = cli.load_config(str(ROOT / "configs/muscall.py"))
+  config.data.update(dir=str(corpus), eval_batch_size=8)
+  results = eval_lib.evaluate(config, bundle=bundle, names=["retrieval"], output=tmp_path / "eval")
+  assert results["retrieval"]["num_items"] == 4 and (tmp_path / "eval/report.md").is_file()
+
+  config = eval_lib.with_bundle_data(config, bundle)
+  found = eval_lib.make_context(config, eval_lib.load(config, bundle=bundle)[0]).embeddings("test")
+  reader = records.CorpusReader(corpus, "test")
+  mels = np.stack([reader[i]["mel"] for i in range(len(reader))]).astype(np.float64)
+  np.testing.assert_allclose(found["audio"], normalized(muscall_audio_from_mels(state, mels)), atol=2e-4)
+  tokens, mask = mclap.load(bundle).tokenizer([reader[i]["captions"][0] for i in range(len(reader))])
+  expected_text = normalized(muscall_text(state, np.where(mask == 1, tokens, 0)))
+  np.testing.assert_allclose(found["text"], expected_text, atol=2e-4)
+  expected = metrics.text_audio_retrieval(normalized(muscall_audio_from_mels(state, mels)), expected_text)
+  assert results["retrieval"]["text_to_audio"]["R@1"] == expected["text_to_audio"]["R@1"]

@@ -158,3 +158,22 @@ def test_simple_cnn_tower_with_tanh_heads_trains(tiny_config):
   assert [c.kernel.shape[-1] for c in model.audio.convs] == [16, 32, 64, 128]
   assert model.audio_projection.layers[0].kernel.shape == (128, 1024)
   assert model.audio_projection.layers[2].kernel.shape == (1024, 512)
+
+
+def test_validation_reports_the_objectives_own_loss(tiny_corpus):
+  """SigLIP's validation loss is its sigmoid loss (recomputed in NumPy on the model's inference
+  embeddings, with the objective's learned bias), not InfoNCE."""
+  config = make_tiny_config("configs/siglip.py:demo", tiny_corpus)
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1))
+  batch = pipeline.train_dataset(config)[0]
+  loss = float(trainer.make_validation_loss(config, model_def, mesh)(state, parallel.to_global(batch, mesh)))
+  t = model_def.merge(state)
+  audio = np.asarray(t.model.embed_audio(batch["mel"], False), np.float64)
+  text = np.asarray(t.model.embed_text(batch["tokens"], batch["token_mask"]), np.float64)
+  bias = float(t.heads["logit_bias"][...])
+  assert bias == -10.0 and "logit_bias" in state["params"]["heads"]
+  logits = float(t.model.logit_scale()) * audio @ text.T + bias
+  signs = 2 * np.eye(len(audio)) - 1
+  expected = np.logaddexp(0, -signs * logits).sum() / len(audio)
+  assert loss == pytest.approx(expected, rel=1e-5)

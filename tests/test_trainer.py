@@ -137,6 +137,7 @@ def _final_params(config, workdir):
 
 def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monkeypatch, capsys):
   config = small(tiny_config)
+  config.evals.retrieval.every = 2  # An evaluator during training too.
   train.train(config, tmp_path / "whole")
 
   with monkeypatch.context() as patch:
@@ -162,6 +163,10 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
   assert [r["step"] for r in train_rows if "train/startup_s" in r] == [1] and train_rows[0]["train/startup_s"] > 0
   assert len(list((tmp_path / "whole").glob("events.out.tfevents.*"))) == 1  # TensorBoard (test_tensorboard).
   assert [r["step"] for r in rows if "val/t2a_R@10" in r] == [4]
+  assert [r["step"] for r in rows if "val/loss" in r] == [4]  # InfoNCE, this objective's loss.
+  evaluated = [r for r in rows if "eval/retrieval/text_to_audio/R@10" in r]
+  assert [r["step"] for r in evaluated] == [2, 4] and evaluated[0]["eval/retrieval/num_items"] == 8
+  assert evaluated[0]["eval/retrieval/text_to_audio/R@10"] == 100.0 and evaluated[0]["eval/seconds"] > 0
   assert [r["val/seconds"] > 0 for r in rows if "val/t2a_R@10" in r] == [True]  # Time taken from the steps.
   assert json.loads((tmp_path / "whole/best.json").read_text())["step"] == 4
 

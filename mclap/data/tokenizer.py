@@ -85,6 +85,7 @@ class TextTokenizer:
 def for_config(config) -> TextTokenizer:
   """The tokenizer a config trains with: `data.tokenizer_dir`, else a pretrained text tower's own
   directory, else all-MiniLM-L6-v2's WordPiece."""
-  text = config.model.text
-  directory = config.data.tokenizer_dir or (text.pretrained_dir if text.kind == "bert" else "")
+  directory = config.data.tokenizer_dir
+  if not directory and config.model.text.kind == "bert":
+    directory = config.model.text.pretrained_dir
   return TextTokenizer(directory or None, config.data.max_tokens)
