@@ -28,15 +28,15 @@ from mclap import index as index_lib
 from mclap.data import audio as audio_lib
 from mclap.errors import UserError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".npy", ".aiff", ".aif", ".opus")
-
 
 def list_audio(audio_dir: pathlib.Path) -> list[str]:
   """Audio files under `audio_dir`, relative paths in sorted order."""
   if not audio_dir.is_dir():
     raise UserError(f"--audio_dir {audio_dir} is not a folder")
   return sorted(
-    str(p.relative_to(audio_dir)) for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+    str(p.relative_to(audio_dir))
+    for p in audio_dir.rglob("*")
+    if p.suffix.lower() in audio_lib.AUDIO_SUFFIXES and p.is_file()
   )
 
 

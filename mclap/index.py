@@ -16,6 +16,7 @@ one, never a mix; finished parts survive an interruption and are not embedded ag
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import shutil
@@ -94,10 +95,9 @@ def write_part(directory: pathlib.Path, embeddings: np.ndarray, items: list[dict
   parts = directory / PARTS_DIR
   parts.mkdir(parents=True, exist_ok=True)
   name = f"part-{len(list(parts.glob('part-*.npz'))):06d}-{uuid.uuid4().hex[:8]}.npz"
-  tmp = parts / f".{name}"
-  with open(tmp, "wb") as f:
-    np.savez(f, embeddings=embeddings.astype(np.float32), items=np.asarray(json.dumps(items)))
-  tmp.rename(parts / name)
+  buffer = io.BytesIO()
+  np.savez(buffer, embeddings=embeddings.astype(np.float32), items=np.asarray(json.dumps(items)))
+  records.write_bytes_atomic(parts / name, buffer.getvalue())
 
 
 def read_rejects(directory: pathlib.Path) -> dict[str, str]:

@@ -21,6 +21,8 @@ import numpy as np
 import soundfile
 import soxr
 
+# Files taken as audio wherever a folder is read (prepare's sources, mclap.embed); .npy holds a waveform.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".au", ".aiff", ".aif", ".npy")
 SILENCE_PEAK = 1e-5  # Peak amplitude below which a clip counts as silent.
 SEGMENT_TOLERANCE = 0.5  # Seconds a download of a clip may differ from the clip's length (codec padding).
 

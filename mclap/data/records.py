@@ -10,6 +10,7 @@ serves all of them.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import os
 import pathlib
@@ -29,6 +30,15 @@ FORMAT_VERSION = 1
 
 class CorpusError(UserError):
   """A prepared corpus is missing, corrupt, or does not match what the config expects."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+  """An item that was skipped, and why (one line of `rejects.jsonl`)."""
+
+  id: str
+  reason: str
+  detail: str = ""
 
 
 def encode(record: dict[str, Any]) -> bytes:
@@ -66,14 +76,18 @@ def decode(data: bytes) -> dict[str, Any]:
     raise ValueError(f"malformed record ({type(e).__name__}: {e})") from e
 
 
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
+def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
   """Writes a file so that readers never see it half-written (write, fsync, rename)."""
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:

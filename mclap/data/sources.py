@@ -20,11 +20,10 @@ import numpy as np
 
 from mclap.data import audio
 from mclap.data import mel as mel_lib
-from mclap.data.writer import Reject
+from mclap.data.records import Reject
 from mclap.errors import UserError
 
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".npy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +157,7 @@ def _index_by_ytid(audio_root: pathlib.Path) -> dict[str, pathlib.Path]:
   YouTube id it starts with (downloaders also write `<ytid>_30000_40000.wav`, `[<ytid>]-....wav`)."""
   index = {}
   for p in sorted(audio_root.rglob("*")):
-    if p.suffix.lower() in AUDIO_SUFFIXES:
+    if p.suffix.lower() in audio.AUDIO_SUFFIXES:
       index.setdefault(p.stem.lstrip("[")[:11], p)
       index[p.stem] = p
   return index
@@ -307,7 +306,7 @@ def gtzan(root: pathlib.Path, split_lists: dict[str, str]) -> Listing:
   if not genres:
     raise UserError(f"no genre folders in {base}: --source=gtzan expects genres/<genre>/<genre>.NNNNN.wav")
   found = {
-    f"{g}/{p.name}": p for g in genres for p in sorted((base / g).iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES
+    f"{g}/{p.name}": p for g in genres for p in sorted((base / g).iterdir()) if p.suffix.lower() in audio.AUDIO_SUFFIXES
   }
   if not found:
     deeper = sorted(str(p.parent) for name in GTZAN_FOLDERS for p in base.glob(f"*/{name}") if p.is_dir())
@@ -469,7 +468,7 @@ def _mtat_key(entry: str) -> str:
   """The clip path of a split-list entry such as "12\tf/some-clip-30-59.mp3", else the entry
   itself (a clip id)."""
   fields = [f.strip() for f in entry.replace(",", "\t").split("\t") if f.strip()]
-  return next((f for f in fields if f.lower().endswith(AUDIO_SUFFIXES)), fields[0] if fields else entry)
+  return next((f for f in fields if f.lower().endswith(audio.AUDIO_SUFFIXES)), fields[0] if fields else entry)
 
 
 MTG_SUBSETS = {

@@ -21,8 +21,7 @@ import numpy as np
 import scipy.signal
 
 from mclap.data import mel as mel_lib
-
-SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+from mclap.data.sources import SPLIT_FRACTIONS
 
 # Attribute vocabularies. The first word of each synonym list is also the tag.
 TEMPOS = {"slow": (60, 80), "medium": (95, 115), "fast": (135, 165)}
@@ -225,11 +224,11 @@ def plan_clips(num_clips: int, seed: int, seconds: float) -> dict[str, list[Clip
   """Balanced instruments and stratified train/validation/test splits, fixed by the seed."""
   rng = np.random.default_rng([seed, 0x5EED])
   labels = rng.permutation(np.resize(np.arange(len(LABEL_NAMES)), num_clips))
-  splits = {name: [] for name in SPLIT_FRACTIONS}
+  splits = {name: [] for name, _ in SPLIT_FRACTIONS}
   for label in range(len(LABEL_NAMES)):
     members = np.flatnonzero(labels == label)
-    bounds = np.round(np.cumsum(list(SPLIT_FRACTIONS.values())) * len(members)).astype(int)
-    for name, part in zip(SPLIT_FRACTIONS, np.split(members, bounds[:-1])):
+    bounds = np.round(np.cumsum([fraction for _, fraction in SPLIT_FRACTIONS]) * len(members)).astype(int)
+    for (name, _), part in zip(SPLIT_FRACTIONS, np.split(members, bounds[:-1])):
       splits[name].extend(int(i) for i in part)
   return {
     name: [ClipSpec(f"synth-{i:06d}", i, seed, LABEL_NAMES[labels[i]], seconds) for i in sorted(idx)]

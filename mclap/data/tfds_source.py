@@ -25,8 +25,8 @@ import numpy as np
 
 from mclap.data import audio
 from mclap.data import mel as mel_lib
+from mclap.data.records import Reject
 from mclap.data.sources import Listing
-from mclap.data.writer import Reject
 from mclap.errors import UserError
 
 CAPTION_KEYS = ("caption", "captions", "text", "description")

@@ -38,17 +38,8 @@ from array_record.python import array_record_module
 import mclap
 from mclap.data import mel as mel_lib
 from mclap.data import records
+from mclap.data.records import Reject
 from mclap.errors import UserError
-
-
-@dataclasses.dataclass(frozen=True)
-class Reject:
-  """An item that was skipped, and why (one line of `rejects.jsonl`)."""
-
-  id: str
-  reason: str
-  detail: str = ""
-
 
 WorkFn = Callable[[Any], "dict[str, Any] | Reject"]
 _PROGRESS_DIR = ".progress"

@@ -54,12 +54,9 @@ def summary(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def run(context, settings) -> dict:
   corpus = settings.get("dir", "")
-  names = list(context.info(corpus).get("label_names", []))
-  if not names:
-    raise UserError(f"{corpus or context.config.data.dir} has no label_names; the analysis needs labels")
-  emb = context.embeddings(settings["split"], corpus, with_text=False)
-  counts = np.bincount(emb["label"][emb["label"] >= 0], minlength=len(names))
-  keep = (emb["label"] >= 0) & (counts[np.maximum(emb["label"], 0)] > 1)
+  names, emb = context.labelled(corpus, settings["split"], "the analysis needs labels")
+  counts = np.bincount(emb["label"], minlength=len(names))
+  keep = counts[emb["label"]] > 1
   if len(np.unique(emb["label"][keep])) < 2:
     raise UserError(f"split '{settings['split']}' needs two or more clips in each of two or more classes")
   audio = {k: v[keep] for k, v in emb.items()}
@@ -69,7 +66,7 @@ def run(context, settings) -> dict:
     "split": settings["split"],
     "corpus": corpus or context.config.data.dir,
     "num_items": int(keep.sum()),
-    "left_out_clips": int(((emb["label"] >= 0) & ~keep).sum()),
+    "left_out_clips": int((~keep).sum()),
     "classes": names,
     "prompt": settings["prompt"],
     "class_embeddings": {name: summary(s, labels) for name, s in scores.items()},

@@ -65,6 +65,16 @@ class EvalContext:
       self._cache[key] = self.embedder.dataset(self.state, ds)
     return self._cache[key]
 
+  def labelled(self, corpus_dir: str, split: str, needs: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The corpus's label names, and the audio embeddings (`embeddings` without text) of the
+    records of `split` that have a label. A corpus without labels is an error ending in `needs`."""
+    names = list(self.info(corpus_dir).get("label_names", []))
+    if not names:
+      raise UserError(f"{corpus_dir or self.config.data.dir} has no label_names; {needs}")
+    emb = self.embeddings(split, corpus_dir, with_text=False)
+    keep = emb["label"] >= 0
+    return names, {k: v[keep] for k, v in emb.items()}
+
   def embed_texts(self, texts: list[str], space: str = "joint") -> np.ndarray:
     """Embeddings `[len(texts), dim]` of arbitrary texts (prompts): L2-normalised in the joint
     space, the text tower's raw features in the pre-joint space."""

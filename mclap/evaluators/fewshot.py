@@ -67,18 +67,10 @@ def probe_f1(kind: str, seed: int, settings, train_x, train_y, test_x, test_y) -
   return metrics.macro_f1(test_y, probe.predict(test_x))
 
 
-def _labelled(emb: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  keep = emb["label"] >= 0
-  return {k: v[keep] for k, v in emb.items()}
-
-
 def run(context, settings) -> dict:
   corpus = settings.get("dir", "")
-  names = list(context.info(corpus).get("label_names", []))
-  if not names:
-    raise UserError(f"{corpus or context.config.data.dir} has no label_names; few-shot probes need labels")
-  train = _labelled(context.embeddings(settings["train_split"], corpus, with_text=False))
-  test = _labelled(context.embeddings(settings["split"], corpus, with_text=False))
+  names, train = context.labelled(corpus, settings["train_split"], "few-shot probes need labels")
+  _, test = context.labelled(corpus, settings["split"], "few-shot probes need labels")
   sizes = [int(n) for n in settings["sizes"]]
   usable = [n for n in sizes if n <= len(train["label"])]
   probes, spaces = list(settings.get("probes", PROBES)), list(settings.get("spaces", SPACES))

@@ -12,7 +12,6 @@ import numpy as np
 from sklearn.manifold import TSNE
 
 from mclap import metrics
-from mclap.errors import UserError
 from mclap.evaluators import plots
 from mclap.evaluators import prompts as prompts_lib
 from mclap.evaluators.context import NotApplicable
@@ -25,11 +24,8 @@ def embed_2d(points: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
 
 def run(context, settings) -> dict:
   corpus = settings.get("dir", "")
-  names = list(context.info(corpus).get("label_names", []))
-  if not names:
-    raise UserError(f"{corpus or context.config.data.dir} has no label_names; the t-SNE map is coloured by label")
-  emb = context.embeddings(settings["split"], corpus, with_text=False)
-  labelled = np.flatnonzero(emb["label"] >= 0)
+  names, emb = context.labelled(corpus, settings["split"], "the t-SNE map is coloured by label")
+  labelled = np.arange(len(emb["label"]))
   seed = int(settings.get("seed", 0))
   count = min(int(settings.get("max_points", 2000)), len(labelled))
   chosen = np.sort(np.random.default_rng(seed).choice(labelled, count, replace=False))

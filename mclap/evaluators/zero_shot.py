@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from mclap import metrics
-from mclap.errors import UserError
 from mclap.evaluators import prompts as prompts_lib
 
 KEYS = ("top1", "top2", "top3", "macro_f1", "roc_auc", "pr_auc")
@@ -30,12 +29,8 @@ def class_embeddings(context, settings, labels: list[str]) -> dict[str, np.ndarr
 
 def run(context, settings) -> dict:
   corpus = settings.get("dir", "")
-  names = list(context.info(corpus).get("label_names", []))
-  if not names:
-    raise UserError(f"{corpus or context.config.data.dir} has no label_names; zero-shot classification needs labels")
-  emb = context.embeddings(settings["split"], corpus, with_text=False)
-  labelled = emb["label"] >= 0
-  audio, labels = emb["audio"][labelled], emb["label"][labelled]
+  names, emb = context.labelled(corpus, settings["split"], "zero-shot classification needs labels")
+  audio, labels = emb["audio"], emb["label"]
   results = {
     name: metrics.classification_metrics(audio @ classes.T, labels)
     for name, classes in class_embeddings(context, settings, names).items()
@@ -43,8 +38,8 @@ def run(context, settings) -> dict:
   return {
     "split": settings["split"],
     "corpus": corpus or context.config.data.dir,
-    "num_items": int(labelled.sum()),
-    "unlabelled_items": int((~labelled).sum()),
+    "num_items": len(labels),
+    "unlabelled_items": len(context.embeddings(settings["split"], corpus, with_text=False)["label"]) - len(labels),
     "classes": names,
     "prompts": results,
     "chance": metrics.classification_chance(labels, len(names)),
