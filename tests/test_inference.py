@@ -52,7 +52,7 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   from_bundle = eval_lib.evaluate(config, bundle=bundle_dir, names=names, output=tmp_path / "b")
   for name in names:
     del from_workdir[name]["step"]
-    assert json.loads(json.dumps(from_bundle[name])) == pytest.approx(json.loads(json.dumps(from_workdir[name])))
+    assert from_bundle[name] == from_workdir[name]  # The same variables through the same embedder.
   assert "bundle (" in (tmp_path / "b/report.md").read_text()
   model_of_checkpoint = weights.read_model(workdir)[0]
   embedder, state = Embedder.for_model(model_of_checkpoint, parallel.make_mesh(config.mesh), 8)
