@@ -1,6 +1,6 @@
 """mclap: contrastive music audio–language models (MusCALL family) in JAX/Flax."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load(directory, batch_size: int = 16, max_seconds: float = 600.0):

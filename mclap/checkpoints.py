@@ -152,6 +152,12 @@ def _check_same_model(path: pathlib.Path, state: dict[str, Any]) -> None:
   wanted = _flat_shapes(_saved_part(state))
   if saved == wanted:
     return
+  if any(k.startswith("params/model/") for k in wanted) and not any(k.startswith("params/model/") for k in saved):
+    raise ConfigError(
+      f"the checkpoint {path} was written by mclap before 0.2, whose train state held the model and its objective's "
+      "parts in one tree: resume it with mclap 0.1, or start a new --workdir (mclap.eval, mclap.export and "
+      "model.audio.init_from still read it)"
+    )
   differ = sorted((k for k in wanted if k in saved and saved[k] != wanted[k]), key=lambda k: not k.startswith("params"))
   missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
   if differ:

@@ -65,6 +65,22 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   np.testing.assert_allclose(model.embed_text(captions), expected["text"], atol=2e-5)
 
 
+def test_a_version_1_bundle_still_loads(trained, model, tmp_path):
+  """Bundles written before the model spec was stored described the model by a training config."""
+  config, _, bundle_dir = trained
+  old = tmp_path / "v1"
+  shutil.copytree(bundle_dir, old)
+  meta = json.loads((old / "bundle.json").read_text())
+  model_section = config.model.to_dict()
+  model_section["audio"]["init_from"] = ""
+  meta["config"].update(model=model_section, loss={"name": "infonce"}, train={"dtype": "float32", "remat": "none"})
+  meta.update(version=1)
+  del meta["spec"]
+  (old / "bundle.json").write_text(json.dumps(meta, default=list))
+  texts = ["calm piano", "loud drums"]
+  np.testing.assert_array_equal(mclap.load(old, batch_size=4).embed_text(texts), model.embed_text(texts))
+
+
 def test_audio_is_decoded_and_turned_into_a_mel_as_prepare_does(model, tmp_path):
   path = tmp_path / "stereo 44k.flac"
   soundfile.write(path, tone(3.0, 44100, channels=2, freq=523.0), 44100)

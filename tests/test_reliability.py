@@ -213,9 +213,20 @@ def test_checkpoint_of_another_model_is_refused_by_name(four_steps, tmp_path):
   shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
   config = config.copy_and_resolve_references()
   config.data.crop_seconds = 4.0  # The audio tower's positional embedding grows.
-  with pytest.raises(ConfigError, match=r"written for another model: params/audio/pool/positional_embedding is"):
+  with pytest.raises(ConfigError, match=r"written for another model: params/model/audio/pool/positional_embedding is"):
     train.train(config, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]  # Nothing moved aside.
+
+
+def test_a_checkpoint_of_the_old_layout_is_named_as_such(tmp_path):
+  """Before 0.2 the model's parameters sat at the top of the train state's groups."""
+  mgr = checkpoints.manager(tmp_path / "checkpoints", None)
+  checkpoints.save(mgr, 3, {"params": {"audio": {"w": jax.numpy.ones(2)}}, "step": jax.numpy.zeros((), "int32")})
+  checkpoints.wait(mgr)
+  current = {"params": {"model": {"audio": {"w": jax.numpy.ones(2)}}}, "step": jax.numpy.zeros((), "int32")}
+  with pytest.raises(ConfigError, match=r"written by mclap before 0.2.*resume it with mclap 0.1, or start a new"):
+    checkpoints.restore(mgr, 3, current)
+  mgr.close()
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_path, monkeypatch):
