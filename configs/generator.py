@@ -29,6 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.update(name="sgd", lr=1e-3, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_steps=0)
   c.train.batch_size = 16
   if "gan" in own:
-    # Adversarial weight and discriminator width are mclap's choices (not in DESIGN.md's facts).
+    # Adversarial weight and discriminator width are mclap's choices (docs/papers.md gives none).
     c.loss = dict(name="adversarial", adversarial_weight=0.1, discriminator_hidden=256)
   return c

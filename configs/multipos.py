@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = dict(name="scl")
     c.data.texts_per_clip = 3
   elif objective == "stl":
-    c.loss = dict(name="triplet", margin=0.2)  # The margin is mclap's choice; the paper's is not in DESIGN.md.
+    c.loss = dict(name="triplet", margin=0.2)  # The margin is mclap's choice (docs/papers.md gives none).
     c.data.other_text = "negative"
   elif objective == "smm":
     c.loss = dict(name="matching", matching_weight=1.0)

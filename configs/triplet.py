@@ -23,5 +23,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.model.audio.head = dict(kind="linear", hidden=(1024,), activation="tanh")
   c.model.text.update(kind="bert", pretrained_dir="", pooling="mean", freeze=True)
-  c.loss = dict(name="triplet", margin=0.1)  # The margin is mclap's choice; the paper's is not in DESIGN.md.
+  c.loss = dict(name="triplet", margin=0.1)  # The margin is mclap's choice (docs/papers.md gives none).
   return c

@@ -4,8 +4,8 @@ __version__ = "0.2.0"
 
 
 def load(directory, batch_size: int = 16, max_seconds: float = 600.0):
-  """Loads an inference bundle as an `mclap.inference.Model` (see that module). Imported lazily:
+  """Loads an inference bundle as an `mclap.serve.inference.Model` (see that module). Imported lazily:
   `import mclap` stays light for the jobs that do not need JAX."""
-  from mclap import inference
+  from mclap.serve import inference
 
   return inference.load(directory, batch_size=batch_size, max_seconds=max_seconds)

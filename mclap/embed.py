@@ -2,7 +2,7 @@
 
 Every audio file under D (WAV, FLAC, OGG, MP3, MusCALL .npy; by extension, any depth) is decoded,
 turned into a log-mel as `prepare` does and embedded by the bundle's model into an index
-(`mclap.index`): embeddings, paths and durations. Files are decoded by `--num_workers` threads
+(`mclap.serve.index`): embeddings, paths and durations. Files are decoded by `--num_workers` threads
 while the model embeds; every `--part_size` files are saved as a part, so an interrupted job
 (Ctrl-C, kill) resumes where it stopped when run again, and a re-run after files were added embeds
 only the new ones. Files that cannot be used are listed in E/rejects.jsonl with the reason and
@@ -24,9 +24,9 @@ from absl import flags
 
 import mclap
 from mclap import cli
-from mclap import index as index_lib
 from mclap.data import audio as audio_lib
 from mclap.errors import UserError
+from mclap.serve import index as index_lib
 
 
 def list_audio(audio_dir: pathlib.Path) -> list[str]:
@@ -41,7 +41,7 @@ def list_audio(audio_dir: pathlib.Path) -> list[str]:
 
 
 def _decode(
-  model: mclap.inference.Model, path: pathlib.Path, crops: int, crop: str
+  model: mclap.serve.inference.Model, path: pathlib.Path, crops: int, crop: str
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
   """(crops to embed, item) or (None, {"reason": ...}) for a file that cannot be used."""
   try:
@@ -78,7 +78,7 @@ def embed_folder(
   crop: str = "",
   max_seconds: float = 600.0,
   show_progress: bool = True,
-  model: mclap.inference.Model | None = None,
+  model: mclap.serve.inference.Model | None = None,
 ) -> dict[str, Any]:
   """Embeds the files of `audio_dir` not yet in the index at `output`; returns index.json.
   `model`: the bundle already loaded (its own batch size and `max_seconds` then apply)."""
@@ -86,8 +86,8 @@ def embed_folder(
   model = model or mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
   crops = crops or model.config.data.eval_crops
   crop = crop or model.crop
-  if crop not in mclap.inference.CROP_RULES:
-    raise UserError(f"--crop={crop}; use one of {', '.join(mclap.inference.CROP_RULES)}")
+  if crop not in mclap.serve.inference.CROP_RULES:
+    raise UserError(f"--crop={crop}; use one of {', '.join(mclap.serve.inference.CROP_RULES)}")
   info = {
     "bundle": str(pathlib.Path(bundle).absolute()),
     "bundle_id": model.meta["id"],

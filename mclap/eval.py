@@ -16,12 +16,12 @@ import jax
 import ml_collections
 from absl import flags
 
-from mclap import bundle as bundle_lib
-from mclap import cli, evaluators, parallel, weights
+from mclap import cli, evaluation, parallel
 from mclap.data import mel as mel_lib
-from mclap.embedder import Embedder
 from mclap.errors import ConfigError, UserError
-from mclap.models import DualEncoder, ModelSpec
+from mclap.models import DualEncoder, ModelSpec, weights
+from mclap.models.embedder import Embedder
+from mclap.serve import bundle as bundle_lib
 
 # What a bundle fixes about the data its model reads.
 _BUNDLE_DATA = ("mel", "crop_seconds", "max_tokens", "tokenizer_dir")
@@ -78,7 +78,7 @@ def evaluate(
   if bundle is not None:
     config = with_bundle_data(config, bundle)
   names = list(names or config.evals.keys())
-  modules = evaluators.select(config, names)  # Mistakes in the evaluators' settings before the model.
+  modules = evaluation.select(config, names)  # Mistakes in the evaluators' settings before the model.
   model, which, step = load(config, workdir, bundle, step, best)
   out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
   context = make_context(config, model, out)
@@ -93,16 +93,16 @@ def evaluate(
       (out / REPORT).write_text(report(workdir or bundle, which, config, results, tables))  # Current as each finishes.
       print(tables[name], flush=True)
 
-  evaluators.run(context, modules, write)
+  evaluation.run(context, modules, write)
   return results
 
 
-def make_context(config, model: DualEncoder, out: pathlib.Path | None = None) -> evaluators.EvalContext:
+def make_context(config, model: DualEncoder, out: pathlib.Path | None = None) -> evaluation.EvalContext:
   """What the evaluators get: the model embedding through an `Embedder` over the config's mesh."""
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
   embedder, state = Embedder.for_model(model, mesh, config.data.eval_batch_size, config.data.token_bucket)
-  return evaluators.EvalContext(config, embedder, state, out_dir=out)
+  return evaluation.EvalContext(config, embedder, state, out_dir=out)
 
 
 REPORT = "report.md"

@@ -1,6 +1,6 @@
 """Export: `python -m mclap.export --workdir W --output B [--step N | --best] [--dtype bfloat16]`.
 
-Writes an inference bundle (`mclap.bundle`) of a training workdir's checkpoint: the embedding
+Writes an inference bundle (`mclap.serve.bundle`) of a training workdir's checkpoint: the embedding
 model's variables, its config (from `W/config.json`), tokenizer files and mel settings. Load it
 with `mclap.load(B)`, or use it with `python -m mclap.embed` and `python -m mclap.search`.
 """
@@ -11,9 +11,11 @@ import pathlib
 
 from absl import flags
 
-from mclap import bundle, cli, weights
+from mclap import cli
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
+from mclap.models import weights
+from mclap.serve import bundle
 
 
 def export(

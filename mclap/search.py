@@ -14,8 +14,8 @@ from absl import flags
 
 import mclap
 from mclap import cli
-from mclap import index as index_lib
 from mclap.errors import UserError
+from mclap.serve import index as index_lib
 
 
 def search(
@@ -25,7 +25,7 @@ def search(
   like: list[str] = (),
   top_k: int = 10,
   bundle: str | pathlib.Path = "",
-  model: mclap.inference.Model | None = None,
+  model: mclap.serve.inference.Model | None = None,
 ) -> list[dict]:
   """Per query (texts, then audio files), {"query", "results": [{"rank", "score", "path"}]}."""
   index = index if isinstance(index, index_lib.Index) else index_lib.Index(index)

@@ -19,9 +19,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from mclap import checkpoints, cli, evaluators, guards, metrics, parallel, tensorboard, trainer
+from mclap import cli, evaluation, parallel
 from mclap.data import pipeline, records
-from mclap.embedder import Embedder
+from mclap.evaluation import metrics
+from mclap.models.embedder import Embedder
+from mclap.training import checkpoints, guards, tensorboard, trainer
 
 
 class MetricsLog:
@@ -89,7 +91,7 @@ def validation_loss(config, loss_fn, state, mesh) -> float | None:
 
 def validate(config, embedder: Embedder, loss_fn, state, mesh) -> dict[str, float]:
   """The objective's validation loss, and retrieval metrics on central crops and first captions."""
-  emb = evaluators.EvalContext(config, embedder, state).embeddings(config.data.val_split)
+  emb = evaluation.EvalContext(config, embedder, state).embeddings(config.data.val_split)
   found = metrics.text_audio_retrieval(emb["audio"], emb["text"])
   loss = validation_loss(config, loss_fn, state, mesh)
   return {
@@ -114,7 +116,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
 
   # Evaluators that run during training: their settings are checked before anything slow.
   every = {name: int(settings.get("every", 0)) for name, settings in config.evals.items()}
-  periodic = evaluators.select(config, [name for name, n in every.items() if n > 0])
+  periodic = evaluation.select(config, [name for name, n in every.items() if n > 0])
 
   # ---------------------------------------------------------------- Input.
   train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
@@ -202,8 +204,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           window_start += time.perf_counter() - began  # Reported as val/seconds, not in the step rates.
         if due := {n: m for n, m in periodic.items() if step % every[n] == 0 or step == steps}:
           began = time.perf_counter()
-          results = evaluators.run(evaluators.EvalContext(config, embedder, state), due)
-          log.write(step, {**evaluators.scalars(results), "seconds": time.perf_counter() - began}, prefix="eval")
+          results = evaluation.run(evaluation.EvalContext(config, embedder, state), due)
+          log.write(step, {**evaluation.scalars(results), "seconds": time.perf_counter() - began}, prefix="eval")
           window_start += time.perf_counter() - began
         stop_requested = stop_signals.requested()
         if step % config.train.ckpt_every == 0 or step == steps or stop_requested:

@@ -23,7 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mclap import cli  # noqa: E402
-from mclap.data import mel, records, synthetic, writer  # noqa: E402
+from mclap.data import mel, records  # noqa: E402
+from mclap.prepare import synthetic, writer  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; jobs parse them in `cli.run`.
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
 
-from mclap import metrics
 from mclap.errors import UserError
-from mclap.evaluators import fewshot, ontology
+from mclap.evaluation import fewshot, metrics, ontology
 
 
 def cosine(a, b):

@@ -17,13 +17,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mclap import metrics, parallel
+from mclap import parallel
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
-from mclap.embedder import Embedder
 from mclap.errors import UserError
-from mclap.evaluators import EvalContext, analysis, fewshot, ontology, prompts, tagging, tsne, zero_shot
+from mclap.evaluation import EvalContext, analysis, fewshot, metrics, ontology, prompts, tagging, tsne, zero_shot
 from mclap.models import build_model, spec_from_config
+from mclap.models.embedder import Embedder
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ import pytest
 import soundfile
 from conftest import ROOT, TINY_MEL, corpus_records, corpus_rejects, fake_record, tone
 
-from mclap.data import audio, records, writer
+from mclap.data import audio, records
+from mclap.prepare import writer
 
 RATE = 16000
 

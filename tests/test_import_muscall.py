@@ -27,11 +27,13 @@ from muscall_reference import (
 )
 
 import mclap
-from mclap import cli, metrics, torch_checkpoint
+from mclap import cli
 from mclap import eval as eval_lib
-from mclap.data import records, synthetic, writer
+from mclap.data import records
 from mclap.errors import UserError
-from mclap.tools import import_muscall
+from mclap.evaluation import metrics
+from mclap.prepare import synthetic, writer
+from mclap.tools import import_muscall, torch_checkpoint
 
 DATA = ROOT / "tests" / "data"
 
@@ -186,7 +188,7 @@ def test_a_filterbank_torchaudio_computed_in_float32_is_accepted(imported):
   than 1e-5 (genuine checkpoints were refused for it); the fixture's checkpoint carries such filters."""
   float32 = htk_filterbank(np.float32)
   assert not np.allclose(float32, htk_filterbank(), atol=1e-5)
-  config = mclap.bundle.read_meta(imported[2])["config"]
+  config = mclap.serve.bundle.read_meta(imported[2])["config"]
   import_muscall.check_filterbank({"audio_backbone.spec.mel_scale.fb": float32}, config)
 
 
@@ -198,7 +200,7 @@ def test_torch_written_checkpoint_imports_like_the_npz(imported, tmp_path):
   torch.save({"epoch": 1, "state_dict": tensors}, buffer)
   (tmp_path / "best_model.pth.tar").write_bytes(buffer.getvalue())
   again = import_muscall.import_muscall(tmp_path / "best_model.pth.tar", clip_dir, tmp_path / "bundle")
-  a, b = mclap.bundle.read(bundle)[1], mclap.bundle.read(again)[1]
+  a, b = mclap.serve.bundle.read(bundle)[1], mclap.serve.bundle.read(again)[1]
   np.testing.assert_array_equal(a.audio.pool.positional_embedding[...], b.audio.pool.positional_embedding[...])
 
 
@@ -208,7 +210,7 @@ def test_mclap_eval_evaluates_an_imported_model_as_the_original_embeds(imported,
   settings (clips of exactly the crop length, where cropping the mel and the waveform agree) is
   embedded as the original's forward pass embeds the same mels and captions."""
   state, _, bundle = imported
-  mel_config = mclap.bundle.read_meta(bundle)["config"].data.mel.to_dict()
+  mel_config = mclap.serve.bundle.read_meta(bundle)["config"].data.mel.to_dict()
   clips = synthetic.plan_clips(12, 0, CROP_SECONDS)["train"][:4]
   corpus = tmp_path / "corpus"
   writer.write_corpus(

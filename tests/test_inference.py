@@ -13,13 +13,16 @@ import soundfile
 from conftest import ROOT, make_tiny_config, small, tone
 
 import mclap
-from mclap import bundle, embed, evaluators, export, parallel, search, train, weights
+from mclap import embed, evaluation, export, parallel, search, train
 from mclap import eval as eval_lib
-from mclap import index as index_lib
 from mclap.data import mel as mel_lib
-from mclap.data import pipeline, records, sources
-from mclap.embedder import Embedder
+from mclap.data import pipeline, records
 from mclap.errors import UserError
+from mclap.models import weights
+from mclap.models.embedder import Embedder
+from mclap.prepare import sources
+from mclap.serve import bundle
+from mclap.serve import index as index_lib
 
 
 def run(module, *args):
@@ -56,7 +59,7 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   assert "bundle (" in (tmp_path / "b/report.md").read_text()
   model_of_checkpoint = weights.read_model(workdir)[0]
   embedder, state = Embedder.for_model(model_of_checkpoint, parallel.make_mesh(config.mesh), 8)
-  expected = evaluators.EvalContext(config, embedder, state).embeddings("test")
+  expected = evaluation.EvalContext(config, embedder, state).embeddings("test")
   reader = records.CorpusReader(config.data.dir, "test")
   floor = mel_lib.floor_db(config.data.mel)
   mels = [pipeline.eval_crops(reader[i]["mel"], model.crop_frames, 1, floor)[0] for i in range(len(reader))]
@@ -174,7 +177,7 @@ def test_embed_resumes_after_an_interruption_and_adds_new_files(trained, model, 
   folder = tmp_path / "music"
   shutil.copytree(music, folder)
   calls = []
-  original = mclap.inference.Model.embed_mels
+  original = mclap.serve.inference.Model.embed_mels
 
   def interrupted_after_one_part(self, mels):
     calls.append(len(mels))
@@ -182,7 +185,7 @@ def test_embed_resumes_after_an_interruption_and_adds_new_files(trained, model, 
       raise KeyboardInterrupt
     return original(self, mels)
 
-  monkeypatch.setattr(mclap.inference.Model, "embed_mels", interrupted_after_one_part)
+  monkeypatch.setattr(mclap.serve.inference.Model, "embed_mels", interrupted_after_one_part)
   with pytest.raises(SystemExit, match="Run the same command to resume"):
     embed.embed_folder(trained[2], folder, tmp_path / "index", part_size=1, show_progress=False)
   monkeypatch.undo()

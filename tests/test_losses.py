@@ -5,7 +5,8 @@ import pytest
 from jax.test_util import check_grads
 from scipy.special import expit, logsumexp
 
-from mclap import losses, parallel
+from mclap import parallel
+from mclap.objectives import losses
 
 
 def _normalized(rng, n, d):
@@ -65,7 +66,7 @@ def test_sharded_infonce_equals_single_device_value_and_gradients(per_device):
 
 
 def numpy_weighted_infonce(a, t, scale, s, kappa):
-  """Reference in float64, loops and all, from the formula in DESIGN.md."""
+  """Reference in float64, loops and all, from the formula in docs/papers.md (MusCALL, content-aware weighting)."""
   n = len(a)
   sim = s @ s.T
   means = np.array([np.mean([sim[i, j] for j in range(n) if j != i]) for i in range(n)])

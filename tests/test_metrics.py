@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as sklearn_metrics
 
-from mclap import metrics
+from mclap.evaluation import metrics
 
 
 def brute_force_ranks(scores, targets):

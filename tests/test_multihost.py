@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from mclap import checkpoints, weights
+from mclap.models import weights
+from mclap.training import checkpoints
 
 pytestmark = pytest.mark.slow
 

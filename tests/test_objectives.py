@@ -6,10 +6,11 @@ import pytest
 from conftest import make_tiny_config
 from flax import nnx
 
-from mclap import checkpoints, parallel, trainer
+from mclap import parallel
 from mclap.data import pipeline
 from mclap.data.tokenizer import default_tokenizer_dir
 from mclap.models import bert
+from mclap.training import checkpoints, trainer
 
 pytestmark = pytest.mark.slow
 MINILM = default_tokenizer_dir()

@@ -6,7 +6,8 @@ import numpy as np
 from conftest import ROOT
 from flax import nnx
 
-from mclap import cli, trainer
+from mclap import cli
+from mclap.training import trainer
 
 
 def test_tower_lr_scale_multiplies_that_towers_updates_only():

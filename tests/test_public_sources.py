@@ -9,8 +9,9 @@ import pytest
 import soundfile
 from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
-from mclap.data import records, sources
+from mclap.data import records
 from mclap.errors import UserError
+from mclap.prepare import sources
 
 RATE = 16000
 
@@ -217,7 +218,7 @@ def test_tfds_dataset_with_audio_caption_and_label(tmp_path):
 
 
 def test_tfds_pcm_scaling():
-  from mclap.data import tfds_source
+  from mclap.prepare import tfds_source
 
   np.testing.assert_allclose(tfds_source.to_float(np.array([16384, -32768], np.int64)), [0.5, -1.0])
   np.testing.assert_allclose(tfds_source.to_float(np.array([[2**30, 0]], np.int64)), [0.25])
@@ -226,7 +227,7 @@ def test_tfds_pcm_scaling():
 
 def test_tfds_captions_come_only_from_description_features():
   """TFDS's gtzan has one text feature, `audio/filename`: a file name is not a caption."""
-  from mclap.data import tfds_source
+  from mclap.prepare import tfds_source
 
   Text = type("Text", (), {})  # noqa: N806  Stand-ins with TFDS's feature class names.
   Sequence = type("Sequence", (), {"feature": Text()})  # noqa: N806

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_tiny_config, small
 
-from mclap import checkpoints, parallel, train, trainer, weights
+from mclap import parallel, train
 from mclap.errors import ConfigError, UserError
+from mclap.models import weights
+from mclap.training import checkpoints, trainer
 
 pytestmark = pytest.mark.slow
 

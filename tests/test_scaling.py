@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from mclap import memory, parallel
+from mclap import parallel
 from mclap.data import mel
+from mclap.training import memory
 
 DIM = 512
 F32 = 4

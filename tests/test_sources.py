@@ -7,8 +7,9 @@ import pytest
 import soundfile
 from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
-from mclap.data import audio, mel, records, sources
+from mclap.data import audio, mel, records
 from mclap.errors import UserError
+from mclap.prepare import sources
 
 RATE = 16000
 

@@ -3,7 +3,8 @@ import collections
 import numpy as np
 from conftest import TINY_MEL
 
-from mclap.data import records, synthetic
+from mclap.data import records
+from mclap.prepare import synthetic
 
 
 def test_same_seed_same_clip_and_different_seed_different_clip():

@@ -8,7 +8,8 @@ import time
 import numpy as np
 from conftest import ROOT
 
-from mclap import tensorboard, train
+from mclap import train
+from mclap.training import tensorboard
 
 
 def test_crc32c_of_the_standard_check_string():

@@ -1,4 +1,4 @@
-"""The PyTorch MusCALL of the speed comparisons (tools/torch_muscall.py) computes the original's
+"""The PyTorch MusCALL of the speed comparisons (benchmarks/torch_muscall.py) computes the original's
 forward pass: its state_dict, loaded from a MusCALL checkpoint's names, gives the embeddings of the
 NumPy re-computation that the import of real checkpoints is tested against. Needs torch (optional)."""
 
@@ -23,7 +23,7 @@ from muscall_reference import (
 from mclap import cli
 
 torch = pytest.importorskip("torch")
-torch_muscall = pytest.importorskip("tools.torch_muscall")
+torch_muscall = pytest.importorskip("benchmarks.torch_muscall")
 
 VOCAB = 300
 

@@ -9,11 +9,13 @@ from conftest import small
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from mclap import checkpoints, parallel, train, trainer, weights
 from mclap import eval as eval_lib
+from mclap import parallel, train
 from mclap.data import pipeline
-from mclap.embedder import Embedder
 from mclap.errors import ConfigError, UserError
+from mclap.models import weights
+from mclap.models.embedder import Embedder
+from mclap.training import checkpoints, trainer
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ import pytest
 import soundfile
 from conftest import ROOT, TINY_MEL, build_synthetic, corpus_records, corpus_rejects, fake_record, tone
 
-from mclap.data import records, sources, writer
+from mclap.data import records
 from mclap.errors import UserError
+from mclap.prepare import sources, writer
 
 
 def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):

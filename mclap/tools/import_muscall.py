@@ -6,7 +6,7 @@ pooling, TextTransformer, bias-free audio/text projections, logit_scale; batch-n
 statistics included) into an mclap bundle with the torchaudio-matching mel preset
 (`mel.muscall_torchaudio_config`), so the imported model sees the inputs it was trained on.
 
-The checkpoint is read without torch (`mclap.torch_checkpoint`); a `.npz` of the state_dict's
+The checkpoint is read without torch (`mclap.tools.torch_checkpoint`); a `.npz` of the state_dict's
 arrays under their original names works too. The architecture (widths, depths, vocabulary, text
 length, projection size) is read from the arrays' shapes; attention heads are not visible there
 and default to MusCALL's 8. The tokenizer is CLIP's BPE from a local directory: tokenizer.json,
@@ -24,11 +24,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from mclap import bundle, cli, torch_checkpoint
+from mclap import cli
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
 from mclap.models import spec_from_config
+from mclap.serve import bundle
+from mclap.tools import torch_checkpoint
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:

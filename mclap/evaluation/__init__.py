@@ -12,8 +12,8 @@ import ml_collections
 
 from mclap.data import pipeline, records
 from mclap.errors import ConfigError
-from mclap.evaluators import analysis, fewshot, retrieval, tagging, tsne, zero_shot
-from mclap.evaluators.context import SPACES, EvalContext, NotApplicable
+from mclap.evaluation import analysis, fewshot, retrieval, tagging, tsne, zero_shot
+from mclap.evaluation.context import SPACES, EvalContext, NotApplicable
 
 __all__ = ["REGISTRY", "SPACES", "EvalContext", "NotApplicable", "module_of", "run", "scalars", "select"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclap import metrics
-from mclap.evaluators import prompts as prompts_lib
+from mclap.evaluation import metrics
+from mclap.evaluation import prompts as prompts_lib
 
 KEYS = ("top1", "top2", "top3", "macro_f1", "roc_auc", "pr_auc")
 

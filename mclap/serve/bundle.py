@@ -31,10 +31,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import mclap
-from mclap import weights
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
-from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config
+from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
 
 FORMAT, VERSION = "mclap.bundle", 2
 BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = "bundle.json", "variables", "tokenizer"

@@ -18,8 +18,8 @@ import numpy as np
 
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
-from mclap.embedder import SPACES, Embedder
 from mclap.errors import UserError
+from mclap.models.embedder import SPACES, Embedder
 
 __all__ = ["SPACES", "EvalContext", "NotApplicable"]
 

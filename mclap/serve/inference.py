@@ -13,7 +13,7 @@ probs = model.zero_shot(["a.wav"], ["piano", "organ"])    # [1, 2], softmax over
 Audio is decoded, resampled and turned into a log-mel exactly as `mclap.data.prepare` does, then
 embedded from its central crop (or the mean of `crops` evenly spaced crops); imported MusCALL
 models crop the waveform before the log-mel, as the original does (`crop`). Embedding goes through
-`mclap.embedder`, as validation and `mclap.eval` do, on this process's first device.
+`mclap.models.embedder`, as validation and `mclap.eval` do, on this process's first device.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mclap import bundle as bundle_lib
 from mclap import parallel
 from mclap.data import audio as audio_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline
 from mclap.data import tokenizer as tokenizer_lib
-from mclap.embedder import Embedder
 from mclap.errors import UserError
+from mclap.models.embedder import Embedder
+from mclap.serve import bundle as bundle_lib
 
 CROP_RULES = ("mel", "waveform")
 # An audio input: a file path, a mono waveform at the model's sample rate, or (waveform, its rate).

@@ -3,10 +3,10 @@
 # has jax, flax, optax, orbax-checkpoint and torch but not mclap's other dependencies, and no network.
 #
 #   here, with network:  make gpu-check-files      (build/gpu: wheels for Python 3.12, the tokenizer)
-#   there:               bash tools/gpu_check.sh   (carry build/gpu; results: JSON lines on stdout
+#   there:               bash benchmarks/gpu_check.sh   (carry build/gpu; results: JSON lines on stdout
 #                                                  and in $OUT/gpu_check.jsonl)
 #   dry run on a CPU:    GPU_CHECK_BATCH=4 GPU_CHECK_SCALE=8 GPU_CHECK_STEPS=2 GPU_CHECK_LOOP_STEPS=6 \
-#                        GPU_CHECK_DTYPE=float32 bash tools/gpu_check.sh
+#                        GPU_CHECK_DTYPE=float32 bash benchmarks/gpu_check.sh
 #
 # In order of importance, each part under its own time limit so that a slow one leaves the rest:
 # mclap's train step beside the PyTorch MusCALL at the same batch (versus), the step and embedding
@@ -36,7 +36,7 @@ export JAX_COMPILATION_CACHE_DIR="$OUT/compilation_cache"
 bench() {  # bench SECONDS ARGS...: one bench.py run under a time limit; its rows go to the results.
   local limit=$1
   shift
-  timeout "$limit" python tools/bench.py --set "data.tokenizer_dir=$FILES/tokenizer" --cache "$OUT/corpora" \
+  timeout "$limit" python benchmarks/bench.py --set "data.tokenizer_dir=$FILES/tokenizer" --cache "$OUT/corpora" \
     --model_configs=configs/muscall.py --dtype="$DTYPE" "$@" | tee -a "$OUT/gpu_check.jsonl"
   local code=${PIPESTATUS[0]}
   [ "$code" -eq 0 ] || echo "{\"bench\": \"failed\", \"args\": \"$*\", \"exit\": $code}" | tee -a "$OUT/gpu_check.jsonl"

@@ -21,10 +21,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mclap import metrics
 from mclap.errors import UserError
-from mclap.evaluators import plots
-from mclap.evaluators.context import SPACES
+from mclap.evaluation import metrics, plots
+from mclap.evaluation.context import SPACES
 
 PROBES = ("logistic", "mlp")
 

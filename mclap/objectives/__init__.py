@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mclap import losses
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
 from mclap.models import bert
 from mclap.models.dual_encoder import DualEncoder, l2_normalize, mlp
 from mclap.models.spec import ModelSpec
+from mclap.objectives import losses
 
 # (model, heads, batch, train) -> the loss's positional arguments; `train` puts the audio tower's
 # batch norm in training mode (off for a frozen tower, and in validation).

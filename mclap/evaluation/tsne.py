@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.manifold import TSNE
 
-from mclap import metrics
-from mclap.evaluators import plots
-from mclap.evaluators import prompts as prompts_lib
-from mclap.evaluators.context import NotApplicable
+from mclap.evaluation import metrics, plots
+from mclap.evaluation import prompts as prompts_lib
+from mclap.evaluation.context import NotApplicable
 
 
 def embed_2d(points: np.ndarray, perplexity: float, seed: int) -> np.ndarray:

@@ -1,14 +1,14 @@
 """Text↔audio retrieval: R@1/5/10, mAP@10, median and mean rank, both directions, beside chance.
 
 Reported on the full split and on MusCALL's protocol (a seeded random subset of `subset_size`
-pairs, or every pair if the split is smaller). Ties go to the lower index (`mclap.metrics`).
+pairs, or every pair if the split is smaller). Ties go to the lower index (`mclap.evaluation.metrics`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mclap import metrics
+from mclap.evaluation import metrics
 
 DIRECTIONS = ("text_to_audio", "audio_to_text")
 

@@ -1,4 +1,4 @@
-"""Benchmarks, one JSON line per measurement: `make bench` or `python tools/bench.py`.
+"""Benchmarks, one JSON line per measurement: `make bench` or `python benchmarks/bench.py`.
 
 input: Grain training pipeline throughput (crops/s, batches/s) in the main process and with the
   config's worker processes, and in the main process with every augmentation on, on a synthetic
@@ -23,7 +23,7 @@ search: `mclap.search` on an index of `--index_size` (100,000) random 512-d embe
   of the prepare benchmark's tracks with the same bundle (files/min, after loading and compiling).
 towers: where the model's time goes: each tower alone, forward (inference) and forward +
   backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
-versus: mclap's train step beside the PyTorch MusCALL of tools/torch_muscall.py at equal work
+versus: mclap's train step beside the PyTorch MusCALL of benchmarks/torch_muscall.py at equal work
   (same batch of log-mels and `max_tokens`-token texts, same sizes and vocabulary), timed in
   alternating rounds in one process so that both see the same machine; needs torch. On a GPU the
   PyTorch step runs as the original ships (fp16 AMP) and in bf16 AMP.
@@ -59,13 +59,16 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mclap  # noqa: E402
-from mclap import bundle, cli, embed, memory, parallel, search, trainer  # noqa: E402
-from mclap import index as index_lib  # noqa: E402
+from mclap import cli, embed, parallel, search  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
-from mclap.data import pipeline, sources, synthetic, writer  # noqa: E402
+from mclap.data import pipeline  # noqa: E402
 from mclap.data import tokenizer as tokenizer_lib  # noqa: E402
-from mclap.embedder import Embedder  # noqa: E402
 from mclap.models import build_model, spec_from_config  # noqa: E402
+from mclap.models.embedder import Embedder  # noqa: E402
+from mclap.prepare import sources, synthetic, writer  # noqa: E402
+from mclap.serve import bundle  # noqa: E402
+from mclap.serve import index as index_lib  # noqa: E402
+from mclap.training import memory, trainer  # noqa: E402
 
 _BENCHMARKS = flags.DEFINE_list(
   "benchmarks", ["input", "prepare", "model", "towers", "search"], "Which benchmarks to run."
@@ -326,7 +329,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
 def bench_versus(spec: str) -> list[dict]:
   import torch
 
-  from tools import torch_muscall
+  from benchmarks import torch_muscall
 
   config, mesh, _, state, step = _train_step(spec)
   host_batch = pipeline.train_dataset(config)[0]  # Texts padded to max_tokens: the original never trims.

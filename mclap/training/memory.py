@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from mclap import objectives, parallel, trainer
+from mclap import objectives, parallel
 from mclap.errors import ConfigError
+from mclap.training import trainer
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:

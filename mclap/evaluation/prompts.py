@@ -17,8 +17,8 @@ import re
 
 import numpy as np
 
-from mclap import metrics
 from mclap.errors import UserError
+from mclap.evaluation import metrics
 
 TEMPLATES = {
   "label": "{}",

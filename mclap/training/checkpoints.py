@@ -21,9 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from mclap import weights
 from mclap.errors import ConfigError, UserError
-from mclap.models import ModelSpec
+from mclap.models import ModelSpec, weights
 
 # Where damaged checkpoints are moved, beside the checkpoint directory.
 QUARANTINE = "damaged_checkpoints"

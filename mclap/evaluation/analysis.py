@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclap import metrics
 from mclap.errors import UserError
-from mclap.evaluators import ontology, plots
-from mclap.evaluators import prompts as prompts_lib
-from mclap.evaluators.context import SPACES
+from mclap.evaluation import metrics, ontology, plots
+from mclap.evaluation import prompts as prompts_lib
+from mclap.evaluation.context import SPACES
 
 
 def class_scores(context, settings, audio: dict[str, np.ndarray], labels, names: list[str]) -> dict[str, np.ndarray]:

@@ -26,8 +26,8 @@ import numpy as np
 from mclap.data import audio
 from mclap.data import mel as mel_lib
 from mclap.data.records import Reject
-from mclap.data.sources import Listing
 from mclap.errors import UserError
+from mclap.prepare.sources import Listing
 
 CAPTION_KEYS = ("caption", "captions", "text", "description")
 LABEL_KEYS = ("label", "genre", "instrument")

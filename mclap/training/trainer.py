@@ -24,9 +24,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mclap import objectives, parallel, weights
+from mclap import objectives, parallel
 from mclap.errors import ConfigError
-from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config
+from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
 
 
 class Trainable(nnx.Module):

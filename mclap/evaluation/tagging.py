@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclap import metrics
 from mclap.errors import UserError
-from mclap.evaluators import zero_shot
+from mclap.evaluation import metrics, zero_shot
 
 
 def run(context, settings) -> dict:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mclap import metrics
 from mclap.errors import UserError
+from mclap.evaluation import metrics
 
 
 def leaf_paths(tree: Any, file: str = "the ontology") -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,198 @@
+"""Prepare a corpus: `python -m mclap.prepare --source S --output DIR [--input DIR]` (or `mclap.data.prepare`).
+
+Turns a source into ArrayRecord shards of log-mels + captions + tags with `dataset_info.json`
+and `rejects.jsonl` (see `mclap.data.records`). Parallel, resumable shard by shard: re-running
+the same command finishes an interrupted job. Mel settings come from `--mel.*` flags, on top of
+a training config's `data.mel` if `--config` names one.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+from absl import flags
+from ml_collections import config_flags
+
+from mclap import cli
+from mclap.data import mel as mel_lib
+from mclap.errors import UserError
+from mclap.prepare import sources, synthetic, tfds_source, writer
+
+_SOURCE = flags.DEFINE_string(
+  "source",
+  None,
+  "Data source: synthetic, audiocaption, folder, musiccaps, song_describer, gtzan, mtat, mtg_jamendo, tinysol, "
+  "or tfds:<name> (a dataset in the TFDS data dir --input).",
+  required=True,
+)
+_INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
+_OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
+_METADATA = flags.DEFINE_string(
+  "metadata",
+  "",
+  "folder, musiccaps, song_describer, mtat, tinysol: the metadata file, if not the default one in --input.",
+)
+_AUDIO_DIR = flags.DEFINE_string("audio_dir", "", "Audio folder, if not the source's default under --input.")
+_SUBSET = flags.DEFINE_string(
+  "subset", "", "mtg_jamendo: genre|moodtheme|instrument|top50|all; mtat: top50|all; song_describer: all|valid."
+)
+_FOLD = flags.DEFINE_integer(
+  "fold", None, "mtg_jamendo: the official split-N (default 0); tinysol: the fold kept as test (default: all test)."
+)
+_MAX_SECONDS = flags.DEFINE_float(
+  "max_seconds", 600.0, "Keep at most this much of each file (read in blocks, so a longer file costs no more)."
+)
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Reject files shorter than this.")
+_SPLIT_LISTS = flags.DEFINE_list(
+  "split_lists", [], "gtzan, mtat: split=FILE pairs, e.g. train=a.txt,validation=b.txt,test=c.txt (text or .npy)."
+)
+_NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
+_ITEM_TIMEOUT = flags.DEFINE_float(
+  "item_timeout", 300.0, "Seconds a worker may take for one file before it is rejected as hung (workers > 0)."
+)
+_TFDS_CAPTION = flags.DEFINE_string(
+  "tfds_caption", "", "tfds: the text feature to use as captions (default: one named caption(s)/text/description)."
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Replace a corpus that --output holds from other settings (else prepare refuses)."
+)
+_RETRY_REJECTS = flags.DEFINE_bool(
+  "retry_rejects", False, "Try every rejected item again (a re-run retries those whose file changed anyway)."
+)
+_ALLOW_REJECTS = flags.DEFINE_bool(
+  "allow_rejects", False, "Keep going when most items fail for one reason (else prepare stops with it)."
+)
+_MEL = cli.define_config_dict("mel", mel_lib.default_mel_config, "Log-mel settings.")
+_MEL_PRESET = flags.DEFINE_enum(
+  "mel_preset",
+  "mclap",
+  list(mel_lib.PRESETS),
+  "Mel settings to start from: mclap's, or muscall_torchaudio (original MusCALL checkpoints' front end).",
+)
+_CONFIG = flags.DEFINE_string(
+  "config", "", "Training config (path.py[:arg]) whose data.mel the corpus gets; --mel.* flags still override."
+)
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "synthetic: number of clips.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed: the synthetic corpus, and hashed splits of rows without one.")
+_CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length in seconds.")
+
+
+def _synthetic(mel_config: dict):
+  splits = synthetic.plan_clips(_NUM_CLIPS.value, _SEED.value, _CLIP_SECONDS.value)
+  work_fn = synthetic.make_record_fn(mel_config)
+  extra = {
+    "label_names": synthetic.LABEL_NAMES,
+    "synthetic": {"seed": _SEED.value, "clip_seconds": _CLIP_SECONDS.value},
+  }
+  return sources.Listing(splits, extra), work_fn
+
+
+def _audio_source(list_items):
+  """A source of audio files: list the items, decode them in the workers."""
+
+  def build(mel_config: dict):
+    if not _INPUT.value:
+      raise UserError(f"--source={_SOURCE.value} needs --input DIR")
+    root = pathlib.Path(_INPUT.value)
+    if not root.is_dir():
+      raise UserError(f"--input {root} is not a directory")
+    settings = sources.DecodeSettings(
+      tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
+    )
+    work_fn = functools.partial(sources.decode_record, settings=settings)
+    listing = list_items(root)
+    listing.extra["input"] = str(root.absolute())
+    return listing, work_fn
+
+  return build
+
+
+SOURCES = {
+  "synthetic": _synthetic,
+  "audiocaption": _audio_source(sources.audiocaption),
+  "folder": _audio_source(lambda root: sources.folder(root, _SEED.value, _METADATA.value)),
+  "musiccaps": _audio_source(lambda root: sources.musiccaps(root, _SEED.value, _METADATA.value, _AUDIO_DIR.value)),
+  "song_describer": _audio_source(
+    lambda root: sources.song_describer(root, _SUBSET.value, _METADATA.value, _AUDIO_DIR.value)
+  ),
+  "gtzan": _audio_source(lambda root: sources.gtzan(root, _split_lists())),
+  "mtat": _audio_source(
+    lambda root: sources.mtat(root, _split_lists(), _SUBSET.value, _AUDIO_DIR.value, _METADATA.value)
+  ),
+  "mtg_jamendo": _audio_source(lambda root: sources.mtg_jamendo(root, _SUBSET.value, _FOLD.value, _AUDIO_DIR.value)),
+  "tinysol": _audio_source(lambda root: sources.tinysol(root, _FOLD.value, _AUDIO_DIR.value, _METADATA.value)),
+}
+
+
+# What each source needs (what it looks for under --input): named when it finds nothing.
+LAYOUTS = {
+  "synthetic": "enough clips for a stratified train/validation/test split of 8 instruments: --num_clips 64 or more",
+  "audiocaption": "dataset_train/val/test.json listing files under audio/",
+  "folder": "metadata.csv or metadata.jsonl with path, caption[, tags][, split] columns",
+  "musiccaps": "musiccaps-public.csv and audio files named by ytid under audio/",
+  "song_describer": "song_describer.csv and the audio/ folder",
+  "gtzan": "genres/<genre>/<genre>.NNNNN.wav (or the genre folders directly)",
+  "mtat": "annotations_final.csv and the audio folders 0 ... f",
+  "mtg_jamendo": "data/splits/split-N/<subset>-{train,validation,test}.tsv",
+  "tinysol": "TinySOL_metadata.csv (or annotation/TinySOL_metadata.csv) and the TinySOL/ or audio/ folder",
+}
+
+
+def _tfds(mel_config: dict):
+  return tfds_source.list_items(
+    _SOURCE.value, _INPUT.value or "", mel_config, _MAX_SECONDS.value, _MIN_SECONDS.value, _TFDS_CAPTION.value
+  )
+
+
+def _split_lists() -> dict[str, str]:
+  pairs = [entry.partition("=") for entry in _SPLIT_LISTS.value]
+  if bad := [f"{name}{eq}{path}" for name, eq, path in pairs if not (eq and name and path)]:
+    raise UserError(f"--split_lists entries must be split=FILE, got {bad}")
+  return {name: path for name, _, path in pairs}
+
+
+def _mel_config() -> dict:
+  """The `--mel.*` flags, on top of the training config's `data.mel` when `--config` names one,
+  or of `--mel_preset`, so that the corpus is made for the model that will read it."""
+  if not _CONFIG.value and _MEL_PRESET.value == "mclap":
+    return _MEL.value.to_dict()
+  mel = cli.load_config(_CONFIG.value).data.mel if _CONFIG.value else mel_lib.PRESETS[_MEL_PRESET.value]()
+  mel.update_from_flattened_dict(config_flags.get_override_values(flags.FLAGS["mel"]))
+  return mel.to_dict()
+
+
+def main(argv):
+  del argv
+  is_tfds = _SOURCE.value.startswith("tfds:")
+  if _SOURCE.value not in SOURCES and not is_tfds:
+    raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}, tfds:<name>")
+  mel_config = _mel_config()
+  listing, work_fn = (_tfds if is_tfds else SOURCES[_SOURCE.value])(mel_config)
+  empty = [name for name, items in listing.splits.items() if not items]
+  if empty or not listing.splits:
+    where = f" in {_INPUT.value}" if _INPUT.value else ""
+    expected = f": it expects {LAYOUTS[_SOURCE.value]}" if _SOURCE.value in LAYOUTS else ""
+    what = f"for split(s) {', '.join(empty)}" if empty else "at all"
+    raise UserError(f"--source={_SOURCE.value} found no items {what}{where}{expected}")
+  writer.write_corpus(
+    _OUTPUT.value,
+    listing.splits,
+    work_fn,
+    mel_config=mel_config,
+    source=_SOURCE.value,
+    extra_info=listing.extra,
+    require_captions=listing.require_captions,
+    num_workers=_NUM_WORKERS.value,
+    shard_size=_SHARD_SIZE.value,
+    item_timeout=_ITEM_TIMEOUT.value,
+    overwrite=_OVERWRITE.value,
+    retry_rejects=_RETRY_REJECTS.value,
+    allow_rejects=_ALLOW_REJECTS.value,
+  )
+
+
+if __name__ == "__main__":
+  cli.run(main)
