@@ -216,7 +216,7 @@ def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path
 def test_workers_started_from_an_unguarded_script_stop_with_the_fix(tmp_path):
   script = tmp_path / "make_corpus.py"
   script.write_text(
-    "from mclap.data import synthetic, writer\n"
+    "from mclap.prepare import synthetic, writer\n"
     "mel = dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16, fmin=0.0, fmax=8000.0, htk=False,\n"
     "           norm='slaney', top_db=80.0, amin=1e-10)\n"
     f"writer.write_corpus({str(tmp_path / 'out')!r}, synthetic.plan_clips(4, 0, 0.5), synthetic.make_record_fn(mel),\n"
