@@ -130,7 +130,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   model_def, state = trainer.init_state(config, mesh, tx)
   train_step = trainer.make_train_step(config, model_def, tx, mesh)
   embedder = Embedder(lambda s: model_def.merge(s).model, mesh, config.data.eval_batch_size, config.data.token_bucket)
-  validation_loss_fn = trainer.make_validation_loss(config, model_def, mesh)
+  validation_loss_fn = trainer.make_validation_loss(model_def, mesh)
   checkpoints.check_writable(workdir, needed_bytes=2 * checkpoints.saved_bytes(state))
 
   # ---------------------------------------------------------------- Resume or start.

@@ -18,7 +18,7 @@ from mclap import eval as eval_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline, records
 from mclap.errors import UserError
-from mclap.models import weights
+from mclap.models import spec_from_config, weights
 from mclap.models.embedder import Embedder
 from mclap.prepare import sources
 from mclap.serve import bundle
@@ -66,6 +66,18 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   np.testing.assert_allclose(model.embed_mels(mels), expected["audio"], atol=2e-5)
   captions = [reader[i]["captions"][0] for i in range(len(reader))]
   np.testing.assert_allclose(model.embed_text(captions), expected["text"], atol=2e-5)
+
+
+def test_a_checkpoint_is_rebuilt_from_its_own_spec(trained, tmp_path):
+  """The model spec saved with a checkpoint rebuilds its model, whatever config.json says later."""
+  config, workdir, _ = trained
+  copy = tmp_path / "workdir"
+  shutil.copytree(workdir, copy)
+  edited = json.loads((copy / "config.json").read_text())
+  edited["model"]["text"]["width"] *= 2
+  (copy / "config.json").write_text(json.dumps(edited))
+  model, spec, _, step = weights.read_model(copy)
+  assert spec == spec_from_config(config) and step == 4 and model.text.output_dim == config.model.text.width
 
 
 def test_a_version_1_bundle_still_loads(trained, model, tmp_path):

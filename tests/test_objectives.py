@@ -168,7 +168,7 @@ def test_validation_reports_the_objectives_own_loss(tiny_corpus):
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1))
   batch = pipeline.train_dataset(config)[0]
-  loss = float(trainer.make_validation_loss(config, model_def, mesh)(state, parallel.to_global(batch, mesh)))
+  loss = float(trainer.make_validation_loss(model_def, mesh)(state, parallel.to_global(batch, mesh)))
   t = model_def.merge(state)
   audio = np.asarray(t.model.embed_audio(batch["mel"], False), np.float64)
   text = np.asarray(t.model.embed_text(batch["tokens"], batch["token_mask"]), np.float64)

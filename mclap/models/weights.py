@@ -64,30 +64,58 @@ def _model_part(saved: dict[str, Any], group: str) -> dict[str, Any]:
   return part.get("model", part) if isinstance(part, dict) else {}
 
 
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """'params/model/audio/conv/kernel' -> shape, for NNX states, nested dicts of arrays or shape
+  structs and Orbax's metadata alike (an NNX Variable's trailing `value` dropped, keys as text)."""
+
+  def name(key) -> str:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(map(name, path)).removesuffix("/value"): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def shape_difference(
+  expected: dict[str, tuple[int, ...]],
+  got: dict[str, tuple[int, ...]],
+  allow_missing=lambda name: False,
+  allow_extra: bool = False,
+) -> str | None:
+  """The first difference between two `flat_shapes`: an array whose shape differs (parameters
+  first), one missing from `got` (unless `allow_missing(name)`), one `got` has beyond `expected`
+  (unless `allow_extra`); None if there is none."""
+  if differ := sorted((k for k in expected if k in got and got[k] != expected[k]), key=lambda k: "params" not in k):
+    return f"{differ[0]} has shape {list(got[differ[0]])} where {list(expected[differ[0]])} is expected"
+  if missing := sorted(k for k in set(expected) - set(got) if not allow_missing(k)):
+    return f"{len(missing)} expected arrays are missing (e.g. {missing[0]})"
+  if (extra := sorted(set(got) - set(expected))) and not allow_extra:
+    return f"{len(extra)} arrays are not expected (e.g. {extra[0]})"
+  return None
+
+
 def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_missing=lambda path: False) -> None:
   """Copies the saved parameters and batch statistics (`{"params": ..., "batch_stats": ...}`,
-  nested dicts of `{"value": array}`) into `target`'s variables of the same path, in place.
-  A variable missing there is an error unless `allow_missing(path)`; a shape differing always is."""
-  for group, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+  nested dicts) into `target`'s variables of the same path, in place, after checking that every
+  variable is there with its shape (a missing one is allowed where `allow_missing(path)`, path
+  without the group)."""
+  groups = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
+  expected = flat_shapes({group: nnx.state(target, kind) for group, kind in groups.items()})
+  allowed = lambda name: allow_missing(tuple(name.split("/")[1:]))  # noqa: E731
+  if problem := shape_difference(expected, flat_shapes(saved), allowed, allow_extra=True):
+    raise UserError(
+      f"{where}: {problem}; the model must have the architecture it was trained with (data.crop_seconds, "
+      "data.mel, data.max_tokens and model.* as then; a tower trained there, not frozen)"
+    )
+  for group, kind in groups.items():
     for path, variable in nnx.to_flat_state(nnx.state(target, kind)):
       node = saved.get(group, {})
       for key in map(str, path):
         node = node.get(key) if isinstance(node, dict) else None
-      name = ".".join(map(str, path))
-      if node is None:
-        if allow_missing(path):
-          continue
-        raise UserError(
-          f"{where}: no {group} for {name}; it must have the architecture the config asks for (and have been "
-          "trained, not frozen, there)"
-        )
-      value = node["value"] if isinstance(node, dict) else node
-      if tuple(value.shape) != tuple(variable[...].shape):
-        raise UserError(
-          f"{where}: {name} has shape {list(value.shape)}, the model expects {list(variable[...].shape)} "
-          "(data.crop_seconds, data.mel, data.max_tokens and model.* must be those it was trained with)"
-        )
-      variable[...] = np.asarray(value)  # From the host: the target may live on other devices.
+      if node is not None:
+        variable[...] = np.asarray(node["value"] if isinstance(node, dict) else node)  # From the host.
 
 
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:

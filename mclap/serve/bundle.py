@@ -79,24 +79,6 @@ def variables_of(model: DualEncoder) -> dict[str, Any]:
   return jax.tree.map(np.asarray, jax.device_get(nnx.state(model).to_pure_dict()))
 
 
-def shape_mismatch(expected: dict[str, Any], got: dict[str, Any], path: str = "") -> str | None:
-  """The first difference in names or shapes between two nested dicts of arrays (or shape
-  structs), None if there is none. Keys compare as text: Orbax restores integer keys as strings."""
-  want_keys, have_keys = {str(k): k for k in expected}, {str(k): k for k in got}
-  if set(want_keys) != set(have_keys):
-    return f"{path or '/'} holds {sorted(have_keys)}, expected {sorted(want_keys)}"
-  for name, key in want_keys.items():
-    want, have = expected[key], got[have_keys[name]]
-    if isinstance(want, dict) != isinstance(have, dict):
-      return f"{path}{name} is {'not ' if isinstance(want, dict) else ''}a group of arrays where expected"
-    if isinstance(want, dict):
-      if problem := shape_mismatch(want, have, f"{path}{name}/"):
-        return problem
-    elif tuple(np.shape(have)) != tuple(want.shape):
-      return f"{path}{name} has shape {list(np.shape(have))}, expected {list(want.shape)}"
-  return None
-
-
 def _copy_tokenizer(source: pathlib.Path, target: pathlib.Path) -> None:
   target.mkdir(parents=True)
   for path in sorted(source.iterdir()):
@@ -217,7 +199,7 @@ def read(directory: str | pathlib.Path) -> tuple[dict[str, Any], DualEncoder]:
     variables = ocp.StandardCheckpointer().restore(path, weights.on_first_device(saved))
   except Exception as e:  # Orbax and TensorStore report damage in types of their own.
     raise BundleError(f"cannot read the variables of {directory} ({type(e).__name__}: {e}); export it again") from e
-  if problem := shape_mismatch(state.to_pure_dict(), variables):
+  if problem := weights.shape_difference(weights.flat_shapes(state.to_pure_dict()), weights.flat_shapes(variables)):
     raise BundleError(f"{directory}: the variables do not fit the model its bundle.json describes ({problem})")
   state.replace_by_pure_dict(variables)
   return meta, nnx.merge(graphdef, state)

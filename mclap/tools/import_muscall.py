@@ -28,7 +28,7 @@ from mclap import cli
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-from mclap.models import spec_from_config
+from mclap.models import spec_from_config, weights
 from mclap.serve import bundle
 from mclap.tools import torch_checkpoint
 
@@ -281,7 +281,8 @@ def import_muscall(
     # Every variable of the mclap model gets a value of its shape, else the checkpoint is not the
     # architecture its shapes suggested, or the audio length differs.
     spec = spec_from_config(config)
-    if problem := bundle.shape_mismatch(bundle.abstract_variables(spec), variables):
+    expected = weights.flat_shapes(bundle.abstract_variables(spec))
+    if problem := weights.shape_difference(expected, weights.flat_shapes(variables)):
       hint = " (the audio length: set --crop_seconds)" if "pool/positional_embedding" in problem else ""
       raise UserError(f"{checkpoint}: {problem}{hint}")
     source = {"muscall_checkpoint": str(pathlib.Path(checkpoint).absolute())}

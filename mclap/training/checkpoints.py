@@ -131,24 +131,11 @@ def _first_line(error: Exception) -> str:
   return line if len(line) <= 300 else f"{line[:150]} … {line[-150:]}"
 
 
-def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
-  """'params/audio/conv/kernel' -> shape, for a state and for Orbax's metadata of one alike."""
-
-  def name(key) -> str:
-    for attribute in ("key", "name", "idx"):
-      if hasattr(key, attribute):
-        return str(getattr(key, attribute))
-    return str(key)
-
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(map(name, path)).removesuffix("/value"): tuple(leaf.shape) for path, leaf in leaves}
-
-
 def _check_same_model(path: pathlib.Path, state: dict[str, Any]) -> None:
   """Raises ConfigError if the checkpoint at `path` holds arrays named or shaped unlike `state`'s:
   it was written for another config, so falling back or restoring would be wrong."""
-  saved = _flat_shapes(ocp.StandardCheckpointHandler().metadata(path / "state"))
-  wanted = _flat_shapes(_saved_part(state))
+  saved = weights.flat_shapes(ocp.StandardCheckpointHandler().metadata(path / "state"))
+  wanted = weights.flat_shapes(_saved_part(state))
   if saved == wanted:
     return
   if any(k.startswith("params/model/") for k in wanted) and not any(k.startswith("params/model/") for k in saved):
@@ -157,12 +144,7 @@ def _check_same_model(path: pathlib.Path, state: dict[str, Any]) -> None:
       "parts in one tree: resume it with mclap 0.1, or start a new --workdir (mclap.eval, mclap.export and "
       "model.audio.init_from still read it)"
     )
-  differ = sorted((k for k in wanted if k in saved and saved[k] != wanted[k]), key=lambda k: not k.startswith("params"))
-  missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
-  if differ:
-    found = f"{differ[0]} is {list(saved[differ[0]])} there, {list(wanted[differ[0]])} for this config"
-  else:
-    found = f"{len(missing)} arrays this config has are not there (e.g. {(missing or extra)[0]})"
+  found = weights.shape_difference(wanted, saved)
   raise ConfigError(
     f"the checkpoint {path} was written for another model: {found}; use the config it was trained with "
     "(data.crop_seconds, data.mel, data.max_tokens and model.* must match) or a new --workdir"

@@ -332,7 +332,7 @@ def feature_cached_grads(
   return (loss, jax.tree.map(lambda x: x.mean(axis=0), batch_stats)), grads
 
 
-def make_validation_loss(config, model_def: ModelDef, mesh: Mesh) -> Callable:
+def make_validation_loss(model_def: ModelDef, mesh: Mesh) -> Callable:
   """`loss(state, batch) -> scalar`: the objective's own loss on a batch, with the model in
   inference mode (running batch-norm statistics) and nothing updated."""
   objective = model_def.objective
