@@ -107,6 +107,18 @@ def test_changed_work_settings_redo_the_shards(tmp_path):
   )
 
 
+def test_a_corpus_prepared_by_mclap_0_1_is_resumed_not_refused(tmp_path):
+  """tests/data/prepared_by_0.1 holds the progress files of `python -m mclap.data.prepare --source
+  synthetic --num_clips 64 --clip_seconds 1 --mel.n_mels 16 --num_workers 0` run by mclap 0.1
+  (commit b7da2d2): the same command now writes the same settings and shard fingerprints, so a
+  re-run on that corpus finds every shard done instead of calling it another corpus."""
+  args = ["--source", "synthetic", "--num_clips", "64", "--clip_seconds", "1", "--mel.n_mels", "16"]
+  command = [sys.executable, "-m", "mclap.prepare", *args, "--num_workers", "0", "--output", str(tmp_path)]
+  subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+  for before in sorted((ROOT / "tests/data/prepared_by_0.1").glob("*.json")):
+    assert json.loads((tmp_path / ".progress" / before.name).read_text()) == json.loads(before.read_text()), before.name
+
+
 def test_changed_plan_rebuilds_and_drops_stale_shards(tmp_path):
   build_synthetic(tmp_path, num_clips=32, seconds=1.0)
   info = build_synthetic(tmp_path, num_clips=16, seconds=1.0)

@@ -138,12 +138,21 @@ class _Shard:
   fingerprint: str
 
 
+# The modules of the work functions before 0.2 moved them into mclap/prepare/: corpora name their
+# work function so, and a re-run must find the same settings and shard fingerprints to resume.
+_FORMER_MODULES = {
+  "mclap.prepare.sources": "mclap.data.sources",
+  "mclap.prepare.synthetic": "mclap.data.synthetic",
+  "mclap.prepare.tfds_source": "mclap.data.tfds_source",
+}
+
+
 def describe(work_fn: WorkFn) -> str:
   """A description of a work function and its bound settings that is stable across runs (no
-  memory addresses), so a shard is reused only if it was made the same way."""
+  memory addresses) and releases, so a shard is reused only if it was made the same way."""
   if isinstance(work_fn, functools.partial):
     return repr((describe(work_fn.func), work_fn.args, sorted(work_fn.keywords.items())))
-  return f"{work_fn.__module__}.{work_fn.__qualname__}"
+  return f"{_FORMER_MODULES.get(work_fn.__module__, work_fn.__module__)}.{work_fn.__qualname__}"
 
 
 def _plan(splits: dict[str, Sequence[Any]], shard_size: int, settings: dict[str, Any]) -> list[_Shard]:
