@@ -23,6 +23,7 @@ from mclap.models.embedder import Embedder
 from mclap.prepare import sources
 from mclap.serve import bundle
 from mclap.serve import index as index_lib
+from mclap.training import checkpoints
 
 
 def run(module, *args):
@@ -78,6 +79,22 @@ def test_a_checkpoint_is_rebuilt_from_its_own_spec(trained, tmp_path):
   (copy / "config.json").write_text(json.dumps(edited))
   model, spec, _, step = weights.read_model(copy)
   assert spec == spec_from_config(config) and step == 4 and model.text.output_dim == config.model.text.width
+
+
+def test_a_workdir_of_mclap_0_1_still_evaluates_and_exports(trained, model, tmp_path):
+  """0.1 kept the model's variables at the top of the train state's groups (and no spec)."""
+  config, workdir, _ = trained
+  saved = weights.saved_state(workdir / "checkpoints", 4)
+  old = {group: saved[group]["model"] for group in ("params", "batch_stats")}
+  mgr = checkpoints.manager(tmp_path / "old/checkpoints", None)
+  checkpoints.save(mgr, 4, {**old, "step": saved["step"]})
+  checkpoints.close(mgr)
+  shutil.copy(workdir / "config.json", tmp_path / "old/config.json")
+  export.export(tmp_path / "old", tmp_path / "bundle")
+  texts = ["calm piano", "loud drums"]
+  np.testing.assert_array_equal(
+    mclap.load(tmp_path / "bundle", batch_size=4).embed_text(texts), model.embed_text(texts)
+  )
 
 
 def test_a_version_1_bundle_still_loads(trained, model, tmp_path):
