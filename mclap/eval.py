@@ -18,6 +18,7 @@ from absl import flags
 
 from mclap import cli, evaluation, parallel
 from mclap.data import mel as mel_lib
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
 from mclap.models import DualEncoder, ModelSpec, weights
 from mclap.models.embedder import Embedder
@@ -28,12 +29,19 @@ _BUNDLE_DATA = ("mel", "crop_seconds", "max_tokens", "tokenizer_dir")
 
 
 def _check_fits(spec: ModelSpec, config: ml_collections.ConfigDict, source: str) -> None:
-  """The config's crops must be those the model was built for."""
+  """The config's crops and tokens must be those the model was built for."""
   frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
   if (config.data.mel.n_mels, frames) != (spec.n_mels, spec.crop_frames):
     raise ConfigError(
       f"{source} takes {spec.n_mels}-mel crops of {spec.crop_frames} frames, the config gives {config.data.mel.n_mels} "
       f"mels, {frames} frames; set config.data.mel and config.data.crop_seconds to those it was trained with"
+    )
+  tokens = tokenizer_lib.for_config(config)
+  if tokens.vocab_size != spec.text["vocab_size"] or config.data.max_tokens > spec.max_tokens:
+    raise ConfigError(
+      f"{source} reads up to {spec.max_tokens} tokens of a {spec.text['vocab_size']}-token vocabulary, the config "
+      f"gives {config.data.max_tokens} of {tokens.vocab_size}; set config.data.tokenizer_dir and "
+      "config.data.max_tokens to those it was trained with"
     )
 
 
@@ -63,8 +71,8 @@ def load(config, workdir=None, bundle=None, step: int | None = None, best: bool 
   `with_bundle_data`)."""
   if workdir is not None:
     which = "best checkpoint" if best else ("latest checkpoint" if step is None else "checkpoint")
-    model, spec, _, step = weights.read_model(workdir, step, best)
-    _check_fits(spec, config, f"the checkpoint of step {step} in {workdir}")
+    fits = lambda spec, step: _check_fits(spec, config, f"the checkpoint of step {step} in {workdir}")  # noqa: E731
+    model, spec, _, step = weights.read_model(workdir, step, best, check=fits)
     return model, f"{which} (step {step}); {_towers(spec)}", step
   meta, model = bundle_lib.read(bundle)
   return model, f"bundle ({meta['source']}); {_towers(meta['spec'])}", None

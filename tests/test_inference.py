@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -17,7 +18,7 @@ from mclap import embed, evaluation, export, parallel, search, train
 from mclap import eval as eval_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline, records
-from mclap.errors import UserError
+from mclap.errors import ConfigError, UserError
 from mclap.models import spec_from_config, weights
 from mclap.models.embedder import Embedder
 from mclap.prepare import sources
@@ -67,6 +68,19 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   np.testing.assert_allclose(model.embed_mels(mels), expected["audio"], atol=2e-5)
   captions = [reader[i]["captions"][0] for i in range(len(reader))]
   np.testing.assert_allclose(model.embed_text(captions), expected["text"], atol=2e-5)
+
+
+def test_a_config_whose_crops_or_tokens_do_not_fit_the_checkpoint_stops_before_the_model(trained, monkeypatch):
+  config, workdir, _ = trained
+  monkeypatch.setattr(weights, "build_model", None)  # Building the model would fail the test.
+  longer = ml_collections.ConfigDict(config.to_dict())
+  longer.data.max_tokens = config.data.max_tokens + 8
+  with pytest.raises(ConfigError, match=r"reads up to 32 tokens of a 30522-token vocabulary, the config gives 40 of"):
+    eval_lib.evaluate(longer, workdir, names=["retrieval"])
+  other_crops = ml_collections.ConfigDict(config.to_dict())
+  other_crops.data.crop_seconds = 1.0
+  with pytest.raises(ConfigError, match=r"takes 32-mel crops of \d+ frames, the config gives 32 mels"):
+    eval_lib.evaluate(other_crops, workdir, names=["retrieval"])
 
 
 def test_a_checkpoint_is_rebuilt_from_its_own_spec(trained, tmp_path):

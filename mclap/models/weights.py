@@ -148,11 +148,12 @@ def _frozen_towers(config: ml_collections.ConfigDict) -> set[str]:
 
 
 def read_model(
-  workdir: str | pathlib.Path, step: int | None = None, best: bool = False
+  workdir: str | pathlib.Path, step: int | None = None, best: bool = False, check=lambda spec, step: None
 ) -> tuple[DualEncoder, ModelSpec, ml_collections.ConfigDict, int]:
   """(model, its spec, the workdir's config, step) of a checkpoint of a training workdir (the
-  latest, `step`, or the best one), on this process's first device. The checkpoint is found before
-  the model is built, and nothing is created in `workdir`."""
+  latest, `step`, or the best one), on this process's first device. The checkpoint and its spec
+  are read, and `check(spec, step)` called, before the model is built; nothing is created in
+  `workdir`."""
   workdir = pathlib.Path(workdir)
   directory = workdir / ("best" if best else "checkpoints")
   available = checkpoint_steps(directory)
@@ -167,6 +168,7 @@ def read_model(
     spec = ModelSpec.from_dict(json.loads(spec_file.read_text()), where=str(spec_file))
   else:  # Written before checkpoints held their spec.
     spec = spec_from_config(config)
+  check(spec, step)
   model = build_model(spec, nnx.Rngs(0))
   load_pretrained(model, config)
   frozen = _frozen_towers(config)
