@@ -78,14 +78,14 @@ class Embedder:
     order = np.argsort(joined["index"], kind="stable")
     return {k: v[order] for k, v in joined.items()}
 
-  def mels(self, state, clips: Sequence[np.ndarray], key: str = "audio") -> np.ndarray:
+  def mels(self, state, clips: Sequence[np.ndarray]) -> np.ndarray:
     """Embeddings `[len(clips), dim]` of clips given as crops `[crops, n_mels, frames]` each (all
     with the same number of crops); `[0, joint dim]` for none."""
     out = []
     for start in range(0, len(clips), self.batch_size):
       chunk = list(clips[start : start + self.batch_size])
       batch = np.stack(chunk + [chunk[0]] * (self.batch_size - len(chunk)))
-      out.append(np.asarray(self._audio(state, batch)[key])[: len(chunk)])
+      out.append(np.asarray(self._audio(state, batch)["audio"])[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.dim(state)), np.float32)
 
   def texts(

@@ -34,20 +34,25 @@ def workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def on_first_device(metadata) -> Any:
+def _on_first_device(metadata) -> Any:
   """A restore target for the arrays Orbax's `metadata` describes: as saved, on this process's
   first device."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
-def saved_state(directory: pathlib.Path, step: int) -> dict[str, Any]:
-  """The train state saved at `step` in a checkpoint directory, as nested dicts on this process's
-  first device (Orbax otherwise insists on the saving topology)."""
-  path = (directory / str(step) / "state").absolute()
+def read_arrays(path: pathlib.Path) -> dict[str, Any]:
+  """The arrays Orbax's StandardCheckpointer wrote at `path`, as nested dicts on this process's
+  first device, whatever topology wrote them (Orbax otherwise insists on the saving one)."""
+  path = path.absolute()
   metadata = ocp.StandardCheckpointHandler().metadata(path)
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path, on_first_device(metadata))
+    return checkpointer.restore(path, _on_first_device(metadata))
+
+
+def saved_state(directory: pathlib.Path, step: int) -> dict[str, Any]:
+  """The train state saved at `step` in a checkpoint directory (`read_arrays`)."""
+  return read_arrays(directory / str(step) / "state")
 
 
 def checkpoint_steps(directory: pathlib.Path) -> list[int]:

@@ -193,10 +193,8 @@ def read(directory: str | pathlib.Path) -> tuple[dict[str, Any], DualEncoder]:
   meta = read_meta(directory)
   model = abstract_model(meta["spec"])
   graphdef, state = nnx.split(model)
-  path = (directory / VARIABLES_DIR).absolute()
   try:
-    saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-    variables = ocp.StandardCheckpointer().restore(path, weights.on_first_device(saved))
+    variables = weights.read_arrays(directory / VARIABLES_DIR)
   except Exception as e:  # Orbax and TensorStore report damage in types of their own.
     raise BundleError(f"cannot read the variables of {directory} ({type(e).__name__}: {e}); export it again") from e
   if problem := weights.shape_difference(weights.flat_shapes(state.to_pure_dict()), weights.flat_shapes(variables)):
