@@ -55,13 +55,7 @@ def with_bundle_data(config: ml_collections.ConfigDict, bundle: str | pathlib.Pa
   config = ml_collections.ConfigDict(config.to_dict())
   for key in _BUNDLE_DATA:
     config.data[key] = meta["config"].data[key]
-  if meta["config"].data.get("crop", "mel") == "waveform":
-    print(
-      f"warning: {bundle} crops the waveform before the log-mel (MusCALL's rule); a prepared corpus holds "
-      "whole-file log-mels, so evaluation crops the log-mel: clips longer than the crop embed slightly "
-      "differently than with mclap.load(...).embed_audio",
-      flush=True,
-    )
+  config.data.crop = meta["config"].data.get("crop", "mel")
   return config
 
 

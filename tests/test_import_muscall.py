@@ -3,12 +3,16 @@ by real torch, and a MusCALL state_dict (original key names and shapes, random v
 imported embeddings must equal a numpy re-computation of the original forward pass."""
 
 import io
+import json
 import os
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
+import soundfile
 from conftest import ROOT, tone
 from muscall_reference import (
   CROP_SECONDS,
@@ -19,7 +23,6 @@ from muscall_reference import (
   clip_tokenizer_files,
   htk_filterbank,
   muscall_audio,
-  muscall_audio_from_mels,
   muscall_state_dict,
   muscall_text,
   normalized,
@@ -27,12 +30,11 @@ from muscall_reference import (
 )
 
 import mclap
-from mclap import cli
+from mclap import cli, evaluation
 from mclap import eval as eval_lib
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.evaluation import metrics
-from mclap.prepare import synthetic, writer
 from mclap.tools import import_muscall, torch_checkpoint
 
 DATA = ROOT / "tests" / "data"
@@ -206,17 +208,23 @@ def test_torch_written_checkpoint_imports_like_the_npz(imported, tmp_path):
 
 @pytest.mark.slow
 def test_mclap_eval_evaluates_an_imported_model_as_the_original_embeds(imported, tmp_path):
-  """`mclap.eval --bundle` on an imported checkpoint: a corpus prepared with the bundle's mel
-  settings (clips of exactly the crop length, where cropping the mel and the waveform agree) is
-  embedded as the original's forward pass embeds the same mels and captions."""
+  """`mclap.eval --bundle` on an imported checkpoint, on files longer and shorter than the crop
+  prepared with `--waveform_crop_seconds` (the central samples the original evaluates, or the
+  zero-padded file): every clip and caption is embedded as the original's forward pass embeds
+  them, and retrieval ranks as those embeddings rank."""
   state, _, bundle = imported
-  mel_config = mclap.serve.bundle.read_meta(bundle)["config"].data.mel.to_dict()
-  clips = synthetic.plan_clips(12, 0, CROP_SECONDS)["train"][:4]
-  corpus = tmp_path / "corpus"
-  writer.write_corpus(
-    corpus, {"test": clips}, synthetic.make_record_fn(mel_config), mel_config=mel_config, source="synthetic",
-    extra_info={"label_names": synthetic.LABEL_NAMES}, num_workers=0, show_progress=False,
-  )  # fmt: skip
+  audio_dir, corpus = tmp_path / "audio", tmp_path / "corpus"
+  audio_dir.mkdir()
+  lengths = (CROP_SECONDS * 1.5 + 0.01, CROP_SECONDS * 0.4, CROP_SECONDS, CROP_SECONDS * 1.2 + 0.3)
+  waves = [changing(seconds, seed) for seed, seconds in enumerate(lengths)]
+  captions = ["calm piano", "loud drums and bass", "a violin solo", "choir, reverb"]
+  for n, wave in enumerate(waves):
+    soundfile.write(audio_dir / f"{n}.wav", wave, SR, subtype="FLOAT")
+  rows = "".join(f'audio/{n}.wav,"{caption}",test\n' for n, caption in enumerate(captions))
+  (tmp_path / "metadata.csv").write_text("path,caption,split\n" + rows)
+  prepare = [sys.executable, "-m", "mclap.prepare", "--source", "folder", "--input", tmp_path, "--output", corpus]
+  prepare += ["--mel_preset", "muscall_torchaudio", "--waveform_crop_seconds", CROP_SECONDS, "--num_workers", "0"]
+  subprocess.run(list(map(str, prepare)), cwd=ROOT, check=True, capture_output=True)
   config = cli.load_config(str(ROOT / "configs/muscall.py"))
   config.data.update(dir=str(corpus), eval_batch_size=8)
   results = eval_lib.evaluate(config, bundle=bundle, names=["retrieval"], output=tmp_path / "eval")
@@ -225,10 +233,26 @@ def test_mclap_eval_evaluates_an_imported_model_as_the_original_embeds(imported,
   config = eval_lib.with_bundle_data(config, bundle)
   found = eval_lib.make_context(config, eval_lib.load(config, bundle=bundle)[0]).embeddings("test")
   reader = records.CorpusReader(corpus, "test")
-  mels = np.stack([reader[i]["mel"] for i in range(len(reader))]).astype(np.float64)
-  np.testing.assert_allclose(found["audio"], normalized(muscall_audio_from_mels(state, mels)), atol=2e-4)
-  tokens, mask = mclap.load(bundle).tokenizer([reader[i]["captions"][0] for i in range(len(reader))])
+  order = [int(reader[i]["id"].rsplit("/", 1)[-1].split(".")[0]) for i in range(len(reader))]
+  expected_audio = normalized(muscall_audio(state, [muscall_crop(waves[n]) for n in order]))
+  np.testing.assert_allclose(found["audio"], expected_audio, atol=2e-4)
+  tokens, mask = mclap.load(bundle).tokenizer([captions[n] for n in order])
   expected_text = normalized(muscall_text(state, np.where(mask == 1, tokens, 0)))
   np.testing.assert_allclose(found["text"], expected_text, atol=2e-4)
-  expected = metrics.text_audio_retrieval(normalized(muscall_audio_from_mels(state, mels)), expected_text)
+  expected = metrics.text_audio_retrieval(expected_audio, expected_text)
   assert results["retrieval"]["text_to_audio"]["R@1"] == expected["text_to_audio"]["R@1"]
+
+
+def test_corpora_cut_to_another_length_are_refused_and_whole_files_warned_of(imported, tmp_path, capsys):
+  _, _, bundle = imported
+  config = cli.load_config(str(ROOT / "configs/muscall.py"))
+  config.data.dir = str(tmp_path)
+  config = eval_lib.with_bundle_data(config, bundle)
+  assert config.data.crop == "waveform"
+  info = {"mel": config.data.mel.to_dict(), "splits": {"test": {}}}
+  (tmp_path / records.INFO_FILE).write_text(json.dumps(info))
+  evaluation.select(config, ["retrieval"])
+  assert "--waveform_crop_seconds 20" in capsys.readouterr().out
+  (tmp_path / records.INFO_FILE).write_text(json.dumps({**info, "waveform_crop_seconds": 10.0}))
+  with pytest.raises(records.CorpusError, match="central 10 s of each file.*--waveform_crop_seconds 20$"):
+    evaluation.select(config, ["retrieval"])

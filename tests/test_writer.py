@@ -119,6 +119,19 @@ def test_a_corpus_prepared_by_mclap_0_1_is_resumed_not_refused(tmp_path):
     assert json.loads((tmp_path / ".progress" / before.name).read_text()) == json.loads(before.read_text()), before.name
 
 
+def test_whole_file_decoding_is_described_as_by_mclap_0_1():
+  """Audio sources' shards are reused only if their work is described as before: whole-file
+  decoding keeps mclap 0.1's description (printed by commit b7da2d2 for these settings), and a
+  waveform crop makes another one."""
+  settings = sources.DecodeSettings((("n_mels", 16),), 600.0, 1.0, 16000)
+  before = (
+    "('mclap.data.sources.decode_record', (), [('settings', DecodeSettings(mel=(('n_mels', 16),), "
+    "max_seconds=600.0, min_seconds=1.0, npy_sample_rate=16000))])"
+  )
+  assert writer.describe(sources.work_function(sources.decode_record, settings, 0.0)) == before
+  assert writer.describe(sources.work_function(sources.decode_record, settings, 20.0)) != before
+
+
 def test_changed_plan_rebuilds_and_drops_stale_shards(tmp_path):
   build_synthetic(tmp_path, num_clips=32, seconds=1.0)
   info = build_synthetic(tmp_path, num_clips=16, seconds=1.0)

@@ -60,7 +60,15 @@ def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tu
 
 
 def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus_dir: str) -> None:
-  """The corpus must have been prepared with the mel settings the config (and model) expects."""
+  """The corpus must have been prepared with the mel settings the config (and model) expects, and
+  clips cut (`prepare --waveform_crop_seconds`) to its crop length if cut at all."""
+  cut = info.get("waveform_crop_seconds")
+  if cut and cut != config.data.crop_seconds:
+    raise records.CorpusError(
+      f"{corpus_dir} holds the central {cut:g} s of each file (prepared with --waveform_crop_seconds); the model "
+      f"takes {config.data.crop_seconds:g} s crops: prepare it with --waveform_crop_seconds "
+      f"{config.data.crop_seconds:g}"
+    )
   wanted = config.data.mel.to_dict()
   have = info.get("mel", {})
   diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}

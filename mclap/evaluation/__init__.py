@@ -39,6 +39,14 @@ def select(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any
     if corpus not in infos:
       infos[corpus] = records.read_info(corpus)
       pipeline.check_corpus(infos[corpus], config, corpus)
+      if config.data.get("crop", "mel") == "waveform" and not infos[corpus].get("waveform_crop_seconds"):
+        print(
+          f"warning: the model crops the waveform before the log-mel (MusCALL's rule) but {corpus} holds "
+          "whole-file log-mels, so evaluation crops the log-mel: clips longer than the crop embed slightly "
+          "otherwise than in the original; a corpus prepared with --waveform_crop_seconds "
+          f"{config.data.crop_seconds:g} gives the original's clips",
+          flush=True,
+        )
     have = sorted(infos[corpus].get("splits", {}))
     for key, split in settings.items():
       if key.endswith("split") and split not in have:

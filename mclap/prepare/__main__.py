@@ -8,7 +8,6 @@ a training config's `data.mel` if `--config` names one.
 
 from __future__ import annotations
 
-import functools
 import pathlib
 
 from absl import flags
@@ -47,6 +46,13 @@ _MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Reject files shorter than
 _SPLIT_LISTS = flags.DEFINE_list(
   "split_lists", [], "gtzan, mtat: split=FILE pairs, e.g. train=a.txt,validation=b.txt,test=c.txt (text or .npy)."
 )
+_WAVEFORM_CROP = flags.DEFINE_float(
+  "waveform_crop_seconds",
+  0.0,
+  "Store the log-mel of each file's central S seconds of samples (zero-padded when shorter), not of the whole "
+  "file: the clips the original MusCALL evaluates, for evaluating models imported from it (their bundles crop "
+  "the waveform). Such a corpus is for evaluation: training crops from it have no room to move. 0: whole files.",
+)
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
@@ -81,6 +87,8 @@ _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length
 
 
 def _synthetic(mel_config: dict):
+  if _WAVEFORM_CROP.value:
+    raise UserError("--waveform_crop_seconds is for corpora of recordings (audio sources, tfds:<name>), not synthetic")
   splits = synthetic.plan_clips(_NUM_CLIPS.value, _SEED.value, _CLIP_SECONDS.value)
   work_fn = synthetic.make_record_fn(mel_config)
   extra = {
@@ -102,7 +110,7 @@ def _audio_source(list_items):
     settings = sources.DecodeSettings(
       tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
     )
-    work_fn = functools.partial(sources.decode_record, settings=settings)
+    work_fn = sources.work_function(sources.decode_record, settings, _WAVEFORM_CROP.value)
     listing = list_items(root)
     listing.extra["input"] = str(root.absolute())
     return listing, work_fn
@@ -143,7 +151,13 @@ LAYOUTS = {
 
 def _tfds(mel_config: dict):
   return tfds_source.list_items(
-    _SOURCE.value, _INPUT.value or "", mel_config, _MAX_SECONDS.value, _MIN_SECONDS.value, _TFDS_CAPTION.value
+    _SOURCE.value,
+    _INPUT.value or "",
+    mel_config,
+    _MAX_SECONDS.value,
+    _MIN_SECONDS.value,
+    _TFDS_CAPTION.value,
+    _WAVEFORM_CROP.value,
   )
 
 
@@ -169,6 +183,8 @@ def main(argv):
   is_tfds = _SOURCE.value.startswith("tfds:")
   if _SOURCE.value not in SOURCES and not is_tfds:
     raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}, tfds:<name>")
+  if _WAVEFORM_CROP.value < 0:
+    raise UserError(f"--waveform_crop_seconds={_WAVEFORM_CROP.value:g}; use the model's crop length or 0 (whole files)")
   mel_config = _mel_config()
   listing, work_fn = (_tfds if is_tfds else SOURCES[_SOURCE.value])(mel_config)
   empty = [name for name, items in listing.splits.items() if not items]
@@ -177,6 +193,8 @@ def main(argv):
     expected = f": it expects {LAYOUTS[_SOURCE.value]}" if _SOURCE.value in LAYOUTS else ""
     what = f"for split(s) {', '.join(empty)}" if empty else "at all"
     raise UserError(f"--source={_SOURCE.value} found no items {what}{where}{expected}")
+  if _WAVEFORM_CROP.value:
+    listing.extra["waveform_crop_seconds"] = _WAVEFORM_CROP.value
   writer.write_corpus(
     _OUTPUT.value,
     listing.splits,

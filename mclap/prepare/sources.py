@@ -10,15 +10,17 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from mclap.data import audio
+from mclap.data import audio, pipeline
 from mclap.data import mel as mel_lib
 from mclap.data.records import Reject
 from mclap.errors import UserError
@@ -55,8 +57,28 @@ class DecodeSettings:
   npy_sample_rate: int
 
 
-def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] | Reject:
-  """The writer's work function for audio files."""
+def record_mel(wave: np.ndarray, mel_config: dict[str, Any], waveform_crop_seconds: float | None) -> np.ndarray:
+  """The log-mel a record stores: of the whole file, or of its central `waveform_crop_seconds` of
+  samples (zero-padded when shorter), the clip the original MusCALL embeds in evaluation; the
+  crop is taken as `mclap.load(...).embed_audio(crop="waveform")` takes it."""
+  if waveform_crop_seconds:
+    samples = int(round(waveform_crop_seconds * mel_config["sample_rate"]))
+    wave = pipeline.eval_crops(wave[None], samples, 1, 0.0)[0][0, 0]
+  return mel_lib.log_mel(wave, mel_config)
+
+
+def work_function(decode: Callable, settings: Any, waveform_crop_seconds: float) -> functools.partial:
+  """`decode` bound to its settings. The crop is bound only when set, so that the writer's
+  description of whole-file work (what decides whether a shard is reused) is that of releases
+  before the option, and their corpora resume."""
+  crop = {"waveform_crop_seconds": waveform_crop_seconds} if waveform_crop_seconds else {}
+  return functools.partial(decode, settings=settings, **crop)
+
+
+def decode_record(
+  item: AudioItem, settings: DecodeSettings, waveform_crop_seconds: float | None = None
+) -> dict[str, Any] | Reject:
+  """The writer's work function for audio files (see `record_mel` for `waveform_crop_seconds`)."""
   if item.bad_metadata:
     return Reject(id=item.id, reason="bad metadata", detail=item.bad_metadata)
   mel_config = dict(settings.mel)
@@ -78,7 +100,7 @@ def decode_record(item: AudioItem, settings: DecodeSettings) -> dict[str, Any] |
     return Reject(id=item.id, reason=error.reason, detail=detail + (f" (decoder: {' / '.join(said)})" if said else ""))
   return {
     "id": item.id,
-    "mel": mel_lib.log_mel(wave, mel_config),
+    "mel": record_mel(wave, mel_config, waveform_crop_seconds),
     "captions": list(item.captions),
     "tags": list(item.tags),
     "label": item.label,

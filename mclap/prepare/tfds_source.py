@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from mclap.data import audio
-from mclap.data import mel as mel_lib
 from mclap.data.records import Reject
 from mclap.errors import UserError
+from mclap.prepare import sources
 from mclap.prepare.sources import Listing
 
 CAPTION_KEYS = ("caption", "captions", "text", "description")
@@ -91,10 +91,17 @@ def caption_feature(features: dict[str, Any], chosen: str = "") -> str:
 
 
 def list_items(
-  spec: str, data_dir: str, mel_config: dict, max_seconds: float | None, min_seconds: float, caption: str = ""
+  spec: str,
+  data_dir: str,
+  mel_config: dict,
+  max_seconds: float | None,
+  min_seconds: float,
+  caption: str = "",
+  waveform_crop_seconds: float = 0.0,
 ):
-  """The listing and work settings of `tfds:<name>` (name as TFDS takes it: `gtzan`, `name:1.0.0`);
-  `caption` names the text feature to use as captions (default: see `caption_feature`)."""
+  """The listing and work function of `tfds:<name>` (name as TFDS takes it: `gtzan`, `name:1.0.0`);
+  `caption` names the text feature to use as captions (default: see `caption_feature`);
+  `waveform_crop_seconds`: see `sources.record_mel`."""
   tfds = _tfds()
   name = spec.removeprefix("tfds:")
   try:
@@ -142,7 +149,7 @@ def list_items(
   if label_names:
     extra["label_names"] = list(label_names)
   listing = Listing(splits, extra, require_captions=bool(caption_key))
-  return listing, functools.partial(decode_example, settings=settings)
+  return listing, sources.work_function(decode_example, settings, waveform_crop_seconds)
 
 
 @functools.cache
@@ -167,8 +174,11 @@ def _texts(value: Any) -> list[str]:
   return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def decode_example(item: TfdsItem, settings: TfdsSettings) -> dict[str, Any] | Reject:
-  """The writer's work function: one TFDS example -> record."""
+def decode_example(
+  item: TfdsItem, settings: TfdsSettings, waveform_crop_seconds: float | None = None
+) -> dict[str, Any] | Reject:
+  """The writer's work function: one TFDS example -> record (`sources.record_mel` for
+  `waveform_crop_seconds`)."""
   example = _data_source(settings.name, settings.data_dir, item.split)[item.index]
   mel_config = dict(settings.mel)
   wave = to_float(example[settings.audio_key])
@@ -181,7 +191,7 @@ def decode_example(item: TfdsItem, settings: TfdsSettings) -> dict[str, Any] | R
   label = int(example[settings.label_key]) if settings.label_key else -1
   return {
     "id": item.id,
-    "mel": mel_lib.log_mel(wave, mel_config),
+    "mel": sources.record_mel(wave, mel_config, waveform_crop_seconds),
     "captions": _texts(example[settings.caption_key]) if settings.caption_key else [],
     "tags": [settings.label_names[label]] if label >= 0 else [],
     "label": label,
