@@ -21,7 +21,8 @@ from mclap.data import pipeline, records
 from mclap.errors import ConfigError, UserError
 from mclap.models import spec_from_config, weights
 from mclap.models.embedder import Embedder
-from mclap.prepare import sources
+from mclap.prepare import decode
+from mclap.prepare.listing import AudioItem
 from mclap.serve import bundle
 from mclap.serve import index as index_lib
 from mclap.training import checkpoints
@@ -130,8 +131,8 @@ def test_a_version_1_bundle_still_loads(trained, model, tmp_path):
 def test_audio_is_decoded_and_turned_into_a_mel_as_prepare_does(model, tmp_path):
   path = tmp_path / "stereo 44k.flac"
   soundfile.write(path, tone(3.0, 44100, channels=2, freq=523.0), 44100)
-  settings = sources.DecodeSettings(tuple(sorted(model.mel_config.items())), 600.0, 1.0, 16000)
-  record = sources.decode_record(sources.AudioItem(id="x", path=str(path)), settings)
+  settings = decode.DecodeSettings(tuple(sorted(model.mel_config.items())), 600.0, 1.0, 16000)
+  record = decode.decode_record(AudioItem(id="x", path=str(path)), settings)
   np.testing.assert_allclose(mel_lib.log_mel(model.waveform(path), model.mel_config), record["mel"], atol=1e-5)
   from_record = model.embed_mels([pipeline.eval_crops(record["mel"], model.crop_frames, 1, -100.0)[0]])
   np.testing.assert_allclose(model.embed_audio([path]), from_record, atol=1e-5)

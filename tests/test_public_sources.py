@@ -11,7 +11,8 @@ from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
 from mclap.data import records
 from mclap.errors import UserError
-from mclap.prepare import sources
+from mclap.prepare import listing
+from mclap.prepare.sources import tinysol
 
 RATE = 16000
 
@@ -43,7 +44,7 @@ def test_musiccaps_segments_splits_and_aspects(tmp_path):
   found = {split: corpus_records(out, split) for split in ("train", "validation", "test")}
   assert set(found["test"]) == {"evalclip123"}
   for ytid in ("long_rec123", "precut12345"):
-    expected = sources.hashed_split(ytid, 1, (("train", 0.9), ("validation", 0.1)))
+    expected = listing.hashed_split(ytid, 1, (("train", 0.9), ("validation", 0.1)))
     assert ytid in found[expected]
   rec = {**found["train"], **found["validation"]}
   assert rec["long_rec123"]["mel"].shape == (32, frames(2.0))  # [1 s, 3 s) of the 6 s recording.
@@ -185,10 +186,10 @@ def test_tinysol_in_mirdata_layout_and_with_metadata_flag(tmp_path):
   (tmp_path / "mirdata/annotation").mkdir(parents=True)
   (tmp_path / "mirdata/audio").mkdir()
   (tmp_path / "mirdata/annotation/TinySOL_metadata.csv").write_text(f"{header}\n{row}\n")
-  [item] = sources.tinysol(tmp_path / "mirdata").splits["test"]
+  [item] = tinysol.list_items(tmp_path / "mirdata").splits["test"]
   assert item.path == str(tmp_path / "mirdata/audio" / row.split(",")[0]) and item.tags == ("Violin", "Strings")
   (tmp_path / "elsewhere.csv").write_text(f"{header}\n{row.replace('Violin', 'Viola')}\n")
-  [item] = sources.tinysol(tmp_path / "mirdata", metadata=str(tmp_path / "elsewhere.csv")).splits["test"]
+  [item] = tinysol.list_items(tmp_path / "mirdata", metadata=str(tmp_path / "elsewhere.csv")).splits["test"]
   assert item.tags == ("Viola", "Strings")
 
 

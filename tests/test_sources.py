@@ -1,3 +1,4 @@
+import inspect
 import json
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 
 from mclap.data import audio, mel, records
 from mclap.errors import UserError
-from mclap.prepare import sources
+from mclap.prepare import decode, listing
+from mclap.prepare.listing import AudioItem
+from mclap.prepare.sources import REGISTRY, gtzan
 
 RATE = 16000
 
@@ -94,10 +97,10 @@ def test_a_reject_says_what_the_decoder_said_once_and_prints_nothing(tmp_path, c
   process's stderr (over the progress bar). The reject names the path once, says what the decoder
   found, and nothing is printed."""
   (tmp_path / "corrupt.mp3").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes())
-  settings = sources.DecodeSettings(tuple(sorted(mel.default_mel_config().items())), 600.0, 0.5, RATE)
+  settings = decode.DecodeSettings(tuple(sorted(mel.default_mel_config().items())), 600.0, 0.5, RATE)
   capfd.readouterr()
-  corrupt = sources.decode_record(sources.AudioItem(id="c", path=str(tmp_path / "corrupt.mp3")), settings)
-  missing = sources.decode_record(sources.AudioItem(id="m", path=str(tmp_path / "absent.wav")), settings)
+  corrupt = decode.decode_record(AudioItem(id="c", path=str(tmp_path / "corrupt.mp3")), settings)
+  missing = decode.decode_record(AudioItem(id="m", path=str(tmp_path / "absent.wav")), settings)
   assert capfd.readouterr().err == ""
   assert corrupt.reason == "unreadable" and "not a regular file" not in corrupt.detail
   assert corrupt.detail.startswith(f"{tmp_path / 'corrupt.mp3'}: no decoder recognises its content (decoder: ")
@@ -157,7 +160,7 @@ def test_folder_with_csv_and_hashed_splits(tmp_path):
   found = {split: corpus_records(out, split) for split in ("train", "validation", "test")}
   assert sum(len(v) for v in found.values()) == 30
   for split, recs in found.items():
-    assert all(sources.hashed_split(i, 3) == split for i in recs)
+    assert all(listing.hashed_split(i, 3) == split for i in recs)
   any_record = next(iter(found["train"].values()))
   assert any_record["tags"] == ["ambient", "piano"] and any_record["captions"][0].startswith("calm, quiet piece")
   assert corpus_rejects(out) == {"missing.ogg": "missing file"}
@@ -199,6 +202,18 @@ def test_source_errors_are_one_line(tmp_path):
   )
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: no metadata file: --source=folder needs")
+  # An option of another dataset (GTZAN has no subsets) is refused, not ignored.
+  command = [sys.executable, "-m", "mclap.prepare", "--source", "gtzan", "--subset", "top50", "--input", str(tmp_path)]
+  result = subprocess.run([*command, "--output", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == (
+    "error: --source=gtzan does not read --subset (its options among these: --split_lists)"
+  )
+
+
+def test_every_source_lists_with_exactly_the_options_it_declares():
+  for name, source in REGISTRY.items():
+    parameters = inspect.signature(source.list_items).parameters
+    assert list(parameters)[0] == "root" and set(list(parameters)[1:]) == set(source.options), name
 
 
 def test_gtzan_genres_labels_and_split_lists(tmp_path):
@@ -253,10 +268,12 @@ def test_a_gtzan_folder_one_level_off_names_the_right_one(tmp_path):
   soundfile.write(root / "gtzan/genres/jazz/jazz.00000.wav", tone(1.5, 22050), 22050)
   (root / "papers").mkdir()
   with pytest.raises(UserError, match=f"did you mean --input {root / 'gtzan'}"):
-    sources.gtzan(root, {})
+    gtzan.list_items(root, split_lists={})
   kaggle = tmp_path / "kaggle/Data/genres_original/jazz"  # The Kaggle copy's layout.
   kaggle.mkdir(parents=True)
   soundfile.write(kaggle / "jazz.00000.wav", tone(1.5, 22050), 22050)
-  assert [i.id for i in sources.gtzan(tmp_path / "kaggle/Data", {}).splits["test"]] == ["jazz/jazz.00000.wav"]
+  assert [i.id for i in gtzan.list_items(tmp_path / "kaggle/Data", split_lists={}).splits["test"]] == [
+    "jazz/jazz.00000.wav"
+  ]
   with pytest.raises(UserError, match=f"did you mean --input {tmp_path / 'kaggle/Data'}"):
-    sources.gtzan(tmp_path / "kaggle", {})
+    gtzan.list_items(tmp_path / "kaggle", split_lists={})

@@ -14,7 +14,8 @@ from conftest import ROOT, TINY_MEL, build_synthetic, corpus_records, corpus_rej
 
 from mclap.data import records
 from mclap.errors import UserError
-from mclap.prepare import sources, writer
+from mclap.prepare import decode, writer
+from mclap.prepare.sources import folder
 
 
 def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
@@ -123,13 +124,13 @@ def test_whole_file_decoding_is_described_as_by_mclap_0_1():
   """Audio sources' shards are reused only if their work is described as before: whole-file
   decoding keeps mclap 0.1's description (printed by commit b7da2d2 for these settings), and a
   waveform crop makes another one."""
-  settings = sources.DecodeSettings((("n_mels", 16),), 600.0, 1.0, 16000)
+  settings = decode.DecodeSettings((("n_mels", 16),), 600.0, 1.0, 16000)
   before = (
     "('mclap.data.sources.decode_record', (), [('settings', DecodeSettings(mel=(('n_mels', 16),), "
     "max_seconds=600.0, min_seconds=1.0, npy_sample_rate=16000))])"
   )
-  assert writer.describe(sources.work_function(sources.decode_record, settings, 0.0)) == before
-  assert writer.describe(sources.work_function(sources.decode_record, settings, 20.0)) != before
+  assert writer.describe(decode.work_function(decode.decode_record, settings, 0.0)) == before
+  assert writer.describe(decode.work_function(decode.decode_record, settings, 20.0)) != before
 
 
 def test_changed_plan_rebuilds_and_drops_stale_shards(tmp_path):
@@ -157,10 +158,10 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
 
 
 def _folder_items(root, names):
-  """sources.folder's listing of `names` (all in train) and its decoding work function."""
+  """The folder source's listing of `names` (all in train) and its decoding work function."""
   (root / "metadata.csv").write_text("path,caption,split\n" + "".join(f"{n},song {n},train\n" for n in names))
-  settings = sources.DecodeSettings(tuple(sorted(TINY_MEL.items())), 600.0, 0.5, 16000)
-  return sources.folder(root, 0).splits, functools.partial(sources.decode_record, settings=settings)
+  settings = decode.DecodeSettings(tuple(sorted(TINY_MEL.items())), 600.0, 0.5, 16000)
+  return folder.list_items(root, seed=0).splits, functools.partial(decode.decode_record, settings=settings)
 
 
 def test_a_rerun_retries_rejected_files_that_changed(tmp_path, capsys):

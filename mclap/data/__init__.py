@@ -1,1 +1,1 @@
-"""Data: mel front end, prepared-corpus format, sources and the Grain pipelines."""
+"""Data: mel front end, audio decoding, the prepared-corpus format and the Grain pipelines."""

@@ -16,23 +16,34 @@ from ml_collections import config_flags
 from mclap import cli
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
-from mclap.prepare import sources, synthetic, tfds_source, writer
+from mclap.prepare import decode, synthetic, tfds_source, writer
+from mclap.prepare.listing import Listing
+from mclap.prepare.sources import REGISTRY
 
 _SOURCE = flags.DEFINE_string(
   "source",
   None,
-  "Data source: synthetic, audiocaption, folder, musiccaps, song_describer, gtzan, mtat, mtg_jamendo, tinysol, "
-  "or tfds:<name> (a dataset in the TFDS data dir --input).",
+  f"Data source: synthetic, {', '.join(REGISTRY)}, or tfds:<name> (a dataset in the TFDS data dir --input).",
   required=True,
 )
+# Options that only some recorded datasets read (each declares its own in `sources.REGISTRY`).
+_SELECTIVE = ("metadata", "audio_dir", "subset", "fold", "split_lists")
+
+
+def _readers(option: str) -> str:
+  return ", ".join(name for name, source in REGISTRY.items() if option in source.options)
+
+
 _INPUT = flags.DEFINE_string("input", None, "Source directory (every source but synthetic).")
 _OUTPUT = flags.DEFINE_string("output", None, "Corpus directory to write.", required=True)
 _METADATA = flags.DEFINE_string(
   "metadata",
   "",
-  "folder, musiccaps, song_describer, mtat, tinysol: the metadata file, if not the default one in --input.",
+  f"{_readers('metadata')}: the metadata file, if not the default one in --input.",
 )
-_AUDIO_DIR = flags.DEFINE_string("audio_dir", "", "Audio folder, if not the source's default under --input.")
+_AUDIO_DIR = flags.DEFINE_string(
+  "audio_dir", "", f"{_readers('audio_dir')}: the audio folder, if not the source's default under --input."
+)
 _SUBSET = flags.DEFINE_string(
   "subset", "", "mtg_jamendo: genre|moodtheme|instrument|top50|all; mtat: top50|all; song_describer: all|valid."
 )
@@ -95,58 +106,48 @@ def _synthetic(mel_config: dict):
     "label_names": synthetic.LABEL_NAMES,
     "synthetic": {"seed": _SEED.value, "clip_seconds": _CLIP_SECONDS.value},
   }
-  return sources.Listing(splits, extra), work_fn
+  return Listing(splits, extra), work_fn
 
 
-def _audio_source(list_items):
-  """A source of audio files: list the items, decode them in the workers."""
-
-  def build(mel_config: dict):
-    if not _INPUT.value:
-      raise UserError(f"--source={_SOURCE.value} needs --input DIR")
-    root = pathlib.Path(_INPUT.value)
-    if not root.is_dir():
-      raise UserError(f"--input {root} is not a directory")
-    settings = sources.DecodeSettings(
-      tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
-    )
-    work_fn = sources.work_function(sources.decode_record, settings, _WAVEFORM_CROP.value)
-    listing = list_items(root)
-    listing.extra["input"] = str(root.absolute())
-    return listing, work_fn
-
-  return build
-
-
-SOURCES = {
-  "synthetic": _synthetic,
-  "audiocaption": _audio_source(sources.audiocaption),
-  "folder": _audio_source(lambda root: sources.folder(root, _SEED.value, _METADATA.value)),
-  "musiccaps": _audio_source(lambda root: sources.musiccaps(root, _SEED.value, _METADATA.value, _AUDIO_DIR.value)),
-  "song_describer": _audio_source(
-    lambda root: sources.song_describer(root, _SUBSET.value, _METADATA.value, _AUDIO_DIR.value)
-  ),
-  "gtzan": _audio_source(lambda root: sources.gtzan(root, _split_lists())),
-  "mtat": _audio_source(
-    lambda root: sources.mtat(root, _split_lists(), _SUBSET.value, _AUDIO_DIR.value, _METADATA.value)
-  ),
-  "mtg_jamendo": _audio_source(lambda root: sources.mtg_jamendo(root, _SUBSET.value, _FOLD.value, _AUDIO_DIR.value)),
-  "tinysol": _audio_source(lambda root: sources.tinysol(root, _FOLD.value, _AUDIO_DIR.value, _METADATA.value)),
-}
-
-
-# What each source needs (what it looks for under --input): named when it finds nothing.
+# What each source needs that is not a recorded dataset of `sources.REGISTRY`.
 LAYOUTS = {
   "synthetic": "enough clips for a stratified train/validation/test split of 8 instruments: --num_clips 64 or more",
-  "audiocaption": "dataset_train/val/test.json listing files under audio/",
-  "folder": "metadata.csv or metadata.jsonl with path, caption[, tags][, split] columns",
-  "musiccaps": "musiccaps-public.csv and audio files named by ytid under audio/",
-  "song_describer": "song_describer.csv and the audio/ folder",
-  "gtzan": "genres/<genre>/<genre>.NNNNN.wav (or the genre folders directly)",
-  "mtat": "annotations_final.csv and the audio folders 0 ... f",
-  "mtg_jamendo": "data/splits/split-N/<subset>-{train,validation,test}.tsv",
-  "tinysol": "TinySOL_metadata.csv (or annotation/TinySOL_metadata.csv) and the TinySOL/ or audio/ folder",
+  **{name: source.layout for name, source in REGISTRY.items()},
 }
+
+
+def _recorded(name: str, mel_config: dict):
+  """A recorded dataset: list its items here, decode them in the workers."""
+  source = REGISTRY[name]
+  if not _INPUT.value:
+    raise UserError(f"--source={name} needs --input DIR")
+  root = pathlib.Path(_INPUT.value)
+  if not root.is_dir():
+    raise UserError(f"--input {root} is not a directory")
+  settings = decode.DecodeSettings(
+    tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
+  )
+  values = dict(
+    seed=_SEED.value,
+    metadata=_METADATA.value,
+    audio_dir=_AUDIO_DIR.value,
+    subset=_SUBSET.value,
+    fold=_FOLD.value,
+    split_lists=_split_lists(),
+  )
+  listing = source.list_items(root, **{option: values[option] for option in source.options})
+  listing.extra["input"] = str(root.absolute())
+  return listing, decode.work_function(decode.decode_record, settings, _WAVEFORM_CROP.value)
+
+
+def _check_options(name: str) -> None:
+  """An option the source does not read is a mistake (meant for another dataset, or mistyped)."""
+  takes = [o for o in (REGISTRY[name].options if name in REGISTRY else ()) if o in _SELECTIVE]
+  if given := [o for o in _SELECTIVE if flags.FLAGS[o].present and o not in takes]:
+    raise UserError(
+      f"--source={name} does not read {', '.join(f'--{o}' for o in given)} "
+      f"(its options among these: {', '.join(f'--{o}' for o in takes) or 'none'})"
+    )
 
 
 def _tfds(mel_config: dict):
@@ -181,12 +182,18 @@ def _mel_config() -> dict:
 def main(argv):
   del argv
   is_tfds = _SOURCE.value.startswith("tfds:")
-  if _SOURCE.value not in SOURCES and not is_tfds:
-    raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(SOURCES)}, tfds:<name>")
+  if _SOURCE.value not in LAYOUTS and not is_tfds:
+    raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(LAYOUTS)}, tfds:<name>")
+  _check_options(_SOURCE.value)
   if _WAVEFORM_CROP.value < 0:
     raise UserError(f"--waveform_crop_seconds={_WAVEFORM_CROP.value:g}; use the model's crop length or 0 (whole files)")
   mel_config = _mel_config()
-  listing, work_fn = (_tfds if is_tfds else SOURCES[_SOURCE.value])(mel_config)
+  if is_tfds:
+    listing, work_fn = _tfds(mel_config)
+  elif _SOURCE.value == "synthetic":
+    listing, work_fn = _synthetic(mel_config)
+  else:
+    listing, work_fn = _recorded(_SOURCE.value, mel_config)
   empty = [name for name, items in listing.splits.items() if not items]
   if empty or not listing.splits:
     where = f" in {_INPUT.value}" if _INPUT.value else ""

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.signal
 
 from mclap.data import mel as mel_lib
-from mclap.prepare.sources import SPLIT_FRACTIONS
+from mclap.prepare.listing import SPLIT_FRACTIONS
 
 # Attribute vocabularies. The first word of each synonym list is also the tag.
 TEMPOS = {"slow": (60, 80), "medium": (95, 115), "fast": (135, 165)}

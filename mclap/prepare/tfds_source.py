@@ -26,8 +26,8 @@ import numpy as np
 from mclap.data import audio
 from mclap.data.records import Reject
 from mclap.errors import UserError
-from mclap.prepare import sources
-from mclap.prepare.sources import Listing
+from mclap.prepare import decode
+from mclap.prepare.listing import Listing
 
 CAPTION_KEYS = ("caption", "captions", "text", "description")
 LABEL_KEYS = ("label", "genre", "instrument")
@@ -101,7 +101,7 @@ def list_items(
 ):
   """The listing and work function of `tfds:<name>` (name as TFDS takes it: `gtzan`, `name:1.0.0`);
   `caption` names the text feature to use as captions (default: see `caption_feature`);
-  `waveform_crop_seconds`: see `sources.record_mel`."""
+  `waveform_crop_seconds`: see `decode.record_mel`."""
   tfds = _tfds()
   name = spec.removeprefix("tfds:")
   try:
@@ -149,7 +149,7 @@ def list_items(
   if label_names:
     extra["label_names"] = list(label_names)
   listing = Listing(splits, extra, require_captions=bool(caption_key))
-  return listing, sources.work_function(decode_example, settings, waveform_crop_seconds)
+  return listing, decode.work_function(decode_example, settings, waveform_crop_seconds)
 
 
 @functools.cache
@@ -177,7 +177,7 @@ def _texts(value: Any) -> list[str]:
 def decode_example(
   item: TfdsItem, settings: TfdsSettings, waveform_crop_seconds: float | None = None
 ) -> dict[str, Any] | Reject:
-  """The writer's work function: one TFDS example -> record (`sources.record_mel` for
+  """The writer's work function: one TFDS example -> record (`decode.record_mel` for
   `waveform_crop_seconds`)."""
   example = _data_source(settings.name, settings.data_dir, item.split)[item.index]
   mel_config = dict(settings.mel)
@@ -191,7 +191,7 @@ def decode_example(
   label = int(example[settings.label_key]) if settings.label_key else -1
   return {
     "id": item.id,
-    "mel": sources.record_mel(wave, mel_config, waveform_crop_seconds),
+    "mel": decode.record_mel(wave, mel_config, waveform_crop_seconds),
     "captions": _texts(example[settings.caption_key]) if settings.caption_key else [],
     "tags": [settings.label_names[label]] if label >= 0 else [],
     "label": label,

@@ -138,10 +138,10 @@ class _Shard:
   fingerprint: str
 
 
-# The modules of the work functions before 0.2 moved them into mclap/prepare/: corpora name their
+# Where mclap 0.1 kept the work functions of today's modules: corpora name their
 # work function so, and a re-run must find the same settings and shard fingerprints to resume.
 _FORMER_MODULES = {
-  "mclap.prepare.sources": "mclap.data.sources",
+  "mclap.prepare.decode": "mclap.data.sources",
   "mclap.prepare.synthetic": "mclap.data.synthetic",
   "mclap.prepare.tfds_source": "mclap.data.tfds_source",
 }
