@@ -56,7 +56,17 @@ def muscall_torchaudio_config() -> ml_collections.ConfigDict:
   return config
 
 
-PRESETS = {"mclap": default_mel_config, "muscall_torchaudio": muscall_torchaudio_config}
+def clap_config() -> ml_collections.ConfigDict:
+  """The front end of LAION-CLAP's released models (its `audio_cfg` and Hugging Face's
+  `ClapFeatureExtractor` for unfused models): 48 kHz, n_fft 1024, hop 480 (10 ms), 64 Slaney-
+  normalised Slaney-scale mels from 50 Hz to 14 kHz, a reflect-padded periodic-Hann STFT, power in
+  dB with a 1e-10 floor and no dynamic-range cut."""
+  config = default_mel_config()
+  config.update(sample_rate=48000, hop_length=480, n_mels=64, fmin=50.0, fmax=14000.0, top_db=0.0, pad_mode="reflect")
+  return config
+
+
+PRESETS = {"mclap": default_mel_config, "muscall_torchaudio": muscall_torchaudio_config, "clap": clap_config}
 
 
 def complete(mel_config: Mapping[str, Any]) -> dict[str, Any]:

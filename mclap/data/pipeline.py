@@ -51,6 +51,12 @@ def evenly_spaced_starts(frames: int, length: int, count: int) -> list[int]:
   return [int(round(room * i / (count - 1))) for i in range(count)]
 
 
+def repeat_short(wave: np.ndarray, length: int) -> np.ndarray:
+  """A waveform shorter than `length` samples repeated as many whole times as fit (LAION-CLAP's
+  "repeatpad": cropping then pads the rest with zeros); longer ones as they are."""
+  return np.tile(wave, length // len(wave)) if 0 < len(wave) < length else wave
+
+
 def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tuple[np.ndarray, int]:
   """`count` evenly spaced crops `[count, n_mels, length]` of an evaluated clip (`count` 1: the
   central one), and the first crop's valid length."""

@@ -40,9 +40,13 @@ class BertLayer(nnx.Module):
     return self.output_norm(x + self.output(h)).astype(x.dtype)
 
 
+POOLINGS = ("cls", "mean", "pooler")
+
+
 class BertEncoder(nnx.Module):
-  """tokens, token_mask `[batch, length]` -> features `[batch, width]`, pooled at [CLS] (`cls`) or
-  averaged over the real tokens (`mean`, Sentence-BERT's pooling)."""
+  """tokens, token_mask `[batch, length]` -> features `[batch, width]`, pooled at [CLS] (`cls`),
+  averaged over the real tokens (`mean`, Sentence-BERT's pooling), or [CLS] through the
+  checkpoint's dense + tanh pooler (`pooler`, what CLAP projects)."""
 
   def __init__(
     self,
@@ -61,8 +65,8 @@ class BertEncoder(nnx.Module):
     dtype: Any,
     rngs: nnx.Rngs,
   ):
-    if pooling not in ("cls", "mean"):
-      raise ConfigError(f"config.model.text.pooling={pooling!r} for a BERT tower; use cls or mean")
+    if pooling not in POOLINGS:
+      raise ConfigError(f"config.model.text.pooling={pooling!r} for a BERT tower; use {', '.join(POOLINGS)}")
     self.position_offset, self.pooling, self.remat, self.dtype = position_offset, pooling, remat, dtype
     self.max_positions = max_positions
     init = nnx.initializers.normal(0.02)
@@ -71,6 +75,7 @@ class BertEncoder(nnx.Module):
     self.token_type_embeddings = nnx.Embed(type_vocab_size, width, embedding_init=init, rngs=rngs)
     self.embedding_norm = nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, rngs=rngs)
     self.layers = nnx.List([BertLayer(width, heads, intermediate, eps, dtype=dtype, rngs=rngs) for _ in range(layers)])
+    self.pooler = nnx.Linear(width, width, dtype=dtype, rngs=rngs) if pooling == "pooler" else None
     self.output_dim = width
 
   def __call__(self, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
@@ -90,6 +95,8 @@ class BertEncoder(nnx.Module):
     x = x.astype(jnp.float32)
     if self.pooling == "cls":
       return x[:, 0]
+    if self.pooling == "pooler":
+      return jnp.tanh(self.pooler(x[:, 0]).astype(jnp.float32))
     weights = valid[..., None].astype(x.dtype)
     return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
 
@@ -144,19 +151,53 @@ _EMBEDDING_NAMES = {
   "token_type_embeddings": "token_type_embeddings",
   "LayerNorm": "embedding_norm",
 }
-_IGNORED = re.compile(r"(^|\.)(pooler|lm_head|cls)\.|position_ids$")
+_IGNORED = re.compile(r"(^|\.)(lm_head|cls)\.|position_ids$|token_type_ids$")
 
 
-def _module_path(name: str) -> tuple[str, str] | None:
-  """torch name (prefix stripped) -> (module path in `BertEncoder`, leaf), or None if unused."""
+def _variable(name: str) -> tuple[tuple[str, ...], str] | None:
+  """torch name (prefix stripped) -> (module path in `BertEncoder`, variable name), or None if unused."""
   module, _, leaf = name.rpartition(".")
   if m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module):
-    if m.group(2) in _LAYER_NAMES:
-      return f"layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}", leaf
+    if m.group(2) not in _LAYER_NAMES:
+      return None
+    path = ("layers", m.group(1), *_LAYER_NAMES[m.group(2)].split("."))
   elif m := re.fullmatch(r"embeddings\.(\w+)", module):
-    if m.group(1) in _EMBEDDING_NAMES:
-      return _EMBEDDING_NAMES[m.group(1)], leaf
-  return None
+    if m.group(1) not in _EMBEDDING_NAMES:
+      return None
+    path = (_EMBEDDING_NAMES[m.group(1)],)
+  elif module == "pooler.dense":
+    path = ("pooler",)
+  else:
+    return None
+  if path[-1].endswith("embeddings"):
+    return path, "embedding"
+  if path[-1].endswith("norm"):
+    return path, "scale" if leaf in ("weight", "gamma") else "bias"
+  return path, "kernel" if leaf == "weight" else "bias"
+
+
+def torch_variables(weights: dict[str, np.ndarray], prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+  """A `BertEncoder`'s parameters as nested dicts from a torch state dict (names under `prefix`,
+  or under bert./roberta./model.), torch's `[out, in]` Linear weights transposed; and the names
+  that have no place in it (other than known-unused ones)."""
+  variables: dict[str, Any] = {}
+  unexpected = []
+  for full_name, array in weights.items():
+    if prefix and not full_name.startswith(prefix):
+      continue
+    name = full_name.removeprefix(prefix) if prefix else re.sub(r"^(bert|roberta|model)\.", "", full_name)
+    target = _variable(name)
+    if target is None:
+      if not _IGNORED.search(name):
+        unexpected.append(full_name)
+      continue
+    path, attribute = target
+    node = variables
+    for part in path:
+      node = node.setdefault(part, {})
+    value = np.asarray(array, np.float32)
+    node[attribute] = value.T if attribute == "kernel" else value
+  return variables, unexpected
 
 
 def load_weights(tower: BertEncoder, directory: str | pathlib.Path) -> None:
@@ -164,34 +205,21 @@ def load_weights(tower: BertEncoder, directory: str | pathlib.Path) -> None:
   path = pathlib.Path(directory) / "model.safetensors"
   if not path.is_file():
     raise UserError(f"{path} not found: a pretrained text tower needs model.safetensors in {directory}")
-  weights = load_file(str(path))
-  loaded = set()
-  for full_name, array in weights.items():
-    name = re.sub(r"^(bert|roberta|model)\.", "", full_name)
-    target = _module_path(name)
-    if target is None:
-      if not _IGNORED.search(name):
-        raise UserError(f"{path}: unexpected weight {full_name!r} for a {', '.join(LAYOUTS)} encoder")
-      continue
-    module_path, leaf = target
-    module = tower
-    for part in module_path.split("."):
-      module = module[int(part)] if part.isdigit() else getattr(module, part)
-    is_embedding = isinstance(module, nnx.Embed)
-    if is_embedding:
-      attribute = "embedding"
-    elif isinstance(module, nnx.LayerNorm):
-      attribute = "scale" if leaf in ("weight", "gamma") else "bias"
-    else:
-      attribute = "kernel" if leaf == "weight" else "bias"
-    variable = getattr(module, attribute)
-    value = array if is_embedding or array.ndim == 1 else array.T  # torch Linear stores [out, in].
-    if value.shape != variable[...].shape:
+  variables, unexpected = torch_variables(load_file(str(path)))
+  if unexpected:
+    raise UserError(f"{path}: unexpected weight {unexpected[0]!r} for a {', '.join(LAYOUTS)} encoder")
+  missing = []
+  for key, variable in nnx.to_flat_state(nnx.state(tower, nnx.Param)):
+    node = variables
+    for part in map(str, key):
+      node = node.get(part) if isinstance(node, dict) else None
+    if node is None:
+      missing.append(".".join(map(str, key)))
+    elif node.shape != variable[...].shape:
       raise UserError(
-        f"{path}: {full_name} has shape {list(array.shape)}, the tower expects {list(variable[...].shape)}"
+        f"{path}: {'.'.join(map(str, key))} has shape {list(node.shape)}, the tower expects {list(variable[...].shape)}"
       )
-    variable[...] = jnp.asarray(np.asarray(value, np.float32))
-    loaded.add(f"{module_path}.{attribute}")
-  expected = {".".join(map(str, key)) for key, _ in nnx.to_flat_state(nnx.state(tower, nnx.Param))}
-  if missing := sorted(expected - loaded):
+    else:
+      variable[...] = jnp.asarray(node)
+  if missing:
     raise UserError(f"{path} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")

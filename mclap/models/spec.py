@@ -26,7 +26,7 @@ REMAT = ("none", "dots", "full")
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  audio: dict[str, Any]  # {"kind": "modified_resnet" | "simple_cnn", constructor arguments}
+  audio: dict[str, Any]  # {"kind": "modified_resnet" | "simple_cnn" | "htsat", constructor arguments}
   text: dict[str, Any]  # {"kind": "transformer" | "bert", constructor arguments}
   audio_head: dict[str, Any]  # {"kind": "linear" | "mlp" | "identity", "hidden", "activation"}
   text_head: dict[str, Any]
@@ -76,8 +76,11 @@ def _audio(config: ml_collections.ConfigDict) -> dict[str, Any]:
   a = config.model.audio
   if a.kind == "simple_cnn":
     return dict(kind=a.kind, channels=list(a.channels), batch_norm_blocks=a.batch_norm_blocks)
+  if a.kind == "htsat":
+    names = ("spec_size", "patch_size", "embed_dim", "depths", "heads", "window_size", "mlp_ratio")
+    return _plain(dict(kind=a.kind, **{name: a[name] for name in names}))
   if a.kind != "modified_resnet":
-    raise ConfigError(f"config.model.audio.kind={a.kind!r}; available: modified_resnet, simple_cnn")
+    raise ConfigError(f"config.model.audio.kind={a.kind!r}; available: modified_resnet, simple_cnn, htsat")
   return dict(
     kind=a.kind, width=a.width, layers=list(a.layers), pooling=a.pooling, heads=a.heads, output_dim=a.output_dim
   )

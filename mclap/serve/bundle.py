@@ -53,6 +53,7 @@ def inference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   c = ml_collections.ConfigDict()
   c.data = {k: config.data[k] for k in ("crop_seconds", "eval_crops", "max_tokens", "tokenizer_dir")}
   c.data.crop = config.data.get("crop", "mel")  # Where inference crops: see `inference.Model.mel_crops`.
+  c.data.pad = config.data.get("pad", "zeros")  # How it pads waveforms shorter than a crop (the same).
   c.data.mel = mel_lib.complete(config.data.mel.to_dict())
   return c
 

@@ -52,6 +52,7 @@ class Model:
     self.crop_frames = mel_lib.num_frames(self.config.data.crop_seconds, self.mel_config)
     self.crop_samples = int(round(self.config.data.crop_seconds * self.sample_rate))
     self.crop = self.config.data.get("crop", "mel")  # Bundles written before the key cropped the mel.
+    self.repeat_short = self.config.data.get("pad", "zeros") == "repeat"  # Imported CLAP models.
     self.batch_size, self.max_seconds = batch_size, max_seconds
     self.tokenizer = tokenizer_lib.for_config(self.config)
     self.logit_scale = float(model.logit_scale())
@@ -77,7 +78,8 @@ class Model:
     `crop` (default: the bundle's `data.crop`) says where the crop is taken: "mel" crops the
     whole file's log-mel, as mclap trains and evaluates; "waveform" crops the samples and takes
     the log-mel of the crop, zero-padding shorter files, as the original MusCALL does (the
-    default of imported MusCALL bundles, so their embeddings are the original's for any length).
+    default of imported MusCALL bundles, so their embeddings are the original's for any length);
+    bundles of CLAP models repeat shorter files first (`data.pad` "repeat"), as CLAP does.
     """
     count = crops or self.config.data.eval_crops
     rule = crop or self.crop
@@ -86,6 +88,8 @@ class Model:
     if rule == "mel":
       mel = mel_lib.log_mel(wave, self.mel_config)
       return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
+    if self.repeat_short:
+      wave = pipeline.repeat_short(wave, self.crop_samples)
     waves = pipeline.eval_crops(wave[None], self.crop_samples, count, 0.0)[0][:, 0]
     return np.stack([mel_lib.log_mel(w, self.mel_config) for w in waves])
 

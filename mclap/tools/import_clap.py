@@ -1,0 +1,255 @@
+"""Import a LAION-CLAP model: `python -m mclap.tools.import_clap --checkpoint DIR --output B`.
+
+Reads a Hugging Face `ClapModel` directory (config.json, model.safetensors, tokenizer.json, and
+preprocessor_config.json when present: the exports such as `laion/clap-htsat-unfused` and
+`laion/larger_clap_music`) into an mclap bundle: the HTS-AT audio tower (`models.htsat`), the
+RoBERTa text tower pooled through its dense + tanh pooler, the two projection MLPs (linear, ReLU,
+linear) and the audio-side temperature (`logit_scale_a`; LAION-CLAP's contrastive loss scales
+both directions with it). The front end is the `clap` mel preset with the directory's own
+settings; clips are cut from the waveform to the model's 10 s as the original does.
+
+Sizes come from config.json and are checked against every array's shape; an array without a place
+in the model is an error, known-unused ones (position-id buffers, batch counters) are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import tempfile
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import flags
+from safetensors.numpy import load_file
+
+from mclap import cli
+from mclap.data import mel as mel_lib
+from mclap.errors import UserError
+from mclap.models import bert, spec_from_config, weights
+from mclap.serve import bundle
+
+# Original arrays that carry nothing the mclap model needs.
+_IGNORED = re.compile(r".*(relative_position_index|num_batches_tracked|position_ids|token_type_ids)$")
+
+
+def read_directory(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json, preprocessor_config.json or {}, the state dict) of a Hugging Face CLAP export."""
+  paths = {name: directory / name for name in ("config.json", "model.safetensors")}
+  if missing := [name for name, path in paths.items() if not path.is_file()]:
+    raise UserError(f"{directory} lacks {', '.join(missing)}: --checkpoint must be a Hugging Face ClapModel directory")
+  config = json.loads(paths["config.json"].read_text())
+  if config.get("model_type") != "clap":
+    raise UserError(f"{paths['config.json']}: model_type {config.get('model_type')!r}, not a ClapModel ('clap')")
+  preprocessor = directory / "preprocessor_config.json"
+  front = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
+  return config, front, load_file(str(paths["model.safetensors"]))
+
+
+def _check_audio(audio: dict[str, Any]) -> None:
+  """The HTS-AT variants mclap builds: unfused, square patches, patch layer norm, biased q/k/v."""
+  if audio.get("enable_fusion"):
+    raise UserError(
+      "this is a fused CLAP model (enable_fusion): only unfused ones import so far (clap-htsat-unfused, "
+      "larger_clap_music)"
+    )
+  stride = audio.get("patch_stride", 4)
+  stride = list(stride) if isinstance(stride, (list, tuple)) else [stride, stride]
+  settings = {
+    "patch_stride": (stride, [audio["patch_size"]] * 2),
+    "patch_embed_input_channels": (audio.get("patch_embed_input_channels", 1), 1),
+    "enable_patch_layer_norm": (audio.get("enable_patch_layer_norm", True), True),
+    "qkv_bias": (audio.get("qkv_bias", True), True),
+    "hidden_act": (audio.get("hidden_act", "gelu"), "gelu"),
+  }
+  if bad := [f"{k}={have!r} (mclap builds {want!r})" for k, (have, want) in settings.items() if have != want]:
+    raise UserError(f"the CLAP audio tower has settings mclap does not build: {', '.join(bad)}")
+  width = audio["patch_embeds_hidden_size"] * 2 ** (len(audio["depths"]) - 1)
+  if audio["hidden_size"] != width:
+    raise UserError(f"the CLAP audio config's hidden_size {audio['hidden_size']} is not its last stage's {width}")
+
+
+def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -> ml_collections.ConfigDict:
+  """The mclap inference config of a Hugging Face CLAP config (and its feature extractor's)."""
+  audio, text = hf["audio_config"], hf["text_config"]
+  _check_audio(audio)
+  mel = mel_lib.clap_config()
+  mel.update(
+    sample_rate=front.get("sampling_rate", mel.sample_rate),
+    n_fft=front.get("fft_window_size", mel.n_fft),
+    hop_length=front.get("hop_length", mel.hop_length),
+    n_mels=audio["num_mel_bins"],
+    fmin=float(front.get("frequency_min", mel.fmin)),
+    fmax=float(front.get("frequency_max", mel.fmax)),
+  )
+  projection = hf.get("projection_dim", audio.get("projection_dim", 512))
+  mlp_head = dict(kind="mlp", hidden=(projection,), activation=hf.get("projection_hidden_act", "relu"))
+  # RoBERTa positions start after the padding id: the longest text is max_position_embeddings - pad - 1.
+  positions = text["max_position_embeddings"] - text.get("pad_token_id", 1) - 1
+  return ml_collections.ConfigDict(
+    dict(
+      data=dict(
+        mel=mel_lib.complete(mel.to_dict()),
+        crop_seconds=float(front.get("max_length_s", 10)),
+        eval_crops=1,
+        crop="waveform",  # The original cuts the waveform to the model's length, then takes the mel;
+        pad="repeat",  # shorter ones it repeats, then pads with zeros.
+        max_tokens=min(77, positions),  # LAION-CLAP tokenizes to 77.
+        tokenizer_dir=tokenizer_dir,
+      ),
+      model=dict(
+        audio=dict(
+          kind="htsat",
+          spec_size=audio["spec_size"],
+          patch_size=audio["patch_size"],
+          embed_dim=audio["patch_embeds_hidden_size"],
+          depths=tuple(audio["depths"]),
+          heads=tuple(audio["num_attention_heads"]),
+          window_size=audio["window_size"],
+          mlp_ratio=float(audio.get("mlp_ratio", 4.0)),
+          head=mlp_head,
+        ),
+        text=dict(kind="bert", pooling="pooler", pretrained_dir=tokenizer_dir, head=mlp_head),
+        projection_dim=projection,
+        logit_scale_init=float(np.log(hf.get("logit_scale_init_value", 1 / 0.07))),
+        logit_scale_max=float(np.log(100.0)),
+        learn_temperature=True,
+      ),
+      train=dict(dtype="float32", remat="none"),
+    )
+  )
+
+
+def _linear(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  out = {"kernel": state[f"{name}.weight"].T}
+  if f"{name}.bias" in state:
+    out["bias"] = state[f"{name}.bias"]
+  return out
+
+
+def _norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
+
+
+def _head(state: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+  """A projection MLP (`mlp` of dual_encoder: layers 0 and 2 around the activation)."""
+  return {"layers": {0: _linear(state, f"{name}.linear1"), 2: _linear(state, f"{name}.linear2")}}
+
+
+def htsat_variables(state: dict[str, np.ndarray], depths: list[int], prefix: str) -> dict[str, Any]:
+  """An `htsat.HTSAT`'s variables (batch-norm statistics included) from Hugging Face's names."""
+  bn = f"{prefix}.batch_norm"
+  out: dict[str, Any] = {
+    "input_norm": {
+      "scale": state[f"{bn}.weight"],
+      "bias": state[f"{bn}.bias"],
+      "mean": state[f"{bn}.running_mean"],
+      "var": state[f"{bn}.running_var"],
+    },
+    "patch_kernel": state[f"{prefix}.patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
+    "patch_bias": state[f"{prefix}.patch_embed.proj.bias"],
+    "patch_norm": _norm(state, f"{prefix}.patch_embed.norm"),
+    "norm": _norm(state, f"{prefix}.norm"),
+    "stages": {},
+    "merges": {},
+  }
+  for stage, depth in enumerate(depths):
+    blocks = {}
+    for i in range(depth):
+      block = f"{prefix}.layers.{stage}.blocks.{i}"
+      attention = f"{block}.attention"
+      blocks[i] = {
+        "norm1": _norm(state, f"{block}.layernorm_before"),
+        "attention": {
+          "q_proj": _linear(state, f"{attention}.self.query"),
+          "k_proj": _linear(state, f"{attention}.self.key"),
+          "v_proj": _linear(state, f"{attention}.self.value"),
+          "out_proj": _linear(state, f"{attention}.output.dense"),
+          "relative_position_bias": state[f"{attention}.self.relative_position_bias_table"],
+        },
+        "norm2": _norm(state, f"{block}.layernorm_after"),
+        "fc1": _linear(state, f"{block}.intermediate.dense"),
+        "fc2": _linear(state, f"{block}.output.dense"),
+      }
+    out["stages"][stage] = blocks
+    if stage < len(depths) - 1:
+      merge = f"{prefix}.layers.{stage}.downsample"
+      out["merges"][stage] = {"norm": _norm(state, f"{merge}.norm"), "reduction": _linear(state, f"{merge}.reduction")}
+  return out
+
+
+class _Tracked(dict):
+  """The state dict as float32, recording which names were read."""
+
+  def __init__(self, state: dict[str, np.ndarray]):
+    super().__init__(state)
+    self.used: set[str] = set()
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self:
+      raise UserError(f"the checkpoint has no {key}: it is not a CLAP model of the architecture its config names")
+    self.used.add(key)
+    return np.asarray(super().__getitem__(key), np.float32)
+
+
+def clap_variables(state: dict[str, np.ndarray], hf: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+  """(mclap variables of a Hugging Face CLAP state dict as one nested dict, the names left unused)."""
+  tracked = _Tracked(state)
+  text, unexpected = bert.torch_variables(state, prefix="text_model.")
+  if unexpected:
+    raise UserError(f"the checkpoint's text model has arrays mclap has no place for, e.g. {unexpected[:3]}")
+  tracked.used.update(k for k in state if k.startswith("text_model."))
+  variables = {
+    "audio": htsat_variables(tracked, hf["audio_config"]["depths"], "audio_model.audio_encoder"),
+    "text": text,
+    "audio_projection": _head(tracked, "audio_projection"),
+    "text_projection": _head(tracked, "text_projection"),
+    "logit_scale_param": tracked["logit_scale_a"],
+  }
+  tracked.used.add("logit_scale_t")  # Only LAION-CLAP's MLP loss variant uses the text-side scale.
+  return variables, sorted(set(state) - tracked.used)
+
+
+def import_clap(checkpoint: str | pathlib.Path, output: str | pathlib.Path, *, overwrite: bool = False) -> pathlib.Path:
+  """Writes the bundle of a Hugging Face CLAP directory; returns its directory."""
+  bundle.check_output(output, overwrite)
+  directory = pathlib.Path(checkpoint)
+  if not directory.is_dir():
+    raise UserError(f"--checkpoint {directory} is not a directory: give a Hugging Face ClapModel directory")
+  hf, front, state = read_directory(directory)
+  if not (directory / "tokenizer.json").is_file():
+    raise UserError(f"{directory} has no tokenizer.json; the Hub's CLAP exports ship one beside the weights")
+  variables, unused = clap_variables(state, hf)
+  if unknown := [k for k in unused if not _IGNORED.fullmatch(k)]:
+    raise UserError(f"{len(unknown)} arrays of the checkpoint have no place in the model, e.g. {unknown[:3]}")
+  with tempfile.TemporaryDirectory() as tmp:
+    # The text tower's own directory: the tokenizer and its RoBERTa config (what a bundle keeps).
+    text_dir = pathlib.Path(tmp)
+    (text_dir / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+    (text_dir / "config.json").write_text(json.dumps({**hf["text_config"], "model_type": "roberta"}))
+    config = clap_config(hf, front, str(text_dir))
+    spec = spec_from_config(config)
+    expected = weights.flat_shapes(bundle.abstract_variables(spec))
+    if problem := weights.shape_difference(expected, weights.flat_shapes(variables)):
+      raise UserError(f"{checkpoint}: {problem}")
+    source = {"clap_checkpoint": str(directory.absolute())}
+    out = bundle.write(output, config, spec, variables, source=source, tokenizer_dir=text_dir, overwrite=overwrite)
+  print(f"imported {checkpoint} to {out}; load it with mclap.load({str(out)!r})")
+  return out
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  import_clap(f.checkpoint, f.output, overwrite=f.overwrite)
+
+
+if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
+  flags.DEFINE_string("checkpoint", None, "Hugging Face ClapModel directory (config.json, model.safetensors, ...).")
+  flags.DEFINE_string("output", None, "Bundle directory to write.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
+  for name in ("checkpoint", "output"):
+    flags.mark_flag_as_required(name)
+  cli.run(main)

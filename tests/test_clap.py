@@ -1,0 +1,151 @@
+"""LAION-CLAP import: a small random-weight CLAP of the released architecture, saved by Hugging
+Face transformers (tests/data/make_clap_fixture.py), imported without torch; the imported model,
+its front end and tokenizer must give what the PyTorch original gave (stored beside it)."""
+
+import json
+import math
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+import mclap
+from mclap.data import mel, pipeline
+from mclap.errors import UserError
+from mclap.models import spec_from_config
+from mclap.serve import bundle
+from mclap.tools import import_clap
+
+DATA = ROOT / "tests" / "data"
+RATE = 48000
+CAPTIONS = ["calm piano music", "loud drums and a distorted guitar", "a choir singing in a church", "rain"]
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return dict(np.load(DATA / "clap_hf_reference.npz"))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  return import_clap.import_clap(DATA / "clap_hf", tmp_path_factory.mktemp("clap") / "bundle")
+
+
+def close(ours, theirs, atol):
+  """Equal within `atol`, and every row at cosine 0.9999 or more."""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  np.testing.assert_allclose(ours, theirs, atol=atol)
+  cosine = (ours * theirs).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(theirs, axis=-1)
+  assert cosine.min() >= 0.9999
+
+
+def test_the_clap_preset_is_the_released_front_end(reference):
+  """ClapFeatureExtractor as the released models use it (10 s, "repeatpad") on a 3 s tone and a
+  10 s chirp (made as make_clap_fixture.front_wave makes them)."""
+  t = np.arange(RATE * 10) / RATE
+  waves = [0.5 * np.sin(2 * np.pi * 440 * t[: RATE * 3]), 0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)]
+  samples = RATE * 10
+  for wave, theirs in zip(waves, reference["front_mels"][:, 0]):
+    clip = pipeline.eval_crops(pipeline.repeat_short(wave.astype(np.float32), samples)[None], samples, 1, 0.0)[0][0, 0]
+    ours = mel.log_mel(clip, mel.clap_config().to_dict()).T
+    loud = theirs > theirs.max() - 80  # Within 80 dB of the peak: float32 noise below that.
+    assert np.abs(ours - theirs)[loud].max() < 1e-3 and np.abs(ours - theirs).max() < 0.05
+
+
+def test_imported_towers_and_heads_equal_the_original(imported, reference):
+  _, model = bundle.read(imported)
+  mels = reference["mels"][:, 0].transpose(0, 2, 1)  # [batch, 1, frames, mels] -> [batch, mels, frames]
+  close(model.audio_features(mels), reference["audio_pooled"], atol=2e-5)
+  close(model.embed_audio(mels), reference["audio_embeds"], atol=2e-6)
+  tokens, mask = reference["token_ids"], reference["token_mask"]
+  close(model.text_features(tokens, mask), reference["text_pooled"], atol=2e-6)
+  close(model.embed_text(tokens, mask), reference["text_embeds"], atol=2e-6)
+  assert float(model.logit_scale()) == pytest.approx(float(reference["logit_scale"]), rel=1e-6)
+
+
+def test_a_loaded_import_embeds_waveforms_and_captions_as_the_original(imported, reference):
+  """Through `mclap.load`: the front end (repeating the 1 s clip to the model's 2 s), the
+  tokenizer and the towers (waveforms made as make_clap_fixture.model_waves makes them)."""
+  model = mclap.load(imported, batch_size=2)
+  assert (model.crop, model.repeat_short, model.sample_rate) == ("waveform", True, RATE)
+  t = np.arange(RATE * 2) / RATE
+  tones = [0.4 * np.sin(2 * np.pi * 330 * t[:RATE]), 0.4 * np.sin(2 * np.pi * 880 * t)]
+  waves = [w.astype(np.float32) for w in (*tones, 0.2 * np.random.default_rng(0).standard_normal(RATE * 2))]
+  close(model.embed_audio(waves), reference["audio_embeds"], atol=1e-4)
+  ids, mask = model.tokenizer(CAPTIONS)
+  width = reference["token_ids"].shape[1]
+  np.testing.assert_array_equal(mask[:, :width], reference["token_mask"])
+  np.testing.assert_array_equal(
+    np.where(mask == 1, ids, 0)[:, :width], reference["token_ids"] * reference["token_mask"]
+  )
+  close(model.embed_text(CAPTIONS), reference["text_embeds"], atol=2e-6)
+  scores = model.zero_shot(waves, ["piano", "rain"])
+  assert scores.shape == (3, 2)
+
+
+def test_other_architectures_and_unknown_arrays_are_refused(tmp_path):
+  fused = tmp_path / "fused"
+  shutil.copytree(DATA / "clap_hf", fused)
+  config = json.loads((fused / "config.json").read_text())
+  config["audio_config"]["enable_fusion"] = True
+  (fused / "config.json").write_text(json.dumps(config))
+  with pytest.raises(UserError, match="fused CLAP model"):
+    import_clap.import_clap(fused, tmp_path / "b1")
+  extra = tmp_path / "extra"
+  shutil.copytree(DATA / "clap_hf", extra)
+  state = load_file(str(extra / "model.safetensors"))
+  state["audio_model.audio_encoder.tscam_conv.weight"] = np.zeros((2, 2), np.float32)
+  save_file(state, str(extra / "model.safetensors"))
+  with pytest.raises(UserError, match=r"1 arrays of the checkpoint have no place.*tscam_conv"):
+    import_clap.import_clap(extra, tmp_path / "b2")
+  assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
+
+
+@pytest.mark.parametrize(
+  "audio, counts",
+  [
+    # Parameters per part of transformers' ClapModel on these configs (counted with torch once):
+    # HTS-AT tiny (laion/clap-htsat-unfused) and base (laion/larger_clap_music), RoBERTa-base text.
+    ({}, dict(audio=27534488, text=124645632, audio_projection=656384, text_projection=656384)),
+    (
+      dict(patch_embeds_hidden_size=128, depths=[2, 2, 12, 2], hidden_size=1024),
+      dict(audio=67824408, text=124645632, audio_projection=787456, text_projection=656384),
+    ),
+  ],
+)
+def test_released_sizes_build_with_the_originals_parameter_counts(tmp_path, audio, counts):
+  hf = dict(
+    audio_config=dict(
+      num_mel_bins=64,
+      spec_size=256,
+      patch_size=4,
+      patch_embeds_hidden_size=96,
+      depths=[2, 2, 6, 2],
+      num_attention_heads=[4, 8, 16, 32],
+      window_size=8,
+      hidden_size=768,
+    )
+    | audio,
+    text_config=dict(
+      model_type="roberta",
+      vocab_size=50265,
+      hidden_size=768,
+      num_hidden_layers=12,
+      num_attention_heads=12,
+      intermediate_size=3072,
+      max_position_embeddings=514,
+      type_vocab_size=1,
+      pad_token_id=1,
+    ),
+    projection_dim=512,
+  )
+  (tmp_path / "config.json").write_text(json.dumps(hf["text_config"]))
+  spec = spec_from_config(import_clap.clap_config(hf, {}, str(tmp_path)), vocab_size=0)
+  assert spec.crop_frames == 1001 and spec.max_tokens == 77
+  params = nnx.state(bundle.abstract_model(spec), nnx.Param).to_pure_dict()
+  found = {part: sum(math.prod(x.shape) for x in jax.tree.leaves(params[part])) for part in counts}
+  assert found == counts
