@@ -149,3 +149,20 @@ def test_released_sizes_build_with_the_originals_parameter_counts(tmp_path, audi
   params = nnx.state(bundle.abstract_model(spec), nnx.Param).to_pure_dict()
   found = {part: sum(math.prod(x.shape) for x in jax.tree.leaves(params[part])) for part in counts}
   assert found == counts
+
+
+def test_the_import_embeds_new_inputs_as_transformers_does(imported):
+  """With torch at hand (not a dependency of mclap), against the live original on fresh inputs."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  original = transformers.ClapModel.from_pretrained(str(DATA / "clap_hf")).eval()
+  mels = np.random.default_rng(1).normal(-40.0, 15.0, (2, 1, 201, 16)).astype(np.float32)
+  tokens = np.array([[0, 40, 41, 42, 2, 1], [0, 50, 2, 1, 1, 1]])
+  with torch.no_grad():
+    audio = original.get_audio_features(input_features=torch.from_numpy(mels)).pooler_output.numpy()
+    text = original.get_text_features(
+      input_ids=torch.from_numpy(tokens), attention_mask=torch.from_numpy((tokens != 1).astype(np.int64))
+    ).pooler_output.numpy()
+  _, model = bundle.read(imported)
+  close(model.embed_audio(mels[:, 0].transpose(0, 2, 1)), audio, atol=2e-6)
+  close(model.embed_text(tokens, (tokens != 1).astype(np.int32)), text, atol=2e-6)
