@@ -22,9 +22,12 @@ atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_e
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mclap import cli  # noqa: E402
-from mclap.data import mel, records  # noqa: E402
+import jax  # noqa: E402
+
+from mclap import cli, parallel  # noqa: E402
+from mclap.data import mel, pipeline, records  # noqa: E402
 from mclap.prepare import synthetic, writer  # noqa: E402
+from mclap.training import trainer  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; jobs parse them in `cli.run`.
 
@@ -123,3 +126,19 @@ def fake_record(item):
     mel = mel[:3]
   captions = [" ", ""] if kind == "empty" else [f"c{i}"]
   return {"id": "dup" if kind == "dup" else f"x{i}", "mel": mel, "captions": captions, "tags": [kind]}
+
+
+def fit_one_batch(config, steps=5):
+  """Steps on one fixed batch (8 devices): the loss must fall. Returns the losses and states."""
+  config.optim.update(warmup_steps=0, schedule="constant")
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  tx = trainer.make_optimizer(config, steps)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  first = jax.device_get(state)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  batch = parallel.to_global(pipeline.train_dataset(config)[0], mesh)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  return losses, first, state, model_def

@@ -9,14 +9,16 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, fit_one_batch, small
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 import mclap
+from mclap import cli, export, train
 from mclap.data import mel, pipeline
 from mclap.errors import UserError
-from mclap.models import spec_from_config
+from mclap.models import spec_from_config, weights
+from mclap.prepare import synthetic, writer
 from mclap.serve import bundle
 from mclap.tools import import_clap
 
@@ -166,3 +168,36 @@ def test_the_import_embeds_new_inputs_as_transformers_does(imported):
   _, model = bundle.read(imported)
   close(model.embed_audio(mels[:, 0].transpose(0, 2, 1)), audio, atol=2e-6)
   close(model.embed_text(tokens, (tokens != 1).astype(np.int32)), text, atol=2e-6)
+
+
+@pytest.mark.slow
+def test_configs_clap_fine_tunes_an_import_and_exports_it(imported, tmp_path):
+  """`configs/clap.py:BUNDLE` rebuilds the bundle's model, starts from its weights, trains on a
+  corpus prepared with its mel settings (the loss falls on a fixed batch), and the trained model
+  exports to a bundle that crops and pads as the import did."""
+  meta = bundle.read_meta(imported)
+  mel_config = meta["config"].data.mel.to_dict()
+  corpus, workdir = tmp_path / "corpus", tmp_path / "run"
+  splits = synthetic.plan_clips(80, 0, 3.0)
+  writer.write_corpus(
+    corpus, splits, synthetic.make_record_fn(mel_config), mel_config=mel_config, source="synthetic",
+    extra_info={"label_names": synthetic.LABEL_NAMES}, num_workers=0, shard_size=64, show_progress=False,
+  )  # fmt: skip
+  config = cli.load_config(f"configs/clap.py:{imported},demo")
+  assert spec_from_config(config) == meta["spec"]
+  config.data.update(dir=str(corpus), num_workers=0, eval_batch_size=8)
+  config.train.batch_size = 8
+  config.optim.lr = 1e-3  # Enough to see the loss fall within a few steps.
+  losses, first, _, _ = fit_one_batch(config, steps=4)
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  variables = weights.read_arrays(imported / weights.BUNDLE_VARIABLES)
+  np.testing.assert_array_equal(first["params"]["model"]["audio"]["patch_kernel"], variables["audio"]["patch_kernel"])
+  np.testing.assert_array_equal(
+    first["batch_stats"]["model"]["audio"]["input_norm"]["mean"], variables["audio"]["input_norm"]["mean"]
+  )
+
+  train.train(small(config, steps=2), workdir)
+  out = export.export(workdir, tmp_path / "tuned")
+  model = mclap.load(out)
+  assert (model.crop, model.repeat_short) == ("waveform", True)
+  assert model.embed_text(["rain"]).shape == (1, meta["spec"].projection_dim)

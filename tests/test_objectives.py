@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import make_tiny_config
+from conftest import fit_one_batch, make_tiny_config
 from flax import nnx
 
 from mclap import parallel
@@ -14,22 +14,6 @@ from mclap.training import checkpoints, trainer
 
 pytestmark = pytest.mark.slow
 MINILM = default_tokenizer_dir()
-
-
-def _fit_one_batch(config, steps=5):
-  """Steps on one fixed batch (8 devices): the loss must fall. Returns the losses and states."""
-  config.optim.update(warmup_steps=0, schedule="constant")
-  mesh = parallel.make_mesh({"data": -1, "model": 1})
-  tx = trainer.make_optimizer(config, steps)
-  model_def, state = trainer.init_state(config, mesh, tx)
-  first = jax.device_get(state)
-  step = trainer.make_train_step(config, model_def, tx, mesh)
-  batch = parallel.to_global(pipeline.train_dataset(config)[0], mesh)
-  losses = []
-  for _ in range(steps):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
-  return losses, first, state, model_def
 
 
 @pytest.mark.parametrize(
@@ -45,13 +29,13 @@ def _fit_one_batch(config, steps=5):
   ],
 )
 def test_objective_trains(spec, tiny_corpus):
-  losses, *_ = _fit_one_batch(make_tiny_config(spec, tiny_corpus))
+  losses, *_ = fit_one_batch(make_tiny_config(spec, tiny_corpus))
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
 
 
 def test_choi_word_branch_is_a_trained_linear_map_of_fixed_label_vectors(tiny_corpus):
   config = make_tiny_config("configs/triplet.py:demo", tiny_corpus)
-  _, first, state, model_def = _fit_one_batch(config, steps=2)
+  _, first, state, model_def = fit_one_batch(config, steps=2)
   assert "text" in state["frozen"]["model"] and "text" not in state["params"]["model"]
   assert model_def.merge(state).model.text_projection.kernel.shape == (384, config.model.projection_dim)
   trained = lambda s: s["params"]["model"]["text_projection"]["kernel"][...]  # noqa: E731
@@ -60,7 +44,7 @@ def test_choi_word_branch_is_a_trained_linear_map_of_fixed_label_vectors(tiny_co
 
 def _save_trained_muscall(corpus, workdir):
   """A muscall demo model after a few steps, saved as a training workdir's checkpoint."""
-  _, _, state, _ = _fit_one_batch(make_tiny_config("configs/muscall.py:demo", corpus), steps=2)
+  _, _, state, _ = fit_one_batch(make_tiny_config("configs/muscall.py:demo", corpus), steps=2)
   mgr = checkpoints.manager(workdir / "checkpoints", None)
   checkpoints.save(mgr, 2, state)
   mgr.wait_until_finished()
@@ -73,7 +57,7 @@ def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(vari
   config = make_tiny_config(f"configs/generator.py:{variant}", tiny_corpus)
   config.model.audio.init_from = str(tmp_path)
   config.optim.lr = 0.05  # SGD at the paper's 1e-3 moves too little in a few steps to test.
-  losses, first, state, model_def = _fit_one_batch(config)
+  losses, first, state, model_def = fit_one_batch(config)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   # The audio tower (weights and batch statistics) is the checkpoint's, and stays so.
   for group, trained in (("frozen", source["params"]), ("batch_stats", source["batch_stats"])):
@@ -102,7 +86,7 @@ def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(vari
 
 def test_weighted_trains_with_a_frozen_pretrained_sentence_encoder(tiny_corpus, tmp_path):
   config = make_tiny_config("configs/muscall.py:demo,weighted", tiny_corpus)
-  losses, first, state, model_def = _fit_one_batch(config)
+  losses, first, state, model_def = fit_one_batch(config)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   assert "heads" not in state["params"] and "sentence_encoder" in state["frozen"]["heads"]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), first["frozen"])
@@ -120,7 +104,7 @@ def test_weighted_trains_with_a_frozen_pretrained_sentence_encoder(tiny_corpus, 
 
 def test_frozen_audio_tower_gets_no_gradient_and_no_optimizer_state(tiny_config):
   tiny_config.model.audio.freeze = True
-  losses, first, state, _ = _fit_one_batch(tiny_config, steps=3)
+  losses, first, state, _ = fit_one_batch(tiny_config, steps=3)
   assert "audio" not in state["params"]["model"] and "audio" in state["frozen"]["model"]
   assert losses[-1] < losses[0]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), first["frozen"])
@@ -132,7 +116,7 @@ def test_frozen_audio_tower_gets_no_gradient_and_no_optimizer_state(tiny_config)
 def test_pretrained_bert_text_tower_with_its_first_layers_frozen(tiny_corpus):
   config = make_tiny_config("configs/muscall.py:demo", tiny_corpus)
   config.model.text.update(kind="bert", pretrained_dir=str(MINILM), pooling="mean", freeze_layers=4)
-  losses, first, state, model_def = _fit_one_batch(config, steps=4)
+  losses, first, state, model_def = fit_one_batch(config, steps=4)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   layers = lambda group: {int(k[3]) for k, _ in nnx.to_flat_state(group) if k[:3] == ("model", "text", "layers")}  # noqa: E731
   frozen_layers, trained_layers = layers(state["frozen"]), layers(state["params"])
@@ -151,7 +135,7 @@ def test_simple_cnn_tower_with_tanh_heads_trains(tiny_config):
   tiny_config.model.audio = dict(kind="simple_cnn", channels=(16, 32, 64, 128), batch_norm_blocks=2, head=head)
   tiny_config.model.text.head = head
   tiny_config.model.projection_dim = 512
-  losses, _, state, model_def = _fit_one_batch(tiny_config, steps=6)
+  losses, _, state, model_def = fit_one_batch(tiny_config, steps=6)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   model = model_def.merge(state).model
   assert [n is not None for n in model.audio.norms] == [False, False, True, True]
@@ -164,7 +148,7 @@ def test_siglip_trains_its_bias_and_validates_with_its_own_loss(tiny_corpus):
   """SigLIP's bias is the objective's (initialised at -10, trained); its validation loss is the
   sigmoid loss, recomputed in NumPy on the model's inference embeddings, not InfoNCE."""
   config = make_tiny_config("configs/siglip.py:demo", tiny_corpus)
-  losses, first, state, model_def = _fit_one_batch(config)
+  losses, first, state, model_def = fit_one_batch(config)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   assert float(first["params"]["heads"]["logit_bias"][...]) == -10.0
   mesh = parallel.make_mesh({"data": -1, "model": 1})

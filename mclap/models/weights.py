@@ -24,6 +24,7 @@ from mclap.models.spec import text_pretrained_dir
 
 CONFIG_FILE = "config.json"
 SPEC_ITEM = "spec"  # The model spec, saved beside the state in every checkpoint.
+BUNDLE_VARIABLES = "variables"  # Where a bundle (`serve.bundle`) keeps the model's variables.
 
 
 def workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -119,8 +120,8 @@ def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_
       node = saved.get(group, {})
       for key in map(str, path):
         node = node.get(key) if isinstance(node, dict) else None
-      if node is not None:
-        variable[...] = np.asarray(node["value"] if isinstance(node, dict) else node)  # From the host.
+      if node is not None:  # From the host, in the variable's dtype (bundles may store bfloat16).
+        variable[...] = np.asarray(node["value"] if isinstance(node, dict) else node).astype(variable[...].dtype)
 
 
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
@@ -136,8 +137,17 @@ def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> Non
 
 
 def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
-  """Loads the pretrained weights the config names into `model`, in place: a BERT text tower, and
-  an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
+  """Loads the pretrained weights the config names into `model`, in place: every variable from
+  a bundle (`model.init_from`, e.g. an imported CLAP model: `configs/clap.py`), or a BERT text
+  tower and an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
+  if bundle := config.model.get("init_from", ""):
+    if config.model.audio.get("init_from", ""):
+      raise ConfigError(
+        "config.model.init_from starts the whole model from a bundle; leave model.audio.init_from empty"
+      )
+    saved = read_arrays(pathlib.Path(bundle) / BUNDLE_VARIABLES)
+    copy_variables(model, {"params": saved, "batch_stats": saved}, f"bundle {bundle}")
+    return
   if config.model.text.kind == "bert":
     bert.load_weights(model.text, text_pretrained_dir(config))
   if workdir := config.model.audio.get("init_from", ""):

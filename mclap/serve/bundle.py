@@ -36,7 +36,7 @@ from mclap.errors import UserError
 from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
 
 FORMAT, VERSION = "mclap.bundle", 2
-BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = "bundle.json", "variables", "tokenizer"
+BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = "bundle.json", weights.BUNDLE_VARIABLES, "tokenizer"
 DTYPES = ("float32", "bfloat16")
 DTYPE_NAMES = {"float32": "float32", "f32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # Short names too.
 # Tokenizer directories can hold a model's weights too; the bundle has its own.

@@ -1,0 +1,47 @@
+"""Fine-tune an imported LAION-CLAP model: `--config configs/clap.py:BUNDLE[,variants]`.
+
+BUNDLE is what `python -m mclap.tools.import_clap` wrote. The model (architecture and weights),
+its front end, crop length and tokenizer come from the bundle, so a corpus to train on is
+prepared with its mel settings: `python -m mclap.prepare --config configs/clap.py:BUNDLE ...`.
+Everything else is `configs/muscall.py`'s, with its variants (e.g. `configs/clap.py:BUNDLE,demo`
+on the synthetic corpus, prepared for this bundle), and any objective, freezing and per-tower
+learning rates as for other models. A pretrained model is fine-tuned with a smaller learning
+rate than training from scratch takes.
+"""
+
+import json
+import pathlib
+
+import ml_collections
+
+from mclap import config_files
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  bundle, _, variants = (arg or "").partition(",")
+  meta_file = pathlib.Path(bundle) / "bundle.json"
+  if not bundle or not meta_file.is_file():
+    raise ValueError(
+      f"{meta_file if bundle else 'no bundle given'}: configs/clap.py fine-tunes a bundle written by "
+      "python -m mclap.tools.import_clap; use --config configs/clap.py:BUNDLE"
+    )
+  meta = json.loads(meta_file.read_text())
+  spec, data = meta["spec"], meta["config"]["data"]
+  c, _ = config_files.base_config(__file__, variants, ())
+  tokenizer = str(pathlib.Path(bundle) / data["tokenizer_dir"])
+  c.data.update(mel=data["mel"], crop_seconds=data["crop_seconds"], max_tokens=spec["max_tokens"])
+  c.data.tokenizer_dir = tokenizer
+  c.data.update(crop=data.get("crop", "mel"), pad=data.get("pad", "zeros"))  # How its exports cut clips.
+  tower = dict(freeze=False, lr_scale=1.0)
+  c.model.audio = dict(**spec["audio"], head=spec["audio_head"], init_from="", **tower)
+  text = {k: v for k, v in spec["text"].items() if k == "pooling"}
+  c.model.text = dict(kind="bert", **text, pretrained_dir=tokenizer, freeze_layers=0, head=spec["text_head"], **tower)
+  c.model.update(
+    projection_dim=spec["projection_dim"],
+    logit_scale_init=spec["logit_scale_init"],
+    logit_scale_max=spec["logit_scale_max"],
+    learn_temperature=spec["learn_temperature"],
+  )
+  c.model.init_from = bundle  # Every weight of the model, batch-norm statistics included.
+  c.optim.lr = 1e-5
+  return c
