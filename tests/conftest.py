@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from mclap import cli, parallel  # noqa: E402
+from mclap import cli, parallel, train  # noqa: E402
 from mclap.data import mel, pipeline, records  # noqa: E402
 from mclap.prepare import synthetic, writer  # noqa: E402
 from mclap.training import trainer  # noqa: E402
@@ -103,6 +103,20 @@ def make_tiny_config(spec, corpus):
 @pytest.fixture
 def tiny_config(tiny_corpus):
   return make_tiny_config("configs/muscall.py:demo", tiny_corpus)
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tiny_corpus, tmp_path_factory):
+  """(config, workdir) of one 4-step in-process run of `configs/muscall.py:demo` on the tiny
+  corpus (`small`), with the retrieval evaluator every 2 steps, for every test that needs a
+  trained workdir: they read it (writing at most its eval/ folder). Adam's eps is 1, so that runs
+  on other device counts take the same steps (test_multihost) without Adam amplifying rounding."""
+  config = small(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
+  config.evals.retrieval.every = 2
+  config.optim.eps = 1.0
+  workdir = tmp_path_factory.mktemp("trained_demo")
+  train.train(config, workdir)
+  return config, workdir
 
 
 def small(config, steps=4):

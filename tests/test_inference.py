@@ -11,10 +11,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import soundfile
-from conftest import ROOT, make_tiny_config, small, tone
+from conftest import ROOT, tone
 
 import mclap
-from mclap import embed, evaluation, export, parallel, search, train
+from mclap import embed, evaluation, export, parallel, search
 from mclap import eval as eval_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline, records
@@ -36,11 +36,9 @@ def run(module, *args):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_corpus, tmp_path_factory):
-  """(config, workdir, bundle exported by the CLI) of a 4-step run on the tiny corpus."""
-  config = small(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
-  workdir = tmp_path_factory.mktemp("trained")
-  train.train(config, workdir)
+def trained(trained_demo, tmp_path_factory):
+  """(config, workdir, bundle exported by the CLI) of the shared 4-step run on the tiny corpus."""
+  config, workdir = trained_demo
   out = tmp_path_factory.mktemp("bundles") / "float32"
   run("mclap.export", "--workdir", workdir, "--output", out)
   return config, workdir, out

@@ -18,14 +18,15 @@ from mclap.training import checkpoints
 
 pytestmark = pytest.mark.slow
 
-STEPS = 3
+STEPS = 4
 
 
 def _train_args(corpus, workdir):
+  """`python -m mclap.train` with the settings of the shared `trained_demo` run (conftest)."""
   overrides = dict(
     **{"data.dir": corpus, "data.mel.n_mels": 32, "data.crop_seconds": 2.0, "data.num_workers": 0},
     **{"data.eval_batch_size": 8, "train.batch_size": 8, "train.steps": STEPS, "train.log_every": 1},
-    **{"train.eval_every": STEPS, "train.ckpt_every": STEPS, "optim.warmup_steps": 2},
+    **{"train.eval_every": STEPS, "train.ckpt_every": 2, "optim.warmup_steps": 2},
     **{"optim.eps": 1.0},  # Compare the steps, not Adam-amplified rounding (see test_trainer).
   )
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
@@ -56,10 +57,10 @@ def _results(workdir):
   return losses, jax.device_get(state["params"])
 
 
-def test_two_processes_train_like_one_through_a_stop_and_resume(tiny_corpus, tmp_path):
-  """2 processes = 1 process, also when SIGTERM reaches one of them (a preempted host): both stop
-  after the same step with one checkpoint, and the re-run resumes to the same result."""
-  single = _finish(_launch(_train_args(tiny_corpus, tmp_path / "one"), devices=4))
+def test_two_processes_train_like_one_through_a_stop_and_resume(tiny_corpus, trained_demo, tmp_path):
+  """2 processes = 1 process (the shared in-process run on 8 devices), also when SIGTERM reaches
+  one of them (a preempted host): both stop after the same step with one checkpoint, and the
+  re-run resumes to the same result."""
   cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
   def two_processes():
@@ -86,8 +87,8 @@ def test_two_processes_train_like_one_through_a_stop_and_resume(tiny_corpus, tmp
 
   first, second = (_finish(p) for p in two_processes())
   assert f"resumed from {tmp_path / 'two/checkpoints'} at step {stopped_at}" in first
-  assert f"[train step {STEPS}]" in single and "[train step" not in second  # Only process 0 logs.
-  (one_losses, one_params), (two_losses, two_params) = _results(tmp_path / "one"), _results(tmp_path / "two")
+  assert f"[train step {STEPS}]" in first and "[train step" not in second  # Only process 0 logs.
+  (one_losses, one_params), (two_losses, two_params) = _results(trained_demo[1]), _results(tmp_path / "two")
   assert len(one_losses) == STEPS
   np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), two_params, one_params)

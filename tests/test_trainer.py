@@ -137,10 +137,8 @@ def _final_params(config, workdir):
   return jax.device_get(restored)
 
 
-def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monkeypatch, capsys):
-  config = small(tiny_config)
-  config.evals.retrieval.every = 2  # An evaluator during training too.
-  train.train(config, tmp_path / "whole")
+def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monkeypatch, capsys):
+  config, whole = trained_demo  # Evaluating retrieval during training too, every 2 steps.
 
   with monkeypatch.context() as patch:
     patch.setattr(trainer, "make_train_step", _interrupt_after(trainer.make_train_step, 2))
@@ -149,11 +147,11 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
   assert sorted(int(p.name) for p in (tmp_path / "cut/checkpoints").iterdir() if p.name.isdigit()) == [2]
   train.train(config, tmp_path / "cut")
 
-  whole, cut = _final_params(config, tmp_path / "whole"), _final_params(config, tmp_path / "cut")
+  whole_params, cut = _final_params(config, whole), _final_params(config, tmp_path / "cut")
   assert int(cut["step"]) == 4
-  jax.tree.map(np.testing.assert_array_equal, whole, cut)
+  jax.tree.map(np.testing.assert_array_equal, whole_params, cut)
 
-  rows = [json.loads(line) for line in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   logged = {"train/logit_scale", "train/lr", "train/steps_per_s", "train/examples_per_s", "train/eta_min"}
@@ -163,20 +161,21 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
   interval = last["train/input_wait_s"] + last["train/step_s"]  # Per step: 1 / steps_per_s.
   assert interval == pytest.approx(1 / last["train/steps_per_s"], rel=1e-3)
   assert [r["step"] for r in train_rows if "train/startup_s" in r] == [1] and train_rows[0]["train/startup_s"] > 0
-  assert len(list((tmp_path / "whole").glob("events.out.tfevents.*"))) == 1  # TensorBoard (test_tensorboard).
+  assert len(list(whole.glob("events.out.tfevents.*"))) == 1  # TensorBoard (test_tensorboard).
   assert [r["step"] for r in rows if "val/t2a_R@10" in r] == [4]
   assert [r["step"] for r in rows if "val/loss" in r] == [4]  # InfoNCE, this objective's loss.
   evaluated = [r for r in rows if "eval/retrieval/text_to_audio/R@10" in r]
   assert [r["step"] for r in evaluated] == [2, 4] and evaluated[0]["eval/retrieval/num_items"] == 8
   assert evaluated[0]["eval/retrieval/text_to_audio/R@10"] == 100.0 and evaluated[0]["eval/seconds"] > 0
   assert [r["val/seconds"] > 0 for r in rows if "val/t2a_R@10" in r] == [True]  # Time taken from the steps.
-  assert json.loads((tmp_path / "whole/best.json").read_text())["step"] == 4
+  assert json.loads((whole / "best.json").read_text())["step"] == 4
 
-  results = eval_lib.evaluate(config, tmp_path / "whole", names=["retrieval", "tsne"])["retrieval"]
-  report = (tmp_path / "whole/eval/report.md").read_text()
+  out = tmp_path / "eval"  # Not the shared workdir's own eval/.
+  results = eval_lib.evaluate(config, whole, names=["retrieval", "tsne"], output=out)["retrieval"]
+  report = (out / "report.md").read_text()
   assert "latest checkpoint (step 4)" in report and "## retrieval" in report and "![tsne: tsne.png](tsne.png)" in report
-  assert (tmp_path / "whole/eval/tsne.png").exists()
-  saved = json.loads((tmp_path / "whole/eval/retrieval.json").read_text())
+  assert (out / "tsne.png").exists()
+  saved = json.loads((out / "retrieval.json").read_text())
   assert saved == json.loads(json.dumps(results))
   n = 8  # The tiny corpus's test split.
   assert saved["num_items"] == n and saved["chance"]["R@10"] == 100.0 and saved["step"] == 4
@@ -187,7 +186,7 @@ def test_interrupted_run_resumes_to_identical_state(tiny_config, tmp_path, monke
 
   few = ml_collections.ConfigDict(config.to_dict())
   few.evals.tsne.max_points = 4  # Too few points for a map: tsne is skipped, retrieval still runs.
-  assert set(eval_lib.evaluate(few, tmp_path / "whole", names=["tsne", "retrieval"])) == {"retrieval"}
+  assert set(eval_lib.evaluate(few, whole, names=["tsne", "retrieval"], output=tmp_path / "few")) == {"retrieval"}
   assert "warning: skipped evaluator tsne" in capsys.readouterr().out
 
 

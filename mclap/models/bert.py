@@ -220,6 +220,6 @@ def load_weights(tower: BertEncoder, directory: str | pathlib.Path) -> None:
         f"{path}: {'.'.join(map(str, key))} has shape {list(node.shape)}, the tower expects {list(variable[...].shape)}"
       )
     else:
-      variable[...] = jnp.asarray(node)
+      variable.value = jnp.asarray(node)  # Replaced whole: `[...] =` would compile a scatter per shape.
   if missing:
     raise UserError(f"{path} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")

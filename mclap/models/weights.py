@@ -13,6 +13,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -120,8 +121,9 @@ def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_
       node = saved.get(group, {})
       for key in map(str, path):
         node = node.get(key) if isinstance(node, dict) else None
-      if node is not None:  # From the host, in the variable's dtype (bundles may store bfloat16).
-        variable[...] = np.asarray(node["value"] if isinstance(node, dict) else node).astype(variable[...].dtype)
+      if node is not None:  # From the host, in the variable's dtype (bundles may store bfloat16);
+        # replaced whole: an indexed assignment would compile a scatter per shape.
+        variable.value = jnp.asarray(np.asarray(node["value"] if isinstance(node, dict) else node), variable.dtype)
 
 
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
