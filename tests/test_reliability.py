@@ -98,45 +98,43 @@ def uninterrupted(tiny_corpus, tmp_path_factory, compile_cache):
   return workdir
 
 
-def test_killed_twice_with_sigkill_resumes_to_bit_identical_parameters(
+def test_killed_and_stopped_runs_resume_to_bit_identical_parameters(
   tiny_corpus, uninterrupted, compile_cache, tmp_path
 ):
+  """One workdir through kill -9 (anywhere: mid-step, mid-save, mid-log), SIGTERM, a second
+  kill -9 and SIGINT, then a run to the end: the stop signals save a checkpoint and exit 0, and
+  the end state equals the uninterrupted run's, bit for bit, with every step logged once."""
   rng = np.random.default_rng(0)
-  first_kill = int(rng.integers(2, STEPS // 3))
-  second_kill = int(rng.integers(STEPS // 2, STEPS - 8))
-  resumed_at = []
-  for kill_at in (first_kill, second_kill):
-    run = Run(_args(tiny_corpus, tmp_path), compile_cache)
-    run.wait_for_step(kill_at)
-    run.process.send_signal(signal.SIGKILL)  # Anywhere: mid-step, mid-save, mid-log.
-    code, out = run.finish()
-    assert code == -signal.SIGKILL
-    resumed_at += [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
-  code, out = Run(_args(tiny_corpus, tmp_path), compile_cache).finish()
-  assert code == 0, out
-  resumed_at += [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
-  assert len(resumed_at) == 2 and 0 < resumed_at[0] < resumed_at[1] < STEPS, out
-
-  _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))  # Replayed steps once.
-
-
-def test_sigterm_and_sigint_save_a_checkpoint_and_exit_0(tiny_corpus, uninterrupted, compile_cache, tmp_path):
-  stopped_at = []
-  for sig, at in ((signal.SIGTERM, 5), (signal.SIGINT, 20)):
+  interruptions = [
+    (signal.SIGKILL, int(rng.integers(CKPT_EVERY + 1, STEPS // 4))),  # After a first checkpoint.
+    (signal.SIGTERM, STEPS // 4 + 2),
+    (signal.SIGKILL, int(rng.integers(STEPS // 2, 3 * STEPS // 4 - 2))),
+    (signal.SIGINT, 3 * STEPS // 4),
+  ]
+  resumed_at, stopped_at = [], []
+  for sig, at in interruptions:
     run = Run(_args(tiny_corpus, tmp_path), compile_cache)
     run.wait_for_step(at)
     run.process.send_signal(sig)
     code, out = run.finish()
+    resumed_at += [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
+    if sig == signal.SIGKILL:
+      assert code == -signal.SIGKILL
+      continue
     assert code == 0, out
     message = next(line for line in out.splitlines() if line.startswith("stopped by"))
     assert message.startswith(f"stopped by {sig.name} after step ") and "Run the same command to resume" in message
     stopped_at.append(int(message.split()[5]))
     assert stopped_at[-1] in checkpoints.manager(tmp_path / "checkpoints", None).all_steps()
   code, out = Run(_args(tiny_corpus, tmp_path), compile_cache).finish()
-  assert code == 0 and f"resumed from {tmp_path / 'checkpoints'} at step {stopped_at[-1]}" in out, out
+  assert code == 0, out
+  resumed_at += [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
+  assert len(resumed_at) == 4 and resumed_at == sorted(resumed_at) and 0 < resumed_at[0] and resumed_at[-1] < STEPS
+  assert f"resumed from {tmp_path / 'checkpoints'} at step {stopped_at[-1]}" in out
+
   _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))  # Replayed steps once.
 
 
 def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(
