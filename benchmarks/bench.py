@@ -23,6 +23,8 @@ search: `mclap.search` on an index of `--index_size` (100,000) random 512-d embe
   of the prepare benchmark's tracks with the same bundle (files/min, after loading and compiling).
 towers: where the model's time goes: each tower alone, forward (inference) and forward +
   backward, at `--model_batch` with random inputs (texts of `max_tokens` and of 32 tokens).
+audio_towers: inference throughput (clips/s, seconds of audio per second) of the config's audio
+  tower beside LAION-CLAP's HTS-AT tiny and base on their 10 s crops, random weights and mels.
 versus: mclap's train step beside the PyTorch MusCALL of benchmarks/torch_muscall.py at equal work
   (same batch of log-mels and `max_tokens`-token texts, same sizes and vocabulary), timed in
   alternating rounds in one process so that both see the same machine; needs torch. On a GPU the
@@ -64,8 +66,11 @@ from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline  # noqa: E402
 from mclap.data import tokenizer as tokenizer_lib  # noqa: E402
 from mclap.models import build_model, spec_from_config  # noqa: E402
+from mclap.models.audio import ModifiedResNet  # noqa: E402
 from mclap.models.embedder import Embedder  # noqa: E402
-from mclap.prepare import sources, synthetic, writer  # noqa: E402
+from mclap.models.htsat import HTSAT  # noqa: E402
+from mclap.prepare import decode, synthetic, writer  # noqa: E402
+from mclap.prepare.sources import folder  # noqa: E402
 from mclap.serve import bundle  # noqa: E402
 from mclap.serve import index as index_lib  # noqa: E402
 from mclap.training import memory, trainer  # noqa: E402
@@ -209,12 +214,12 @@ def bench_prepare() -> list[dict]:
     stages["resample"] += resampled - decoded
     stages["mel"] += time.perf_counter() - resampled
   with tempfile.TemporaryDirectory() as out:
-    settings = sources.DecodeSettings(tuple(sorted(mel_config.items())), None, 1.0, 16000)
+    settings = decode.DecodeSettings(tuple(sorted(mel_config.items())), None, 1.0, 16000)
     start = time.perf_counter()
     writer.write_corpus(
       out,
-      sources.folder(root, 0).splits,
-      functools.partial(sources.decode_record, settings=settings),
+      folder.list_items(root, seed=0).splits,
+      decode.work_function(decode.decode_record, settings, 0.0),
       mel_config=mel_config,
       source="folder",
       show_progress=False,
@@ -461,6 +466,64 @@ def bench_towers(spec: str) -> list[dict]:
   return rows
 
 
+# LAION-CLAP's released audio towers (HTS-AT tiny and base: docs/papers.md), 10 s at 48 kHz.
+_HTSAT_SIZES = {
+  "htsat_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2)),
+  "htsat_base": dict(embed_dim=128, depths=(2, 2, 12, 2)),
+}
+
+
+def bench_audio_towers(spec: str) -> list[dict]:
+  """Inference embedding throughput of each audio tower alone: the config's (MusCALL's ResNet at
+  its crop length) beside LAION-CLAP's HTS-AT sizes on their 10 s crops, random weights and mels."""
+  config = load_config(spec)
+  dtype, rngs, rng = jnp.dtype(_DTYPE.value), nnx.Rngs(0), np.random.default_rng(0)
+  resnet = {k: v for k, v in spec_from_config(config).audio.items() if k != "kind"}
+  frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
+  clap = mel_lib.clap_config()
+  clap_frames = mel_lib.num_frames(10.0, clap)
+  towers = {
+    "modified_resnet": (
+      ModifiedResNet(**resnet, n_mels=config.data.mel.n_mels, frames=frames, remat="none", dtype=dtype, rngs=rngs),
+      (config.data.mel.n_mels, frames, config.data.crop_seconds),
+    ),
+    **{
+      name: (
+        HTSAT(
+          n_mels=clap.n_mels, frames=clap_frames, spec_size=256, patch_size=4, heads=(4, 8, 16, 32), window_size=8,
+          mlp_ratio=4.0, remat="none", dtype=dtype, rngs=rngs, **size,
+        ),
+        (clap.n_mels, clap_frames, 10.0),
+      )
+      for name, size in _HTSAT_SIZES.items()
+    },
+  }  # fmt: skip
+  rows, batch = [], _MODEL_BATCH.value
+  for name, (tower, (n_mels, length, seconds)) in towers.items():
+    graphdef, state = nnx.split(tower)
+    forward = jax.jit(lambda s, mel, g=graphdef: nnx.merge(g, s)(mel, False))
+    mel = jnp.asarray(rng.normal(-40.0, 15.0, size=(batch, n_mels, length)), jnp.float32)
+    work = flops(forward.lower(state, mel).compile())
+    elapsed = time_batches(lambda f=forward, m=mel, s=state: jax.block_until_ready(f(s, m)), _STEPS.value)
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(tower, nnx.Param)))
+    rows.append(
+      {
+        "bench": "audio_tower",
+        "tower": name,
+        "parameters": int(params),
+        "crop_seconds": seconds,
+        "mel": [n_mels, length],
+        "batch_size": batch,
+        "dtype": _DTYPE.value,
+        "ms_per_batch": round(1000 * elapsed / _STEPS.value, 1),
+        "clips_per_s": round(batch * _STEPS.value / elapsed, 2),
+        "audio_seconds_per_s": round(seconds * batch * _STEPS.value / elapsed, 1),
+        "gflop_per_clip": round(work / batch / 1e9, 2),
+      }
+    )
+  return rows
+
+
 def bench_memory(spec: str) -> list[dict]:
   config = load_config(spec)
   mesh = parallel.make_mesh({"data": -1, "model": 1})
@@ -577,6 +640,7 @@ def main(argv):
     "prepare": bench_prepare,
     "model": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_model(spec, measure_peak(_DTYPE.value))],
     "towers": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_towers(spec)],
+    "audio_towers": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_audio_towers(spec)],
     "memory": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_memory(spec)],
     "search": bench_search,
     "versus": lambda: [row for spec in _MODEL_CONFIGS.value for row in bench_versus(spec)],
