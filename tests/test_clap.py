@@ -89,6 +89,27 @@ def test_a_loaded_import_embeds_waveforms_and_captions_as_the_original(imported,
   assert scores.shape == (3, 2)
 
 
+def test_a_laion_clap_checkpoint_imports_and_embeds_as_the_original(imported, tmp_path):
+  """A `.pt` of the laion_clap package (its own classes and torchlibrosa front end made the
+  reference): sizes from the arrays' shapes, names mapped, q/k/v split, the filterbank checked."""
+  reference = dict(np.load(DATA / "clap_laion_reference.npz"))
+  with pytest.raises(UserError, match="needs --tokenizer_dir"):
+    import_clap.import_clap(DATA / "clap_laion.pt", tmp_path / "none")
+  out = import_clap.import_clap(
+    DATA / "clap_laion.pt", tmp_path / "laion", tokenizer_dir=DATA / "clap_hf", text_heads=2, crop_seconds=2.0
+  )
+  meta = bundle.read_meta(out)
+  assert meta["spec"].audio == bundle.read_meta(imported)["spec"].audio  # The same small architecture.
+  model = mclap.load(out, batch_size=2)
+  t = np.arange(RATE * 2) / RATE
+  waves = [0.4 * np.sin(2 * np.pi * 880 * t), 0.2 * np.random.default_rng(0).standard_normal(RATE * 2)]
+  close(model.embed_audio([w.astype(np.float32) for w in waves]), reference["audio_embeds"], atol=1e-5)
+  close(model.embed_text(CAPTIONS), reference["text_embeds"], atol=2e-6)
+  filters = mel.filterbank(meta["config"].data.mel.to_dict())
+  with pytest.raises(UserError, match="not the clap preset's"):
+    import_clap.check_filterbank(filters * 1.01, {"fft_window_size": 1024}, 16, DATA / "clap_laion.pt")
+
+
 def test_other_architectures_and_unknown_arrays_are_refused(tmp_path):
   fused = tmp_path / "fused"
   shutil.copytree(DATA / "clap_hf", fused)

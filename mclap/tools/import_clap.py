@@ -1,15 +1,19 @@
-"""Import a LAION-CLAP model: `python -m mclap.tools.import_clap --checkpoint DIR --output B`.
+"""Import a LAION-CLAP model: `python -m mclap.tools.import_clap --checkpoint DIR_OR_PT --output B`.
 
 Reads a Hugging Face `ClapModel` directory (config.json, model.safetensors, tokenizer.json, and
 preprocessor_config.json when present: the exports such as `laion/clap-htsat-unfused` and
-`laion/larger_clap_music`) into an mclap bundle: the HTS-AT audio tower (`models.htsat`), the
-RoBERTa text tower pooled through its dense + tanh pooler, the two projection MLPs (linear, ReLU,
-linear) and the audio-side temperature (`logit_scale_a`; LAION-CLAP's contrastive loss scales
-both directions with it). The front end is the `clap` mel preset with the directory's own
-settings; clips are cut from the waveform to the model's 10 s as the original does.
+`laion/larger_clap_music`), or a checkpoint of the `laion_clap` package (`.pt`, such as
+`music_audioset_epoch_15_esc_90.14.pt`, with `--tokenizer_dir` holding roberta-base's
+tokenizer.json; read without torch, its names mapped onto Hugging Face's), into an mclap bundle:
+the HTS-AT audio tower (`models.htsat`), the RoBERTa text tower pooled through its dense + tanh
+pooler, the two projection MLPs (linear, ReLU, linear) and the audio-side temperature
+(`logit_scale_a`; LAION-CLAP's contrastive loss scales both directions with it). The front end is
+the `clap` mel preset with the checkpoint's own settings; clips are cut from the waveform to the
+model's 10 s as the original does.
 
-Sizes come from config.json and are checked against every array's shape; an array without a place
-in the model is an error, known-unused ones (position-id buffers, batch counters) are listed.
+Sizes come from config.json (a `.pt` has none: from the arrays' shapes, its mel filterbank checked
+against the preset) and are checked against every array's shape; an array without a place in the
+model is an error, known-unused ones (buffers, batch counters, the AudioSet head) are skipped.
 """
 
 from __future__ import annotations
@@ -30,9 +34,14 @@ from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.models import bert, spec_from_config, weights
 from mclap.serve import bundle
+from mclap.tools import torch_checkpoint
 
 # Original arrays that carry nothing the mclap model needs.
-_IGNORED = re.compile(r".*(relative_position_index|num_batches_tracked|position_ids|token_type_ids)$")
+_IGNORED = re.compile(
+  r".*(relative_position_index|attn_mask|num_batches_tracked|position_ids|token_type_ids)$"
+  r"|audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\..*"  # Front end, AudioSet head.
+  r"|(audio|text)_transform\..*"  # laion_clap's MLP-loss layers.
+)
 
 
 def read_directory(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
@@ -46,6 +55,119 @@ def read_directory(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, A
   preprocessor = directory / "preprocessor_config.json"
   front = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
   return config, front, load_file(str(paths["model.safetensors"]))
+
+
+# laion_clap's names -> Hugging Face's, for the arrays they share (the rest is `_IGNORED`).
+_LAION_NAMES = [
+  (r"audio_branch\.bn0\.", "audio_model.audio_encoder.batch_norm."),
+  (r"audio_branch\.(patch_embed|norm|layers\.\d+\.downsample)\.", r"audio_model.audio_encoder.\1."),
+  (r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.norm1\.", r"audio_model.audio_encoder.\1.layernorm_before."),
+  (r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.norm2\.", r"audio_model.audio_encoder.\1.layernorm_after."),
+  (r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.proj\.", r"audio_model.audio_encoder.\1.attention.output.dense."),
+  (
+    r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.relative_position_bias_table",
+    r"audio_model.audio_encoder.\1.attention.self.relative_position_bias_table",
+  ),
+  (r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.", r"audio_model.audio_encoder.\1.intermediate.dense."),
+  (r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.", r"audio_model.audio_encoder.\1.output.dense."),
+  (r"text_branch\.", "text_model."),
+  (r"(audio|text)_projection\.0\.", r"\1_projection.linear1."),
+  (r"(audio|text)_projection\.2\.", r"\1_projection.linear2."),
+]
+
+
+def _hf_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A laion_clap state dict under Hugging Face's names; its fused q/k/v projections split."""
+  out = {}
+  for name, array in state.items():
+    if m := re.fullmatch(r"audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.qkv\.(weight|bias)", name):
+      for part, chunk in zip(("query", "key", "value"), np.split(np.asarray(array), 3, axis=0)):
+        out[f"audio_model.audio_encoder.{m.group(1)}.attention.self.{part}.{m.group(2)}"] = chunk
+      continue
+    for pattern, replacement in _LAION_NAMES:
+      if re.match(pattern, name):
+        name = re.sub(pattern, replacement, name, count=1)
+        break
+    out[name] = array
+  return out
+
+
+def _count(state: dict[str, np.ndarray], pattern: str) -> int:
+  regex = re.compile(pattern)
+  return len({m.group(1) for k in state if (m := regex.fullmatch(k))})
+
+
+def read_laion(
+  path: pathlib.Path, *, text_heads: int | None = None, crop_seconds: float = 10.0, hop_length: int = 480
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+  """(a Hugging Face style config, front-end settings, the state dict under Hugging Face's names)
+  of a laion_clap checkpoint, its sizes read from the arrays' shapes. Not visible there: the text
+  tower's heads (default: width / 64, RoBERTa's), the hop (laion_clap's 480) and the audio length
+  (10 s), and the layer-norm epsilon of roberta-base (1e-5)."""
+  loaded = torch_checkpoint.load(path)
+  state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+  if not isinstance(state, dict):
+    raise UserError(f"{path} holds no state_dict (found {type(loaded).__name__})")
+  state = {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+  if (
+    "audio_branch.patch_embed.proj.weight" not in state or "text_branch.embeddings.word_embeddings.weight" not in state
+  ):
+    raise UserError(f"{path} is not a laion_clap checkpoint of an HTS-AT audio and RoBERTa text model")
+  if any(k.startswith(("audio_branch.fusion_model", "audio_branch.patch_embed.fusion_model")) for k in state):
+    raise UserError(
+      f"{path} is a fused CLAP model: only unfused ones import so far (music_audioset_epoch_15_esc_90.14.pt)"
+    )
+  a = "audio_branch"
+  layers = _count(state, rf"{a}\.layers\.(\d+)\.blocks\.0\.norm1\.weight")
+  depths = [_count(state, rf"{a}\.layers\.{i}\.blocks\.(\d+)\.norm1\.weight") for i in range(layers)]
+  heads = [int(state[f"{a}.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]) for i in range(layers)]
+  window = (int(np.sqrt(state[f"{a}.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0])) + 1) // 2
+  embed_dim, _, patch, _ = state[f"{a}.patch_embed.proj.weight"].shape
+  mask = state.get(f"{a}.layers.0.blocks.1.attn_mask")  # [windows, window², window²] of the first stage.
+  spec_size = int(np.sqrt(mask.shape[0])) * window * patch if mask is not None else 256  # laion_clap's 256.
+  width = int(state["text_branch.embeddings.word_embeddings.weight"].shape[1])
+  text = dict(
+    vocab_size=int(state["text_branch.embeddings.word_embeddings.weight"].shape[0]),
+    hidden_size=width,
+    num_hidden_layers=_count(state, r"text_branch\.encoder\.layer\.(\d+)\.output\.dense\.weight"),
+    num_attention_heads=text_heads or width // 64,
+    intermediate_size=int(state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+    max_position_embeddings=int(state["text_branch.embeddings.position_embeddings.weight"].shape[0]),
+    type_vocab_size=int(state["text_branch.embeddings.token_type_embeddings.weight"].shape[0]),
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
+  )
+  audio = dict(
+    num_mel_bins=int(state[f"{a}.bn0.weight"].shape[0]),
+    spec_size=spec_size,
+    patch_size=int(patch),
+    patch_stride=[int(patch)] * 2,
+    patch_embeds_hidden_size=int(embed_dim),
+    depths=depths,
+    num_attention_heads=heads,
+    window_size=window,
+    mlp_ratio=state[f"{a}.layers.0.blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+    hidden_size=int(embed_dim) * 2 ** (layers - 1),
+  )
+  hf = dict(audio_config=audio, text_config=text, projection_dim=int(state["audio_projection.0.weight"].shape[0]))
+  front = dict(max_length_s=crop_seconds, hop_length=hop_length)
+  if (filters := state.get(f"{a}.logmel_extractor.melW")) is not None:
+    front["fft_window_size"] = (filters.shape[0] - 1) * 2
+    check_filterbank(filters.T, front, audio["num_mel_bins"], path)
+  return hf, front, _hf_names(state)
+
+
+def check_filterbank(filters: np.ndarray, front: dict[str, Any], n_mels: int, path: pathlib.Path) -> None:
+  """The checkpoint's own mel filters `[n_mels, bins]` (librosa's, computed in float32) must be the
+  `clap` preset's: then the front end is the one it was trained with."""
+  mel = mel_lib.clap_config()
+  mel.update(n_mels=n_mels, n_fft=front["fft_window_size"])
+  ours = mel_lib.filterbank(mel.to_dict())
+  if filters.shape != ours.shape or not np.allclose(filters, ours, rtol=0, atol=1e-5 * float(np.abs(ours).max())):
+    raise UserError(
+      f"{path}: its mel filterbank is not the clap preset's (48 kHz, {n_mels} Slaney mels from 50 Hz to 14 kHz, "
+      "n_fft 1024); a model trained with other front-end settings cannot be imported"
+    )
 
 
 def _check_audio(audio: dict[str, Any]) -> None:
@@ -212,29 +334,46 @@ def clap_variables(state: dict[str, np.ndarray], hf: dict[str, Any]) -> tuple[di
   return variables, sorted(set(state) - tracked.used)
 
 
-def import_clap(checkpoint: str | pathlib.Path, output: str | pathlib.Path, *, overwrite: bool = False) -> pathlib.Path:
-  """Writes the bundle of a Hugging Face CLAP directory; returns its directory."""
+def import_clap(
+  checkpoint: str | pathlib.Path,
+  output: str | pathlib.Path,
+  *,
+  tokenizer_dir: str | pathlib.Path | None = None,
+  text_heads: int | None = None,
+  crop_seconds: float = 10.0,
+  overwrite: bool = False,
+) -> pathlib.Path:
+  """Writes the bundle of a Hugging Face CLAP directory or a laion_clap `.pt` (with the
+  roberta-base `tokenizer_dir`; `text_heads` and `crop_seconds` as `read_laion` takes them);
+  returns its directory."""
   bundle.check_output(output, overwrite)
-  directory = pathlib.Path(checkpoint)
-  if not directory.is_dir():
-    raise UserError(f"--checkpoint {directory} is not a directory: give a Hugging Face ClapModel directory")
-  hf, front, state = read_directory(directory)
-  if not (directory / "tokenizer.json").is_file():
-    raise UserError(f"{directory} has no tokenizer.json; the Hub's CLAP exports ship one beside the weights")
+  path = pathlib.Path(checkpoint)
+  if path.is_dir():
+    hf, front, state = read_directory(path)
+    tokenizer = path / "tokenizer.json"
+  elif path.is_file():
+    if tokenizer_dir is None:
+      raise UserError("a laion_clap checkpoint needs --tokenizer_dir: a directory with roberta-base's tokenizer.json")
+    hf, front, state = read_laion(path, text_heads=text_heads, crop_seconds=crop_seconds)
+    tokenizer = pathlib.Path(tokenizer_dir) / "tokenizer.json"
+  else:
+    raise UserError(f"--checkpoint {path} not found: give a Hugging Face ClapModel directory or a laion_clap .pt")
+  if not tokenizer.is_file():
+    raise UserError(f"{tokenizer} not found: the text tower's tokenizer (the Hub's CLAP exports ship it)")
   variables, unused = clap_variables(state, hf)
   if unknown := [k for k in unused if not _IGNORED.fullmatch(k)]:
     raise UserError(f"{len(unknown)} arrays of the checkpoint have no place in the model, e.g. {unknown[:3]}")
   with tempfile.TemporaryDirectory() as tmp:
     # The text tower's own directory: the tokenizer and its RoBERTa config (what a bundle keeps).
     text_dir = pathlib.Path(tmp)
-    (text_dir / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+    (text_dir / "tokenizer.json").write_bytes(tokenizer.read_bytes())
     (text_dir / "config.json").write_text(json.dumps({**hf["text_config"], "model_type": "roberta"}))
     config = clap_config(hf, front, str(text_dir))
     spec = spec_from_config(config)
     expected = weights.flat_shapes(bundle.abstract_variables(spec))
     if problem := weights.shape_difference(expected, weights.flat_shapes(variables)):
       raise UserError(f"{checkpoint}: {problem}")
-    source = {"clap_checkpoint": str(directory.absolute())}
+    source = {"clap_checkpoint": str(path.absolute())}
     out = bundle.write(output, config, spec, variables, source=source, tokenizer_dir=text_dir, overwrite=overwrite)
   print(f"imported {checkpoint} to {out}; load it with mclap.load({str(out)!r})")
   return out
@@ -243,11 +382,21 @@ def import_clap(checkpoint: str | pathlib.Path, output: str | pathlib.Path, *, o
 def main(argv):
   del argv
   f = flags.FLAGS
-  import_clap(f.checkpoint, f.output, overwrite=f.overwrite)
+  import_clap(
+    f.checkpoint,
+    f.output,
+    tokenizer_dir=f.tokenizer_dir or None,
+    text_heads=f.text_heads,
+    crop_seconds=f.crop_seconds,
+    overwrite=f.overwrite,
+  )
 
 
 if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
-  flags.DEFINE_string("checkpoint", None, "Hugging Face ClapModel directory (config.json, model.safetensors, ...).")
+  flags.DEFINE_string("checkpoint", None, "Hugging Face ClapModel directory, or a laion_clap checkpoint (.pt).")
+  flags.DEFINE_string("tokenizer_dir", "", "laion_clap .pt: a directory with roberta-base's tokenizer.json.")
+  flags.DEFINE_integer("text_heads", None, "laion_clap .pt: attention heads of the text tower (default: width / 64).")
+  flags.DEFINE_float("crop_seconds", 10.0, "laion_clap .pt: the audio length the model takes (laion_clap: 10).")
   flags.DEFINE_string("output", None, "Bundle directory to write.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
   for name in ("checkpoint", "output"):

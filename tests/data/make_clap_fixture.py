@@ -1,7 +1,9 @@
 """Writes tests/data/clap_hf/ (a Hugging Face `ClapModel` directory: config.json,
-model.safetensors, tokenizer.json) and clap_hf_reference.npz, for tests/test_clap.py (which runs
-without torch): `python tests/data/make_clap_fixture.py` in an environment with torch and
-transformers (written with torch 2.13.0 and transformers 5.24.0, CPU).
+model.safetensors, tokenizer.json, preprocessor_config.json) with clap_hf_reference.npz, and
+clap_laion.pt (a laion_clap checkpoint) with clap_laion_reference.npz, for tests/test_clap.py
+(which runs without torch): `HF_HUB_OFFLINE=1 python tests/data/make_clap_fixture.py` in an
+environment with torch, transformers and laion-clap (written with torch 2.13.0, transformers
+5.24.0 and laion-clap 1.1.7, CPU).
 
 The model is a small random-weight CLAP of the released architecture (HTS-AT audio tower with
 shifted windows and patch merging, RoBERTa text tower, projection MLPs): three Swin stages whose
@@ -123,5 +125,77 @@ def main():
   print("wrote", OUT, "and", HERE / "clap_hf_reference.npz", {k: v.shape for k, v in reference.items()})
 
 
+def laion_fixture():
+  """clap_laion.pt, a checkpoint as the `laion_clap` package saves one ({"epoch", "state_dict"}
+  with DataParallel's `module.` prefixes), of a small random CLAP built by laion_clap's own classes,
+  and clap_laion_reference.npz: its embeddings of waveforms (through its torchlibrosa front end)
+  and of token ids. laion_clap builds only the released sizes and fetches roberta-base: both
+  constructors are replaced by small ones here (its text projection, fixed at 768 inputs, too).
+  Its STFT kernels (2 x 513 x 1024 floats, which the import skips) are left out to keep the file
+  small; the mel filterbank stays, which the import checks."""
+  import importlib.util
+  import sys
+  import types
+
+  class Unused(types.ModuleType):  # laion_clap imports torchvision (for image models) at start-up.
+    __path__ = []
+
+    def __getattr__(self, name):
+      return type(name, (), {})
+
+  for name in ("", ".ops", ".ops.misc", ".transforms", ".datasets"):
+    name = f"torchvision{name}"
+    sys.modules[name] = Unused(name)
+  # The package's own __init__ fetches a tokenizer from the Hub: take its modules without it.
+  package = types.ModuleType("laion_clap")
+  package.__path__ = [str(pathlib.Path(importlib.util.find_spec("laion_clap").origin).parent)]
+  sys.modules["laion_clap"] = package
+  from laion_clap.clap_module import htsat
+  from laion_clap.clap_module import model as clap_model
+  from transformers import RobertaConfig, RobertaModel
+
+  torch.manual_seed(1)
+  audio_cfg = clap_model.CLAPAudioCfp(model_type="HTSAT", model_name="tiny", hop_size=480, mel_bins=16)
+  small_htsat = lambda cfg, enable_fusion, fusion_type: htsat.HTSAT_Swin_Transformer(  # noqa: E731
+    spec_size=64, patch_size=4, patch_stride=(4, 4), num_classes=5, embed_dim=16, depths=[2, 2, 2],
+    num_heads=[2, 2, 4], window_size=4, config=cfg, enable_fusion=False, fusion_type="None",
+  )  # fmt: skip
+  text_config = RobertaConfig(
+    vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=40, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5,  # roberta-base's eps
+  )  # fmt: skip
+  clap_model.create_htsat_model = small_htsat
+  clap_model.RobertaModel.from_pretrained = staticmethod(lambda name: RobertaModel(text_config, add_pooling_layer=True))
+  text_cfg = clap_model.CLAPTextCfg(
+    context_length=77, vocab_size=320, width=32, heads=2, layers=2, model_type="roberta"
+  )
+  model = clap_model.CLAP(embed_dim=64, audio_cfg=audio_cfg, text_cfg=text_cfg, joint_embed_shape=24)
+  model.text_projection = torch.nn.Sequential(torch.nn.Linear(32, 24), torch.nn.ReLU(), torch.nn.Linear(24, 24))
+  with torch.no_grad():
+    for name, parameter in model.named_parameters():
+      if "spectrogram_extractor" not in name and "logmel_extractor" not in name:
+        parameter.add_(0.1 * torch.randn_like(parameter))
+    model.audio_branch.bn0.running_mean.normal_()
+    model.audio_branch.bn0.running_var.uniform_(0.5, 2.0)
+    model.logit_scale_a.fill_(3.0)
+  model.eval()
+  waves = torch.from_numpy(np.stack(model_waves()[1:]))  # Two 2 s waveforms: the model's length.
+  tokenizer = RobertaTokenizerFast(tokenizer_file=str(OUT / "tokenizer.json"))
+  text = tokenizer(CAPTIONS, padding="max_length", max_length=12, truncation=True, return_tensors="pt")
+  with torch.no_grad():
+    audio = model.audio_projection(model.encode_audio({"waveform": waves}, device="cpu")["embedding"])
+    reference = dict(
+      audio_embeds=torch.nn.functional.normalize(audio, dim=-1).numpy(),
+      token_ids=text["input_ids"].numpy(),
+      token_mask=text["attention_mask"].numpy(),
+      text_embeds=model.get_text_embedding(dict(text)).numpy(),
+    )
+  state = {f"module.{k}": v for k, v in model.state_dict().items() if "spectrogram_extractor" not in k}
+  torch.save({"epoch": 3, "state_dict": state}, HERE / "clap_laion.pt")
+  np.savez_compressed(HERE / "clap_laion_reference.npz", **reference)
+  print("wrote", HERE / "clap_laion.pt", sorted(k for k in state if ".0." not in k)[:8])
+
+
 if __name__ == "__main__":
   main()
+  laion_fixture()
