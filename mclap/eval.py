@@ -56,6 +56,7 @@ def with_bundle_data(config: ml_collections.ConfigDict, bundle: str | pathlib.Pa
   for key in _BUNDLE_DATA:
     config.data[key] = meta["config"].data[key]
   config.data.crop = meta["config"].data.get("crop", "mel")
+  config.data.pad = meta["config"].data.get("pad", "zeros")
   return config
 
 

@@ -4,18 +4,23 @@ its front end and tokenizer must give what the PyTorch original gave (stored bes
 
 import json
 import math
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+import soundfile
 from conftest import ROOT, fit_one_batch, small
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 import mclap
-from mclap import cli, export, train
-from mclap.data import mel, pipeline
+from mclap import cli, evaluation, export, train
+from mclap import eval as eval_lib
+from mclap.data import mel, pipeline, records
 from mclap.errors import UserError
 from mclap.models import spec_from_config, weights
 from mclap.prepare import synthetic, writer
@@ -52,7 +57,7 @@ def test_the_clap_preset_is_the_released_front_end(reference):
   waves = [0.5 * np.sin(2 * np.pi * 440 * t[: RATE * 3]), 0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)]
   samples = RATE * 10
   for wave, theirs in zip(waves, reference["front_mels"][:, 0]):
-    clip = pipeline.eval_crops(pipeline.repeat_short(wave.astype(np.float32), samples)[None], samples, 1, 0.0)[0][0, 0]
+    clip = pipeline.waveform_crops(wave.astype(np.float32), samples, 1, "repeat")[0]
     ours = mel.log_mel(clip, mel.clap_config().to_dict()).T
     loud = theirs > theirs.max() - 80  # Within 80 dB of the peak: float32 noise below that.
     assert np.abs(ours - theirs)[loud].max() < 1e-3 and np.abs(ours - theirs).max() < 0.05
@@ -73,7 +78,7 @@ def test_a_loaded_import_embeds_waveforms_and_captions_as_the_original(imported,
   """Through `mclap.load`: the front end (repeating the 1 s clip to the model's 2 s), the
   tokenizer and the towers (waveforms made as make_clap_fixture.model_waves makes them)."""
   model = mclap.load(imported, batch_size=2)
-  assert (model.crop, model.repeat_short, model.sample_rate) == ("waveform", True, RATE)
+  assert (model.crop, model.pad, model.sample_rate) == ("waveform", "repeat", RATE)
   t = np.arange(RATE * 2) / RATE
   tones = [0.4 * np.sin(2 * np.pi * 330 * t[:RATE]), 0.4 * np.sin(2 * np.pi * 880 * t)]
   waves = [w.astype(np.float32) for w in (*tones, 0.2 * np.random.default_rng(0).standard_normal(RATE * 2))]
@@ -220,5 +225,32 @@ def test_configs_clap_fine_tunes_an_import_and_exports_it(imported, tmp_path):
   train.train(small(config, steps=2), workdir)
   out = export.export(workdir, tmp_path / "tuned")
   model = mclap.load(out)
-  assert (model.crop, model.repeat_short) == ("waveform", True)
+  assert (model.crop, model.pad) == ("waveform", "repeat")
   assert model.embed_text(["rain"]).shape == (1, meta["spec"].projection_dim)
+
+
+@pytest.mark.slow
+def test_mclap_eval_embeds_a_corpus_cut_like_the_import(imported, tmp_path, capsys):
+  """Files shorter, as long as, and longer than the model's 2 s, prepared for the bundle
+  (`--config configs/clap.py:B`) with the waveform cut to 2 s and short files repeated: `mclap.eval
+  --bundle` embeds them as `mclap.load(...).embed_audio` embeds the files."""
+  audio_dir, corpus = tmp_path / "audio", tmp_path / "corpus"
+  audio_dir.mkdir()
+  rng = np.random.default_rng(3)
+  for n, seconds in enumerate((1.0, 2.0, 3.1)):
+    soundfile.write(audio_dir / f"{n}.wav", 0.3 * rng.standard_normal(int(RATE * seconds)), RATE, subtype="FLOAT")
+  (tmp_path / "metadata.csv").write_text(
+    "path,caption,split\n" + "".join(f"audio/{n}.wav,c{n},test\n" for n in range(3))
+  )
+  prepare = [sys.executable, "-m", "mclap.prepare", "--source", "folder", "--input", tmp_path, "--output", corpus]
+  prepare += ["--config", f"configs/clap.py:{imported}", "--waveform_crop_seconds", 2, "--waveform_pad", "repeat"]
+  subprocess.run(list(map(str, prepare + ["--num_workers", 0])), cwd=ROOT, check=True, capture_output=True)
+  config = cli.load_config(f"configs/clap.py:{imported}")
+  config.data.update(dir=str(corpus), eval_batch_size=8)
+  config = eval_lib.with_bundle_data(config, imported)
+  evaluation.select(config, ["retrieval"])
+  assert "warning" not in capsys.readouterr().out
+  found = eval_lib.make_context(config, eval_lib.load(config, bundle=imported)[0]).embeddings("test")["audio"]
+  reader = records.CorpusReader(corpus, "test")
+  files = [audio_dir / pathlib.Path(reader[i]["id"]).name for i in range(len(reader))]
+  close(found, mclap.load(imported).embed_audio(files), atol=2e-4)  # Corpora keep mels in float16.

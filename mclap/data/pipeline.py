@@ -51,10 +51,18 @@ def evenly_spaced_starts(frames: int, length: int, count: int) -> list[int]:
   return [int(round(room * i / (count - 1))) for i in range(count)]
 
 
-def repeat_short(wave: np.ndarray, length: int) -> np.ndarray:
-  """A waveform shorter than `length` samples repeated as many whole times as fit (LAION-CLAP's
-  "repeatpad": cropping then pads the rest with zeros); longer ones as they are."""
-  return np.tile(wave, length // len(wave)) if 0 < len(wave) < length else wave
+WAVEFORM_PADS = ("zeros", "repeat")
+
+
+def waveform_crops(wave: np.ndarray, length: int, count: int, pad: str = "zeros") -> np.ndarray:
+  """`count` evenly spaced crops `[count, length]` of a waveform (1: the central one); a shorter
+  one is zero-padded, after being repeated as many whole times as fit with `pad` "repeat"
+  (LAION-CLAP's "repeatpad")."""
+  if pad not in WAVEFORM_PADS:
+    raise ConfigError(f"waveform pad {pad!r}; use {' or '.join(WAVEFORM_PADS)}")
+  if pad == "repeat" and 0 < len(wave) < length:
+    wave = np.tile(wave, length // len(wave))
+  return eval_crops(wave[None], length, count, 0.0)[0][:, 0]
 
 
 def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tuple[np.ndarray, int]:

@@ -39,14 +39,8 @@ def select(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any
     if corpus not in infos:
       infos[corpus] = records.read_info(corpus)
       pipeline.check_corpus(infos[corpus], config, corpus)
-      if config.data.get("crop", "mel") == "waveform" and not infos[corpus].get("waveform_crop_seconds"):
-        print(
-          f"warning: the model crops the waveform before the log-mel (MusCALL's rule) but {corpus} holds "
-          "whole-file log-mels, so evaluation crops the log-mel: clips longer than the crop embed slightly "
-          "otherwise than in the original; a corpus prepared with --waveform_crop_seconds "
-          f"{config.data.crop_seconds:g} gives the original's clips",
-          flush=True,
-        )
+      if warning := _cut_warning(config, infos[corpus], corpus):
+        print(warning, flush=True)
     have = sorted(infos[corpus].get("splits", {}))
     for key, split in settings.items():
       if key.endswith("split") and split not in have:
@@ -55,6 +49,24 @@ def select(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any
           f"set --config.evals.{name}.{key}"
         )
   return modules
+
+
+def _cut_warning(config: ml_collections.ConfigDict, info: dict[str, Any], corpus: str) -> str:
+  """What differs (if anything) between how a model cuts clips from the waveform (imported
+  models: `data.crop` "waveform", `data.pad`) and how the corpus was prepared."""
+  if config.data.get("crop", "mel") != "waveform":
+    return ""
+  pad = config.data.get("pad", "zeros")
+  fix = f"--waveform_crop_seconds {config.data.crop_seconds:g} --waveform_pad {pad}"
+  if not info.get("waveform_crop_seconds"):
+    return (
+      f"warning: the model cuts clips from the waveform before the log-mel, as its original does, but {corpus} "
+      "holds whole-file log-mels, so evaluation crops the log-mel: clips of another length than the crop embed "
+      f"slightly otherwise than in the original; a corpus prepared with {fix} gives the original's clips"
+    )
+  if info.get("waveform_pad", "zeros") != pad:
+    return f"warning: {corpus} pads short clips with {info.get('waveform_pad', 'zeros')}, the model with {pad}: {fix}"
+  return ""
 
 
 def run(context: EvalContext, modules: dict[str, Any], on_result=None) -> dict[str, dict]:

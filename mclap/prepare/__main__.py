@@ -64,6 +64,12 @@ _WAVEFORM_CROP = flags.DEFINE_float(
   "file: the clips the original MusCALL evaluates, for evaluating models imported from it (their bundles crop "
   "the waveform). Such a corpus is for evaluation: training crops from it have no room to move. 0: whole files.",
 )
+_WAVEFORM_PAD = flags.DEFINE_enum(
+  "waveform_pad",
+  "zeros",
+  ["zeros", "repeat"],
+  "With --waveform_crop_seconds: pad shorter files with zeros (MusCALL), or repeat them whole first (LAION-CLAP).",
+)
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
@@ -137,7 +143,7 @@ def _recorded(name: str, mel_config: dict):
   )
   listing = source.list_items(root, **{option: values[option] for option in source.options})
   listing.extra["input"] = str(root.absolute())
-  return listing, decode.work_function(decode.decode_record, settings, _WAVEFORM_CROP.value)
+  return listing, decode.work_function(decode.decode_record, settings, _WAVEFORM_CROP.value, _WAVEFORM_PAD.value)
 
 
 def _check_options(name: str) -> None:
@@ -159,6 +165,7 @@ def _tfds(mel_config: dict):
     _MIN_SECONDS.value,
     _TFDS_CAPTION.value,
     _WAVEFORM_CROP.value,
+    _WAVEFORM_PAD.value,
   )
 
 
@@ -201,7 +208,7 @@ def main(argv):
     what = f"for split(s) {', '.join(empty)}" if empty else "at all"
     raise UserError(f"--source={_SOURCE.value} found no items {what}{where}{expected}")
   if _WAVEFORM_CROP.value:
-    listing.extra["waveform_crop_seconds"] = _WAVEFORM_CROP.value
+    listing.extra.update(waveform_crop_seconds=_WAVEFORM_CROP.value, waveform_pad=_WAVEFORM_PAD.value)
   writer.write_corpus(
     _OUTPUT.value,
     listing.splits,

@@ -27,28 +27,32 @@ class DecodeSettings:
   npy_sample_rate: int
 
 
-def record_mel(wave: np.ndarray, mel_config: dict[str, Any], waveform_crop_seconds: float | None) -> np.ndarray:
+def record_mel(
+  wave: np.ndarray, mel_config: dict[str, Any], waveform_crop_seconds: float | None, waveform_pad: str = "zeros"
+) -> np.ndarray:
   """The log-mel a record stores: of the whole file, or of its central `waveform_crop_seconds` of
-  samples (zero-padded when shorter), the clip the original MusCALL embeds in evaluation; the
-  crop is taken as `mclap.load(...).embed_audio(crop="waveform")` takes it."""
+  samples (shorter files padded by `waveform_pad`), the clip an imported model's original embeds
+  in evaluation, cut as `mclap.load(...).embed_audio(crop="waveform")` cuts it."""
   if waveform_crop_seconds:
     samples = int(round(waveform_crop_seconds * mel_config["sample_rate"]))
-    wave = pipeline.eval_crops(wave[None], samples, 1, 0.0)[0][0, 0]
+    wave = pipeline.waveform_crops(wave, samples, 1, waveform_pad)[0]
   return mel_lib.log_mel(wave, mel_config)
 
 
-def work_function(decode: Callable, settings: Any, waveform_crop_seconds: float) -> functools.partial:
-  """`decode` bound to its settings. The crop is bound only when set, so that the writer's
+def work_function(
+  decode: Callable, settings: Any, waveform_crop_seconds: float, waveform_pad: str
+) -> functools.partial:
+  """`decode` bound to its settings. The cut is bound only when set, so that the writer's
   description of whole-file work (what decides whether a shard is reused) is that of releases
   before the option, and their corpora resume."""
-  crop = {"waveform_crop_seconds": waveform_crop_seconds} if waveform_crop_seconds else {}
-  return functools.partial(decode, settings=settings, **crop)
+  cut = dict(waveform_crop_seconds=waveform_crop_seconds, waveform_pad=waveform_pad) if waveform_crop_seconds else {}
+  return functools.partial(decode, settings=settings, **cut)
 
 
 def decode_record(
-  item: AudioItem, settings: DecodeSettings, waveform_crop_seconds: float | None = None
+  item: AudioItem, settings: DecodeSettings, waveform_crop_seconds: float | None = None, waveform_pad: str = "zeros"
 ) -> dict[str, Any] | Reject:
-  """The writer's work function for audio files (see `record_mel` for `waveform_crop_seconds`)."""
+  """The writer's work function for audio files (see `record_mel` for the waveform cut)."""
   if item.bad_metadata:
     return Reject(id=item.id, reason="bad metadata", detail=item.bad_metadata)
   mel_config = dict(settings.mel)
@@ -70,7 +74,7 @@ def decode_record(
     return Reject(id=item.id, reason=error.reason, detail=detail + (f" (decoder: {' / '.join(said)})" if said else ""))
   return {
     "id": item.id,
-    "mel": record_mel(wave, mel_config, waveform_crop_seconds),
+    "mel": record_mel(wave, mel_config, waveform_crop_seconds, waveform_pad),
     "captions": list(item.captions),
     "tags": list(item.tags),
     "label": item.label,

@@ -52,7 +52,7 @@ class Model:
     self.crop_frames = mel_lib.num_frames(self.config.data.crop_seconds, self.mel_config)
     self.crop_samples = int(round(self.config.data.crop_seconds * self.sample_rate))
     self.crop = self.config.data.get("crop", "mel")  # Bundles written before the key cropped the mel.
-    self.repeat_short = self.config.data.get("pad", "zeros") == "repeat"  # Imported CLAP models.
+    self.pad = self.config.data.get("pad", "zeros")  # Imported CLAP models repeat short clips.
     self.batch_size, self.max_seconds = batch_size, max_seconds
     self.tokenizer = tokenizer_lib.for_config(self.config)
     self.logit_scale = float(model.logit_scale())
@@ -88,9 +88,7 @@ class Model:
     if rule == "mel":
       mel = mel_lib.log_mel(wave, self.mel_config)
       return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
-    if self.repeat_short:
-      wave = pipeline.repeat_short(wave, self.crop_samples)
-    waves = pipeline.eval_crops(wave[None], self.crop_samples, count, 0.0)[0][:, 0]
+    waves = pipeline.waveform_crops(wave, self.crop_samples, count, self.pad)
     return np.stack([mel_lib.log_mel(w, self.mel_config) for w in waves])
 
   def embed_mels(self, mels: Iterable[np.ndarray]) -> np.ndarray:
