@@ -193,13 +193,11 @@ class HTSAT(nnx.Module):
     size = spec_size // patch_size
     for index, (depth, stage_heads) in enumerate(zip(depths, heads)):
       dim = embed_dim * 2**index
-      stage_blocks = [
-        SwinBlock(
-          dim, stage_heads, size, window_size, (i % 2) * (window_size // 2), mlp_ratio, eps, dtype=dtype, rngs=rngs
-        )
-        for i in range(depth)
-      ]
-      blocks.append(nnx.List(stage_blocks))
+      stage = []
+      for i in range(depth):  # Every second block attends in shifted windows.
+        shift = (i % 2) * (window_size // 2)
+        stage.append(SwinBlock(dim, stage_heads, size, window_size, shift, mlp_ratio, eps, dtype=dtype, rngs=rngs))
+      blocks.append(nnx.List(stage))
       if index < len(depths) - 1:
         merges.append(PatchMerging(dim, eps, dtype=dtype, rngs=rngs))
         size //= 2
@@ -213,9 +211,8 @@ class HTSAT(nnx.Module):
     x = self.input_norm(mel.transpose(0, 2, 1), use_running_average=not train)  # [batch, frames, n_mels]
     x = jnp.einsum("st,btf->bsf", bicubic_matrix(self.frames, self.spec_size * self.freq_ratio), x)
     b, t, f = x.shape
-    return (
-      x.reshape(b, self.freq_ratio, t // self.freq_ratio, f).transpose(0, 1, 3, 2).reshape(b, f * self.freq_ratio, -1)
-    )
+    slices = x.reshape(b, self.freq_ratio, t // self.freq_ratio, f).transpose(0, 1, 3, 2)  # [b, slice, f, t']
+    return slices.reshape(b, self.freq_ratio * f, t // self.freq_ratio)
 
   def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
     if mel.shape[1:] != (self.n_mels, self.frames):
