@@ -34,7 +34,7 @@ from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.models import bert, spec_from_config, weights
 from mclap.serve import bundle
-from mclap.tools import torch_checkpoint
+from mclap.tools import state_dict
 
 # Original arrays that carry nothing the mclap model needs.
 _IGNORED = re.compile(
@@ -104,11 +104,7 @@ def read_laion(
   of a laion_clap checkpoint, its sizes read from the arrays' shapes. Not visible there: the text
   tower's heads (default: width / 64, RoBERTa's), the hop (laion_clap's 480) and the audio length
   (10 s), and the layer-norm epsilon of roberta-base (1e-5)."""
-  loaded = torch_checkpoint.load(path)
-  state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-  if not isinstance(state, dict):
-    raise UserError(f"{path} holds no state_dict (found {type(loaded).__name__})")
-  state = {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+  state = state_dict.read(path)
   if (
     "audio_branch.patch_embed.proj.weight" not in state or "text_branch.embeddings.word_embeddings.weight" not in state
   ):
@@ -244,20 +240,9 @@ def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -
   )
 
 
-def _linear(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  out = {"kernel": state[f"{name}.weight"].T}
-  if f"{name}.bias" in state:
-    out["bias"] = state[f"{name}.bias"]
-  return out
-
-
-def _norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
-
-
 def _head(state: dict[str, np.ndarray], name: str) -> dict[str, Any]:
   """A projection MLP (`mlp` of dual_encoder: layers 0 and 2 around the activation)."""
-  return {"layers": {0: _linear(state, f"{name}.linear1"), 2: _linear(state, f"{name}.linear2")}}
+  return {"layers": {0: state_dict.linear(state, f"{name}.linear1"), 2: state_dict.linear(state, f"{name}.linear2")}}
 
 
 def htsat_variables(state: dict[str, np.ndarray], depths: list[int], prefix: str) -> dict[str, Any]:
@@ -272,8 +257,8 @@ def htsat_variables(state: dict[str, np.ndarray], depths: list[int], prefix: str
     },
     "patch_kernel": state[f"{prefix}.patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
     "patch_bias": state[f"{prefix}.patch_embed.proj.bias"],
-    "patch_norm": _norm(state, f"{prefix}.patch_embed.norm"),
-    "norm": _norm(state, f"{prefix}.norm"),
+    "patch_norm": state_dict.layer_norm(state, f"{prefix}.patch_embed.norm"),
+    "norm": state_dict.layer_norm(state, f"{prefix}.norm"),
     "stages": {},
     "merges": {},
   }
@@ -283,42 +268,31 @@ def htsat_variables(state: dict[str, np.ndarray], depths: list[int], prefix: str
       block = f"{prefix}.layers.{stage}.blocks.{i}"
       attention = f"{block}.attention"
       blocks[i] = {
-        "norm1": _norm(state, f"{block}.layernorm_before"),
+        "norm1": state_dict.layer_norm(state, f"{block}.layernorm_before"),
         "attention": {
-          "q_proj": _linear(state, f"{attention}.self.query"),
-          "k_proj": _linear(state, f"{attention}.self.key"),
-          "v_proj": _linear(state, f"{attention}.self.value"),
-          "out_proj": _linear(state, f"{attention}.output.dense"),
+          "q_proj": state_dict.linear(state, f"{attention}.self.query"),
+          "k_proj": state_dict.linear(state, f"{attention}.self.key"),
+          "v_proj": state_dict.linear(state, f"{attention}.self.value"),
+          "out_proj": state_dict.linear(state, f"{attention}.output.dense"),
           "relative_position_bias": state[f"{attention}.self.relative_position_bias_table"],
         },
-        "norm2": _norm(state, f"{block}.layernorm_after"),
-        "fc1": _linear(state, f"{block}.intermediate.dense"),
-        "fc2": _linear(state, f"{block}.output.dense"),
+        "norm2": state_dict.layer_norm(state, f"{block}.layernorm_after"),
+        "fc1": state_dict.linear(state, f"{block}.intermediate.dense"),
+        "fc2": state_dict.linear(state, f"{block}.output.dense"),
       }
     out["stages"][stage] = blocks
     if stage < len(depths) - 1:
       merge = f"{prefix}.layers.{stage}.downsample"
-      out["merges"][stage] = {"norm": _norm(state, f"{merge}.norm"), "reduction": _linear(state, f"{merge}.reduction")}
+      out["merges"][stage] = {
+        "norm": state_dict.layer_norm(state, f"{merge}.norm"),
+        "reduction": state_dict.linear(state, f"{merge}.reduction"),
+      }
   return out
-
-
-class _Tracked(dict):
-  """The state dict as float32, recording which names were read."""
-
-  def __init__(self, state: dict[str, np.ndarray]):
-    super().__init__(state)
-    self.used: set[str] = set()
-
-  def __getitem__(self, key: str) -> np.ndarray:
-    if key not in self:
-      raise UserError(f"the checkpoint has no {key}: it is not a CLAP model of the architecture its config names")
-    self.used.add(key)
-    return np.asarray(super().__getitem__(key), np.float32)
 
 
 def clap_variables(state: dict[str, np.ndarray], hf: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
   """(mclap variables of a Hugging Face CLAP state dict as one nested dict, the names left unused)."""
-  tracked = _Tracked(state)
+  tracked = state_dict.Tracked(state, "CLAP")
   text, unexpected = bert.torch_variables(state, prefix="text_model.")
   if unexpected:
     raise UserError(f"the checkpoint's text model has arrays mclap has no place for, e.g. {unexpected[:3]}")

@@ -30,22 +30,7 @@ from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
 from mclap.models import spec_from_config, weights
 from mclap.serve import bundle
-from mclap.tools import torch_checkpoint
-
-
-def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """The model's state_dict from a MusCALL checkpoint ({"state_dict": ...}), a bare state_dict, or
-  an `.npz`; DataParallel's `module.` prefixes removed."""
-  path = pathlib.Path(path)
-  if path.suffix == ".npz":
-    with np.load(path) as data:
-      state = dict(data)
-  else:
-    loaded = torch_checkpoint.load(path)
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict):
-      raise UserError(f"{path} holds no state_dict (found {type(loaded).__name__})")
-  return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+from mclap.tools import state_dict
 
 
 def _count(state: dict[str, np.ndarray], pattern: str) -> int:
@@ -114,13 +99,6 @@ def muscall_config(
   return config
 
 
-def _linear(state, name: str) -> dict[str, np.ndarray]:
-  out = {"kernel": state[f"{name}.weight"].T}
-  if f"{name}.bias" in state:
-    out["bias"] = state[f"{name}.bias"]
-  return out
-
-
 def _conv_bn(state, conv: str, bn: str) -> dict:
   """An mclap `_ConvBN`'s variables (batch-norm running statistics included) from a torch conv
   (OIHW) and BatchNorm2d."""
@@ -138,7 +116,7 @@ def _conv_bn(state, conv: str, bn: str) -> dict:
 def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
   """(mclap variables as one nested dict: parameters and batch statistics together, as NNX keeps
   them; the original keys left unused)."""
-  tracked = _Tracked(state)
+  tracked = state_dict.Tracked(state, "MusCALL")
   a, t = "audio_backbone", "textual_head"
   variables: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}, "text": {"blocks": {}}}
   audio = variables["audio"]
@@ -158,10 +136,10 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
   audio["pool"] = {
     "positional_embedding": tracked[f"{pool}.positional_embedding"],
     "attention": {
-      "q_proj": _linear(tracked, f"{pool}.q_proj"),
-      "k_proj": _linear(tracked, f"{pool}.k_proj"),
-      "v_proj": _linear(tracked, f"{pool}.v_proj"),
-      "out_proj": _linear(tracked, f"{pool}.c_proj"),
+      "q_proj": state_dict.linear(tracked, f"{pool}.q_proj"),
+      "k_proj": state_dict.linear(tracked, f"{pool}.k_proj"),
+      "v_proj": state_dict.linear(tracked, f"{pool}.v_proj"),
+      "out_proj": state_dict.linear(tracked, f"{pool}.c_proj"),
     },
   }
   text = variables["text"]
@@ -174,40 +152,24 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
     q, k, v = np.split(tracked[f"{layer}.0.fn.to_qkv.weight"], 3, axis=0)
     zeros = np.zeros(width, q.dtype)
     text["blocks"][i] = {
-      "ln_1": _layer_norm(tracked, f"{layer}.0.norm"),
+      "ln_1": state_dict.layer_norm(tracked, f"{layer}.0.norm"),
       "attention": {
         "q_proj": {"kernel": q.T, "bias": zeros},
         "k_proj": {"kernel": k.T, "bias": zeros},
         "v_proj": {"kernel": v.T, "bias": zeros},
-        "out_proj": _linear(tracked, f"{layer}.0.fn.out_projection"),
+        "out_proj": state_dict.linear(tracked, f"{layer}.0.fn.out_projection"),
       },
-      "ln_2": _layer_norm(tracked, f"{layer}.1.norm"),
-      "mlp_in": _linear(tracked, f"{layer}.1.fn.mlp.0"),
-      "mlp_out": _linear(tracked, f"{layer}.1.fn.mlp.3"),
+      "ln_2": state_dict.layer_norm(tracked, f"{layer}.1.norm"),
+      "mlp_in": state_dict.linear(tracked, f"{layer}.1.fn.mlp.0"),
+      "mlp_out": state_dict.linear(tracked, f"{layer}.1.fn.mlp.3"),
     }
-  text["ln_final"] = _layer_norm(tracked, f"{t}.transformer.norm_out")  # The original's ln_final is never called.
+  text["ln_final"] = state_dict.layer_norm(
+    tracked, f"{t}.transformer.norm_out"
+  )  # The original's ln_final is never called.
   variables["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
   variables["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
   variables["logit_scale_param"] = tracked["logit_scale"]
   return variables, sorted(set(state) - tracked.used)
-
-
-def _layer_norm(state, name: str) -> dict[str, np.ndarray]:
-  return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
-
-
-class _Tracked(dict):
-  """The state_dict, recording which keys were read."""
-
-  def __init__(self, state: dict[str, np.ndarray]):
-    super().__init__(state)
-    self.used: set[str] = set()
-
-  def __getitem__(self, key: str) -> np.ndarray:
-    if key not in self:
-      raise UserError(f"the checkpoint has no {key}: it is not a MusCALL model of the expected architecture")
-    self.used.add(key)
-    return np.asarray(super().__getitem__(key), np.float32)
 
 
 # Original keys that carry nothing the mclap model needs.
@@ -263,7 +225,7 @@ def import_muscall(
 ) -> pathlib.Path:
   """Writes the bundle of a MusCALL checkpoint; returns its directory."""
   bundle.check_output(output, overwrite)
-  state = read_state_dict(checkpoint)
+  state = state_dict.read(checkpoint)
   config = muscall_config(state, audio_heads=audio_heads, text_heads=text_heads, crop_seconds=crop_seconds)
   check_filterbank(state, config)
   variables, unused = muscall_variables(state, config)

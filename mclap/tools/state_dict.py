@@ -1,0 +1,54 @@
+"""PyTorch state dicts as the importers read them: loaded without torch, and taken apart into
+mclap's variables while recording which arrays were used (so that the rest can be named)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from mclap.errors import UserError
+from mclap.tools import torch_checkpoint
+
+
+def read(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """The model's state dict from a training checkpoint ({"state_dict": ...}), a bare state dict,
+  or an `.npz` of its arrays; DataParallel's `module.` prefixes removed."""
+  path = pathlib.Path(path)
+  if path.suffix == ".npz":
+    with np.load(path) as data:
+      state = dict(data)
+  else:
+    loaded = torch_checkpoint.load(path)
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict):
+      raise UserError(f"{path} holds no state_dict (found {type(loaded).__name__})")
+  return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+
+
+class Tracked(dict):
+  """A state dict whose arrays are read as float32, recording which names were read; a missing
+  name says the checkpoint is not a `model` of the architecture expected."""
+
+  def __init__(self, state: dict[str, np.ndarray], model: str):
+    super().__init__(state)
+    self.used: set[str] = set()
+    self.model = model
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self:
+      raise UserError(f"the checkpoint has no {key}: it is not a {self.model} model of the expected architecture")
+    self.used.add(key)
+    return np.asarray(super().__getitem__(key), np.float32)
+
+
+def linear(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  """An `nnx.Linear`'s variables from torch's `[out, in]` weight (and bias, if any)."""
+  out = {"kernel": state[f"{name}.weight"].T}
+  if f"{name}.bias" in state:
+    out["bias"] = state[f"{name}.bias"]
+  return out
+
+
+def layer_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
