@@ -94,6 +94,23 @@ def test_a_loaded_import_embeds_waveforms_and_captions_as_the_original(imported,
   assert scores.shape == (3, 2)
 
 
+def test_the_fused_tower_equals_the_original_on_its_four_view_input(tmp_path):
+  """A fused model (a local patch embedding of three 10 s windows, joined to the global view by
+  attentional feature fusion) on the views ClapFeatureExtractor made of a 12 s clip (fused) and a
+  3 s one (four equal views: nothing to fuse)."""
+  reference = dict(np.load(DATA / "clap_hf_fused_reference.npz"))
+  hf = json.loads((DATA / "clap_hf_fused/config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**hf["text_config"], "model_type": "roberta"}))
+  spec = spec_from_config(import_clap.clap_config(hf, {}, str(tmp_path)), vocab_size=0)
+  assert spec.audio["fusion"] and spec.crop_frames == 1001
+  graphdef, state = nnx.split(bundle.abstract_model(spec))
+  variables, _ = import_clap.clap_variables(load_file(str(DATA / "clap_hf_fused/model.safetensors")), hf)
+  state.replace_by_pure_dict(jax.tree.map(np.asarray, variables))
+  mels = reference["input_features"].astype(np.float32).transpose(0, 1, 3, 2)  # [clips, views, mels, frames]
+  np.testing.assert_array_equal(reference["is_longer"].ravel(), [True, False])
+  close(nnx.merge(graphdef, state).audio_features(mels), reference["audio_pooled"], atol=2e-5)
+
+
 def test_a_laion_clap_checkpoint_imports_and_embeds_as_the_original(imported, tmp_path):
   """A `.pt` of the laion_clap package (its own classes and torchlibrosa front end made the
   reference): sizes from the arrays' shapes, names mapped, q/k/v split, the filterbank checked."""
@@ -121,7 +138,7 @@ def test_other_architectures_and_unknown_arrays_are_refused(tmp_path):
   config = json.loads((fused / "config.json").read_text())
   config["audio_config"]["enable_fusion"] = True
   (fused / "config.json").write_text(json.dumps(config))
-  with pytest.raises(UserError, match="fused CLAP model"):
+  with pytest.raises(UserError, match="fused CLAP model: its tower is built but its four-view front end"):
     import_clap.import_clap(fused, tmp_path / "b1")
   extra = tmp_path / "extra"
   shutil.copytree(DATA / "clap_hf", extra)

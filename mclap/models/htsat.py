@@ -153,8 +153,44 @@ class PatchMerging(nnx.Module):
     return self.reduction(self.norm(x).astype(x.dtype))
 
 
+class FeatureFusion(nnx.Module):
+  """Attentional feature fusion (Dai et al., 2021), as CLAP's fused models join the local views to
+  the global one: a sigmoid weight from a per-position and a per-clip bottleneck (1x1 convolutions
+  with batch norm) of their sum mixes the two, `2 w x + 2 (1 - w) y`."""
+
+  def __init__(self, channels: int, ratio: int, *, dtype: Any, rngs: nnx.Rngs):
+    inner = channels // ratio
+    dense = lambda a, b: nnx.Linear(a, b, dtype=dtype, rngs=rngs)  # noqa: E731  A 1x1 convolution.
+    norm = lambda c: BatchNorm(c, dtype=dtype, rngs=rngs)  # noqa: E731
+    self.local_in, self.local_norm_in = dense(channels, inner), norm(inner)
+    self.local_out, self.local_norm_out = dense(inner, channels), norm(channels)
+    self.global_in, self.global_norm_in = dense(channels, inner), norm(inner)
+    self.global_out, self.global_norm_out = dense(inner, channels), norm(channels)
+
+  def __call__(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+    """x, y `[batch, h, w, channels]`."""
+    both = x + y
+    mode = not train
+
+    def bottleneck(z, first, first_norm, second, second_norm):
+      return second_norm(second(jax.nn.relu(first_norm(first(z), mode))), mode)
+
+    per_position = bottleneck(both, self.local_in, self.local_norm_in, self.local_out, self.local_norm_out)
+    per_clip = bottleneck(
+      both.mean(axis=(1, 2), keepdims=True), self.global_in, self.global_norm_in, self.global_out, self.global_norm_out
+    )
+    weight = jax.nn.sigmoid((per_position + per_clip).astype(jnp.float32)).astype(x.dtype)
+    return 2 * x * weight + 2 * y * (1 - weight)
+
+
 class HTSAT(nnx.Module):
-  """log-mel `[batch, n_mels, frames]` -> features `[batch, embed_dim * 2^(stages - 1)]`."""
+  """log-mel `[batch, n_mels, frames]` -> features `[batch, embed_dim * 2^(stages - 1)]`.
+
+  With `fusion` (CLAP's fused models) the input is four views `[batch, 4, n_mels, frames]`: the
+  whole clip shrunk to the model's length, then three local windows of it; a clip whose views are
+  all equal (one no longer than the model's length, repeated four times by its front end) has
+  nothing to fuse and is embedded from the first alone, as the original does for such clips.
+  """
 
   def __init__(
     self,
@@ -171,6 +207,7 @@ class HTSAT(nnx.Module):
     remat: str,
     dtype: Any,
     rngs: nnx.Rngs,
+    fusion: bool = False,
   ):
     self.freq_ratio = spec_size // n_mels
     if self.freq_ratio < 1 or n_mels * self.freq_ratio != spec_size:
@@ -189,6 +226,11 @@ class HTSAT(nnx.Module):
     patch = nnx.initializers.lecun_normal()(rngs.params(), (patch_size, patch_size, 1, embed_dim))
     self.patch_kernel, self.patch_bias = nnx.Param(patch), nnx.Param(jnp.zeros((embed_dim,)))
     self.patch_norm = _layer_norm(embed_dim, eps, rngs)
+    self.fusion = fusion
+    if fusion:  # Three local views, patched three times wider and laid side by side, fused into the global one.
+      local = nnx.initializers.lecun_normal()(rngs.params(), (patch_size, 3 * patch_size, 1, embed_dim))
+      self.local_kernel, self.local_bias = nnx.Param(local), nnx.Param(jnp.zeros((embed_dim,)))
+      self.feature_fusion = FeatureFusion(embed_dim, 4, dtype=dtype, rngs=rngs)
     blocks, merges = [], []
     size = spec_size // patch_size
     for index, (depth, stage_heads) in enumerate(zip(depths, heads)):
@@ -207,25 +249,44 @@ class HTSAT(nnx.Module):
     self.dtype = dtype
 
   def image(self, mel: jax.Array, train: bool) -> jax.Array:
-    """The normalised, stretched and folded mel: `[batch, spec_size, spec_size]` (frequency, time)."""
-    x = self.input_norm(mel.transpose(0, 2, 1), use_running_average=not train)  # [batch, frames, n_mels]
-    x = jnp.einsum("st,btf->bsf", bicubic_matrix(self.frames, self.spec_size * self.freq_ratio), x)
-    b, t, f = x.shape
-    slices = x.reshape(b, self.freq_ratio, t // self.freq_ratio, f).transpose(0, 1, 3, 2)  # [b, slice, f, t']
-    return slices.reshape(b, self.freq_ratio * f, t // self.freq_ratio)
+    """The normalised, stretched and folded mel `[..., n_mels, frames]` -> `[..., spec_size,
+    spec_size]` (frequency, time)."""
+    x = self.input_norm(jnp.swapaxes(mel, -1, -2), use_running_average=not train)  # [..., frames, n_mels]
+    x = jnp.einsum("st,...tf->...sf", bicubic_matrix(self.frames, self.spec_size * self.freq_ratio), x)
+    *lead, t, f = x.shape
+    slices = jnp.swapaxes(x.reshape(*lead, self.freq_ratio, t // self.freq_ratio, f), -1, -2)  # [..., slice, f, t']
+    return slices.reshape(*lead, self.freq_ratio * f, t // self.freq_ratio)
+
+  def patches(self, image: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """A convolution whose stride is its kernel `[kh, kw, 1, c]` (columns that do not fill one
+    are dropped), as a reshape and a matrix product: `[b, h, w]` -> `[b, h / kh, w / kw, c]`."""
+    kh, kw = kernel.shape[:2]
+    b, h, w = image.shape
+    x = image[:, :, : w // kw * kw].reshape(b, h // kh, kh, w // kw, kw).transpose(0, 1, 3, 2, 4)
+    return x.reshape(b, h // kh, w // kw, kh * kw) @ kernel.reshape(kh * kw, -1).astype(self.dtype) + bias.astype(
+      self.dtype
+    )
 
   def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
-    if mel.shape[1:] != (self.n_mels, self.frames):
+    expected = (4, self.n_mels, self.frames) if self.fusion else (self.n_mels, self.frames)
+    if mel.shape[1:] != expected:
       raise ConfigError(
-        f"audio tower built for mels of shape [{self.n_mels}, {self.frames}] (config.data.mel.n_mels, "
-        f"config.data.crop_seconds) but got {list(mel.shape[1:])}; make the config match the data"
+        f"audio tower built for mels of shape {list(expected)} (config.data.mel.n_mels, config.data.crop_seconds"
+        f"{', four views' if self.fusion else ''}) but got {list(mel.shape[1:])}; make the config match the data"
       )
-    x = self.image(mel.astype(jnp.float32), train).astype(self.dtype)
-    b, h, w = x.shape
-    p = self.patch_size
-    patches = x.reshape(b, h // p, p, w // p, p).transpose(0, 1, 3, 2, 4).reshape(b, h // p, w // p, p * p)
-    kernel = self.patch_kernel[...].reshape(p * p, -1).astype(self.dtype)
-    x = self.patch_norm(patches @ kernel + self.patch_bias[...].astype(self.dtype)).astype(self.dtype)
+    image = self.image(mel.astype(jnp.float32), train).astype(self.dtype)
+    if not self.fusion:
+      x = self.patches(image, self.patch_kernel[...], self.patch_bias[...])
+    else:
+      x = self.patches(image[:, 0], self.patch_kernel[...], self.patch_bias[...])
+      b, _, h, w = image.shape
+      local = self.patches(image[:, 1:].reshape(b * 3, h, w), self.local_kernel[...], self.local_bias[...])
+      local = local.reshape(b, 3, *local.shape[1:]).transpose(0, 2, 1, 3, 4)  # [b, h', view, w', c]
+      local = local.reshape(b, local.shape[1], -1, local.shape[-1])  # The views side by side.
+      local = jnp.pad(local, ((0, 0), (0, 0), (0, x.shape[2] - local.shape[2]), (0, 0)))
+      longer = (mel[:, 1:] != mel[:, :1]).any(axis=(1, 2, 3))  # Views that differ: something to fuse.
+      x = jnp.where(longer[:, None, None, None], self.feature_fusion(x, local, train), x)
+    x = self.patch_norm(x).astype(self.dtype)
     for stage, blocks in enumerate(self.stages):
       for block in blocks:
         x = maybe_remat(lambda blk, y: blk(y), self.remat)(block, x)

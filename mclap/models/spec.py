@@ -78,7 +78,7 @@ def _audio(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(kind=a.kind, channels=list(a.channels), batch_norm_blocks=a.batch_norm_blocks)
   if a.kind == "htsat":
     names = ("spec_size", "patch_size", "embed_dim", "depths", "heads", "window_size", "mlp_ratio")
-    return _plain(dict(kind=a.kind, **{name: a[name] for name in names}))
+    return _plain(dict(kind=a.kind, **{name: a[name] for name in names}, fusion=a.get("fusion", False)))
   if a.kind != "modified_resnet":
     raise ConfigError(f"config.model.audio.kind={a.kind!r}; available: modified_resnet, simple_cnn, htsat")
   return dict(

@@ -168,11 +168,8 @@ def check_filterbank(filters: np.ndarray, front: dict[str, Any], n_mels: int, pa
 
 def _check_audio(audio: dict[str, Any]) -> None:
   """The HTS-AT variants mclap builds: unfused, square patches, patch layer norm, biased q/k/v."""
-  if audio.get("enable_fusion"):
-    raise UserError(
-      "this is a fused CLAP model (enable_fusion): only unfused ones import so far (clap-htsat-unfused, "
-      "larger_clap_music)"
-    )
+  if audio.get("enable_fusion") and audio.get("fusion_type") != "aff_2d":
+    raise UserError(f"the CLAP model's fusion_type {audio.get('fusion_type')!r} is not one mclap builds (aff_2d)")
   stride = audio.get("patch_stride", 4)
   stride = list(stride) if isinstance(stride, (list, tuple)) else [stride, stride]
   settings = {
@@ -227,6 +224,7 @@ def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -
           heads=tuple(audio["num_attention_heads"]),
           window_size=audio["window_size"],
           mlp_ratio=float(audio.get("mlp_ratio", 4.0)),
+          fusion=bool(audio.get("enable_fusion", False)),
           head=mlp_head,
         ),
         text=dict(kind="bert", pooling="pooler", pretrained_dir=tokenizer_dir, head=mlp_head),
@@ -245,16 +243,50 @@ def _head(state: dict[str, np.ndarray], name: str) -> dict[str, Any]:
   return {"layers": {0: state_dict.linear(state, f"{name}.linear1"), 2: state_dict.linear(state, f"{name}.linear2")}}
 
 
-def htsat_variables(state: dict[str, np.ndarray], depths: list[int], prefix: str) -> dict[str, Any]:
-  """An `htsat.HTSAT`'s variables (batch-norm statistics included) from Hugging Face's names."""
-  bn = f"{prefix}.batch_norm"
+def _batch_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  return {
+    "scale": state[f"{name}.weight"],
+    "bias": state[f"{name}.bias"],
+    "mean": state[f"{name}.running_mean"],
+    "var": state[f"{name}.running_var"],
+  }
+
+
+def _conv1x1(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  """A 1x1 convolution `[out, in, 1, 1]` as the `nnx.Linear` it is."""
+  return {"kernel": state[f"{name}.weight"][:, :, 0, 0].T, "bias": state[f"{name}.bias"]}
+
+
+def _fusion_variables(state: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+  """A fused HTS-AT's local patch embedding and `htsat.FeatureFusion` (the Sequential indices of
+  the convolutions and batch norms of Hugging Face's `ClapAudioAFFBlock`)."""
+  fusion = f"{prefix}.patch_embed.fusion_model"
   out: dict[str, Any] = {
-    "input_norm": {
-      "scale": state[f"{bn}.weight"],
-      "bias": state[f"{bn}.bias"],
-      "mean": state[f"{bn}.running_mean"],
-      "var": state[f"{bn}.running_var"],
-    },
+    "local_kernel": state[f"{prefix}.patch_embed.mel_conv2d.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
+    "local_bias": state[f"{prefix}.patch_embed.mel_conv2d.bias"],
+    "feature_fusion": {},
+  }
+  for part, (name, first, first_norm, second, second_norm) in {
+    "local": ("local_att", 0, 1, 3, 4),
+    "global": ("global_att", 1, 2, 4, 5),
+  }.items():
+    out["feature_fusion"].update(
+      {
+        f"{part}_in": _conv1x1(state, f"{fusion}.{name}.{first}"),
+        f"{part}_norm_in": _batch_norm(state, f"{fusion}.{name}.{first_norm}"),
+        f"{part}_out": _conv1x1(state, f"{fusion}.{name}.{second}"),
+        f"{part}_norm_out": _batch_norm(state, f"{fusion}.{name}.{second_norm}"),
+      }
+    )
+  return out
+
+
+def htsat_variables(
+  state: dict[str, np.ndarray], depths: list[int], prefix: str, fusion: bool = False
+) -> dict[str, Any]:
+  """An `htsat.HTSAT`'s variables (batch-norm statistics included) from Hugging Face's names."""
+  out: dict[str, Any] = {
+    "input_norm": _batch_norm(state, f"{prefix}.batch_norm"),
     "patch_kernel": state[f"{prefix}.patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
     "patch_bias": state[f"{prefix}.patch_embed.proj.bias"],
     "patch_norm": state_dict.layer_norm(state, f"{prefix}.patch_embed.norm"),
@@ -287,18 +319,20 @@ def htsat_variables(state: dict[str, np.ndarray], depths: list[int], prefix: str
         "norm": state_dict.layer_norm(state, f"{merge}.norm"),
         "reduction": state_dict.linear(state, f"{merge}.reduction"),
       }
-  return out
+  return {**out, **_fusion_variables(state, prefix)} if fusion else out
 
 
 def clap_variables(state: dict[str, np.ndarray], hf: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
   """(mclap variables of a Hugging Face CLAP state dict as one nested dict, the names left unused)."""
-  tracked = state_dict.Tracked(state, "CLAP")
+  tracked, audio = state_dict.Tracked(state, "CLAP"), hf["audio_config"]
   text, unexpected = bert.torch_variables(state, prefix="text_model.")
   if unexpected:
     raise UserError(f"the checkpoint's text model has arrays mclap has no place for, e.g. {unexpected[:3]}")
   tracked.used.update(k for k in state if k.startswith("text_model."))
   variables = {
-    "audio": htsat_variables(tracked, hf["audio_config"]["depths"], "audio_model.audio_encoder"),
+    "audio": htsat_variables(
+      tracked, audio["depths"], "audio_model.audio_encoder", fusion=bool(audio.get("enable_fusion", False))
+    ),
     "text": text,
     "audio_projection": _head(tracked, "audio_projection"),
     "text_projection": _head(tracked, "text_projection"),
@@ -334,6 +368,11 @@ def import_clap(
     raise UserError(f"--checkpoint {path} not found: give a Hugging Face ClapModel directory or a laion_clap .pt")
   if not tokenizer.is_file():
     raise UserError(f"{tokenizer} not found: the text tower's tokenizer (the Hub's CLAP exports ship it)")
+  if hf["audio_config"].get("enable_fusion"):
+    raise UserError(
+      f"{path} is a fused CLAP model: its tower is built but its four-view front end is not yet; import an "
+      "unfused model (clap-htsat-unfused, larger_clap_music, music_audioset_epoch_15_esc_90.14.pt)"
+    )
   variables, unused = clap_variables(state, hf)
   if unknown := [k for k in unused if not _IGNORED.fullmatch(k)]:
     raise UserError(f"{len(unknown)} arrays of the checkpoint have no place in the model, e.g. {unknown[:3]}")

@@ -57,15 +57,11 @@ def model_waves() -> list[np.ndarray]:
   return [w.astype(np.float32) for w in (*tones, 0.2 * np.random.default_rng(0).standard_normal(RATE * 2))]
 
 
-def main():
-  torch.manual_seed(0)
-  shutil.rmtree(OUT, ignore_errors=True)
-  OUT.mkdir()
-  tokenizer_file(OUT / "tokenizer.json")
-  tokenizer = RobertaTokenizerFast(tokenizer_file=str(OUT / "tokenizer.json"))
-  config = ClapConfig(
+def small_config(vocab_size: int, **audio) -> ClapConfig:
+  """The small CLAP of the fixtures: three Swin stages (for 16 mels, the last one a single window)."""
+  return ClapConfig(
     text_config=dict(
-      vocab_size=tokenizer.vocab_size,
+      vocab_size=vocab_size,
       hidden_size=32,
       num_hidden_layers=2,
       num_attention_heads=2,
@@ -80,16 +76,34 @@ def main():
       depths=[2, 2, 2],
       num_attention_heads=[2, 2, 4],
       hidden_size=64,
-    ),
+    )
+    | audio,
     projection_dim=24,
   )
-  model = ClapModel(config).eval()
-  with torch.no_grad():  # No parameter at its initial value (ones, zeros): a swapped name shows.
+
+
+def perturb(model: ClapModel) -> None:
+  """No parameter at its initial value (ones, zeros): a swapped name shows; random batch-norm
+  statistics, so that the input normalisation is not the identity."""
+  with torch.no_grad():
     for parameter in model.parameters():
       parameter.add_(0.1 * torch.randn_like(parameter))
-    model.audio_model.audio_encoder.batch_norm.running_mean.normal_()
-    model.audio_model.audio_encoder.batch_norm.running_var.uniform_(0.5, 2.0)
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.normal_()
+        module.running_var.uniform_(0.5, 2.0)
     model.logit_scale_a.fill_(3.0)
+
+
+def main():
+  torch.manual_seed(0)
+  shutil.rmtree(OUT, ignore_errors=True)
+  OUT.mkdir()
+  tokenizer_file(OUT / "tokenizer.json")
+  tokenizer = RobertaTokenizerFast(tokenizer_file=str(OUT / "tokenizer.json"))
+  config = small_config(tokenizer.vocab_size)
+  model = ClapModel(config).eval()
+  perturb(model)
   model.save_pretrained(OUT, safe_serialization=True)
 
   # The released front end (64 mels, 10 s) on a 3 s tone (repeated to 10 s) and a 10 s chirp.
@@ -196,6 +210,43 @@ def laion_fixture():
   print("wrote", HERE / "clap_laion.pt", sorted(k for k in state if ".0." not in k)[:8])
 
 
+def fused_fixture():
+  """clap_hf_fused/ and clap_hf_fused_reference.npz: the fused variant of the small model (three
+  local 10 s views beside the shrunk whole, attention feature fusion in the patch embedding), at
+  the released 64 mels and 10 s (the extractor builds fused views only for those), its 4-view
+  input from ClapFeatureExtractor (truncation "fusion") for a 12 s and a 3 s clip, and its
+  outputs."""
+  torch.manual_seed(2)
+  np.random.seed(2)  # The extractor draws the local views' positions with NumPy.
+  out = HERE / "clap_hf_fused"
+  shutil.rmtree(out, ignore_errors=True)
+  out.mkdir()
+  shutil.copy(OUT / "tokenizer.json", out / "tokenizer.json")
+  fused = dict(enable_fusion=True, fusion_type="aff_2d", num_mel_bins=64, spec_size=256, window_size=8)
+  model = ClapModel(small_config(320, **fused)).eval()
+  perturb(model)
+  model.save_pretrained(out, safe_serialization=True)
+  extractor = ClapFeatureExtractor(frequency_min=50, truncation="fusion")
+  extractor.save_pretrained(out)
+  rng = np.random.default_rng(2)
+  waves = [(0.3 * rng.standard_normal(int(RATE * s))).astype(np.float32) for s in (12.0, 3.0)]
+  inputs = extractor(waves, sampling_rate=RATE, return_tensors="pt")
+  # Stored in float16 (half the size), so the model is run on the float16 values.
+  inputs["input_features"] = inputs["input_features"].half().float()
+  with torch.no_grad():
+    audio = model.audio_model(input_features=inputs["input_features"], is_longer=inputs["is_longer"])
+    embeds = model.get_audio_features(input_features=inputs["input_features"], is_longer=inputs["is_longer"])
+  np.savez_compressed(
+    HERE / "clap_hf_fused_reference.npz",
+    input_features=inputs["input_features"].numpy().astype(np.float16),
+    is_longer=inputs["is_longer"].numpy(),
+    audio_pooled=audio.pooler_output.numpy(),
+    audio_embeds=embeds.pooler_output.numpy(),
+  )
+  print("wrote", out, inputs["is_longer"].numpy().ravel())
+
+
 if __name__ == "__main__":
   main()
   laion_fixture()
+  fused_fixture()
