@@ -27,6 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   meta = json.loads(meta_file.read_text())
   spec, data = meta["spec"], meta["config"]["data"]
+  if spec["audio"].get("fusion"):
+    raise ValueError(f"{bundle} is a fused CLAP model: the training pipeline does not build its four-view input yet")
   c, _ = config_files.base_config(__file__, variants, ())
   tokenizer = str(pathlib.Path(bundle) / data["tokenizer_dir"])
   c.data.update(mel=data["mel"], crop_seconds=data["crop_seconds"], max_tokens=spec["max_tokens"])

@@ -111,6 +111,26 @@ def test_the_fused_tower_equals_the_original_on_its_four_view_input(tmp_path):
   close(nnx.merge(graphdef, state).audio_features(mels), reference["audio_pooled"], atol=2e-5)
 
 
+def test_a_fused_model_imports_and_embeds_files_as_the_original(tmp_path):
+  """A fused model's bundle through `mclap.load`: its front end gives the original's four views
+  (float16-stored: 0.02 dB) of a 12 s clip when placed at the original's window starts, and of a
+  3 s clip; the views embed as the original embeds them; the 3 s file embeds as the original
+  does (a 12 s one takes the middle windows, where the original draws them at random)."""
+  reference = dict(np.load(DATA / "clap_hf_fused_reference.npz"))
+  model = mclap.load(import_clap.import_clap(DATA / "clap_hf_fused", tmp_path / "fused"), batch_size=2)
+  assert (model.crop, model.mel_config["htk"]) == ("fusion", True)
+  rng = np.random.default_rng(2)  # The fixture's clips (make_clap_fixture.fused_fixture).
+  waves = [(0.3 * rng.standard_normal(int(RATE * seconds))).astype(np.float32) for seconds in (12.0, 3.0)]
+  theirs = reference["input_features"].astype(np.float32).transpose(0, 1, 3, 2)  # [clips, views, mels, frames]
+  placed = pipeline.fusion_views(mel.log_mel(waves[0], model.mel_config), model.crop_frames, reference["fusion_starts"])
+  np.testing.assert_allclose(placed, theirs[0], atol=0.02)
+  np.testing.assert_allclose(model.mel_crops(waves[1])[0], theirs[1], atol=0.02)
+  close(model.embed_mels([views[None] for views in theirs]), reference["audio_embeds"], atol=2e-6)
+  close(model.embed_audio(waves[1:]), reference["audio_embeds"][1:], atol=2e-5)
+  with pytest.raises(UserError, match="fused CLAP models take crop=fusion"):
+    model.embed_audio(waves[1:], crop="waveform")
+
+
 def test_a_laion_clap_checkpoint_imports_and_embeds_as_the_original(imported, tmp_path):
   """A `.pt` of the laion_clap package (its own classes and torchlibrosa front end made the
   reference): sizes from the arrays' shapes, names mapped, q/k/v split, the filterbank checked."""
@@ -133,13 +153,13 @@ def test_a_laion_clap_checkpoint_imports_and_embeds_as_the_original(imported, tm
 
 
 def test_other_architectures_and_unknown_arrays_are_refused(tmp_path):
-  fused = tmp_path / "fused"
-  shutil.copytree(DATA / "clap_hf", fused)
-  config = json.loads((fused / "config.json").read_text())
-  config["audio_config"]["enable_fusion"] = True
-  (fused / "config.json").write_text(json.dumps(config))
-  with pytest.raises(UserError, match="fused CLAP model: its tower is built but its four-view front end"):
-    import_clap.import_clap(fused, tmp_path / "b1")
+  other = tmp_path / "other"  # A fusion mclap does not build (1-D attentional fusion).
+  shutil.copytree(DATA / "clap_hf_fused", other)
+  config = json.loads((other / "config.json").read_text())
+  config["audio_config"]["fusion_type"] = "aff_1d"
+  (other / "config.json").write_text(json.dumps(config))
+  with pytest.raises(UserError, match="fusion_type 'aff_1d' is not one mclap builds"):
+    import_clap.import_clap(other, tmp_path / "b1")
   extra = tmp_path / "extra"
   shutil.copytree(DATA / "clap_hf", extra)
   state = load_file(str(extra / "model.safetensors"))

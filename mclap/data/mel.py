@@ -66,7 +66,20 @@ def clap_config() -> ml_collections.ConfigDict:
   return config
 
 
-PRESETS = {"mclap": default_mel_config, "muscall_torchaudio": muscall_torchaudio_config, "clap": clap_config}
+def clap_fused_config() -> ml_collections.ConfigDict:
+  """The front end of LAION-CLAP's fused models: `clap_config` with torchaudio's filters (HTK mel
+  scale, unnormalised), which their training and Hugging Face's fused feature extraction use."""
+  config = clap_config()
+  config.update(htk=True, norm="")
+  return config
+
+
+PRESETS = {
+  "mclap": default_mel_config,
+  "muscall_torchaudio": muscall_torchaudio_config,
+  "clap": clap_config,
+  "clap_fused": clap_fused_config,
+}
 
 
 def complete(mel_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -63,6 +64,35 @@ def waveform_crops(wave: np.ndarray, length: int, count: int, pad: str = "zeros"
   if pad == "repeat" and 0 < len(wave) < length:
     wave = np.tile(wave, length // len(wave))
   return eval_crops(wave[None], length, count, 0.0)[0][:, 0]
+
+
+def _linear_resampling(n_in: int, n_out: int) -> np.ndarray:
+  """`[n_out, n_in]` weights of PyTorch's linear resampling with `align_corners=False` (no
+  antialiasing), as `interpolate(mode="bilinear")` applies along one axis."""
+  weights = np.zeros((n_out, n_in))
+  for out in range(n_out):
+    position = max((out + 0.5) * n_in / n_out - 0.5, 0.0)
+    low = min(int(position), n_in - 1)
+    high, t = min(low + 1, n_in - 1), position - low
+    weights[out, low] += 1 - t
+    weights[out, high] += t
+  return weights
+
+
+def fusion_views(mel: np.ndarray, length: int, starts: Sequence[int] | None = None) -> np.ndarray:
+  """The four views `[4, n_mels, length]` a fused CLAP model takes of a log-mel `[n_mels, frames]`:
+  for a clip longer than `length` frames, the whole of it shrunk to `length` (linear resampling in
+  time, as the original's `interpolate`) and three windows of `length` frames starting in the
+  first, middle and last third of the possible starts (their middles, where the original draws
+  them at random; or `starts`); a clip of `length` frames (no longer), four times."""
+  frames = mel.shape[1]
+  if frames <= length:
+    return np.stack([mel] * 4)
+  if starts is None:
+    thirds = [part if len(part) else np.zeros(1, int) for part in np.array_split(np.arange(frames - length + 1), 3)]
+    starts = [int(part[len(part) // 2]) for part in thirds]
+  shrunk = (_linear_resampling(frames, length) @ mel.T.astype(np.float64)).T.astype(mel.dtype)
+  return np.stack([shrunk, *(mel[:, s : s + length] for s in starts)])
 
 
 def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tuple[np.ndarray, int]:

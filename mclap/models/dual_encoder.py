@@ -101,6 +101,12 @@ class DualEncoder(nnx.Module):
   def embed_audio(self, mel: jax.Array, train: bool = False) -> jax.Array:
     return self.project_audio(self.audio_features(mel, train))
 
+  @property
+  def clip_ndim(self) -> int:
+    """Dimensions of one clip's audio input: `[n_mels, frames]`, or `[4, n_mels, frames]` (the four
+    views of a fused HTS-AT)."""
+    return 3 if getattr(self.audio, "fusion", False) else 2
+
   def embed_clips(self, mel: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Inference embeddings of clips given as `mel [clips, crops, n_mels, frames]`: the joint
     embedding (normalised mean of the crops' normalised embeddings) and the audio tower's features

@@ -35,7 +35,8 @@ class Embedder:
     self.mesh, self.batch_size, self.token_bucket = mesh, batch_size, token_bucket
 
     def audio(state, mel):
-      joint, features = model_of(state).embed_clips(mel if mel.ndim == 4 else mel[:, None])
+      model = model_of(state)
+      joint, features = model.embed_clips(mel if mel.ndim == model.clip_ndim + 2 else mel[:, None])
       return {"audio": joint, "audio_features": features}
 
     def text(state, tokens, token_mask):

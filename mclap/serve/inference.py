@@ -35,7 +35,7 @@ from mclap.errors import UserError
 from mclap.models.embedder import Embedder
 from mclap.serve import bundle as bundle_lib
 
-CROP_RULES = ("mel", "waveform")
+CROP_RULES = ("mel", "waveform", "fusion")
 # An audio input: a file path, a mono waveform at the model's sample rate, or (waveform, its rate).
 AudioInput = str | os.PathLike | np.ndarray | tuple[np.ndarray, int]
 
@@ -80,14 +80,22 @@ class Model:
     the log-mel of the crop, zero-padding shorter files, as the original MusCALL does (the
     default of imported MusCALL bundles, so their embeddings are the original's for any length);
     bundles of CLAP models repeat shorter files first (`data.pad` "repeat"), as CLAP does.
+    "fusion" (fused CLAP models) gives one input `[1, 4, n_mels, frames]`: `pipeline.fusion_views`
+    of the whole file's log-mel, or four copies of the cut one when the file is no longer.
     """
     count = crops or self.config.data.eval_crops
     rule = crop or self.crop
     if rule not in CROP_RULES:
       raise UserError(f"crop={rule!r}; use one of {', '.join(CROP_RULES)}")
+    if (rule == "fusion") != bool(self.spec.audio.get("fusion")):
+      raise UserError(f"crop={rule!r}: fused CLAP models take crop=fusion, and only they do")
     if rule == "mel":
       mel = mel_lib.log_mel(wave, self.mel_config)
       return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
+    if rule == "fusion":  # One input of four views; shorter clips cut (padded) as for "waveform".
+      whole = len(wave) > self.crop_samples
+      wave = wave if whole else pipeline.waveform_crops(wave, self.crop_samples, 1, self.pad)[0]
+      return pipeline.fusion_views(mel_lib.log_mel(wave, self.mel_config), self.crop_frames)[None]
     waves = pipeline.waveform_crops(wave, self.crop_samples, count, self.pad)
     return np.stack([mel_lib.log_mel(w, self.mel_config) for w in waves])
 

@@ -111,7 +111,8 @@ def read_laion(
     raise UserError(f"{path} is not a laion_clap checkpoint of an HTS-AT audio and RoBERTa text model")
   if any(k.startswith(("audio_branch.fusion_model", "audio_branch.patch_embed.fusion_model")) for k in state):
     raise UserError(
-      f"{path} is a fused CLAP model: only unfused ones import so far (music_audioset_epoch_15_esc_90.14.pt)"
+      f"{path} is a fused laion_clap checkpoint: import its Hugging Face export (e.g. laion/clap-htsat-fused), "
+      "or an unfused checkpoint (music_audioset_epoch_15_esc_90.14.pt)"
     )
   a = "audio_branch"
   layers = _count(state, rf"{a}\.layers\.(\d+)\.blocks\.0\.norm1\.weight")
@@ -190,7 +191,8 @@ def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -
   """The mclap inference config of a Hugging Face CLAP config (and its feature extractor's)."""
   audio, text = hf["audio_config"], hf["text_config"]
   _check_audio(audio)
-  mel = mel_lib.clap_config()
+  fused = bool(audio.get("enable_fusion", False))
+  mel = mel_lib.clap_fused_config() if fused else mel_lib.clap_config()
   mel.update(
     sample_rate=front.get("sampling_rate", mel.sample_rate),
     n_fft=front.get("fft_window_size", mel.n_fft),
@@ -209,8 +211,10 @@ def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -
         mel=mel_lib.complete(mel.to_dict()),
         crop_seconds=float(front.get("max_length_s", 10)),
         eval_crops=1,
-        crop="waveform",  # The original cuts the waveform to the model's length, then takes the mel;
-        pad="repeat",  # shorter ones it repeats, then pads with zeros.
+        # The original cuts the waveform to the model's length, then takes the mel (fused models: four
+        # views of a longer clip's mel); shorter clips it repeats, then pads with zeros.
+        crop="fusion" if fused else "waveform",
+        pad="repeat",
         max_tokens=min(77, positions),  # LAION-CLAP tokenizes to 77.
         tokenizer_dir=tokenizer_dir,
       ),
@@ -224,7 +228,7 @@ def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -
           heads=tuple(audio["num_attention_heads"]),
           window_size=audio["window_size"],
           mlp_ratio=float(audio.get("mlp_ratio", 4.0)),
-          fusion=bool(audio.get("enable_fusion", False)),
+          fusion=fused,
           head=mlp_head,
         ),
         text=dict(kind="bert", pooling="pooler", pretrained_dir=tokenizer_dir, head=mlp_head),
@@ -368,11 +372,7 @@ def import_clap(
     raise UserError(f"--checkpoint {path} not found: give a Hugging Face ClapModel directory or a laion_clap .pt")
   if not tokenizer.is_file():
     raise UserError(f"{tokenizer} not found: the text tower's tokenizer (the Hub's CLAP exports ship it)")
-  if hf["audio_config"].get("enable_fusion"):
-    raise UserError(
-      f"{path} is a fused CLAP model: its tower is built but its four-view front end is not yet; import an "
-      "unfused model (clap-htsat-unfused, larger_clap_music, music_audioset_epoch_15_esc_90.14.pt)"
-    )
+  _check_audio(hf["audio_config"])  # Before the arrays: the architecture is one mclap builds.
   variables, unused = clap_variables(state, hf)
   if unknown := [k for k in unused if not _IGNORED.fullmatch(k)]:
     raise UserError(f"{len(unknown)} arrays of the checkpoint have no place in the model, e.g. {unknown[:3]}")

@@ -230,7 +230,11 @@ def fused_fixture():
   extractor.save_pretrained(out)
   rng = np.random.default_rng(2)
   waves = [(0.3 * rng.standard_normal(int(RATE * s))).astype(np.float32) for s in (12.0, 3.0)]
+  starts = []  # The local views' starts, drawn by the extractor with np.random.choice.
+  choice = np.random.choice
+  np.random.choice = lambda a, *args, **kwargs: starts.append(int(choice(a, *args, **kwargs))) or starts[-1]
   inputs = extractor(waves, sampling_rate=RATE, return_tensors="pt")
+  np.random.choice = choice
   # Stored in float16 (half the size), so the model is run on the float16 values.
   inputs["input_features"] = inputs["input_features"].half().float()
   with torch.no_grad():
@@ -240,6 +244,7 @@ def fused_fixture():
     HERE / "clap_hf_fused_reference.npz",
     input_features=inputs["input_features"].numpy().astype(np.float16),
     is_longer=inputs["is_longer"].numpy(),
+    fusion_starts=np.array(starts),
     audio_pooled=audio.pooler_output.numpy(),
     audio_embeds=embeds.pooler_output.numpy(),
   )
