@@ -131,6 +131,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   label_prompt = dict(split="test", dir="", prompt="muscall", label_texts="", every=0)
   c.evals.analysis = dict(label_prompt, ontology="configs/ontologies/synthetic_instruments.json", bins=40)
   c.evals.tsne = dict(label_prompt, max_points=2000, perplexity=30.0, seed=0)
+  # Modality gap, alignment, uniformity, effective ranks (`every=N` tracks them during training).
+  c.evals.geometry = dict(split="test", max_points=2000, seed=0, every=0)
 
   if "demo" in variants:
     c.data.dir = "data/synthetic-demo"

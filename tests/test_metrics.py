@@ -1,9 +1,12 @@
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as sklearn_metrics
 
+from mclap import evaluation
 from mclap.evaluation import metrics
 
 
@@ -98,3 +101,49 @@ def test_top_k_accuracy_and_macro_f1_match_sklearn():
   np.testing.assert_allclose(metrics.macro_f1(labels, predictions), 100 * expected)
   # Ties among the scores: the lower class index ranks first.
   assert metrics.top_k_accuracy(np.zeros((2, 3)), np.array([0, 1]), 1) == 50.0
+
+
+def test_joint_space_geometry_on_constructed_embeddings():
+  rng = np.random.default_rng(0)
+  basis = np.eye(6)
+  # Captions that are their clips: no gap, perfect alignment, every caption nearest its own clip.
+  audio = rng.standard_normal((40, 6))
+  assert metrics.modality_gap(audio, 3 * audio) == pytest.approx(0.0, abs=1e-12)
+  assert metrics.alignment(audio, 3 * audio) == pytest.approx(0.0, abs=1e-12)
+  assert metrics.own_nearest_fraction(audio, 3 * audio) == 1.0
+  # Clips on +e0, captions on -e0 beside them: the centroids 2 apart; each pair opposite, ||.||² = 4.
+  audio, text = np.tile(basis[0], (5, 1)), np.tile(-basis[0], (5, 1))
+  assert metrics.modality_gap(audio, text) == pytest.approx(2.0)
+  assert metrics.alignment(audio, text) == pytest.approx(4.0)
+  assert metrics.own_nearest_fraction(audio, text) == 0.2  # All tie: only the first caption finds its own.
+  # Uniformity: all equal -> log 1 = 0; the 6 vertices of an octahedron: pairs at distance² 2 (12 of 15)
+  # and 4 (3 of 15), so log((12 e^-4 + 3 e^-8) / 15).
+  assert metrics.uniformity(np.tile(basis[1], (4, 1))) == pytest.approx(0.0, abs=1e-12)
+  octahedron = np.concatenate([basis[:3], -basis[:3]])
+  assert metrics.uniformity(octahedron) == pytest.approx(np.log((12 * np.exp(-4) + 3 * np.exp(-8)) / 15))
+  # Effective rank: k orthogonal directions of equal weight -> k; one direction -> 1.
+  assert metrics.effective_rank(np.concatenate([basis[:3], 2 * basis[:3]])) == pytest.approx(3.0)
+  assert metrics.effective_rank(np.outer(rng.standard_normal(9), basis[2])) == pytest.approx(1.0)
+
+
+def test_the_geometry_evaluator_reports_a_splits_joint_space():
+  """On constructed embeddings (the evaluator reads only a context's `embeddings`): captions equal
+  to their clips, pre-joint features spanning 2 (audio) and 3 (text) equal directions."""
+  rng = np.random.default_rng(1)
+  audio = metrics.normalize(rng.standard_normal((30, 8)))
+  basis = np.eye(5)
+  emb = {
+    "audio": audio,
+    "text": audio.copy(),
+    "audio_features": np.tile(basis[:2], (15, 1)),
+    "text_features": np.tile(basis[:3], (10, 1)),
+  }
+  context = types.SimpleNamespace(embeddings=lambda split: emb)
+  results = evaluation.REGISTRY["geometry"].run(context, dict(split="test", max_points=10, seed=0))
+  assert results["modality_gap"] == pytest.approx(0.0, abs=1e-9) and results["alignment"] == pytest.approx(0.0)
+  assert results["own_nearest"] == 100.0 and results["num_items"] == 30
+  assert results["effective_rank"]["audio_features"] == pytest.approx(2.0)
+  assert results["effective_rank"]["text_features"] == pytest.approx(3.0)
+  subset = np.sort(np.random.default_rng(0).permutation(30)[:10])  # Uniformity over 10 of the 30.
+  assert results["uniformity"]["audio"] == pytest.approx(metrics.uniformity(audio[subset]))
+  assert "modality gap 0.000" in evaluation.REGISTRY["geometry"].table(results)

@@ -12,12 +12,12 @@ import ml_collections
 
 from mclap.data import pipeline, records
 from mclap.errors import ConfigError
-from mclap.evaluation import analysis, fewshot, retrieval, tagging, tsne, zero_shot
+from mclap.evaluation import analysis, fewshot, geometry, retrieval, tagging, tsne, zero_shot
 from mclap.evaluation.context import SPACES, EvalContext, NotApplicable
 
 __all__ = ["REGISTRY", "SPACES", "EvalContext", "NotApplicable", "module_of", "run", "scalars", "select"]
 
-REGISTRY = {m.__name__.rsplit(".", 1)[1]: m for m in (retrieval, zero_shot, tagging, fewshot, analysis, tsne)}
+REGISTRY = {m.__name__.rsplit(".", 1)[1]: m for m in (retrieval, zero_shot, tagging, fewshot, analysis, tsne, geometry)}
 
 
 def module_of(name: str, settings) -> Any:

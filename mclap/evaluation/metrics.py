@@ -198,3 +198,41 @@ def top_margin(scores: np.ndarray) -> np.ndarray:
   """Best minus second-best score of each row: how decisively the top class wins."""
   best_two = -np.sort(-np.asarray(scores), axis=1)[:, :2]
   return best_two[:, 0] - best_two[:, 1]
+
+
+# ---------------------------------------------------------------- Joint-space geometry.
+
+
+def modality_gap(audio: np.ndarray, text: np.ndarray) -> float:
+  """Distance between the centroids of the L2-normalised audio and text embeddings (the modality
+  gap of Liang et al., NeurIPS 2022): 0 when the two clouds are centred alike."""
+  return float(np.linalg.norm(normalize(audio).mean(axis=0) - normalize(text).mean(axis=0)))
+
+
+def alignment(audio: np.ndarray, text: np.ndarray, alpha: float = 2.0) -> float:
+  """Mean `||a_i - t_i||^alpha` over the pairs of normalised embeddings (Wang & Isola, ICML 2020):
+  0 when every clip coincides with its caption, 4 (alpha 2) when each is opposite its caption."""
+  return float(np.mean(np.linalg.norm(normalize(audio) - normalize(text), axis=1) ** alpha))
+
+
+def uniformity(x: np.ndarray, t: float = 2.0) -> float:
+  """log of the mean Gaussian potential `exp(-t ||x_i - x_j||²)` over distinct pairs of normalised
+  embeddings (Wang & Isola, ICML 2020): lower is spread more evenly over the sphere; 0 when all
+  coincide."""
+  x = normalize(x)
+  squared = np.maximum(2.0 - 2.0 * x @ x.T, 0.0)[np.triu_indices(len(x), k=1)]
+  return float(np.logaddexp.reduce(-t * squared) - np.log(squared.size))
+
+
+def effective_rank(x: np.ndarray) -> float:
+  """exp of the entropy of the singular values taken as a distribution (Roy & Vetterli, 2007):
+  how many directions the embeddings use, k for k orthogonal directions of equal weight."""
+  singular = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+  p = singular[singular > 0] / singular.sum()
+  return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def own_nearest_fraction(audio: np.ndarray, text: np.ndarray) -> float:
+  """The fraction of captions whose most similar clip (cosine; ties to the lower index) is their own."""
+  scores = normalize(text) @ normalize(audio).T
+  return float(np.mean(target_ranks(scores, np.arange(len(scores))) == 1))
