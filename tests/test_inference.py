@@ -153,6 +153,19 @@ def test_crop_averaging_and_zero_shot_scores(model):
   np.testing.assert_allclose(probs, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
 
 
+def test_export_averages_the_last_checkpoints(trained, tmp_path):
+  """`--average_last 2` of the shared run (checkpoints at steps 2 and 4): every variable, batch
+  statistics included, is the NumPy mean of the two checkpoints' models."""
+  _, workdir, _ = trained
+  out = export.export(workdir, tmp_path / "mean", average_last=2)
+  assert bundle.read_meta(out)["source"]["averaged_steps"] == [2, 4]
+  first, last = (bundle.variables_of(weights.read_model(workdir, step)[0]) for step in (2, 4))
+  mean = lambda ours, a, b: np.testing.assert_allclose(ours, (np.float64(a) + b) / 2, rtol=1e-6, atol=1e-7)  # noqa: E731
+  jax.tree.map(mean, bundle.variables_of(bundle.read(out)[1]), first, last)
+  with pytest.raises(UserError, match="holds 2 checkpoint"):
+    export.export(workdir, tmp_path / "three", average_last=3)
+
+
 def test_bundle_is_self_contained_and_bfloat16_halves_it(trained, model, tmp_path):
   _, workdir, out = trained
   copy = tmp_path / "moved"
