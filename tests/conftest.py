@@ -22,12 +22,12 @@ atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_e
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-
-from mclap import cli, parallel, train  # noqa: E402
-from mclap.data import mel, pipeline, records  # noqa: E402
+from mclap import cli  # noqa: E402
+from mclap.data import mel, records  # noqa: E402
 from mclap.prepare import synthetic, writer  # noqa: E402
-from mclap.training import trainer  # noqa: E402
+
+# The training modules are imported where they are used: scripts started by tests import this
+# file (for `make_tiny_config`), Grain workers of such scripts too, and must start quickly.
 
 flags.FLAGS.mark_as_parsed()  # Grain reads its absl flags; jobs parse them in `cli.run`.
 
@@ -112,6 +112,8 @@ def trained_demo(tiny_corpus, tmp_path_factory):
   trained workdir: they read it (writing at most its eval/ folder). Adam's eps is 1, so that runs
   on other device counts take the same steps (test_multihost) without Adam amplifying rounding."""
   config = small(make_tiny_config("configs/muscall.py:demo", tiny_corpus))
+  from mclap import train
+
   config.evals.retrieval.every = 2
   config.optim.eps = 1.0
   workdir = tmp_path_factory.mktemp("trained_demo")
@@ -144,6 +146,12 @@ def fake_record(item):
 
 def fit_one_batch(config, steps=5):
   """Steps on one fixed batch (8 devices): the loss must fall. Returns the losses and states."""
+  import jax
+
+  from mclap import parallel
+  from mclap.data import pipeline
+  from mclap.training import trainer
+
   config.optim.update(warmup_steps=0, schedule="constant")
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   tx = trainer.make_optimizer(config, steps)
