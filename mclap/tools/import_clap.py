@@ -92,11 +92,6 @@ def _hf_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def _count(state: dict[str, np.ndarray], pattern: str) -> int:
-  regex = re.compile(pattern)
-  return len({m.group(1) for k in state if (m := regex.fullmatch(k))})
-
-
 def read_laion(
   path: pathlib.Path, *, text_heads: int | None = None, crop_seconds: float = 10.0, hop_length: int = 480
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
@@ -115,8 +110,8 @@ def read_laion(
       "or an unfused checkpoint (music_audioset_epoch_15_esc_90.14.pt)"
     )
   a = "audio_branch"
-  layers = _count(state, rf"{a}\.layers\.(\d+)\.blocks\.0\.norm1\.weight")
-  depths = [_count(state, rf"{a}\.layers\.{i}\.blocks\.(\d+)\.norm1\.weight") for i in range(layers)]
+  layers = state_dict.count(state, f"{a}.layers.{{i}}.blocks.0.norm1.weight")
+  depths = [state_dict.count(state, f"{a}.layers.{n}.blocks.{{i}}.norm1.weight") for n in range(layers)]
   heads = [int(state[f"{a}.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]) for i in range(layers)]
   window = (int(np.sqrt(state[f"{a}.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0])) + 1) // 2
   embed_dim, _, patch, _ = state[f"{a}.patch_embed.proj.weight"].shape
@@ -126,7 +121,7 @@ def read_laion(
   text = dict(
     vocab_size=int(state["text_branch.embeddings.word_embeddings.weight"].shape[0]),
     hidden_size=width,
-    num_hidden_layers=_count(state, r"text_branch\.encoder\.layer\.(\d+)\.output\.dense\.weight"),
+    num_hidden_layers=state_dict.count(state, "text_branch.encoder.layer.{i}.output.dense.weight"),
     num_attention_heads=text_heads or width // 64,
     intermediate_size=int(state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0]),
     max_position_embeddings=int(state["text_branch.embeddings.position_embeddings.weight"].shape[0]),
@@ -247,15 +242,6 @@ def _head(state: dict[str, np.ndarray], name: str) -> dict[str, Any]:
   return {"layers": {0: state_dict.linear(state, f"{name}.linear1"), 2: state_dict.linear(state, f"{name}.linear2")}}
 
 
-def _batch_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  return {
-    "scale": state[f"{name}.weight"],
-    "bias": state[f"{name}.bias"],
-    "mean": state[f"{name}.running_mean"],
-    "var": state[f"{name}.running_var"],
-  }
-
-
 def _conv1x1(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
   """A 1x1 convolution `[out, in, 1, 1]` as the `nnx.Linear` it is."""
   return {"kernel": state[f"{name}.weight"][:, :, 0, 0].T, "bias": state[f"{name}.bias"]}
@@ -277,9 +263,9 @@ def _fusion_variables(state: dict[str, np.ndarray], prefix: str) -> dict[str, An
     out["feature_fusion"].update(
       {
         f"{part}_in": _conv1x1(state, f"{fusion}.{name}.{first}"),
-        f"{part}_norm_in": _batch_norm(state, f"{fusion}.{name}.{first_norm}"),
+        f"{part}_norm_in": state_dict.batch_norm(state, f"{fusion}.{name}.{first_norm}"),
         f"{part}_out": _conv1x1(state, f"{fusion}.{name}.{second}"),
-        f"{part}_norm_out": _batch_norm(state, f"{fusion}.{name}.{second_norm}"),
+        f"{part}_norm_out": state_dict.batch_norm(state, f"{fusion}.{name}.{second_norm}"),
       }
     )
   return out
@@ -290,7 +276,7 @@ def htsat_variables(
 ) -> dict[str, Any]:
   """An `htsat.HTSAT`'s variables (batch-norm statistics included) from Hugging Face's names."""
   out: dict[str, Any] = {
-    "input_norm": _batch_norm(state, f"{prefix}.batch_norm"),
+    "input_norm": state_dict.batch_norm(state, f"{prefix}.batch_norm"),
     "patch_kernel": state[f"{prefix}.patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
     "patch_bias": state[f"{prefix}.patch_embed.proj.bias"],
     "patch_norm": state_dict.layer_norm(state, f"{prefix}.patch_embed.norm"),

@@ -33,12 +33,6 @@ from mclap.serve import bundle
 from mclap.tools import state_dict
 
 
-def _count(state: dict[str, np.ndarray], pattern: str) -> int:
-  """How many distinct indices `{i}` the keys matching `pattern` have."""
-  regex = re.compile(pattern.replace(".", r"\.").replace("{i}", r"(\d+)"))
-  return len({m.group(1) for k in state if (m := regex.fullmatch(k))})
-
-
 def muscall_config(
   state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 8, crop_seconds: float = 20.0
 ) -> ml_collections.ConfigDict:
@@ -52,7 +46,7 @@ def muscall_config(
     raise UserError("the checkpoint's audio backbone has no attention pooling; only pooling=attention can be imported")
   if "logit_scale" not in state:
     raise UserError("the checkpoint has no logit_scale (trained with a fixed temperature); that is not supported")
-  layers = tuple(_count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
+  layers = tuple(state_dict.count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
   width = int(state["textual_head.token_embedding.weight"].shape[1])
   mel = mel_lib.muscall_torchaudio_config()
   if "audio_backbone.spec.mel_scale.fb" in state:
@@ -80,7 +74,7 @@ def muscall_config(
         ),
         text=dict(
           kind="transformer",
-          layers=_count(state, "textual_head.transformer.layers.{i}.0.fn.to_qkv.weight"),
+          layers=state_dict.count(state, "textual_head.transformer.layers.{i}.0.fn.to_qkv.weight"),
           width=width,
           heads=text_heads,
           mask="causal",
@@ -104,12 +98,7 @@ def _conv_bn(state, conv: str, bn: str) -> dict:
   (OIHW) and BatchNorm2d."""
   return {
     "conv": {"kernel": state[f"{conv}.weight"].transpose(2, 3, 1, 0)},
-    "bn": {
-      "scale": state[f"{bn}.weight"],
-      "bias": state[f"{bn}.bias"],
-      "mean": state[f"{bn}.running_mean"],
-      "var": state[f"{bn}.running_var"],
-    },
+    "bn": state_dict.batch_norm(state, bn),
   }
 
 

@@ -4,6 +4,7 @@ mclap's variables while recording which arrays were used (so that the rest can b
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 
@@ -52,3 +53,19 @@ def linear(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
 
 def layer_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
   return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
+
+
+def batch_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+  """mclap's `layers.BatchNorm` variables (running statistics included) from a torch BatchNorm."""
+  return {
+    "scale": state[f"{name}.weight"],
+    "bias": state[f"{name}.bias"],
+    "mean": state[f"{name}.running_mean"],
+    "var": state[f"{name}.running_var"],
+  }
+
+
+def count(state: dict[str, np.ndarray], pattern: str) -> int:
+  """How many distinct indices `{i}` the names matching `pattern` have (sizes the arrays show)."""
+  regex = re.compile(pattern.replace(".", r"\.").replace("{i}", r"(\d+)"))
+  return len({m.group(1) for k in state if (m := regex.fullmatch(k))})
