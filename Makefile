@@ -35,9 +35,13 @@ demo: venv
 	$(PY) -m mclap.train --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR)
 	$(PY) -m mclap.eval --config $(DEMO_CONFIG) --workdir $(DEMO_WORKDIR) --best
 
-# Tests run on 8 simulated CPU devices so that sharded code paths are exercised.
+# Tests run on 8 simulated CPU devices so that sharded code paths are exercised, in TEST_WORKERS
+# processes (compiling is mostly one core's work). Tests that share the trained workdir of
+# conftest.trained_demo form one xdist group, so that it is trained once.
+TEST_WORKERS ?= 2
 test: dev-venv
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -ra --durations=15 tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -ra --durations=15 \
+	  -n $(TEST_WORKERS) --dist loadgroup tests
 
 # Timings on the real devices; memory scaling on 8 simulated ones (compiled, never run).
 bench: venv

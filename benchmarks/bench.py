@@ -219,7 +219,7 @@ def bench_prepare() -> list[dict]:
     writer.write_corpus(
       out,
       folder.list_items(root, seed=0).splits,
-      decode.work_function(decode.decode_record, settings, 0.0, "zeros"),
+      decode.work_function(decode.decode_record, settings, None),
       mel_config=mel_config,
       source="folder",
       show_progress=False,

@@ -2,7 +2,9 @@
 
 BUNDLE is what `python -m mclap.tools.import_clap` wrote. The model (architecture and weights),
 its front end, crop length and tokenizer come from the bundle, so a corpus to train on is
-prepared with its mel settings: `python -m mclap.prepare --config configs/clap.py:BUNDLE ...`.
+prepared with its mel settings: `python -m mclap.prepare --config configs/clap.py:BUNDLE ...`
+(for a fused model's views of whole clips: `--waveform_crop_seconds 10 --waveform_pad repeat
+--waveform_keep_longer`).
 Everything else is `configs/muscall.py`'s, with its variants (e.g. `configs/clap.py:BUNDLE,demo`
 on the synthetic corpus, prepared for this bundle), and any objective, freezing and per-tower
 learning rates as for other models. A pretrained model is fine-tuned with a smaller learning
@@ -27,8 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   meta = json.loads(meta_file.read_text())
   spec, data = meta["spec"], meta["config"]["data"]
-  if spec["audio"].get("fusion"):
-    raise ValueError(f"{bundle} is a fused CLAP model: the training pipeline does not build its four-view input yet")
   c, _ = config_files.base_config(__file__, variants, ())
   tokenizer = str(pathlib.Path(bundle) / data["tokenizer_dir"])
   c.data.update(mel=data["mel"], crop_seconds=data["crop_seconds"], max_tokens=spec["max_tokens"])

@@ -52,11 +52,6 @@ def _towers(spec: ModelSpec) -> str:
 def with_bundle_data(config: ml_collections.ConfigDict, bundle: str | pathlib.Path) -> ml_collections.ConfigDict:
   """`config` reading its corpora as the bundle's model does (mel, crop length, tokens)."""
   meta = bundle_lib.read_meta(bundle)
-  if meta["spec"].audio.get("fusion"):
-    raise UserError(
-      f"{bundle} is a fused CLAP model, whose four-view input prepared corpora do not hold yet; it embeds files "
-      "(mclap.load, mclap.embed), or evaluate an unfused model"
-    )
   config = ml_collections.ConfigDict(config.to_dict())
   for key in _BUNDLE_DATA:
     config.data[key] = meta["config"].data[key]

@@ -118,8 +118,11 @@ def sharded_loss(loss_fn: Callable, mesh: Mesh, num_batch_args: int = 2) -> Call
   return wrapped
 
 
-# Batch keys the towers read; the last four are only in some objectives' batches (SSL, triplet, matching).
-MODEL_INPUTS = ("mel", "tokens", "token_mask", "mel_view2", "other_tokens", "other_token_mask", "other_match")
+# Batch keys the train step reads: the towers' inputs, the clip ids (the records' indices; SigLIP's
+# positives), and keys only in some objectives' batches (SSL, triplet, matching).
+MODEL_INPUTS = (
+  "mel", "tokens", "token_mask", "index", "mel_view2", "other_tokens", "other_token_mask", "other_match"
+)  # fmt: skip
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, keys: Iterable[str] = MODEL_INPUTS) -> dict[str, jax.Array]:

@@ -105,6 +105,11 @@ def tiny_config(tiny_corpus):
   return make_tiny_config("configs/muscall.py:demo", tiny_corpus)
 
 
+# The tests that read `trained_demo` run in one worker process (`pytest -n N --dist loadgroup`),
+# which trains it once.
+USES_TRAINED_DEMO = pytest.mark.xdist_group("trained_demo")
+
+
 @pytest.fixture(scope="session")
 def trained_demo(tiny_corpus, tmp_path_factory):
   """(config, workdir) of one 4-step in-process run of `configs/muscall.py:demo` on the tiny

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import soundfile
@@ -21,7 +22,7 @@ import mclap
 from mclap import cli, evaluation, export, train
 from mclap import eval as eval_lib
 from mclap.data import mel, pipeline, records
-from mclap.errors import UserError
+from mclap.errors import ConfigError, UserError
 from mclap.models import spec_from_config, weights
 from mclap.prepare import synthetic, writer
 from mclap.serve import bundle
@@ -40,6 +41,16 @@ def reference():
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   return import_clap.import_clap(DATA / "clap_hf", tmp_path_factory.mktemp("clap") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def imported_fused(tmp_path_factory):
+  """The fused model made for 2 s clips (as the unfused one), which makes its training cheap here."""
+  hf = tmp_path_factory.mktemp("clap_fused") / "hf"
+  shutil.copytree(DATA / "clap_hf_fused", hf)
+  front = json.loads((hf / "preprocessor_config.json").read_text())
+  (hf / "preprocessor_config.json").write_text(json.dumps({**front, "max_length_s": 2, "nb_max_samples": 2 * RATE}))
+  return import_clap.import_clap(hf, hf.parent / "bundle")
 
 
 def close(ours, theirs, atol):
@@ -111,6 +122,18 @@ def test_the_fused_tower_equals_the_original_on_its_four_view_input(tmp_path):
   close(nnx.merge(graphdef, state).audio_features(mels), reference["audio_pooled"], atol=2e-5)
 
 
+class _Replay:
+  """Draws the original's window starts, each of which must lie in the part it is drawn from."""
+
+  def __init__(self, starts):
+    self.starts = iter(starts)
+
+  def choice(self, part):
+    start = next(self.starts)
+    assert start in part, (start, part)
+    return start
+
+
 def test_a_fused_model_imports_and_embeds_files_as_the_original(tmp_path):
   """A fused model's bundle through `mclap.load`: its front end gives the original's four views
   (float16-stored: 0.02 dB) of a 12 s clip when placed at the original's window starts, and of a
@@ -122,7 +145,9 @@ def test_a_fused_model_imports_and_embeds_files_as_the_original(tmp_path):
   rng = np.random.default_rng(2)  # The fixture's clips (make_clap_fixture.fused_fixture).
   waves = [(0.3 * rng.standard_normal(int(RATE * seconds))).astype(np.float32) for seconds in (12.0, 3.0)]
   theirs = reference["input_features"].astype(np.float32).transpose(0, 1, 3, 2)  # [clips, views, mels, frames]
-  placed = pipeline.fusion_views(mel.log_mel(waves[0], model.mel_config), model.crop_frames, reference["fusion_starts"])
+  placed = pipeline.fusion_views(
+    mel.log_mel(waves[0], model.mel_config), model.crop_frames, rng=_Replay(reference["fusion_starts"])
+  )
   np.testing.assert_allclose(placed, theirs[0], atol=0.02)
   np.testing.assert_allclose(model.mel_crops(waves[1])[0], theirs[1], atol=0.02)
   close(model.embed_mels([views[None] for views in theirs]), reference["audio_embeds"], atol=2e-6)
@@ -233,12 +258,20 @@ def test_the_import_embeds_new_inputs_as_transformers_does(imported):
   close(model.embed_text(tokens, (tokens != 1).astype(np.int32)), text, atol=2e-6)
 
 
+def _window_starts(mel: np.ndarray, views: np.ndarray) -> list[int]:
+  """Where in `mel` each of the views 1-3 (the windows of a fused model's input) starts."""
+  length = views.shape[-1]
+  starts = range(mel.shape[1] - length + 1)
+  return [next(s for s in starts if np.array_equal(mel[:, s : s + length], view)) for view in views[1:]]
+
+
 @pytest.mark.slow
-def test_configs_clap_fine_tunes_an_import_and_exports_it(imported, tmp_path):
+def test_configs_clap_fine_tunes_a_fused_import_and_exports_it(imported_fused, tmp_path):
   """`configs/clap.py:BUNDLE` rebuilds the bundle's model, starts from its weights, trains on a
-  corpus prepared with its mel settings (the loss falls on a fixed batch), and the trained model
-  exports to a bundle that crops and pads as the import did."""
-  meta = bundle.read_meta(imported)
+  corpus prepared with its mel settings on the four views of each clip (the whole clip shrunk, and
+  windows drawn in each third of the clip, as CLAP trains), the loss falls on a fixed batch, and
+  the trained model exports to a bundle that cuts clips as the import did."""
+  meta = bundle.read_meta(imported_fused)
   mel_config = meta["config"].data.mel.to_dict()
   corpus, workdir = tmp_path / "corpus", tmp_path / "run"
   splits = synthetic.plan_clips(80, 0, 3.0)
@@ -246,31 +279,50 @@ def test_configs_clap_fine_tunes_an_import_and_exports_it(imported, tmp_path):
     corpus, splits, synthetic.make_record_fn(mel_config), mel_config=mel_config, source="synthetic",
     extra_info={"label_names": synthetic.LABEL_NAMES}, num_workers=0, shard_size=64, show_progress=False,
   )  # fmt: skip
-  config = cli.load_config(f"configs/clap.py:{imported},demo")
-  assert spec_from_config(config) == meta["spec"]
+  config = cli.load_config(f"configs/clap.py:{imported_fused},demo")
+  assert spec_from_config(config) == meta["spec"] and config.data.crop == "fusion"
   config.data.update(dir=str(corpus), num_workers=0, eval_batch_size=8)
   config.train.batch_size = 8
   config.optim.lr = 1e-3  # Enough to see the loss fall within a few steps.
+
+  batch, reader = pipeline.train_dataset(config)[0], records.CorpusReader(corpus, "train")
+  assert batch["mel"].shape == (8, 4, 64, meta["spec"].crop_frames)
+  drawn = []
+  for index, views in zip(batch["index"], batch["mel"]):
+    whole = reader[int(index)]["mel"]
+    np.testing.assert_array_equal(views[0], pipeline.fusion_views(whole, views.shape[-1])[0])
+    thirds = np.array_split(np.arange(whole.shape[1] - views.shape[-1] + 1), 3)
+    drawn.append(starts := _window_starts(whole, views))
+    assert all(start in third for start, third in zip(starts, thirds))
+  assert len({tuple(starts) for starts in drawn}) > 1  # Drawn, not fixed.
+  with pytest.raises(ConfigError, match="crop=fusion .* takes no augmentation"):
+    augmented = ml_collections.ConfigDict(config.to_dict())
+    augmented.data.augment.gain_prob = 0.5
+    pipeline.train_dataset(augmented)
+
   losses, first, _, _ = fit_one_batch(config, steps=4)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
-  variables = weights.read_arrays(imported / weights.BUNDLE_VARIABLES)
-  np.testing.assert_array_equal(first["params"]["model"]["audio"]["patch_kernel"], variables["audio"]["patch_kernel"])
-  np.testing.assert_array_equal(
-    first["batch_stats"]["model"]["audio"]["input_norm"]["mean"], variables["audio"]["input_norm"]["mean"]
-  )
-
-  train.train(small(config, steps=2), workdir)
+  variables = weights.read_arrays(imported_fused / weights.BUNDLE_VARIABLES)
+  started = {**first["params"]["model"]["audio"], **first["batch_stats"]["model"]["audio"]}
+  for name in ("patch_kernel", "local_kernel"):
+    np.testing.assert_array_equal(started[name], variables["audio"][name])
+  np.testing.assert_array_equal(started["input_norm"]["mean"], variables["audio"]["input_norm"]["mean"])
+  small(config, steps=2).optim.warmup_steps = 0  # The steps' optimizer above: the job reuses their compiled step.
+  train.train(config, workdir)
   out = export.export(workdir, tmp_path / "tuned")
   model = mclap.load(out)
-  assert (model.crop, model.pad) == ("waveform", "repeat")
+  assert (model.crop, model.pad) == ("fusion", "repeat")
   assert model.embed_text(["rain"]).shape == (1, meta["spec"].projection_dim)
 
 
 @pytest.mark.slow
-def test_mclap_eval_embeds_a_corpus_cut_like_the_import(imported, tmp_path, capsys):
+@pytest.mark.parametrize("fused", [False, True])
+def test_mclap_eval_embeds_a_corpus_cut_like_the_import(fused, request, tmp_path, capsys):
   """Files shorter, as long as, and longer than the model's 2 s, prepared for the bundle
-  (`--config configs/clap.py:B`) with the waveform cut to 2 s and short files repeated: `mclap.eval
-  --bundle` embeds them as `mclap.load(...).embed_audio` embeds the files."""
+  (`--config configs/clap.py:B`) with the waveform cut to 2 s and short files repeated (fused
+  models: longer files kept whole): `mclap.eval --bundle` embeds them as `mclap.load(...).embed_audio`
+  embeds the files. A fused model warns of a corpus cut for an unfused one."""
+  imported = request.getfixturevalue("imported_fused" if fused else "imported")
   audio_dir, corpus = tmp_path / "audio", tmp_path / "corpus"
   audio_dir.mkdir()
   rng = np.random.default_rng(3)
@@ -281,7 +333,8 @@ def test_mclap_eval_embeds_a_corpus_cut_like_the_import(imported, tmp_path, caps
   )
   prepare = [sys.executable, "-m", "mclap.prepare", "--source", "folder", "--input", tmp_path, "--output", corpus]
   prepare += ["--config", f"configs/clap.py:{imported}", "--waveform_crop_seconds", 2, "--waveform_pad", "repeat"]
-  subprocess.run(list(map(str, prepare + ["--num_workers", 0])), cwd=ROOT, check=True, capture_output=True)
+  prepare += ["--num_workers", 0] + (["--waveform_keep_longer"] if fused else [])
+  subprocess.run(list(map(str, prepare)), cwd=ROOT, check=True, capture_output=True)
   config = cli.load_config(f"configs/clap.py:{imported}")
   config.data.update(dir=str(corpus), eval_batch_size=8)
   config = eval_lib.with_bundle_data(config, imported)
@@ -290,4 +343,11 @@ def test_mclap_eval_embeds_a_corpus_cut_like_the_import(imported, tmp_path, caps
   found = eval_lib.make_context(config, eval_lib.load(config, bundle=imported)[0]).embeddings("test")["audio"]
   reader = records.CorpusReader(corpus, "test")
   files = [audio_dir / pathlib.Path(reader[i]["id"]).name for i in range(len(reader))]
+  if fused:
+    info = records.read_info(corpus)
+    frames = {pathlib.Path(reader[i]["id"]).name: reader[i]["mel"].shape[1] for i in range(len(reader))}
+    assert frames == {"0.wav": 201, "1.wav": 201, "2.wav": 311} and info["waveform_keep_longer"]
+    (corpus / records.INFO_FILE).write_text(json.dumps({**info, "waveform_keep_longer": False}))
+    evaluation.select(config, ["retrieval"])
+    assert "holds only the central 2 s of longer files" in capsys.readouterr().out
   close(found, mclap.load(imported).embed_audio(files), atol=2e-4)  # Corpora keep mels in float16.

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import soundfile
-from conftest import ROOT, tone
+from conftest import ROOT, USES_TRAINED_DEMO, tone
 
 import mclap
 from mclap import embed, evaluation, export, parallel, search
@@ -26,6 +26,8 @@ from mclap.prepare.listing import AudioItem
 from mclap.serve import bundle
 from mclap.serve import index as index_lib
 from mclap.training import checkpoints
+
+pytestmark = USES_TRAINED_DEMO  # Most tests read the shared trained workdir.
 
 
 def run(module, *args):

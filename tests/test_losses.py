@@ -90,10 +90,24 @@ def numpy_nt_xent(z1, z2, temperature):
   return total / (2 * n)
 
 
-def numpy_siglip(a, t, scale, bias):
-  logits = scale * a @ t.T + bias
-  signs = 2 * np.eye(len(a)) - 1
-  return -np.sum(np.log(1 / (1 + np.exp(-signs * logits)))) / len(a)
+def numpy_siglip(a, t, audio_ids, text_ids, scale, bias):
+  """Reference: -log sigmoid(z (scale a.t + bias)) for every pair, as a loop in float64; z = 1
+  where the ids match."""
+  total = 0.0
+  for i, audio_id in enumerate(audio_ids):
+    for j, text_id in enumerate(text_ids):
+      z = 1.0 if audio_id == text_id else -1.0
+      total += np.log1p(np.exp(-z * (scale * a[i] @ t[j] + bias)))
+  return total / len(a)
+
+
+def _clips_with_texts(clips, k, seed, d=12):
+  """Clips and K texts each (text row j belongs to clip j // K); with K > 1, ids shared between
+  clips too (the same clip drawn twice in a batch)."""
+  rng = np.random.default_rng(seed)
+  a, t = _normalized(rng, clips, d), _normalized(rng, clips * k, d)
+  audio_ids = np.arange(clips) if k == 1 else rng.integers(0, max(clips // 2, 1), size=clips)
+  return a, t, audio_ids, np.repeat(audio_ids, k)
 
 
 def _inputs(n, seed, d=12):
@@ -125,11 +139,13 @@ def test_nt_xent_matches_numpy(n):
   np.testing.assert_allclose(ours, numpy_nt_xent(z1, z2, 0.5), rtol=1e-5)
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 8, 17])
-def test_siglip_matches_numpy(n):
-  a, t, _ = _inputs(n, n)
-  ours = losses.siglip_loss(jnp.asarray(a, jnp.float32), jnp.asarray(t, jnp.float32), 10.0, -10.0)
-  np.testing.assert_allclose(ours, numpy_siglip(a, t, 10.0, -10.0), rtol=1e-5)
+@pytest.mark.parametrize("clips, k", [(1, 1), (2, 1), (5, 1), (17, 1), (3, 3), (8, 2)])
+def test_siglip_matches_numpy(clips, k):
+  """One text per clip, distinct ids (SigLIP); several texts per clip, and clips sharing ids."""
+  a, t, audio_ids, text_ids = _clips_with_texts(clips, k, clips * 10 + k)
+  inputs = (jnp.asarray(a, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(audio_ids), jnp.asarray(text_ids))
+  ours = losses.siglip_loss(*inputs, 10.0, -10.0)
+  np.testing.assert_allclose(ours, numpy_siglip(a, t, audio_ids, text_ids, 10.0, -10.0), rtol=1e-5)
 
 
 def test_new_losses_gradient_checks():
@@ -138,7 +154,9 @@ def test_new_losses_gradient_checks():
     s = jnp.abs(s) / jnp.linalg.norm(s, axis=1, keepdims=True)
     check_grads(lambda a, t, k: losses.weighted_infonce_loss(a, t, k, s, 0.05), (a, t, 7.0), 1, modes=["rev"])
     check_grads(lambda a, t: losses.nt_xent_loss(a, t, 0.5), (a, t), 1, modes=["rev"])
-    check_grads(lambda a, t, k, b: losses.siglip_loss(a, t, k, b), (a, t, 7.0, -3.0), 1, modes=["rev"])
+    a, t, audio_ids, text_ids = _clips_with_texts(4, 2, 0, d=3)
+    sigmoid = lambda a, t, k, b: losses.siglip_loss(a, t, audio_ids, text_ids, k, b)  # noqa: E731
+    check_grads(sigmoid, (jnp.asarray(a), jnp.asarray(t), 7.0, -3.0), 1, modes=["rev"])
 
 
 @pytest.mark.parametrize("per_device", [1, 3])
@@ -152,7 +170,6 @@ def test_new_losses_gradient_checks():
       (20.0,),
     ),
     ("nt_xent", lambda a, t, axis_name=None: losses.nt_xent_loss(a, t, 0.5, axis_name), 2, ()),
-    ("siglip", losses.siglip_loss, 2, (10.0, -5.0)),
   ],
 )
 def test_sharded_losses_equal_single_device_value_and_gradients(per_device, name, fn, batch_args, scalars):
@@ -168,6 +185,23 @@ def test_sharded_losses_equal_single_device_value_and_gradients(per_device, name
   np.testing.assert_allclose(value, ref_value, rtol=1e-5, err_msg=name)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("per_device, k", [(1, 1), (3, 1), (2, 3)])
+def test_sharded_sigmoid_ring_equals_single_device_value_and_gradients(per_device, k):
+  """The text blocks travel round the ring with their ids: positives on other devices count."""
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  a, t, audio_ids, text_ids = _clips_with_texts(8 * per_device, k, per_device, d=16)
+  args = [jnp.asarray(a, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(audio_ids), jnp.asarray(text_ids)]
+  placed = [jax.device_put(x, parallel.batch_sharding(mesh)) for x in args]
+  scalars = [jnp.asarray(10.0), jnp.asarray(-5.0)]
+  argnums = (0, 1, 4, 5)  # Not the ids.
+  sharded = parallel.sharded_loss(losses.siglip_loss, mesh, num_batch_args=4)
+  value, grads = jax.jit(jax.value_and_grad(sharded, argnums=argnums))(*placed, *scalars)
+  ref_value, ref_grads = jax.value_and_grad(losses.siglip_loss, argnums=argnums)(*args, *scalars)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
 
 
 def numpy_supcon(a, t, audio_ids, text_ids, scale):

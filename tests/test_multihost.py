@@ -11,12 +11,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, USES_TRAINED_DEMO
 
 from mclap.models import weights
 from mclap.training import checkpoints
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, USES_TRAINED_DEMO]
 
 STEPS = 4
 

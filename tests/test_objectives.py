@@ -146,20 +146,23 @@ def test_simple_cnn_tower_with_tanh_heads_trains(tiny_config):
 
 def test_siglip_trains_its_bias_and_validates_with_its_own_loss(tiny_corpus):
   """SigLIP's bias is the objective's (initialised at -10, trained); its validation loss is the
-  sigmoid loss, recomputed in NumPy on the model's inference embeddings, not InfoNCE."""
-  config = make_tiny_config("configs/siglip.py:demo", tiny_corpus)
+  sigmoid loss, recomputed in NumPy on the model's inference embeddings, not InfoNCE; with
+  `multi`, each clip's three sentences are its positives."""
+  config = make_tiny_config("configs/siglip.py:demo,multi", tiny_corpus)
   losses, first, state, model_def = fit_one_batch(config)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   assert float(first["params"]["heads"]["logit_bias"][...]) == -10.0
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   batch = pipeline.train_dataset(config)[1]
+  assert batch["tokens"].shape[:2] == (8, 3)
   loss = float(trainer.make_validation_loss(model_def, mesh)(state, parallel.to_global(batch, mesh)))
   t = model_def.merge(state)
   audio = np.asarray(t.model.embed_audio(batch["mel"], False), np.float64)
-  text = np.asarray(t.model.embed_text(batch["tokens"], batch["token_mask"]), np.float64)
+  flat = lambda x: x.reshape(24, -1)  # noqa: E731
+  text = np.asarray(t.model.embed_text(flat(batch["tokens"]), flat(batch["token_mask"])), np.float64)
   bias = float(t.heads["logit_bias"][...])
   assert bias != -10.0
   logits = float(t.model.logit_scale()) * audio @ text.T + bias
-  signs = 2 * np.eye(len(audio)) - 1
+  signs = np.where(batch["index"][:, None] == np.repeat(batch["index"], 3)[None, :], 1.0, -1.0)
   expected = np.logaddexp(0, -signs * logits).sum() / len(audio)
   assert loss == pytest.approx(expected, rel=1e-5)

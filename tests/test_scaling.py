@@ -12,8 +12,9 @@ DIM = 512
 F32 = 4
 
 
-def _loss_temp_bytes(config, name, global_batch, devices=8):
-  config.loss = dict(name=name)
+def _loss_temp_bytes(config, name, global_batch, devices=8, texts_per_clip=1):
+  config.loss = dict(name=name, bias_init=-10.0)
+  config.data.texts_per_clip = texts_per_clip
   mesh = parallel.make_mesh({"data": -1, "model": 1}, devices=jax.devices()[:devices])
   return memory.loss_step_bytes(config, mesh, global_batch, DIM)["temp"]
 
@@ -28,6 +29,9 @@ def test_infonce_memory_grows_with_the_global_batch_and_chunked_sigmoid_stays_wi
     assert local * global_batch * F32 <= infonce <= 6 * (local + DIM) * global_batch * F32, global_batch
     sigmoid = _loss_temp_bytes(tiny_config, "siglip", global_batch)
     assert sigmoid <= 6 * (local + DIM) * local * F32, global_batch
+    # Three texts per clip: one B_local x 3 B_local block.
+    multi = _loss_temp_bytes(tiny_config, "siglip", global_batch, texts_per_clip=3)
+    assert multi <= 6 * (local + DIM) * 3 * local * F32, global_batch
   # The same local batch over 2 or 8 devices: InfoNCE's memory follows the global batch, the
   # ring's does not.
   infonce_2, infonce_8 = (_loss_temp_bytes(tiny_config, "infonce", 512 * d, d) for d in (2, 8))

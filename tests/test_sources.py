@@ -208,6 +208,11 @@ def test_source_errors_are_one_line(tmp_path):
   assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == (
     "error: --source=gtzan does not read --subset (its options among these: --split_lists)"
   )
+  command[4:7] = ["folder", "--waveform_keep_longer", "--seed=0"]  # Padding and keeping apply to a cut only.
+  result = subprocess.run([*command, "--output", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == (
+    "error: --waveform_keep_longer without --waveform_crop_seconds S: nothing is cut; add it, or leave it out"
+  )
 
 
 def test_every_source_lists_with_exactly_the_options_it_declares():

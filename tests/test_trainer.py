@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import small
+from conftest import USES_TRAINED_DEMO, small
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -137,6 +137,7 @@ def _final_params(config, workdir):
   return jax.device_get(restored)
 
 
+@USES_TRAINED_DEMO
 def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monkeypatch, capsys):
   config, whole = trained_demo  # Evaluating retrieval during training too, every 2 steps.
 

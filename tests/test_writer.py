@@ -129,8 +129,8 @@ def test_whole_file_decoding_is_described_as_by_mclap_0_1():
     "('mclap.data.sources.decode_record', (), [('settings', DecodeSettings(mel=(('n_mels', 16),), "
     "max_seconds=600.0, min_seconds=1.0, npy_sample_rate=16000))])"
   )
-  assert writer.describe(decode.work_function(decode.decode_record, settings, 0.0, "zeros")) == before
-  assert writer.describe(decode.work_function(decode.decode_record, settings, 20.0, "zeros")) != before
+  assert writer.describe(decode.work_function(decode.decode_record, settings, None)) == before
+  assert writer.describe(decode.work_function(decode.decode_record, settings, decode.WaveformCut(20.0))) != before
 
 
 def test_changed_plan_rebuilds_and_drops_stale_shards(tmp_path):

@@ -14,7 +14,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -66,6 +65,12 @@ def waveform_crops(wave: np.ndarray, length: int, count: int, pad: str = "zeros"
   return eval_crops(wave[None], length, count, 0.0)[0][:, 0]
 
 
+def fusion_waveform(wave: np.ndarray, length: int, pad: str) -> np.ndarray:
+  """A fused CLAP model's clip: the whole waveform when longer than `length` samples (its views
+  come from the whole log-mel), else padded to `length` as `waveform_crops` pads."""
+  return wave if len(wave) > length else waveform_crops(wave, length, 1, pad)[0]
+
+
 def _linear_resampling(n_in: int, n_out: int) -> np.ndarray:
   """`[n_out, n_in]` weights of PyTorch's linear resampling with `align_corners=False` (no
   antialiasing), as `interpolate(mode="bilinear")` applies along one axis."""
@@ -79,20 +84,22 @@ def _linear_resampling(n_in: int, n_out: int) -> np.ndarray:
   return weights
 
 
-def fusion_views(mel: np.ndarray, length: int, starts: Sequence[int] | None = None) -> np.ndarray:
+def fusion_views(
+  mel: np.ndarray, length: int, pad_value: float = 0.0, rng: np.random.Generator | None = None
+) -> np.ndarray:
   """The four views `[4, n_mels, length]` a fused CLAP model takes of a log-mel `[n_mels, frames]`:
   for a clip longer than `length` frames, the whole of it shrunk to `length` (linear resampling in
   time, as the original's `interpolate`) and three windows of `length` frames starting in the
-  first, middle and last third of the possible starts (their middles, where the original draws
-  them at random; or `starts`); a clip of `length` frames (no longer), four times."""
+  first, middle and last third of the possible starts (drawn uniformly in each with `rng`, as the
+  original trains; their middles without); a clip of at most `length` frames, padded to it with
+  `pad_value`, four times."""
   frames = mel.shape[1]
   if frames <= length:
-    return np.stack([mel] * 4)
-  if starts is None:
-    thirds = [part if len(part) else np.zeros(1, int) for part in np.array_split(np.arange(frames - length + 1), 3)]
-    starts = [int(part[len(part) // 2]) for part in thirds]
+    return np.stack([crop_or_pad(mel, length, 0, pad_value)[0]] * 4)
+  thirds = [part if len(part) else np.zeros(1, int) for part in np.array_split(np.arange(frames - length + 1), 3)]
+  pick = (lambda part: part[len(part) // 2]) if rng is None else rng.choice
   shrunk = (_linear_resampling(frames, length) @ mel.T.astype(np.float64)).T.astype(mel.dtype)
-  return np.stack([shrunk, *(mel[:, s : s + length] for s in starts)])
+  return np.stack([shrunk, *(mel[:, s : s + length] for s in map(int, map(pick, thirds)))])
 
 
 def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tuple[np.ndarray, int]:
@@ -108,8 +115,11 @@ def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus
   clips cut (`prepare --waveform_crop_seconds`) to its crop length if cut at all."""
   cut = info.get("waveform_crop_seconds")
   if cut and cut != config.data.crop_seconds:
+    held = f"holds the central {cut:g} s of each file"
+    if info.get("waveform_keep_longer"):
+      held = f"pads shorter files to {cut:g} s"
     raise records.CorpusError(
-      f"{corpus_dir} holds the central {cut:g} s of each file (prepared with --waveform_crop_seconds); the model "
+      f"{corpus_dir} {held} (prepared with --waveform_crop_seconds); the model "
       f"takes {config.data.crop_seconds:g} s crops: prepare it with --waveform_crop_seconds "
       f"{config.data.crop_seconds:g}"
     )
@@ -181,8 +191,11 @@ class ToExample:
   views: int = 1  # 2: a second, independently augmented view of the same crop (`mel_view2`, for SSL).
   with_text: bool = True  # False: audio, label and tags only (zero-shot evaluation of caption-less corpora).
   eval_crops: int = 1  # > 1 (evaluation): that many evenly spaced crops, `mel [crops, n_mels, frames]`.
+  fusion: bool = False  # A fused CLAP model's four views (`fusion_views`), `mel [4, n_mels, frames]`.
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+    if self.fusion:
+      return fusion_views(mel, self.crop_frames, self.pad_value, rng), min(mel.shape[1], self.crop_frames)
     if rng is None and self.eval_crops > 1:
       return eval_crops(mel, self.crop_frames, self.eval_crops, self.pad_value)
     return crop_or_pad(mel, self.crop_frames, crop_start(mel.shape[1], self.crop_frames, rng), self.pad_value)
@@ -285,6 +298,12 @@ def _reader_and_transform(
     augmenter = augment.Augmenter.from_config(config.data.augment, floor, frames_per_second)
     if augmenter.is_identity and views == 1:
       augmenter = None  # Nothing to do: keep the crop's float16 path free of the float32 round trip.
+  fusion = config.data.get("crop", "mel") == "fusion"
+  if fusion and (augmenter or config.data.eval_crops > 1):
+    raise ConfigError(
+      "config.data.crop=fusion (a fused CLAP model's four views of a clip) takes no augmentation, second view or "
+      "several evaluation crops; set config.data.augment.* off, config.data.views=1 and config.data.eval_crops=1"
+    )
   transform = ToExample(
     crop_frames=mel_lib.num_frames(config.data.crop_seconds, mel_config),
     pad_value=floor,
@@ -299,6 +318,7 @@ def _reader_and_transform(
     views=views,
     with_text=with_text,
     eval_crops=1 if train else config.data.eval_crops,
+    fusion=fusion,
   )
   return reader, transform
 

@@ -53,19 +53,35 @@ def select(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any
 
 def _cut_warning(config: ml_collections.ConfigDict, info: dict[str, Any], corpus: str) -> str:
   """What differs (if anything) between how a model cuts clips from the waveform (imported
-  models: `data.crop` "waveform", `data.pad`) and how the corpus was prepared."""
-  if config.data.get("crop", "mel") != "waveform":
+  models: `data.crop` "waveform" or "fusion", `data.pad`) and how the corpus was prepared."""
+  rule = config.data.get("crop", "mel")
+  if rule not in ("waveform", "fusion"):
     return ""
-  pad = config.data.get("pad", "zeros")
-  fix = f"--waveform_crop_seconds {config.data.crop_seconds:g} --waveform_pad {pad}"
+  pad, fused = config.data.get("pad", "zeros"), rule == "fusion"
+  fix = f"--waveform_crop_seconds {config.data.crop_seconds:g} --waveform_pad {pad}" + (
+    " --waveform_keep_longer" if fused else ""
+  )
   if not info.get("waveform_crop_seconds"):
-    return (
-      f"warning: the model cuts clips from the waveform before the log-mel, as its original does, but {corpus} "
-      "holds whole-file log-mels, so evaluation crops the log-mel: clips of another length than the crop embed "
-      f"slightly otherwise than in the original; a corpus prepared with {fix} gives the original's clips"
+    differs = (
+      "pads shorter files in the waveform, as its original does, but {corpus} holds whole-file log-mels, so shorter "
+      "clips are padded with silence after the log-mel"
+      if fused
+      else "cuts clips from the waveform before the log-mel, as its original does, but {corpus} holds whole-file "
+      "log-mels, so evaluation crops the log-mel: clips of another length than the crop embed slightly otherwise "
+      "than in the original"
     )
+    fixed = f"a corpus prepared with {fix} gives the original's clips"
+    return f"warning: the model {differs.format(corpus=corpus)}; {fixed}"
   if info.get("waveform_pad", "zeros") != pad:
     return f"warning: {corpus} pads short clips with {info.get('waveform_pad', 'zeros')}, the model with {pad}: {fix}"
+  if info.get("waveform_keep_longer", False) != fused:
+    seconds = f"{config.data.crop_seconds:g} s"
+    differs = (
+      f"holds only the central {seconds} of longer files, so the fused model's view of the whole clip sees no more"
+      if fused
+      else f"keeps files longer than {seconds} whole (a fused model's input), so evaluation crops their log-mel"
+    )
+    return f"warning: {corpus} {differs}: {fix}"
   return ""
 
 

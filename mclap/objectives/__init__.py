@@ -143,15 +143,22 @@ def _ssl(config: ml_collections.ConfigDict) -> Objective:
 
 
 def _siglip(config: ml_collections.ConfigDict) -> Objective:
-  """SigLIP with its learned bias (initialised at `loss.bias_init`)."""
+  """SigLIP with its learned bias (initialised at `loss.bias_init`). Every text of a clip is a
+  positive of it: its `data.texts_per_clip` texts, and those of the same clip drawn twice in a
+  batch (the clip ids are the records' indices)."""
 
   def heads(spec, model, rngs):
     return {"logit_bias": nnx.Param(jnp.asarray(config.loss.bias_init, jnp.float32))}
 
   def inputs(model, heads, batch, train):
-    return (*_pair(model, batch, train), model.logit_scale(), heads["logit_bias"][...])
+    audio, ids = model.embed_audio(batch["mel"], train), batch["index"]
+    tokens, mask = batch["tokens"], batch["token_mask"]
+    k = tokens.shape[1] if tokens.ndim == 3 else 1
+    texts = _embed_text_groups(model, tokens.reshape(ids.shape[0], k, -1), mask.reshape(ids.shape[0], k, -1))
+    scalars = model.logit_scale(), heads["logit_bias"][...]
+    return audio, texts.reshape(ids.shape[0] * k, -1), ids, jnp.repeat(ids, k), *scalars
 
-  return Objective(losses.siglip_loss, 2, inputs, heads)
+  return Objective(losses.siglip_loss, 4, inputs, heads)
 
 
 def _scl(config: ml_collections.ConfigDict) -> Objective:

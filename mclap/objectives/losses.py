@@ -123,37 +123,48 @@ def nt_xent_loss(z1: jax.Array, z2: jax.Array, temperature: float, axis_name: st
 
 
 def _sigmoid_block_loss(
-  audio_emb: jax.Array, text_block: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array, positive: bool
+  audio_emb: jax.Array,
+  text_block: jax.Array,
+  audio_ids: jax.Array,
+  text_ids: jax.Array,
+  logit_scale: jax.Array,
+  logit_bias: jax.Array,
 ) -> jax.Array:
-  """-sum log sigmoid(z * logits) over one block of pairs; z = +1 on the diagonal of the own block."""
+  """-sum log sigmoid(z * logits) over one block of pairs; z = +1 where the ids match, else -1."""
   logits = _wide(logit_scale * audio_emb @ text_block.T + logit_bias)
-  signs = 2.0 * jnp.eye(logits.shape[0], logits.shape[1]) - 1.0 if positive else -jnp.ones_like(logits)
+  signs = jnp.where(audio_ids[:, None] == text_ids[None, :], 1.0, -1.0).astype(logits.dtype)
   return -jax.nn.log_sigmoid(signs * logits).sum()
 
 
 def siglip_loss(
   audio_emb: jax.Array,
   text_emb: jax.Array,
+  audio_ids: jax.Array,
+  text_ids: jax.Array,
   logit_scale: jax.Array,
   logit_bias: jax.Array,
   axis_name: str | None = None,
 ) -> jax.Array:
-  """SigLIP's pairwise sigmoid loss: -1/N sum_ij log sigmoid(z_ij (scale * a_i . t_j + bias)),
-  z_ij = 1 on matching pairs and -1 elsewhere.
+  """SigLIP's pairwise sigmoid loss with any number of positives per clip:
+  -1/N sum_ij log sigmoid(z_ij (scale * a_i . t_j + bias)) over the N clips and all texts, z_ij = 1
+  where audio i and text j carry the same clip id (the clip's own texts, `data.texts_per_clip` of
+  them, and those of the same clip drawn again in the batch) and -1 elsewhere. One text per clip
+  and distinct ids give SigLIP's loss.
 
-  Sharded, the text blocks travel round the ring of devices (`ppermute`), forward and again
-  backward (`_sigmoid_ring`): each device only ever holds one `B_local x B_local` block of logits
-  and one foreign text block, whatever the number of devices; value and gradients equal the
-  unchunked loss.
+  Sharded, the text blocks travel round the ring of devices (`ppermute`) with their ids, forward
+  and again backward (`_sigmoid_ring`): each device only ever holds one `B_local x T_local` block
+  of logits and one foreign text block, whatever the number of devices; value and gradients equal
+  the unchunked loss.
   """
   if axis_name is None:
-    return _sigmoid_block_loss(audio_emb, text_emb, logit_scale, logit_bias, True) / audio_emb.shape[0]
-  return _sigmoid_ring(audio_emb, text_emb, logit_scale, logit_bias, axis_name)
+    block = _sigmoid_block_loss(audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias)
+    return block / audio_emb.shape[0]
+  return _sigmoid_ring(audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias, axis_name)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _sigmoid_ring(audio_emb, text_emb, logit_scale, logit_bias, axis_name):
-  return _sigmoid_ring_forward(audio_emb, text_emb, logit_scale, logit_bias, axis_name)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _sigmoid_ring(audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias, axis_name):
+  return _sigmoid_ring_forward(audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias, axis_name)[0]
 
 
 def _ring_step(x, axis_name: str):
@@ -161,45 +172,46 @@ def _ring_step(x, axis_name: str):
   return jax.lax.ppermute(x, axis_name, [(i, (i + 1) % devices) for i in range(devices)])
 
 
-def _sigmoid_ring_forward(audio_emb, text_emb, logit_scale, logit_bias, axis_name):
+def _sigmoid_ring_forward(audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias, axis_name):
   devices = jax.lax.axis_size(axis_name)
+  block = lambda texts, ids: _sigmoid_block_loss(audio_emb, texts, audio_ids, ids, logit_scale, logit_bias)  # noqa: E731
 
-  def visit(_, carry):  # A foreign text block arrives: all its pairs are negatives.
-    total, text_block = carry
-    text_block = _ring_step(text_block, axis_name)
-    return total + _sigmoid_block_loss(audio_emb, text_block, logit_scale, logit_bias, False), text_block
+  def visit(_, carry):  # A foreign text block arrives with its ids.
+    total, texts, ids = carry
+    texts, ids = _ring_step(texts, axis_name), _ring_step(ids, axis_name)
+    return total + block(texts, ids), texts, ids
 
-  own = _sigmoid_block_loss(audio_emb, text_emb, logit_scale, logit_bias, True)
-  total, _ = jax.lax.fori_loop(0, devices - 1, visit, (own, text_emb))  # A loop: one block alive at a time.
+  # A loop: one foreign block alive at a time.
+  total, _, _ = jax.lax.fori_loop(0, devices - 1, visit, (block(text_emb, text_ids), text_emb, text_ids))
   loss = jax.lax.psum(total, axis_name) / (devices * audio_emb.shape[0])
-  return loss, (audio_emb, text_emb, logit_scale, logit_bias)
+  return loss, (audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias)
 
 
 def _sigmoid_ring_backward(axis_name, residuals, loss_grad):
   """The text blocks go round the ring again, each with the gradient its visits add up; after the
   full circle both are home. Autodiff of the forward loop would keep every visiting block alive for
-  the backward pass (memory B_global x dim); this keeps one."""
-  audio_emb, text_emb, logit_scale, logit_bias = residuals
+  the backward pass (memory T_global x dim); this keeps one."""
+  audio_emb, text_emb, audio_ids, text_ids, logit_scale, logit_bias = residuals
   devices = jax.lax.axis_size(axis_name)
   # The loss is the same on every device; each block's share of its cotangent is per device.
   weight = jax.lax.pcast(loss_grad / (devices * audio_emb.shape[0]), axis_name, to="varying")
 
-  def block_grads(text_block, positive):
-    block = functools.partial(_sigmoid_block_loss, positive=positive)
-    return jax.vjp(block, audio_emb, text_block, logit_scale, logit_bias)[1](weight.astype(jnp.float32))
+  def block_grads(texts, ids):
+    block = lambda a, t, s, b: _sigmoid_block_loss(a, t, audio_ids, ids, s, b)  # noqa: E731
+    return jax.vjp(block, audio_emb, texts, logit_scale, logit_bias)[1](weight.astype(jnp.float32))
 
   def visit(_, carry):
-    audio_grad, scale_grad, bias_grad, text_block, text_grad = carry
-    text_block, text_grad = _ring_step(text_block, axis_name), _ring_step(text_grad, axis_name)
-    da, dt, ds, db = block_grads(text_block, False)
-    return audio_grad + da, scale_grad + ds, bias_grad + db, text_block, text_grad + dt
+    audio_grad, scale_grad, bias_grad, texts, ids, text_grad = carry
+    texts, ids, text_grad = (_ring_step(x, axis_name) for x in (texts, ids, text_grad))
+    da, dt, ds, db = block_grads(texts, ids)
+    return audio_grad + da, scale_grad + ds, bias_grad + db, texts, ids, text_grad + dt
 
-  own = block_grads(text_emb, True)
-  carry = jax.lax.fori_loop(0, devices - 1, visit, (own[0], own[2], own[3], text_emb, own[1]))
-  audio_grad, scale_grad, bias_grad, _, text_grad = carry
+  da, dt, ds, db = block_grads(text_emb, text_ids)
+  carry = jax.lax.fori_loop(0, devices - 1, visit, (da, ds, db, text_emb, text_ids, dt))
+  audio_grad, scale_grad, bias_grad, _, _, text_grad = carry
   # One more hop brings each text block's gradient home. Each device returns its share of the
-  # replicated scale and bias gradients; JAX sums them across devices.
-  return audio_grad, _ring_step(text_grad, axis_name), scale_grad, bias_grad
+  # replicated scale and bias gradients; JAX sums them across devices. Ids have no gradient.
+  return audio_grad, _ring_step(text_grad, axis_name), None, None, scale_grad, bias_grad
 
 
 _sigmoid_ring.defvjp(_sigmoid_ring_forward, _sigmoid_ring_backward)

@@ -70,6 +70,12 @@ _WAVEFORM_PAD = flags.DEFINE_enum(
   ["zeros", "repeat"],
   "With --waveform_crop_seconds: pad shorter files with zeros (MusCALL), or repeat them whole first (LAION-CLAP).",
 )
+_WAVEFORM_KEEP_LONGER = flags.DEFINE_bool(
+  "waveform_keep_longer",
+  False,
+  "With --waveform_crop_seconds: keep longer files whole, padding only shorter ones: the input of fused CLAP "
+  "models, which view the whole clip beside windows of that length.",
+)
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Records per shard (the unit of resumption).")
@@ -101,6 +107,18 @@ _CONFIG = flags.DEFINE_string(
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "synthetic: number of clips.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed: the synthetic corpus, and hashed splits of rows without one.")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length in seconds.")
+
+
+def _waveform_cut() -> decode.WaveformCut | None:
+  if _WAVEFORM_CROP.value < 0:
+    raise UserError(f"--waveform_crop_seconds={_WAVEFORM_CROP.value:g}; use the model's crop length or 0 (whole files)")
+  if not _WAVEFORM_CROP.value:
+    if given := [f"--{f.name}" for f in (_WAVEFORM_PAD, _WAVEFORM_KEEP_LONGER) if flags.FLAGS[f.name].present]:
+      it = "them" if len(given) > 1 else "it"
+      cut = "--waveform_crop_seconds S: nothing is cut"
+      raise UserError(f"{' and '.join(given)} without {cut}; add it, or leave {it} out")
+    return None
+  return decode.WaveformCut(_WAVEFORM_CROP.value, _WAVEFORM_PAD.value, _WAVEFORM_KEEP_LONGER.value)
 
 
 def _synthetic(mel_config: dict):
@@ -143,7 +161,7 @@ def _recorded(name: str, mel_config: dict):
   )
   listing = source.list_items(root, **{option: values[option] for option in source.options})
   listing.extra["input"] = str(root.absolute())
-  return listing, decode.work_function(decode.decode_record, settings, _WAVEFORM_CROP.value, _WAVEFORM_PAD.value)
+  return listing, decode.work_function(decode.decode_record, settings, _waveform_cut())
 
 
 def _check_options(name: str) -> None:
@@ -164,8 +182,7 @@ def _tfds(mel_config: dict):
     _MAX_SECONDS.value,
     _MIN_SECONDS.value,
     _TFDS_CAPTION.value,
-    _WAVEFORM_CROP.value,
-    _WAVEFORM_PAD.value,
+    _waveform_cut(),
   )
 
 
@@ -192,8 +209,7 @@ def main(argv):
   if _SOURCE.value not in LAYOUTS and not is_tfds:
     raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(LAYOUTS)}, tfds:<name>")
   _check_options(_SOURCE.value)
-  if _WAVEFORM_CROP.value < 0:
-    raise UserError(f"--waveform_crop_seconds={_WAVEFORM_CROP.value:g}; use the model's crop length or 0 (whole files)")
+  cut = _waveform_cut()
   mel_config = _mel_config()
   if is_tfds:
     listing, work_fn = _tfds(mel_config)
@@ -207,8 +223,8 @@ def main(argv):
     expected = f": it expects {LAYOUTS[_SOURCE.value]}" if _SOURCE.value in LAYOUTS else ""
     what = f"for split(s) {', '.join(empty)}" if empty else "at all"
     raise UserError(f"--source={_SOURCE.value} found no items {what}{where}{expected}")
-  if _WAVEFORM_CROP.value:
-    listing.extra.update(waveform_crop_seconds=_WAVEFORM_CROP.value, waveform_pad=_WAVEFORM_PAD.value)
+  if cut:
+    listing.extra.update(cut.info())
   writer.write_corpus(
     _OUTPUT.value,
     listing.splits,

@@ -27,32 +27,43 @@ class DecodeSettings:
   npy_sample_rate: int
 
 
-def record_mel(
-  wave: np.ndarray, mel_config: dict[str, Any], waveform_crop_seconds: float | None, waveform_pad: str = "zeros"
-) -> np.ndarray:
-  """The log-mel a record stores: of the whole file, or of its central `waveform_crop_seconds` of
-  samples (shorter files padded by `waveform_pad`), the clip an imported model's original embeds
-  in evaluation, cut as `mclap.load(...).embed_audio(crop="waveform")` cuts it."""
-  if waveform_crop_seconds:
-    samples = int(round(waveform_crop_seconds * mel_config["sample_rate"]))
-    wave = pipeline.waveform_crops(wave, samples, 1, waveform_pad)[0]
-  return mel_lib.log_mel(wave, mel_config)
+@dataclasses.dataclass(frozen=True)
+class WaveformCut:
+  """`prepare --waveform_crop_seconds`: each file cut to its central `seconds` of samples before
+  its log-mel (shorter files padded by `pad`), the clip an imported model's original embeds, as
+  `mclap.load(...).embed_audio(crop="waveform")` cuts it; with `keep_longer`, longer files stay
+  whole and only shorter ones are padded: a fused CLAP model's input (`crop="fusion"`)."""
+
+  seconds: float
+  pad: str = "zeros"
+  keep_longer: bool = False
+
+  def __call__(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    samples = int(round(self.seconds * sample_rate))
+    if self.keep_longer:
+      return pipeline.fusion_waveform(wave, samples, self.pad)
+    return pipeline.waveform_crops(wave, samples, 1, self.pad)[0]
+
+  def info(self) -> dict[str, Any]:
+    """What `dataset_info.json` records of the cut (`pipeline.check_corpus` and the evaluators read it)."""
+    keep = {"waveform_keep_longer": True} if self.keep_longer else {}
+    return dict(waveform_crop_seconds=self.seconds, waveform_pad=self.pad, **keep)
 
 
-def work_function(
-  decode: Callable, settings: Any, waveform_crop_seconds: float, waveform_pad: str
-) -> functools.partial:
+def record_mel(wave: np.ndarray, mel_config: dict[str, Any], cut: WaveformCut | None) -> np.ndarray:
+  """The log-mel a record stores: of the whole file, or of the file cut by `cut`."""
+  return mel_lib.log_mel(cut(wave, mel_config["sample_rate"]) if cut else wave, mel_config)
+
+
+def work_function(decode: Callable, settings: Any, cut: WaveformCut | None) -> functools.partial:
   """`decode` bound to its settings. The cut is bound only when set, so that the writer's
   description of whole-file work (what decides whether a shard is reused) is that of releases
   before the option, and their corpora resume."""
-  cut = dict(waveform_crop_seconds=waveform_crop_seconds, waveform_pad=waveform_pad) if waveform_crop_seconds else {}
-  return functools.partial(decode, settings=settings, **cut)
+  return functools.partial(decode, settings=settings, **({"cut": cut} if cut else {}))
 
 
-def decode_record(
-  item: AudioItem, settings: DecodeSettings, waveform_crop_seconds: float | None = None, waveform_pad: str = "zeros"
-) -> dict[str, Any] | Reject:
-  """The writer's work function for audio files (see `record_mel` for the waveform cut)."""
+def decode_record(item: AudioItem, settings: DecodeSettings, cut: WaveformCut | None = None) -> dict[str, Any] | Reject:
+  """The writer's work function for audio files (`cut`: see `WaveformCut`)."""
   if item.bad_metadata:
     return Reject(id=item.id, reason="bad metadata", detail=item.bad_metadata)
   mel_config = dict(settings.mel)
@@ -74,7 +85,7 @@ def decode_record(
     return Reject(id=item.id, reason=error.reason, detail=detail + (f" (decoder: {' / '.join(said)})" if said else ""))
   return {
     "id": item.id,
-    "mel": record_mel(wave, mel_config, waveform_crop_seconds, waveform_pad),
+    "mel": record_mel(wave, mel_config, cut),
     "captions": list(item.captions),
     "tags": list(item.tags),
     "label": item.label,

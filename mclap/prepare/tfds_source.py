@@ -97,12 +97,11 @@ def list_items(
   max_seconds: float | None,
   min_seconds: float,
   caption: str = "",
-  waveform_crop_seconds: float = 0.0,
-  waveform_pad: str = "zeros",
+  cut: decode.WaveformCut | None = None,
 ):
   """The listing and work function of `tfds:<name>` (name as TFDS takes it: `gtzan`, `name:1.0.0`);
   `caption` names the text feature to use as captions (default: see `caption_feature`);
-  `waveform_crop_seconds`, `waveform_pad`: see `decode.record_mel`."""
+  `cut`: see `decode.WaveformCut`."""
   tfds = _tfds()
   name = spec.removeprefix("tfds:")
   try:
@@ -150,7 +149,7 @@ def list_items(
   if label_names:
     extra["label_names"] = list(label_names)
   listing = Listing(splits, extra, require_captions=bool(caption_key))
-  return listing, decode.work_function(decode_example, settings, waveform_crop_seconds, waveform_pad)
+  return listing, decode.work_function(decode_example, settings, cut)
 
 
 @functools.cache
@@ -176,10 +175,9 @@ def _texts(value: Any) -> list[str]:
 
 
 def decode_example(
-  item: TfdsItem, settings: TfdsSettings, waveform_crop_seconds: float | None = None, waveform_pad: str = "zeros"
+  item: TfdsItem, settings: TfdsSettings, cut: decode.WaveformCut | None = None
 ) -> dict[str, Any] | Reject:
-  """The writer's work function: one TFDS example -> record (`decode.record_mel` for the waveform
-  cut)."""
+  """The writer's work function: one TFDS example -> record (`cut`: see `decode.WaveformCut`)."""
   example = _data_source(settings.name, settings.data_dir, item.split)[item.index]
   mel_config = dict(settings.mel)
   wave = to_float(example[settings.audio_key])
@@ -192,7 +190,7 @@ def decode_example(
   label = int(example[settings.label_key]) if settings.label_key else -1
   return {
     "id": item.id,
-    "mel": decode.record_mel(wave, mel_config, waveform_crop_seconds, waveform_pad),
+    "mel": decode.record_mel(wave, mel_config, cut),
     "captions": _texts(example[settings.caption_key]) if settings.caption_key else [],
     "tags": [settings.label_names[label]] if label >= 0 else [],
     "label": label,

@@ -92,9 +92,8 @@ class Model:
     if rule == "mel":
       mel = mel_lib.log_mel(wave, self.mel_config)
       return pipeline.eval_crops(mel, self.crop_frames, count, mel_lib.floor_db(self.mel_config))[0]
-    if rule == "fusion":  # One input of four views; shorter clips cut (padded) as for "waveform".
-      whole = len(wave) > self.crop_samples
-      wave = wave if whole else pipeline.waveform_crops(wave, self.crop_samples, 1, self.pad)[0]
+    if rule == "fusion":  # One input of four views.
+      wave = pipeline.fusion_waveform(wave, self.crop_samples, self.pad)
       return pipeline.fusion_views(mel_lib.log_mel(wave, self.mel_config), self.crop_frames)[None]
     waves = pipeline.waveform_crops(wave, self.crop_samples, count, self.pad)
     return np.stack([mel_lib.log_mel(w, self.mel_config) for w in waves])

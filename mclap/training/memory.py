@@ -31,20 +31,27 @@ def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
 def loss_step_bytes(config: ml_collections.ConfigDict, mesh: Mesh, global_batch: int, dim: int) -> dict[str, int]:
   """Per-device memory of the config's loss and its gradient with respect to the embeddings (the
   part of the train step that the global batch makes quadratic), for `[global_batch, dim]`
-  embeddings sharded over the data axis. For the objectives whose batch inputs are all embeddings."""
+  embeddings sharded over the data axis (`data.texts_per_clip` text rows per clip), with the clip
+  ids of the rows where the loss takes them (`*_ids`). For the objectives whose batch inputs are
+  embeddings and ids."""
   objective = objectives.build(config)
   if not objective.embedding_inputs:
     raise ConfigError(
       f"loss memory is measured for objectives of embeddings only, not config.loss.name={config.loss.name!r}"
     )
   # The loss's other positional arguments are its replicated scalars (logit scale, SigLIP's bias).
-  parameters = inspect.signature(objective.loss_fn).parameters
-  scalars = len([p for p in parameters if p != "axis_name"]) - objective.num_batch_args
-  loss = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
-  embeddings = jax.ShapeDtypeStruct((global_batch, dim), jnp.float32, sharding=parallel.batch_sharding(mesh))
+  names = [p for p in inspect.signature(objective.loss_fn).parameters if p != "axis_name"]
+
+  def batch_input(name: str) -> jax.ShapeDtypeStruct:
+    rows = global_batch * (config.data.texts_per_clip if name.startswith("text") else 1)
+    shape, dtype = ((rows,), jnp.int32) if name.endswith("_ids") else ((rows, dim), jnp.float32)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh))
+
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(mesh))
-  args = [embeddings] * objective.num_batch_args + [scalar] * scalars
-  step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
+  args = [batch_input(name) if i < objective.num_batch_args else scalar for i, name in enumerate(names)]
+  loss = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
+  differentiable = tuple(i for i, name in enumerate(names) if not name.endswith("_ids"))
+  step = jax.jit(jax.value_and_grad(loss, argnums=differentiable))
   return compiled_bytes(step.lower(*args).compile())
 
 
