@@ -528,14 +528,16 @@ def bench_memory(spec: str) -> list[dict]:
   config = load_config(spec)
   mesh = parallel.make_mesh({"data": -1, "model": 1})
   rows = []
-  for loss in ("infonce", "siglip"):
-    config.loss = dict(name=loss)
+  for loss, texts_per_clip in (("infonce", 1), ("siglip", 1), ("siglip", 3)):
+    config.loss = dict(name=loss, bias_init=-10.0)
+    config.data.texts_per_clip = texts_per_clip  # 3: the multi-positive sigmoid loss.
     for global_batch in (64, 256, 1024, 4096):
       sizes = memory.loss_step_bytes(config, mesh, global_batch, 512)
       rows.append(
         {
           "bench": "loss_memory",
           "loss": loss,
+          "texts_per_clip": texts_per_clip,
           "devices": mesh.shape[parallel.DATA],
           "global_batch": global_batch,
           "temp_mb": round(sizes["temp"] / 2**20, 2),

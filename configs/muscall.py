@@ -101,6 +101,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # > 1: feature caching. The towers take the batch in this many sub-batches (activation memory / n,
   # ~1.3x compute); the loss still sees every example of the global batch as a negative.
   c.train.sub_batches = 1
+  # > 0: an exponential moving average of the trained parameters, ema = d * ema + (1 - d) * params
+  # after each step (e.g. 0.999), kept in the train state and checkpoints; validation, evaluation
+  # and export then use it instead of the raw weights (batch-norm statistics stay the running ones).
+  c.train.ema_decay = 0.0
   c.train.log_every = 50
   c.train.eval_every = 1000
   c.train.ckpt_every = 1000

@@ -191,7 +191,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         if step % config.train.eval_every == 0 or step == steps:
           began = time.perf_counter()
-          found = validate(config, embedder, validation_loss_fn, state, mesh)
+          found = validate(config, embedder, validation_loss_fn, trainer.evaluated_state(state), mesh)
           log.write(step, {**found, "seconds": time.perf_counter() - began}, prefix="val")
           if found["t2a_R@10"] > best["t2a_R@10"]:
             best = {"step": step, "t2a_R@10": found["t2a_R@10"]}
@@ -204,7 +204,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           window_start += time.perf_counter() - began  # Reported as val/seconds, not in the step rates.
         if due := {n: m for n, m in periodic.items() if step % every[n] == 0 or step == steps}:
           began = time.perf_counter()
-          results = evaluation.run(evaluation.EvalContext(config, embedder, state), due)
+          results = evaluation.run(evaluation.EvalContext(config, embedder, trainer.evaluated_state(state)), due)
           log.write(step, {**evaluation.scalars(results), "seconds": time.perf_counter() - began}, prefix="eval")
           window_start += time.perf_counter() - began
         stop_requested = stop_signals.requested()

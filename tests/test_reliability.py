@@ -40,6 +40,7 @@ def _args(corpus, workdir, steps=STEPS):
     "train.eval_every": steps,
     "train.ckpt_every": CKPT_EVERY,
     "optim.warmup_steps": 2,
+    "train.ema_decay": 0.9,  # Resumes exactly too.
   }
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   return [sys.executable, "-m", "mclap.train", "--config", "configs/muscall.py:demo", *flags, "--workdir", str(workdir)]
@@ -132,7 +133,14 @@ def test_killed_and_stopped_runs_resume_to_bit_identical_parameters(
   assert len(resumed_at) == 4 and resumed_at == sorted(resumed_at) and 0 < resumed_at[0] and resumed_at[-1] < STEPS
   assert f"resumed from {tmp_path / 'checkpoints'} at step {stopped_at[-1]}" in out
 
-  _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+  final = _final_state(tmp_path)
+  _assert_bit_identical(_final_state(uninterrupted), final)
+  # Evaluation and export read the parameters' moving average.
+  model = weights.read_model(tmp_path)[0]
+  for name in ("audio_projection", "text_projection"):
+    average, trained = (final[group]["model"][name]["kernel"]["value"] for group in ("ema", "params"))
+    np.testing.assert_array_equal(getattr(model, name).kernel[...], average)
+    assert not np.array_equal(average, trained)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))  # Replayed steps once.
 
@@ -229,6 +237,20 @@ def test_a_checkpoint_of_the_old_layout_is_named_as_such(tmp_path):
   with pytest.raises(ConfigError, match=r"written by mclap before 0.2.*resume it with mclap 0.1, or start a new"):
     checkpoints.restore(mgr, 3, current)
   mgr.close()
+
+
+def test_a_moving_average_setting_unlike_the_checkpoints_is_named(tiny_config, tmp_path):
+  """Resuming with `train.ema_decay` switched on or off is refused in one line, as is a decay of 1."""
+  mgr = checkpoints.manager(tmp_path / "checkpoints", None)
+  plain = {"params": {"model": {"w": jax.numpy.ones(2)}}, "step": jax.numpy.zeros((), "int32")}
+  checkpoints.save(mgr, 3, plain)
+  checkpoints.wait(mgr)
+  with pytest.raises(ConfigError, match=r"written without a moving average .* config.train.ema_decay it was trained"):
+    checkpoints.restore(mgr, 3, {**plain, "ema": plain["params"]})
+  mgr.close()
+  tiny_config.train.ema_decay = 1.0
+  with pytest.raises(ConfigError, match=r"config.train.ema_decay=1.0; use 0 \(off\) or a decay in \(0, 1\)"):
+    trainer.ema_decay(tiny_config)
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_config, tmp_path, monkeypatch):

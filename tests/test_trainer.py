@@ -20,17 +20,20 @@ from mclap.training import checkpoints, trainer
 pytestmark = pytest.mark.slow
 
 
-def _steps(config, batches, devices=None, **mesh_options):
-  """Losses and final state of one train step per batch, on a fresh state."""
+def _steps(config, batches, devices=None, params=None, **mesh_options):
+  """Losses and final state of one train step per batch, on a fresh state; the parameters before
+  and after each step are appended to `params` (a list) if given."""
   mesh = parallel.make_mesh({"data": -1, "model": 1, **mesh_options}, devices=devices)
   config.mesh.update(mesh_options)
   tx = trainer.make_optimizer(config, 4)
   model_def, state = trainer.init_state(config, mesh, tx)
   step = trainer.make_train_step(config, model_def, tx, mesh)
-  losses = []
+  losses, seen = [], [] if params is None else params
+  seen.append(jax.device_get(state["params"]))
   for batch in batches:
     state, m = step(state, parallel.to_global(batch, mesh))
     losses.append(float(m["loss"]))
+    seen.append(jax.device_get(state["params"]))
   return losses, state
 
 
@@ -40,14 +43,22 @@ def _assert_same_steps(a, b):
 
 
 def test_sharded_and_fsdp_steps_equal_single_device_step(tiny_config):
+  """Also the parameters' moving average (`train.ema_decay`), against NumPy's."""
   config = small(tiny_config)
   # Some gradients are zero in exact arithmetic (attention key biases: softmax ignores shifts) and
   # Adam turns their float noise into full-size steps; a large eps keeps updates proportional to
   # the gradients, so the comparison tests the step rather than amplified rounding.
   config.optim.eps = 1.0
+  config.train.ema_decay = 0.75
   batches = [pipeline.train_dataset(config)[i] for i in range(2)]
   assert len(jax.devices()) == 8
-  single = _steps(config, batches, jax.devices()[:1])
+  params = []
+  single = _steps(config, batches, jax.devices()[:1], params)
+  expected = jax.tree.map(lambda p0, p1, p2: 0.75 * (0.75 * p0 + 0.25 * p1) + 0.25 * p2, *params)
+  ema = jax.device_get(single[1]["ema"])
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), ema, expected)
+  kernels = [s["model"]["audio_projection"]["kernel"][...] for s in (ema, params[-1])]
+  assert not np.allclose(*kernels)  # The average lags the parameters.
   _assert_same_steps(_steps(config, batches), single)  # f32 reduction order differs.
   fsdp_losses, fsdp_state = _steps(config, batches, fsdp=True)
   _assert_same_steps((fsdp_losses, fsdp_state), single)

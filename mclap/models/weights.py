@@ -168,7 +168,8 @@ def read_model(
   workdir: str | pathlib.Path, step: int | None = None, best: bool = False, check=lambda spec, step: None
 ) -> tuple[DualEncoder, ModelSpec, ml_collections.ConfigDict, int]:
   """(model, its spec, the workdir's config, step) of a checkpoint of a training workdir (the
-  latest, `step`, or the best one), on this process's first device. The checkpoint and its spec
+  latest, `step`, or the best one), on this process's first device, with the parameters' moving
+  average when training kept one. The checkpoint and its spec
   are read, and `check(spec, step)` called, before the model is built; nothing is created in
   `workdir`."""
   workdir = pathlib.Path(workdir)
@@ -190,6 +191,8 @@ def read_model(
   load_pretrained(model, config)
   frozen = _frozen_towers(config)
   saved = saved_state(directory, step)
-  parts = {group: _model_part(saved, group) for group in ("params", "batch_stats")}
+  # The parameters' moving average where training kept one (`train.ema_decay`), as validation used.
+  trained = "ema" if "ema" in saved else "params"
+  parts = {"params": _model_part(saved, trained), "batch_stats": _model_part(saved, "batch_stats")}
   copy_variables(model, parts, f"checkpoint {directory / str(step)}", allow_missing=lambda path: path[0] in frozen)
   return model, spec, config, step

@@ -144,6 +144,12 @@ def _check_same_model(path: pathlib.Path, state: dict[str, Any]) -> None:
       "parts in one tree: resume it with mclap 0.1, or start a new --workdir (mclap.eval, mclap.export and "
       "model.audio.init_from still read it)"
     )
+  averaged = ["ema" in {k.split("/")[0] for k in names} for names in (wanted, saved)]
+  if averaged[0] != averaged[1]:
+    raise ConfigError(
+      f"the checkpoint {path} was written {'without' if averaged[0] else 'with'} a moving average of the "
+      "parameters: resume with the config.train.ema_decay it was trained with, or start a new --workdir"
+    )
   found = weights.shape_difference(wanted, saved)
   raise ConfigError(
     f"the checkpoint {path} was written for another model: {found}; use the config it was trained with "

@@ -163,6 +163,8 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
     _, *groups, constants = nnx.split(build(config.train.seed), *filters)
     state = dict(zip(names, groups))
     state.update(opt_state=tx.init(state["params"]), step=jnp.zeros((), jnp.int32))
+    if ema_decay(config):
+      state["ema"] = state["params"]
     if "discriminator" in state:
       state["discriminator_opt_state"] = tx.init(state["discriminator"])
     return state, constants
@@ -177,7 +179,22 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
   objective.load_heads(trainable.heads)
   _, *groups, _ = nnx.split(trainable, *filters)
   loaded = {k: v for k, v in zip(names, groups) if k != "discriminator"}
+  if "ema" in state:  # The average starts from the weights training starts from (pretrained ones loaded).
+    loaded["ema"] = jax.tree.map(jnp.copy, loaded["params"])
   return model_def, {**state, **jax.device_put(loaded, {k: sharding[k] for k in loaded})}
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  decay = float(config.train.get("ema_decay", 0.0))
+  if not 0.0 <= decay < 1.0:
+    raise ConfigError(f"config.train.ema_decay={decay}; use 0 (off) or a decay in (0, 1), e.g. 0.999")
+  return decay
+
+
+def evaluated_state(state: dict[str, Any]) -> dict[str, Any]:
+  """The state that validation and evaluators embed with: the parameters' moving average when
+  training keeps one (`train.ema_decay`), else the parameters."""
+  return {**state, "params": state["ema"]} if "ema" in state else state
 
 
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
@@ -193,6 +210,7 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   objective = model_def.objective
   loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
   sub_batches = config.train.sub_batches
+  decay = ema_decay(config)
   # A frozen audio tower keeps its batch-norm statistics: it always runs in inference mode.
   train_audio = not config.model.audio.get("freeze", False)
   if sub_batches > 1 and objective.discriminator is not None:
@@ -221,6 +239,8 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
       "batch_stats": batch_stats,
       "opt_state": opt_state,
     }
+    if decay:
+      new_state["ema"] = optax.incremental_update(new_state["params"], state["ema"], 1.0 - decay)
     grad_norm = optax.global_norm(grads)
     # A non-finite loss or gradient leaves the state as it was (the batch still counts as seen).
     finite = jnp.all(jnp.stack([jnp.isfinite(x) for x in (loss, grad_norm, *extra_metrics.values())]))
