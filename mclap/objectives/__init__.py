@@ -152,11 +152,11 @@ def _siglip(config: ml_collections.ConfigDict) -> Objective:
 
   def inputs(model, heads, batch, train):
     audio, ids = model.embed_audio(batch["mel"], train), batch["index"]
-    tokens, mask = batch["tokens"], batch["token_mask"]
-    k = tokens.shape[1] if tokens.ndim == 3 else 1
-    texts = _embed_text_groups(model, tokens.reshape(ids.shape[0], k, -1), mask.reshape(ids.shape[0], k, -1))
+    # [clips, K, tokens] whether the batch has one text per clip or K.
+    tokens, mask = (batch[key].reshape(ids.shape[0], -1, batch[key].shape[-1]) for key in ("tokens", "token_mask"))
+    clips, k, dim = (texts := _embed_text_groups(model, tokens, mask)).shape
     scalars = model.logit_scale(), heads["logit_bias"][...]
-    return audio, texts.reshape(ids.shape[0] * k, -1), ids, jnp.repeat(ids, k), *scalars
+    return audio, texts.reshape(clips * k, dim), ids, jnp.repeat(ids, k), *scalars
 
   return Objective(losses.siglip_loss, 4, inputs, heads)
 
