@@ -110,6 +110,7 @@ _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "synthetic: clip length
 
 
 def _waveform_cut() -> decode.WaveformCut | None:
+  """The cut the `--waveform_*` flags ask for (None: whole files); pad or keep without a cut is a mistake."""
   if _WAVEFORM_CROP.value < 0:
     raise UserError(f"--waveform_crop_seconds={_WAVEFORM_CROP.value:g}; use the model's crop length or 0 (whole files)")
   if not _WAVEFORM_CROP.value:
@@ -140,7 +141,7 @@ LAYOUTS = {
 }
 
 
-def _recorded(name: str, mel_config: dict):
+def _recorded(name: str, mel_config: dict, cut: decode.WaveformCut | None):
   """A recorded dataset: list its items here, decode them in the workers."""
   source = REGISTRY[name]
   if not _INPUT.value:
@@ -161,7 +162,7 @@ def _recorded(name: str, mel_config: dict):
   )
   listing = source.list_items(root, **{option: values[option] for option in source.options})
   listing.extra["input"] = str(root.absolute())
-  return listing, decode.work_function(decode.decode_record, settings, _waveform_cut())
+  return listing, decode.work_function(decode.decode_record, settings, cut)
 
 
 def _check_options(name: str) -> None:
@@ -174,7 +175,7 @@ def _check_options(name: str) -> None:
     )
 
 
-def _tfds(mel_config: dict):
+def _tfds(mel_config: dict, cut: decode.WaveformCut | None):
   return tfds_source.list_items(
     _SOURCE.value,
     _INPUT.value or "",
@@ -182,7 +183,7 @@ def _tfds(mel_config: dict):
     _MAX_SECONDS.value,
     _MIN_SECONDS.value,
     _TFDS_CAPTION.value,
-    _waveform_cut(),
+    cut,
   )
 
 
@@ -212,11 +213,11 @@ def main(argv):
   cut = _waveform_cut()
   mel_config = _mel_config()
   if is_tfds:
-    listing, work_fn = _tfds(mel_config)
+    listing, work_fn = _tfds(mel_config, cut)
   elif _SOURCE.value == "synthetic":
     listing, work_fn = _synthetic(mel_config)
   else:
-    listing, work_fn = _recorded(_SOURCE.value, mel_config)
+    listing, work_fn = _recorded(_SOURCE.value, mel_config, cut)
   empty = [name for name, items in listing.splits.items() if not items]
   if empty or not listing.splits:
     where = f" in {_INPUT.value}" if _INPUT.value else ""

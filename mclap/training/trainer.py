@@ -185,6 +185,7 @@ def init_state(config, mesh: Mesh, tx) -> tuple[ModelDef, dict[str, Any]]:
 
 
 def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """`train.ema_decay` (0: no moving average), checked."""
   decay = float(config.train.get("ema_decay", 0.0))
   if not 0.0 <= decay < 1.0:
     raise ConfigError(f"config.train.ema_decay={decay}; use 0 (off) or a decay in (0, 1), e.g. 0.999")
