@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pathlib
 
-import jax
-import numpy as np
 from absl import flags
 
 from mclap import cli
@@ -44,8 +42,7 @@ def export(
     steps = weights.checkpoint_steps(workdir / "checkpoints")[-average_last:]
     if len(steps) < average_last:
       raise UserError(f"--average_last={average_last}, but {workdir / 'checkpoints'} holds {len(steps)} checkpoint(s)")
-  models = [weights.read_model(workdir, s, best) for s in steps]
-  _, spec, config, step = models[-1]
+  model, spec, config, step = weights.read_model(workdir, steps[-1], best, average_with=steps[:-1])
   spec = bundle.inference_spec(spec, dtype)
   source = {"workdir": str(workdir.absolute()), "step": step, "best": best}
   if average_last:
@@ -54,7 +51,7 @@ def export(
     output,
     config,
     spec,
-    average([bundle.variables_of(model) for model, *_ in models]),
+    bundle.variables_of(model),
     source=source,
     tokenizer_dir=tokenizer_lib.for_config(config).directory,
     overwrite=overwrite,
@@ -62,11 +59,6 @@ def export(
   what = f"the mean of steps {steps}" if average_last else f"step {step}"
   print(f"exported {what} of {workdir} to {out} ({spec.dtype}); load it with mclap.load({str(out)!r})")
   return out
-
-
-def average(trees: list[dict]) -> dict:
-  """The elementwise mean of models' variables (one model: its own), in their dtypes."""
-  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(xs[0].dtype), *trees)
 
 
 def main(argv):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -164,14 +165,26 @@ def _frozen_towers(config: ml_collections.ConfigDict) -> set[str]:
   return frozen | ({"text"} if text.kind == "bert" and text.get("freeze_layers", 0) else set())
 
 
+def _trained_parts(saved: dict[str, Any]) -> dict[str, Any]:
+  """The model's parameters and batch statistics in a saved train state: the parameters' moving
+  average where training kept one (`train.ema_decay`), as validation used."""
+  trained = "ema" if "ema" in saved else "params"
+  return {"params": _model_part(saved, trained), "batch_stats": _model_part(saved, "batch_stats")}
+
+
 def read_model(
-  workdir: str | pathlib.Path, step: int | None = None, best: bool = False, check=lambda spec, step: None
+  workdir: str | pathlib.Path,
+  step: int | None = None,
+  best: bool = False,
+  check=lambda spec, step: None,
+  average_with: Sequence[int] = (),
 ) -> tuple[DualEncoder, ModelSpec, ml_collections.ConfigDict, int]:
   """(model, its spec, the workdir's config, step) of a checkpoint of a training workdir (the
   latest, `step`, or the best one), on this process's first device, with the parameters' moving
   average when training kept one. The checkpoint and its spec
   are read, and `check(spec, step)` called, before the model is built; nothing is created in
-  `workdir`."""
+  `workdir`. With `average_with` (other steps of the same directory) the model's variables are the
+  elementwise mean of all these checkpoints' (weight averaging), the model built once."""
   workdir = pathlib.Path(workdir)
   directory = workdir / ("best" if best else "checkpoints")
   available = checkpoint_steps(directory)
@@ -190,9 +203,7 @@ def read_model(
   model = build_model(spec, nnx.Rngs(0))
   load_pretrained(model, config)
   frozen = _frozen_towers(config)
-  saved = saved_state(directory, step)
-  # The parameters' moving average where training kept one (`train.ema_decay`), as validation used.
-  trained = "ema" if "ema" in saved else "params"
-  parts = {"params": _model_part(saved, trained), "batch_stats": _model_part(saved, "batch_stats")}
-  copy_variables(model, parts, f"checkpoint {directory / str(step)}", allow_missing=lambda path: path[0] in frozen)
+  parts = [_trained_parts(saved_state(directory, s)) for s in (step, *average_with)]
+  mean = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(xs[0].dtype), *parts)
+  copy_variables(model, mean, f"checkpoint {directory / str(step)}", allow_missing=lambda path: path[0] in frozen)
   return model, spec, config, step
