@@ -17,10 +17,10 @@ import ml_collections
 from absl import flags
 
 from mclap import cli, evaluation, parallel
-from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
 from mclap.models import DualEncoder, ModelSpec, weights
+from mclap.models import spec as spec_lib
 from mclap.models.embedder import Embedder
 from mclap.serve import bundle as bundle_lib
 
@@ -30,11 +30,12 @@ _BUNDLE_DATA = ("mel", "crop_seconds", "max_tokens", "tokenizer_dir")
 
 def _check_fits(spec: ModelSpec, config: ml_collections.ConfigDict, source: str) -> None:
   """The config's crops and tokens must be those the model was built for."""
-  frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
-  if (config.data.mel.n_mels, frames) != (spec.n_mels, spec.crop_frames):
+  rows, frames = spec_lib.input_shape(config)
+  if (rows, frames) != (spec.n_mels, spec.crop_frames):
+    what = "features" if "features" in config.data else "mel"
     raise ConfigError(
-      f"{source} takes {spec.n_mels}-mel crops of {spec.crop_frames} frames, the config gives {config.data.mel.n_mels} "
-      f"mels, {frames} frames; set config.data.mel and config.data.crop_seconds to those it was trained with"
+      f"{source} takes crops of [{spec.n_mels}, {spec.crop_frames}] (rows, frames), the config gives [{rows}, "
+      f"{frames}]; set config.data.{what} and config.data.crop_seconds to those it was trained with"
     )
   tokens = tokenizer_lib.for_config(config)
   if tokens.vocab_size != spec.text["vocab_size"] or config.data.max_tokens > spec.max_tokens:

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from mclap.data import augment, records
+from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.data.tokenizer import TextTokenizer
@@ -112,7 +113,11 @@ def eval_crops(mel: np.ndarray, length: int, count: int, pad_value: float) -> tu
 
 def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus_dir: str) -> None:
   """The corpus must have been prepared with the mel settings the config (and model) expects, and
-  clips cut (`prepare --waveform_crop_seconds`) to its crop length if cut at all."""
+  clips cut (`prepare --waveform_crop_seconds`) to its crop length if cut at all; or hold the
+  precomputed features (dimension, frame rate) that `config.data.features` names."""
+  if records.input_field(info) == "features" or "features" in config.data:
+    _check_features(info, config, corpus_dir)
+    return
   cut = info.get("waveform_crop_seconds")
   if cut and cut != config.data.crop_seconds:
     held = f"holds the central {cut:g} s of each file"
@@ -132,6 +137,29 @@ def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus
       f"{corpus_dir} was prepared with other mel settings than config.data.mel ({details}). A model reads only "
       "the mels it was made for: prepare the corpus for it with `python -m mclap.data.prepare --config <this "
       "config> ...` (or matching --mel.* flags); --config.data.mel.* set to the corpus values suits only a new model"
+    )
+
+
+def _check_features(info: dict[str, Any], config: ml_collections.ConfigDict, corpus_dir: str) -> None:
+  """A features model reads a corpus of the features it was made for, and only such a corpus."""
+  if "features" not in config.data:
+    have = info["features"]
+    raise records.CorpusError(
+      f"{corpus_dir} holds precomputed features (dim {have['dim']}, {have['frame_rate']:g} frames/s), not log-mels: "
+      f"train on it with configs/features.py --config.data.features.dim={have['dim']} "
+      f"--config.data.features.frame_rate={have['frame_rate']:g}"
+    )
+  if records.input_field(info) != "features":
+    raise records.CorpusError(
+      f"{corpus_dir} holds log-mels; config.data.features reads a corpus of precomputed features "
+      "(python -m mclap.data.prepare --source features)"
+    )
+  wanted, have = features_lib.check_config(config.data.features), info["features"]
+  if diff := [k for k in wanted if float(have[k]) != wanted[k]]:
+    details = "; ".join(f"{k}: corpus {have[k]:g}, config {wanted[k]:g}" for k in diff)
+    flags = " ".join(f"--config.data.features.{k}={have[k]:g}" for k in diff)
+    raise records.CorpusError(
+      f"{corpus_dir} holds other features than config.data.features ({details}); a new model takes them with {flags}"
     )
 
 
@@ -170,6 +198,9 @@ def positives(captions: list[str], unit: str) -> list[str]:
 class ToExample:
   """Record -> fixed-shape example: mel crop (augmented in training), tokens, label, multi-hot tags.
 
+  The crop is of the record's `field`: its log-mel, or its feature frames (a features corpus);
+  either is the example's `mel`, the audio tower's input `[rows, frames]`.
+
   With a random generator (training) the crop is random and augmented, and the text a random
   positive (`texts_per_clip` of them, `tokens` then `[K, max_tokens]`); without one (evaluation)
   the crop is central, nothing is augmented, and the text is the first positive (or all joined).
@@ -192,6 +223,7 @@ class ToExample:
   with_text: bool = True  # False: audio, label and tags only (zero-shot evaluation of caption-less corpora).
   eval_crops: int = 1  # > 1 (evaluation): that many evenly spaced crops, `mel [crops, n_mels, frames]`.
   fusion: bool = False  # A fused CLAP model's four views (`fusion_views`), `mel [4, n_mels, frames]`.
+  field: str = "mel"  # The record's input: "mel", or "features" (`records.INPUT_FIELDS`).
 
   def _crop(self, mel: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
     if self.fusion:
@@ -229,7 +261,7 @@ class ToExample:
     raise records.CorpusError(f"no text unlike record {record['id']!r}'s found for a negative in 100 draws")
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> Example:
-    crop, valid = self._crop(record["mel"], rng)
+    crop, valid = self._crop(record[self.field], rng)
     tags = set(record["tags"])
     if rng is not None and self.augmenter is not None:
       weight = self.augmenter.mixup_weight(rng)
@@ -237,7 +269,7 @@ class ToExample:
         # Mixup: this clip stays dominant (weight >= 0.5) and keeps its caption and label; the
         # partner's tags are added, since both clips are audible in the mix.
         partner = self.partners[int(rng.integers(len(self.partners)))]
-        other, other_valid = self._crop(partner["mel"], rng)
+        other, other_valid = self._crop(partner[self.field], rng)
         crop = augment.mix(np.asarray(crop, np.float32), np.asarray(other, np.float32), weight, self.pad_value)
         valid = max(valid, other_valid)
         tags.update(partner["tags"])
@@ -289,15 +321,27 @@ def _reader_and_transform(
     raise ConfigError(
       f"config.data.texts_per_clip={config.data.texts_per_clip} draws random positives; set config.data.caption=random"
     )
-  mel_config = reader.info["mel"]
-  floor = mel_lib.floor_db(mel_config)
   views = config.data.views if train else 1
-  augmenter = None
-  if train:
-    frames_per_second = mel_config["sample_rate"] / mel_config["hop_length"]
-    augmenter = augment.Augmenter.from_config(config.data.augment, floor, frames_per_second)
-    if augmenter.is_identity and views == 1:
-      augmenter = None  # Nothing to do: keep the crop's float16 path free of the float32 round trip.
+  if reader.field == "features":
+    # Zero frames pad a short track; the augmentations are of log-mels.
+    frame_rate, pad_value = reader.info["features"]["frame_rate"], 0.0
+    crop_frames = features_lib.crop_frames(config.data.crop_seconds, frame_rate)
+    augmenter = augment.Augmenter.from_config(config.data.augment, pad_value, frame_rate or 1.0)
+    if not augmenter.is_identity or config.data.views != 1:
+      raise ConfigError(
+        "config.data.augment.* and config.data.views=2 transform log-mels; a features corpus takes neither: "
+        "set them off (configs/features.py does)"
+      )
+    augmenter = None
+  else:
+    mel_config = reader.info["mel"]
+    pad_value, crop_frames = mel_lib.floor_db(mel_config), mel_lib.num_frames(config.data.crop_seconds, mel_config)
+    augmenter = None
+    if train:
+      frames_per_second = mel_config["sample_rate"] / mel_config["hop_length"]
+      augmenter = augment.Augmenter.from_config(config.data.augment, pad_value, frames_per_second)
+      if augmenter.is_identity and views == 1:
+        augmenter = None  # Nothing to do: keep the crop's float16 path free of the float32 round trip.
   fusion = config.data.get("crop", "mel") == "fusion"
   if fusion and (augmenter or config.data.eval_crops > 1):
     raise ConfigError(
@@ -305,8 +349,8 @@ def _reader_and_transform(
       "several evaluation crops; set config.data.augment.* off, config.data.views=1 and config.data.eval_crops=1"
     )
   transform = ToExample(
-    crop_frames=mel_lib.num_frames(config.data.crop_seconds, mel_config),
-    pad_value=floor,
+    crop_frames=crop_frames,
+    pad_value=pad_value,
     tokenizer=tokenizer_lib.for_config(config),
     tag_vocab=tuple(reader.info.get("tags", [])),
     caption=config.data.caption,
@@ -319,6 +363,7 @@ def _reader_and_transform(
     with_text=with_text,
     eval_crops=1 if train else config.data.eval_crops,
     fusion=fusion,
+    field=reader.field,
   )
   return reader, transform
 

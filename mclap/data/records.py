@@ -4,7 +4,9 @@ A corpus directory holds, per split, ArrayRecord shards `<split>-NNNNN-of-MMMMM.
 whose records are msgpack maps {id, mel (float16 [n_mels, frames]), captions, tags, label},
 plus `dataset_info.json` (mel settings, splits with shard names and counts, tag vocabulary,
 source, prepare version) and `rejects.jsonl`. Every source writes this format and one reader
-serves all of them.
+serves all of them. A corpus of precomputed features (`prepare --source features`) stores
+`features` (float16 [dim, frames]) where others store the mel, and its `dataset_info.json` a
+`features` section (dim, frame rate) instead of `mel`.
 """
 
 from __future__ import annotations
@@ -41,14 +43,28 @@ class Reject:
   detail: str = ""
 
 
+INPUT_FIELDS = ("mel", "features")  # What a record holds of the audio, [rows, frames]: one of these.
+
+
+def input_field(record_or_info: dict[str, Any]) -> str:
+  """Which audio input a record (or a corpus's `dataset_info`) holds: "mel" or "features"."""
+  return "features" if "features" in record_or_info else "mel"
+
+
+def input_rows(info: dict[str, Any]) -> int:
+  """Rows of a corpus's input arrays: its mel bands, or its feature dimension."""
+  return int(info["features"]["dim"] if input_field(info) == "features" else info["mel"]["n_mels"])
+
+
 def encode(record: dict[str, Any]) -> bytes:
-  """Serialises one record; the mel is stored as float16 to halve disk and host traffic."""
-  mel = np.ascontiguousarray(record["mel"], dtype=np.float16)
+  """Serialises one record; the input is stored as float16 to halve disk and host traffic."""
+  field = input_field(record)
+  array = np.ascontiguousarray(record[field], dtype=np.float16)
   return msgpack.packb(
     {
       "id": str(record["id"]),
-      "mel": mel.tobytes(),
-      "mel_shape": list(mel.shape),
+      field: array.tobytes(),
+      f"{field}_shape": list(array.shape),
       "captions": [str(c) for c in record.get("captions", [])],
       "tags": [str(t) for t in record.get("tags", [])],
       "label": int(record.get("label", -1)),
@@ -61,13 +77,14 @@ def decode(data: bytes) -> dict[str, Any]:
   """Inverse of `encode`; raises ValueError describing what is malformed."""
   try:
     raw = msgpack.unpackb(data, raw=False)
-    shape = tuple(int(d) for d in raw["mel_shape"])
-    mel = np.frombuffer(raw["mel"], dtype=np.float16)
-    if len(shape) != 2 or mel.size != shape[0] * shape[1]:
-      raise ValueError(f"mel has {mel.size} values, which does not fit shape {list(shape)}")
+    field = input_field(raw)
+    shape = tuple(int(d) for d in raw[f"{field}_shape"])
+    array = np.frombuffer(raw[field], dtype=np.float16)
+    if len(shape) != 2 or array.size != shape[0] * shape[1]:
+      raise ValueError(f"{field} has {array.size} values, which does not fit shape {list(shape)}")
     return {
       "id": raw["id"],
-      "mel": mel.reshape(shape),
+      field: array.reshape(shape),
       "captions": list(raw["captions"]),
       "tags": list(raw["tags"]),
       "label": int(raw["label"]),
@@ -132,7 +149,7 @@ class CorpusReader:
     counts = [int(s["count"]) for s in splits[split]["shards"]]
     self._starts = np.cumsum([0] + counts).tolist()
     self._sources: list[grain.sources.ArrayRecordDataSource | None] = [None] * len(self.shards)
-    self.n_mels = int(self.info["mel"]["n_mels"])
+    self.field, self.rows = input_field(self.info), input_rows(self.info)
 
   def __len__(self) -> int:
     return self._starts[-1]
@@ -174,10 +191,11 @@ class CorpusReader:
       record = decode(data)
     except ValueError as e:
       raise CorpusError(f"{where}: {e}; delete the shard and re-run prepare.") from e
-    if record["mel"].shape[0] != self.n_mels:
+    if self.field not in record or record[self.field].shape[0] != self.rows:
+      held = next(f"{f} of shape {list(record[f].shape)}" for f in INPUT_FIELDS if f in record)
       raise CorpusError(
-        f"{where} (id '{record['id']}'): mel has shape {list(record['mel'].shape)}, expected "
-        f"[{self.n_mels}, frames] as {INFO_FILE} says; delete the shard and re-run prepare."
+        f"{where} (id '{record['id']}'): {held}, expected {self.field} of shape [{self.rows}, frames] "
+        f"as {INFO_FILE} says; delete the shard and re-run prepare."
       )
     if self.require_captions and not any(c.strip() for c in record["captions"]):
       raise CorpusError(

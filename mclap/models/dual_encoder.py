@@ -15,6 +15,7 @@ from flax import nnx
 from mclap.errors import ConfigError
 from mclap.models import bert
 from mclap.models.audio import ModifiedResNet, SimpleCNN
+from mclap.models.feature_tower import FeatureTower
 from mclap.models.htsat import HTSAT
 from mclap.models.spec import ModelSpec
 from mclap.models.text import TextTransformer
@@ -135,9 +136,11 @@ def _audio_tower(spec: ModelSpec, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
   kind, args = spec.audio["kind"], {k: v for k, v in spec.audio.items() if k != "kind"}
   if kind == "simple_cnn":
     return SimpleCNN(**args, dtype=dtype, rngs=rngs)
+  if kind == "features":
+    return FeatureTower(**args, dim=spec.n_mels, frames=spec.crop_frames, remat=spec.remat, dtype=dtype, rngs=rngs)
   towers = {"modified_resnet": ModifiedResNet, "htsat": HTSAT}
   if kind not in towers:
-    raise ConfigError(f"config.model.audio.kind={kind!r}; available: simple_cnn, {', '.join(towers)}")
+    raise ConfigError(f"config.model.audio.kind={kind!r}; available: simple_cnn, features, {', '.join(towers)}")
   return towers[kind](**args, n_mels=spec.n_mels, frames=spec.crop_frames, remat=spec.remat, dtype=dtype, rngs=rngs)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
@@ -26,12 +27,12 @@ REMAT = ("none", "dots", "full")
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  audio: dict[str, Any]  # {"kind": "modified_resnet" | "simple_cnn" | "htsat", constructor arguments}
+  audio: dict[str, Any]  # {"kind": "modified_resnet" | "simple_cnn" | "htsat" | "features", constructor arguments}
   text: dict[str, Any]  # {"kind": "transformer" | "bert", constructor arguments}
   audio_head: dict[str, Any]  # {"kind": "linear" | "mlp" | "identity", "hidden", "activation"}
   text_head: dict[str, Any]
   projection_dim: int
-  n_mels: int
+  n_mels: int  # Rows of the audio input: mel bands, or feature dimensions (a features tower).
   crop_frames: int
   max_tokens: int
   logit_scale_init: float
@@ -79,8 +80,10 @@ def _audio(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if a.kind == "htsat":
     names = ("spec_size", "patch_size", "embed_dim", "depths", "heads", "window_size", "mlp_ratio")
     return _plain(dict(kind=a.kind, **{name: a[name] for name in names}, fusion=a.get("fusion", False)))
+  if a.kind == "features":
+    return dict(kind=a.kind, width=a.width, pooling=a.pooling, layers=a.layers, heads=a.heads, output_dim=a.output_dim)
   if a.kind != "modified_resnet":
-    raise ConfigError(f"config.model.audio.kind={a.kind!r}; available: modified_resnet, simple_cnn, htsat")
+    raise ConfigError(f"config.model.audio.kind={a.kind!r}; available: modified_resnet, simple_cnn, htsat, features")
   return dict(
     kind=a.kind, width=a.width, layers=list(a.layers), pooling=a.pooling, heads=a.heads, output_dim=a.output_dim
   )
@@ -109,12 +112,28 @@ def text_pretrained_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
   return pathlib.Path(config.model.text.pretrained_dir or tokenizer_lib.default_tokenizer_dir())
 
 
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """`[rows, frames]` of the audio tower's input crop: `[n_mels, frames]` of `data.mel`, or for a
+  features tower (`data.features`, a corpus of precomputed features) `[dim, frames]`."""
+  audio_kind, features = config.model.audio.kind, config.data.get("features")
+  if (audio_kind == "features") != (features is not None):
+    raise ConfigError(
+      f"config.model.audio.kind={audio_kind!r} with{'' if features is not None else 'out'} config.data.features: "
+      "a features tower reads precomputed features (data.features) and only it does; start from configs/features.py"
+    )
+  if features is None:
+    return config.data.mel.n_mels, mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
+  features = features_lib.check_config(features)
+  return features["dim"], features_lib.crop_frames(config.data.crop_seconds, features["frame_rate"])
+
+
 def from_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelSpec:
   """The spec of `config.model`, sized for `config.data`'s crops and tokens and computing in
   `config.train.dtype` (vocabulary: the data tokenizer's, unless given)."""
   if vocab_size is None:
     vocab_size = tokenizer_lib.for_config(config).vocab_size
   text = _text(config, vocab_size)
+  rows, frames = input_shape(config)
   if text["kind"] == "bert" and (positions := text["max_positions"] - text["position_offset"]) < config.data.max_tokens:
     raise ConfigError(
       f"config.data.max_tokens={config.data.max_tokens} is longer than the pretrained text tower's {positions} "
@@ -126,8 +145,8 @@ def from_config(config: ml_collections.ConfigDict, vocab_size: int | None = None
     audio_head=_plain(dict(config.model.audio.head)),
     text_head=_plain(dict(config.model.text.head)),
     projection_dim=config.model.projection_dim or text["width"],
-    n_mels=config.data.mel.n_mels,
-    crop_frames=mel_lib.num_frames(config.data.crop_seconds, config.data.mel),
+    n_mels=rows,
+    crop_frames=frames,
     max_tokens=config.data.max_tokens,
     logit_scale_init=float(config.model.logit_scale_init),
     logit_scale_max=float(config.model.logit_scale_max),

@@ -1,8 +1,9 @@
 """Prepare a corpus: `python -m mclap.prepare --source S --output DIR [--input DIR]` (or `mclap.data.prepare`).
 
-Turns a source into ArrayRecord shards of log-mels + captions + tags with `dataset_info.json`
-and `rejects.jsonl` (see `mclap.data.records`). Parallel, resumable shard by shard: re-running
-the same command finishes an interrupted job. Mel settings come from `--mel.*` flags, on top of
+Turns a source into ArrayRecord shards of log-mels (or, `--source features`, precomputed audio
+features) + captions + tags with `dataset_info.json` and `rejects.jsonl` (see
+`mclap.data.records`). Parallel, resumable shard by shard: re-running the same command finishes an
+interrupted job. Mel settings come from `--mel.*` flags, on top of
 a training config's `data.mel` if `--config` names one.
 """
 
@@ -16,14 +17,15 @@ from ml_collections import config_flags
 from mclap import cli
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
-from mclap.prepare import decode, synthetic, tfds_source, writer
+from mclap.prepare import decode, features_source, synthetic, tfds_source, writer
 from mclap.prepare.listing import Listing
 from mclap.prepare.sources import REGISTRY
 
 _SOURCE = flags.DEFINE_string(
   "source",
   None,
-  f"Data source: synthetic, {', '.join(REGISTRY)}, or tfds:<name> (a dataset in the TFDS data dir --input).",
+  f"Data source: synthetic, {', '.join(REGISTRY)}, features (precomputed audio features), or tfds:<name> (a "
+  "dataset in the TFDS data dir --input).",
   required=True,
 )
 # Options that only some recorded datasets read (each declares its own in `sources.REGISTRY`).
@@ -75,6 +77,12 @@ _WAVEFORM_KEEP_LONGER = flags.DEFINE_bool(
   False,
   "With --waveform_crop_seconds: keep longer files whole, padding only shorter ones: the input of fused CLAP "
   "models, which view the whole clip beside windows of that length.",
+)
+_FEATURES_FRAME_RATE = flags.DEFINE_float(
+  "features_frame_rate",
+  None,
+  "features: frames per second of frame-level feature files [frames, dim] (the extractor's hop; default: the "
+  "features.json beside them, which mclap.embed --features_out writes). Leave out for one vector per clip.",
 )
 _NPY_RATE = flags.DEFINE_integer("npy_sample_rate", 16000, "Sample rate of .npy waveforms (MusCALL: 16000).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
@@ -137,6 +145,7 @@ def _synthetic(mel_config: dict):
 # What each source needs that is not a recorded dataset of `sources.REGISTRY`.
 LAYOUTS = {
   "synthetic": "enough clips for a stratified train/validation/test split of 8 instruments: --num_clips 64 or more",
+  "features": features_source.LAYOUT,
   **{name: source.layout for name, source in REGISTRY.items()},
 }
 
@@ -167,12 +176,27 @@ def _recorded(name: str, mel_config: dict, cut: decode.WaveformCut | None):
 
 def _check_options(name: str) -> None:
   """An option the source does not read is a mistake (meant for another dataset, or mistyped)."""
-  takes = [o for o in (REGISTRY[name].options if name in REGISTRY else ()) if o in _SELECTIVE]
+  options = REGISTRY[name].options if name in REGISTRY else ("metadata",) if name == "features" else ()
+  takes = [o for o in options if o in _SELECTIVE]
   if given := [o for o in _SELECTIVE if flags.FLAGS[o].present and o not in takes]:
     raise UserError(
       f"--source={name} does not read {', '.join(f'--{o}' for o in given)} "
       f"(its options among these: {', '.join(f'--{o}' for o in takes) or 'none'})"
     )
+
+
+def _features():
+  """Feature files: listed with their captions, loaded and checked in the workers."""
+  if not _INPUT.value or not pathlib.Path(_INPUT.value).is_dir():
+    raise UserError(f"--source=features needs --input DIR, the folder of {features_source.LAYOUT}")
+  if given := [f"--{name}" for name in ("waveform_crop_seconds", "config", "mel_preset") if flags.FLAGS[name].present]:
+    raise UserError(f"--source=features stores the feature files as they are: {', '.join(given)} does not apply")
+  root = pathlib.Path(_INPUT.value)
+  listing, work_fn, info = features_source.list_items(
+    root, seed=_SEED.value, metadata=_METADATA.value, frame_rate=_FEATURES_FRAME_RATE.value
+  )
+  listing.extra["input"] = str(root.absolute())
+  return listing, work_fn, info
 
 
 def _tfds(mel_config: dict, cut: decode.WaveformCut | None):
@@ -210,14 +234,21 @@ def main(argv):
   if _SOURCE.value not in LAYOUTS and not is_tfds:
     raise UserError(f"unknown --source={_SOURCE.value}; choose one of: {', '.join(LAYOUTS)}, tfds:<name>")
   _check_options(_SOURCE.value)
+  if _FEATURES_FRAME_RATE.present and _SOURCE.value != "features":
+    raise UserError(f"--features_frame_rate is for --source=features, not --source={_SOURCE.value}")
   cut = _waveform_cut()
-  mel_config = _mel_config()
-  if is_tfds:
-    listing, work_fn = _tfds(mel_config, cut)
-  elif _SOURCE.value == "synthetic":
-    listing, work_fn = _synthetic(mel_config)
+  if _SOURCE.value == "features":
+    listing, work_fn, features = _features()
+    made_of = {"features": features}
   else:
-    listing, work_fn = _recorded(_SOURCE.value, mel_config, cut)
+    mel_config = _mel_config()
+    made_of = {"mel_config": mel_config}
+    if is_tfds:
+      listing, work_fn = _tfds(mel_config, cut)
+    elif _SOURCE.value == "synthetic":
+      listing, work_fn = _synthetic(mel_config)
+    else:
+      listing, work_fn = _recorded(_SOURCE.value, mel_config, cut)
   empty = [name for name, items in listing.splits.items() if not items]
   if empty or not listing.splits:
     where = f" in {_INPUT.value}" if _INPUT.value else ""
@@ -230,7 +261,7 @@ def main(argv):
     _OUTPUT.value,
     listing.splits,
     work_fn,
-    mel_config=mel_config,
+    **made_of,
     source=_SOURCE.value,
     extra_info=listing.extra,
     require_captions=listing.require_captions,

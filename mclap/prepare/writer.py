@@ -60,14 +60,16 @@ _HINTS = {
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
-  """What a worker does with one item: run the work function, validate, shrink the mel to float16.
+  """What a worker does with one item: run the work function, validate, shrink the input (mel or
+  features, `field`, of `rows` rows) to float16.
 
   Validating and converting in the workers keeps the parent (which only writes) light and halves
   the bytes sent back.
   """
 
   work_fn: WorkFn
-  n_mels: int
+  field: str
+  rows: int
   require_captions: bool
 
   def __call__(self, item: Any) -> dict[str, Any] | Reject:
@@ -78,9 +80,9 @@ class _Job:
     if isinstance(result, Reject):
       return Reject(id=printable(result.id), reason=result.reason, detail=printable(result.detail))
     result = {**result, "id": printable(str(result["id"]))}  # A file name that is not UTF-8 still names it.
-    if problem := _check_record(result, self.n_mels, self.require_captions):
+    if problem := _check_record(result, self.field, self.rows, self.require_captions):
       return Reject(id=result["id"], reason=problem)
-    return {**result, "mel": np.asarray(result["mel"], np.float16)}
+    return {**result, self.field: np.asarray(result[self.field], np.float16)}
 
 
 def _item_id(item: Any) -> str:
@@ -114,18 +116,18 @@ def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
-def _check_record(record: dict[str, Any], n_mels: int, require_captions: bool) -> str | None:
+def _check_record(record: dict[str, Any], field: str, rows: int, require_captions: bool) -> str | None:
   """Why a rendered/decoded record cannot be stored, or None if it is fine."""
   texts = [str(t) for t in (*record.get("captions", []), *record.get("tags", []))]
   if any(printable(t) != t for t in texts):
     return "caption not UTF-8"
   if require_captions and not any(str(c).strip() for c in record.get("captions", [])):
     return "empty caption"
-  mel = np.asarray(record["mel"])
-  if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 1:
-    return f"mel shape {list(mel.shape)} is not [{n_mels}, frames]"
-  if not np.isfinite(mel).all():
-    return "non-finite mel values"
+  array = np.asarray(record[field])
+  if array.ndim != 2 or array.shape[0] != rows or array.shape[1] < 1:
+    return f"{field} shape {list(array.shape)} is not [{rows}, frames]"
+  if not np.isfinite(array).all():
+    return f"non-finite {field} values"
   return None
 
 
@@ -200,7 +202,8 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
   path = out / _PROGRESS_DIR / _SETTINGS_FILE
   before = _read_json(path)
   if before is None and (info := _read_json(out / records.INFO_FILE)):  # Written before settings.json existed.
-    before = {**settings, "mel": mel_lib.complete(info.get("mel", {})), "source": info.get("source")}
+    before = {k: v for k, v in settings.items() if k not in records.INPUT_FIELDS}
+    before.update(mel=mel_lib.complete(info.get("mel", {})), source=info.get("source"))
   if before is not None and before != settings:
     if not overwrite:
       changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
@@ -342,7 +345,8 @@ def write_corpus(
   splits: dict[str, Sequence[Any]],
   work_fn: WorkFn,
   *,
-  mel_config: dict[str, Any],
+  mel_config: dict[str, Any] | None = None,
+  features: dict[str, Any] | None = None,
   source: str,
   extra_info: dict[str, Any] | None = None,
   num_workers: int | None = None,
@@ -363,6 +367,7 @@ def write_corpus(
       re-run checks for changes if the item was rejected.
     work_fn: picklable top-level callable, run in `num_workers` spawned processes.
     mel_config: mel settings the records were computed with (stored in `dataset_info.json`).
+    features: instead of `mel_config`, for records of precomputed features: `{dim, frame_rate}`.
     source: name of the data source, stored in `dataset_info.json`.
     extra_info: more `dataset_info.json` fields (for example `label_names`).
     num_workers: worker processes; 0 runs inline, None uses every core.
@@ -377,9 +382,11 @@ def write_corpus(
   """
   _check_main_module(num_workers)
   out = pathlib.Path(output_dir)
-  n_mels = int(mel_config["n_mels"])
+  if (mel_config is None) == (features is None):
+    raise ValueError("write_corpus takes mel_config or features, one of them")
+  field, input_info = ("mel", dict(mel_config)) if features is None else ("features", dict(features))
   settings = {
-    "mel": dict(mel_config),
+    field: input_info,
     "source": source,
     "format": records.FORMAT_VERSION,
     "work": describe(work_fn),
@@ -409,7 +416,7 @@ def write_corpus(
     mininterval=0.5 if sys.stderr.isatty() else 30.0,  # Keep logs of batch jobs short.
   )
   results = _results(
-    _Job(work_fn, n_mels, require_captions),
+    _Job(work_fn, field, records.input_rows(settings), require_captions),
     [item for s in todo for item in s.items],
     min(num_workers, remaining),
     item_timeout,
@@ -422,7 +429,7 @@ def write_corpus(
     results.close()  # Stops the worker pool when the job stops early.
     bar.close()
 
-  info = _finish(out, shards, manifests, list(splits), mel_config, source, extra_info or {}, watch, total)
+  info = _finish(out, shards, manifests, list(splits), {field: input_info}, source, extra_info or {}, watch, total)
   _print_summary(info, out, time.time() - start, len(todo), len(shards))
   return info
 
@@ -458,7 +465,7 @@ def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
   return manifest
 
 
-def _finish(out, shards, manifests, split_names, mel_config, source, extra_info, watch, total) -> dict[str, Any]:
+def _finish(out, shards, manifests, split_names, input_info, source, extra_info, watch, total) -> dict[str, Any]:
   """Writes `rejects.jsonl` and, unless most items failed for one reason, `dataset_info.json`
   from the shard manifests."""
   rejects = [
@@ -478,7 +485,7 @@ def _finish(out, shards, manifests, split_names, mel_config, source, extra_info,
     "format_version": records.FORMAT_VERSION,
     "prepare_version": mclap.__version__,
     "source": source,
-    "mel": dict(mel_config),
+    **input_info,
     "splits": split_info,
     "tags": sorted({t for m in manifests.values() for t in m["tags"]}),
     "num_rejected": len(rejects),

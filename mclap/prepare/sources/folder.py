@@ -24,11 +24,17 @@ def list_items(root: pathlib.Path, *, seed: int, metadata: str = "") -> Listing:
   Paths are relative to `root`; tags are a list or a comma/semicolon-separated string; rows
   without a split are assigned one by a seeded hash of the path.
   """
+  return list_files(root, seed=seed, metadata=metadata, source="folder")
+
+
+def list_files(root: pathlib.Path, *, seed: int, metadata: str, source: str) -> Listing:
+  """`list_items` for any source whose files a metadata table names so (`features`: feature
+  files), named `source` in errors."""
   candidates = [pathlib.Path(metadata)] if metadata else [root / "metadata.csv", root / "metadata.jsonl"]
   path = next((p for p in candidates if p.is_file()), None)
   if path is None:
     raise UserError(
-      f"no metadata file: --source=folder needs {' or '.join(map(str, candidates))} "
+      f"no metadata file: --source={source} needs {' or '.join(map(str, candidates))} "
       "with columns path, caption[, tags][, split] (or pass --metadata)"
     )
   rows = metadata_rows(path)
