@@ -59,7 +59,8 @@ def test_no_import_points_the_wrong_way():
 
 
 def test_configs_load_without_jax():
-  specs = [f"configs/{name}" for name in ("muscall.py:demo,ssl", "multipos.py:scl", "generator.py:gan", "siglip.py")]
+  names = ("muscall.py:demo,ssl", "multipos.py:scl", "generator.py:gan", "siglip.py", "features.py:demo")
+  specs = [f"configs/{name}" for name in names]
   code = (
     "import sys; from mclap.config_files import load_config; "
     f"[load_config(s) for s in {specs!r}]; assert 'jax' not in sys.modules, 'jax imported'"

@@ -152,8 +152,8 @@ def test_unknown_source_is_a_one_line_error(tmp_path, bad):
   assert result.returncode != 0
   assert (
     result.stderr.strip().splitlines()[-1]
-    == f"error: unknown --source={bad}; choose one of: synthetic, features, audiocaption, folder, musiccaps, song_describer, "
-    "gtzan, mtat, mtg_jamendo, tinysol, tfds:<name>"
+    == f"error: unknown --source={bad}; choose one of: synthetic, features, audiocaption, folder, musiccaps, "
+    "song_describer, gtzan, mtat, mtg_jamendo, tinysol, tfds:<name>"
   )
 
 

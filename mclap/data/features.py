@@ -96,8 +96,9 @@ def array_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
 
 def corpus_dim(shapes: list[tuple[int, ...]], where: str) -> tuple[int, bool]:
   """(feature dimension, whether the arrays are frame-level) from sample files' shapes: the most
-  common last axis. Arrays saved `[dim, frames]` (first axis the same everywhere, last varying) are
-  refused here, before any work, rather than rejected one by one."""
+  common last axis, and whether most have several frames. Arrays saved `[dim, frames]` (first
+  axis the same everywhere, last varying) are refused here, before any work, rather than rejected
+  one by one."""
   if not shapes:
     raise UserError(f"no readable .npy/.npz feature file among the first listed in {where}")
   last = collections.Counter(s[-1] for s in shapes)
@@ -107,8 +108,8 @@ def corpus_dim(shapes: list[tuple[int, ...]], where: str) -> tuple[int, bool]:
       f"the feature files in {where} look transposed: their first axis is always {next(iter(first))}, their "
       "last varies; save each as [frames, dim]"
     )
-  dim = last.most_common(1)[0][0]
-  return dim, any(len(s) == 2 and s[0] > 1 for s in shapes)
+  framed = sum(len(s) == 2 and s[0] > 1 for s in shapes)
+  return last.most_common(1)[0][0], framed > len(shapes) / 2
 
 
 def crop_frames(crop_seconds: float, frame_rate: float) -> int:

@@ -1,0 +1,286 @@
+"""Precomputed audio features: the file checks, `prepare --source features`, the pipeline's frame
+crops, the features tower against NumPy, and configs/features.py training on such a corpus."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, corpus_records, corpus_rejects, fit_one_batch
+from flax import nnx
+from scipy.special import erf, softmax
+
+from mclap import cli
+from mclap.data import features, pipeline, records
+from mclap.errors import ConfigError, UserError
+from mclap.models.feature_tower import FeatureTower
+from mclap.prepare import features_source, writer
+
+DIM = 16
+LABELS = ("piano", "organ", "flute", "drums")
+
+
+def _features_dir(root, count=48, frame_rate=4.0, seed=0):
+  """Feature files `[frames, DIM]` (3 to 12 frames; float64, float32, float16 and .npz) whose frames
+  carry their label's direction plus noise, and a metadata.jsonl naming them with captions."""
+  rng = np.random.default_rng(seed)
+  directions = rng.normal(size=(len(LABELS), DIM)) * 3
+  root.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for i in range(count):
+    label = i % len(LABELS)
+    array = directions[label] + rng.normal(size=(int(rng.integers(3, 13)), DIM))
+    name = f"track{i:03d}" + (".npz" if i % 5 == 0 else ".npy")
+    array = array.astype((np.float64, np.float32, np.float16)[i % 3])
+    np.savez(root / name, features=array) if name.endswith(".npz") else np.save(root / name, array)
+    split = "train" if i < count - 16 else ("validation" if i < count - 8 else "test")
+    rows.append({"path": name, "caption": f"a {LABELS[label]} track", "tags": [LABELS[label]], "split": split})
+  (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (root / features.HEADER_FILE).write_text(json.dumps({"dim": DIM, "frame_rate": frame_rate}))
+  return rows
+
+
+def _prepare(input_dir, output, frame_rate=None, **kwargs):
+  listing, work_fn, info = features_source.list_items(input_dir, seed=0, metadata="", frame_rate=frame_rate)
+  kwargs = {"num_workers": 0, "shard_size": 16, "show_progress": False, **kwargs}
+  return writer.write_corpus(output, listing.splits, work_fn, features=info, source="features", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def features_corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("features")
+  _features_dir(root / "in")
+  _prepare(root / "in", root / "corpus")
+  return root
+
+
+def _config(corpus, pooling="attention"):
+  config = cli.load_config(str(ROOT / "configs/features.py:demo"))
+  config.data.update(dir=str(corpus), crop_seconds=2.0, num_workers=0, eval_batch_size=8)
+  config.data.features.update(dim=DIM, frame_rate=4.0)
+  config.model.audio.update(width=32, pooling=pooling, heads=4, output_dim=32)
+  config.train.batch_size = 8
+  return config
+
+
+def test_read_array_returns_float32_frames_and_names_each_bad_file(tmp_path):
+  good = np.random.default_rng(0).normal(size=(5, DIM))
+  np.save(tmp_path / "frames.npy", good)
+  np.testing.assert_array_equal(features.read_array(tmp_path / "frames.npy", DIM), good.astype(np.float32))
+  np.save(tmp_path / "clip.npy", good[0].astype(np.float16))
+  assert features.read_array(tmp_path / "clip.npy").shape == (1, DIM)
+  np.savez(tmp_path / "named.npz", features=good, other=np.zeros(3))
+  np.testing.assert_array_equal(features.read_array(tmp_path / "named.npz"), good.astype(np.float32))
+  bad = {
+    "int.npy": np.zeros((3, DIM), np.int32),
+    "rank3.npy": np.zeros((2, 3, DIM), np.float32),
+    "empty.npy": np.zeros((0, DIM), np.float32),
+    "nan.npy": np.where(np.eye(3, DIM) > 0, np.nan, 0.0),
+    "dim.npy": np.zeros((3, 8)),
+    "transposed.npy": np.zeros((DIM, 7)),
+    "large.npy": np.full((2, DIM), 1e6),
+  }
+  for name, array in bad.items():
+    np.save(tmp_path / name, array)
+  np.savez(tmp_path / "two.npz", a=good, b=good)
+  (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+  (tmp_path / "notes.txt").write_text("x")
+  expected = {
+    "int.npy": ("not float", "int32"),
+    "rank3.npy": ("wrong rank", "[2, 3, 16]"),
+    "empty.npy": ("empty", "[0, 16]"),
+    "nan.npy": ("non-finite values", "NaN"),
+    "dim.npy": ("wrong dim", "has 8 features per frame, the corpus 16"),
+    "transposed.npy": ("wrong dim", "looks transposed"),
+    "large.npy": ("too large", "1e+06"),
+    "two.npz": ("ambiguous npz", "['a', 'b']: name the features 'features'"),
+    "broken.npy": ("unreadable", "broken.npy"),
+    "notes.txt": ("not a feature file", ".npy or .npz"),
+    "absent.npy": ("missing file", "absent.npy"),
+  }
+  for name, (reason, detail) in expected.items():
+    with pytest.raises(features.FeatureError) as caught:
+      features.read_array(tmp_path / name, DIM)
+    assert caught.value.reason == reason and detail in caught.value.detail, (name, caught.value)
+
+
+def test_corpus_dimension_is_the_common_one_and_transposed_files_are_refused():
+  assert features.corpus_dim([(5, 16), (9, 16), (7, 8), (3, 16)], "d") == (16, True)
+  assert features.corpus_dim([(16,), (16,), (1, 16)], "d") == (16, False)
+  with pytest.raises(UserError, match=r"look transposed: their first axis is always 16, their last varies"):
+    features.corpus_dim([(16, 5), (16, 9), (16, 7)], "d")
+  with pytest.raises(UserError, match="no readable"):
+    features.corpus_dim([], "d")
+
+
+def test_prepare_stores_each_file_transposed_and_rejects_bad_ones_with_reasons(tmp_path):
+  rows = _features_dir(tmp_path / "in", count=24)
+  np.save(tmp_path / "in/nan.npy", np.full((4, DIM), np.nan))
+  np.save(tmp_path / "in/short.npy", np.zeros((4, 8)))
+  extra = [{"path": p, "caption": "bad", "split": "train"} for p in ("nan.npy", "short.npy", "gone.npy")]
+  with open(tmp_path / "in/metadata.jsonl", "a") as f:
+    f.writelines(json.dumps(r) + "\n" for r in extra)
+
+  info = _prepare(tmp_path / "in", tmp_path / "out")
+  assert info["features"] == {"dim": DIM, "frame_rate": 4.0} and "mel" not in info
+  rejects = {"nan.npy": "non-finite values", "short.npy": "wrong dim", "gone.npy": "missing file"}
+  assert corpus_rejects(tmp_path / "out") == rejects
+  stored = {k: v for s in ("train", "validation", "test") for k, v in corpus_records(tmp_path / "out", s).items()}
+  assert sorted(stored) == sorted(row["path"] for row in rows)
+  for row in rows:
+    record = stored[row["path"]]
+    expected = features.read_array(tmp_path / "in" / row["path"]).T.astype(np.float16)
+    np.testing.assert_array_equal(record["features"], expected)
+    assert record["features"].dtype == np.float16 and "mel" not in record
+    assert (record["captions"], record["tags"]) == ([row["caption"]], row["tags"])
+
+  # A re-run after the broken file is fixed redoes only its shard, and the file joins the corpus.
+  np.save(tmp_path / "in/nan.npy", np.ones((4, DIM)))
+  manifests = tmp_path / "out" / ".progress"
+  before = {p.name: p.stat().st_mtime_ns for p in manifests.glob("*.json") if p.name != "settings.json"}
+  _prepare(tmp_path / "in", tmp_path / "out")
+  after = {p.name: p.stat().st_mtime_ns for p in manifests.glob("*.json") if p.name != "settings.json"}
+  assert sorted(n for n in after if after[n] != before[n]) == ["train-00000-of-00001.array_record.json"]
+  assert "nan.npy" in corpus_records(tmp_path / "out", "train")
+  assert corpus_rejects(tmp_path / "out") == {"short.npy": "wrong dim", "gone.npy": "missing file"}
+
+  # The same folder read as clip vectors is another corpus: refused unless overwritten.
+  with pytest.raises(UserError, match="prepared with other settings"):
+    _prepare(tmp_path / "in", tmp_path / "out", frame_rate=2.0)
+
+
+def test_frame_rate_comes_from_the_flag_or_features_json_and_must_fit_the_files(tmp_path):
+  _features_dir(tmp_path, count=8, frame_rate=4.0)
+  assert features_source._frame_rate(tmp_path, None, frame_level=True) == 4.0
+  assert features_source._frame_rate(tmp_path, 75.0, frame_level=True) == 75.0
+  (tmp_path / features.HEADER_FILE).unlink()
+  with pytest.raises(UserError, match="frame-level .* pass --features_frame_rate R"):
+    features_source._frame_rate(tmp_path, None, frame_level=True)
+  with pytest.raises(UserError, match="hold one vector per clip: leave it out"):
+    features_source._frame_rate(tmp_path, 2.0, frame_level=False)
+  assert features_source._frame_rate(tmp_path, None, frame_level=False) == 0.0
+
+  # Clip-level corpus: one frame per record; a file with frames is rejected, not cropped.
+  clips = tmp_path / "clips"
+  clips.mkdir()
+  rows = [{"path": f"c{i}.npy", "caption": f"clip {i}", "split": "train"} for i in range(6)]
+  for i in range(5):
+    np.save(clips / f"c{i}.npy", np.full(DIM, float(i)))
+  np.save(clips / "c5.npy", np.zeros((3, DIM)))
+  (clips / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  info = _prepare(clips, tmp_path / "clip_corpus", allow_rejects=True)
+  assert info["features"] == {"dim": DIM, "frame_rate": 0.0}
+  assert corpus_rejects(tmp_path / "clip_corpus") == {"c5.npy": "has frames"}
+  assert corpus_records(tmp_path / "clip_corpus", "train")["c3.npy"]["features"].shape == (DIM, 1)
+
+
+def test_prepare_command_reads_a_features_folder_and_refuses_mel_options(tmp_path):
+  _features_dir(tmp_path / "in", count=24)
+  command = [sys.executable, "-m", "mclap.data.prepare", "--source", "features", "--num_workers", "0"]
+  command += ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+  assert result.returncode == 0, result.stderr
+  assert records.read_info(tmp_path / "out")["features"] == {"dim": DIM, "frame_rate": 4.0}
+  result = subprocess.run([*command, "--waveform_crop_seconds", "10"], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == (
+    "error: --source=features stores the feature files as they are: --waveform_crop_seconds does not apply"
+  )
+
+
+def test_pipeline_crops_feature_frames_and_pads_short_tracks_with_zeros(features_corpus):
+  config = _config(features_corpus / "corpus")
+  reader, transform = pipeline._reader_and_transform(config, "train", train=True)
+  assert transform.field == "features" and transform.crop_frames == 8 and transform.pad_value == 0.0
+  rng = np.random.default_rng(0)
+  for index in range(len(reader)):
+    record = {**reader[index], "index": index}
+    example = transform(record, rng)
+    stored, crop = record["features"], example["mel"]
+    assert crop.shape == (DIM, 8) and crop.dtype == np.float16
+    frames = stored.shape[1]
+    if frames <= 8:
+      np.testing.assert_array_equal(crop[:, :frames], stored)
+      assert not crop[:, frames:].any() and example["mel_frames"] == frames
+    else:  # A window of the stored frames.
+      assert any(np.array_equal(crop, stored[:, s : s + 8]) for s in range(frames - 7))
+  batch = pipeline.eval_dataset(config, "test")[0]
+  assert batch["mel"].shape == (8, DIM, 8)
+
+
+def test_a_corpus_and_a_config_of_different_inputs_are_refused(features_corpus, tiny_corpus):
+  config = _config(features_corpus / "corpus")
+  config.data.features.dim = 32
+  with pytest.raises(records.CorpusError, match=r"dim: corpus 16, config 32.* --config.data.features.dim=16"):
+    pipeline.train_dataset(config)
+  mel_config = cli.load_config(str(ROOT / "configs/muscall.py:demo"))
+  mel_config.data.dir = str(features_corpus / "corpus")
+  with pytest.raises(records.CorpusError, match=r"holds precomputed features \(dim 16, 4 frames/s\).*configs/features"):
+    pipeline.train_dataset(mel_config)
+  config = _config(tiny_corpus)
+  with pytest.raises(records.CorpusError, match="holds log-mels"):
+    pipeline.train_dataset(config)
+  config = _config(features_corpus / "corpus")
+  config.data.augment.time_masks = 1
+  with pytest.raises(ConfigError, match="a features corpus takes neither"):
+    pipeline.train_dataset(config)
+
+
+def _layer_norm(x, layer):
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-5) * np.asarray(layer.scale[...]) + np.asarray(layer.bias[...])
+
+
+def _linear(x, layer):
+  return x @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
+
+
+def _attention(queries, keys, att, heads):
+  split = lambda y: y.reshape(*y.shape[:2], heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
+  q, k, v = split(_linear(queries, att.q_proj)), split(_linear(keys, att.k_proj)), split(_linear(keys, att.v_proj))
+  out = softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]), axis=-1) @ v
+  return _linear(out.transpose(0, 2, 1, 3).reshape(*queries.shape[:2], -1), att.out_proj)
+
+
+def _reference(tower, x, pooling, heads=4):
+  """The features tower in NumPy: frames mapped to the width, then pooled."""
+  h = x.transpose(0, 2, 1)
+  h = _linear(h, tower.input) if tower.input is not None else h
+  if pooling == "attention":
+    pool = tower.pool
+    tokens = np.concatenate([h.mean(1, keepdims=True), h], 1) + np.asarray(pool.positional_embedding[...])
+    return _attention(tokens[:, :1], tokens, pool.attention, heads)[:, 0]
+  if pooling == "transformer":
+    h = h + np.asarray(tower.positional_embedding[...])
+    for block in tower.blocks:
+      a = _layer_norm(h, block.ln_1)
+      h = h + _attention(a, a, block.attention, heads)
+      m = _linear(_layer_norm(h, block.ln_2), block.mlp_in)
+      h = h + _linear(0.5 * m * (1 + erf(m / np.sqrt(2))), block.mlp_out)
+    h = _layer_norm(h, tower.norm)
+  return h.mean(1)
+
+
+@pytest.mark.parametrize("pooling, width", [("mean", 0), ("mean", 12), ("attention", 12), ("transformer", 12)])
+def test_features_tower_equals_numpy(pooling, width):
+  tower = FeatureTower(
+    dim=DIM, frames=5, width=width, pooling=pooling, layers=2, heads=4, output_dim=6, remat="none",
+    dtype=jnp.float32, rngs=nnx.Rngs(0),
+  )  # fmt: skip
+  x = np.random.default_rng(1).normal(size=(3, DIM, 5)).astype(np.float32)
+  ours = np.asarray(tower(jnp.asarray(x)))
+  assert ours.shape == (3, tower.output_dim) and tower.output_dim == (6 if pooling == "attention" else width or DIM)
+  np.testing.assert_allclose(ours, _reference(tower, x.astype(np.float64), pooling), rtol=2e-5, atol=2e-5)
+  with pytest.raises(ConfigError, match=r"built for features of shape \[16, 5\].* got \[16, 4\]"):
+    tower(jnp.asarray(x[..., :4]))
+
+
+@pytest.mark.parametrize("pooling", ["attention", "transformer"])
+def test_configs_features_trains_on_a_features_corpus(features_corpus, pooling):
+  config = _config(features_corpus / "corpus", pooling)
+  config.optim.lr = 3e-3
+  losses, _, _, _ = fit_one_batch(config, steps=8)
+  assert losses[-1] < 0.5 * losses[0], losses
