@@ -10,7 +10,8 @@ frame rate, which the model must be built for: `--config.data.features.dim=D
 The audio tower (`mclap.models.feature_tower`) maps each frame to `width` and pools the frames of
 a `crop_seconds` crop (`mean`, `attention` pooling, or a small `transformer`); then the usual
 head. Any objective: e.g. `--config.loss.name=siglip --config.loss.bias_init=-10`. Variants as in
-`configs/muscall.py` (`demo`: its small text tower, batch and steps).
+`configs/muscall.py`; `demo` trains on features of the demo corpus from the demo model's frozen
+audio tower (README, "Precomputed features"): 256 per frame, about one a second.
 """
 
 import ml_collections
@@ -20,10 +21,14 @@ from mclap import config_files
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c, _ = config_files.base_config(__file__, arg, ())
+  demo = "demo" in (arg or "").split(",")
   c.data.dir = "data/features"
   del c.data["mel"]  # The corpus holds features, not audio.
   c.data.features = dict(dim=768, frame_rate=75.0)  # Must match the corpus (MERT-95M: 768 features, 75 frames/s).
   c.data.crop_seconds = 10.0  # Frames per crop: crop_seconds x frame_rate (1 for one vector per clip).
+  if demo:  # `mclap.embed --features_out` of the demo model: 16 kHz, hop 512, a frame every 31 mel frames (~1 s).
+    c.data.update(dir="data/features-demo", crop_seconds=5.0)
+    c.data.features = dict(dim=256, frame_rate=16000 / 512 / 31)
   shared = {k: c.model.audio[k] for k in ("freeze", "init_from", "lr_scale", "head")}
   tower = dict(kind="features", width=512, pooling="attention", layers=2, heads=8, output_dim=512)
   c.model.audio = ml_collections.ConfigDict({**tower, **shared})

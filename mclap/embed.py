@@ -6,13 +6,20 @@ turned into a log-mel as `prepare` does and embedded by the bundle's model into 
 while the model embeds; every `--part_size` files are saved as a part, so an interrupted job
 (Ctrl-C, kill) resumes where it stopped when run again, and a re-run after files were added embeds
 only the new ones. Files that cannot be used are listed in E/rejects.jsonl with the reason and
-skipped.
+skipped. A bundle over precomputed features indexes a folder of feature files instead
+(`--features_dir D`: `.npy`/`.npz`, checked as `prepare --source features` checks them).
+
+`--corpus C --features_out F` writes frame-level features instead: the bundle's audio tower (frozen)
+over crops of each record of the prepared corpus C every `--features_hop_seconds`, one `.npy`
+`[frames, dim]` per record, with `metadata.jsonl` (captions, tags, split) and `features.json`
+(dim, frame rate): the input of `prepare --source features --input F`. Resumable as well.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import os
 import pathlib
 import sys
@@ -25,19 +32,18 @@ from absl import flags
 import mclap
 from mclap import cli
 from mclap.data import audio as audio_lib
+from mclap.data import features as features_lib
+from mclap.data import records
 from mclap.errors import UserError
 from mclap.serve import index as index_lib
 
 
-def list_audio(audio_dir: pathlib.Path) -> list[str]:
-  """Audio files under `audio_dir`, relative paths in sorted order."""
+def list_audio(audio_dir: pathlib.Path, suffixes: tuple[str, ...] = audio_lib.AUDIO_SUFFIXES) -> list[str]:
+  """Files with `suffixes` (audio by default) under `audio_dir`, relative paths in sorted order."""
   if not audio_dir.is_dir():
-    raise UserError(f"--audio_dir {audio_dir} is not a folder")
-  return sorted(
-    str(p.relative_to(audio_dir))
-    for p in audio_dir.rglob("*")
-    if p.suffix.lower() in audio_lib.AUDIO_SUFFIXES and p.is_file()
-  )
+    raise UserError(f"{audio_dir} is not a folder")
+  found = (p for p in audio_dir.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+  return sorted(str(p.relative_to(audio_dir)) for p in found)
 
 
 def _decode(
@@ -45,9 +51,11 @@ def _decode(
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
   """(crops to embed, item) or (None, {"reason": ...}) for a file that cannot be used."""
   try:
+    if model.features is not None:
+      return model.feature_crops(path, crops), {}
     wave = model.waveform(path)
     return model.mel_crops(wave, crops, crop), {"seconds": round(len(wave) / model.sample_rate, 3)}
-  except audio_lib.AudioError as e:
+  except (audio_lib.AudioError, features_lib.FeatureError) as e:
     return None, {"reason": str(e)}
   except Exception as e:  # A decoder's own failure on a strange file: report it, keep going.
     return None, {"reason": f"failed: {type(e).__name__}: {e}"}
@@ -80,8 +88,9 @@ def embed_folder(
   show_progress: bool = True,
   model: mclap.serve.inference.Model | None = None,
 ) -> dict[str, Any]:
-  """Embeds the files of `audio_dir` not yet in the index at `output`; returns index.json.
-  `model`: the bundle already loaded (its own batch size and `max_seconds` then apply)."""
+  """Embeds the files of `audio_dir` (audio, or feature files for a features bundle) not yet in
+  the index at `output`; returns index.json. `model`: the bundle already loaded (its own batch
+  size and `max_seconds` then apply)."""
   audio_dir, output = pathlib.Path(audio_dir).absolute(), pathlib.Path(output)
   model = model or mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
   crops = crops or model.config.data.eval_crops
@@ -95,7 +104,7 @@ def embed_folder(
     "audio_dir": str(audio_dir),
     "crops": crops,
     "crop": crop,
-    "mel": model.mel_config,
+    **({"features": model.features} if model.features is not None else {"mel": model.mel_config}),
   }
   output.mkdir(parents=True, exist_ok=True)
   done = {i["path"] for i in index_lib.read_parts(output)[1]}
@@ -110,9 +119,10 @@ def embed_folder(
           "another bundle, folder or crop setting"
         )
   rejected = index_lib.read_rejects(output)
-  files = list_audio(audio_dir)
+  kind = "feature" if model.features is not None else "audio"
+  files = list_audio(audio_dir, features_lib.SUFFIXES if kind == "feature" else audio_lib.AUDIO_SUFFIXES)
   todo = [f for f in files if f not in done and f not in rejected]
-  print(f"{len(files)} audio files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
+  print(f"{len(files)} {kind} files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
   new_rejects, pending, part_embeddings, part_items = 0, [], [], []
 
   def embed_pending():
@@ -163,26 +173,85 @@ def embed_folder(
   return info
 
 
+def write_features(
+  bundle: str | pathlib.Path,
+  corpus: str | pathlib.Path,
+  output: str | pathlib.Path,
+  *,
+  hop_seconds: float = 1.0,
+  batch_size: int = 16,
+  show_progress: bool = True,
+) -> dict[str, Any]:
+  """Writes frame-level features of every record of a prepared corpus (see the module docstring);
+  returns the `features.json` written. Records whose file exists already are skipped."""
+  model = mclap.load(bundle, batch_size=batch_size)
+  output = pathlib.Path(output)
+  info = records.read_info(corpus)
+  if records.input_field(info) != "mel" or info["mel"] != model.mel_config:
+    raise UserError(f"{corpus} was not prepared with the mel settings of {bundle}; prepare it with them (--mel.*)")
+  hop_frames = max(1, int(round(hop_seconds * model.sample_rate / model.mel_config["hop_length"])))
+  frame_rate = model.sample_rate / model.mel_config["hop_length"] / hop_frames
+  output.mkdir(parents=True, exist_ok=True)
+  rows = []
+  splits = list(info["splits"])
+  total = sum(info["splits"][s]["count"] for s in splits)
+  if not total:
+    raise UserError(f"{corpus} holds no records")
+  with tqdm.tqdm(total=total, unit="record", disable=not show_progress, dynamic_ncols=True) as bar:
+    for split in splits:
+      reader = records.CorpusReader(corpus, split)
+      for index in range(len(reader)):
+        record, name = reader[index], f"{split}-{index:06d}.npy"
+        if not (output / name).is_file():  # Written whole (renamed when complete), so a re-run skips it.
+          frames = model.tower_frames(record["mel"].astype(np.float32), hop_frames)
+          with open(output / f"{name}.tmp", "wb") as f:
+            np.save(f, frames.astype(np.float32))
+          os.replace(output / f"{name}.tmp", output / name)
+        rows.append({"path": name, "id": record["id"], "caption": record["captions"], "tags": record["tags"]})
+        rows[-1]["split"] = split
+        bar.update()
+  dim = int(np.load(output / rows[0]["path"], mmap_mode="r").shape[1])
+  header = {"dim": dim, "frame_rate": frame_rate, "bundle": str(pathlib.Path(bundle).absolute())}
+  records.write_text_atomic(output / "metadata.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+  records.write_json_atomic(output / features_lib.HEADER_FILE, header)
+  print(f"features of {len(rows)} records of {corpus} in {output}: dim {header['dim']}, {frame_rate:g} frames/s")
+  return header
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
+  if f.features_out:
+    if not f.corpus or f.audio_dir or f.features_dir:
+      raise UserError("--features_out writes features of a prepared corpus: give --corpus C (and no --*_dir)")
+    write_features(f.bundle, f.corpus, f.features_out, hop_seconds=f.features_hop_seconds, batch_size=f.batch_size)
+    return
+  if bool(f.audio_dir) == bool(f.features_dir) or not f.output:
+    raise UserError("give --audio_dir (or --features_dir for a bundle over precomputed features) and --output")
+  model = mclap.load(f.bundle, batch_size=f.batch_size, max_seconds=f.max_seconds)
+  if (model.features is not None) != bool(f.features_dir):
+    wanted = "--features_dir (it embeds precomputed features)" if model.features is not None else "--audio_dir"
+    raise UserError(f"{f.bundle} takes {wanted}")
   embed_folder(
     f.bundle,
-    f.audio_dir,
+    f.audio_dir or f.features_dir,
     f.output,
-    batch_size=f.batch_size,
     num_workers=f.num_workers,
     part_size=f.part_size,
     crops=f.crops,
     crop=f.crop,
-    max_seconds=f.max_seconds,
+    model=model,
   )
 
 
 if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
   flags.DEFINE_string("bundle", None, "Inference bundle (python -m mclap.export).", required=True)
-  flags.DEFINE_string("audio_dir", None, "Folder of audio files (searched recursively).", required=True)
-  flags.DEFINE_string("output", None, "Index directory to write or extend.", required=True)
+  flags.DEFINE_string("audio_dir", None, "Folder of audio files (searched recursively).")
+  flags.DEFINE_string("features_dir", None, "Folder of feature files (.npy/.npz), for a bundle over features.")
+  flags.DEFINE_string("output", None, "Index directory to write or extend.")
+  flags.DEFINE_string("corpus", None, "With --features_out: the prepared corpus whose records to take features of.")
+  flags.DEFINE_string("features_out", None, "Write the bundle's frame-level audio features of --corpus here.")
+  flags.DEFINE_float("features_hop_seconds", 1.0, "With --features_out: seconds between frames (crop starts).")
   flags.DEFINE_integer("batch_size", 16, "Clips per model call.")
   flags.DEFINE_integer("num_workers", None, "Decoding threads (default: all cores).")
   flags.DEFINE_integer("part_size", 256, "Files per saved part (the unit of resumption).")

@@ -17,6 +17,7 @@ import ml_collections
 from absl import flags
 
 from mclap import cli, evaluation, parallel
+from mclap.data import records
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
 from mclap.models import DualEncoder, ModelSpec, weights
@@ -24,8 +25,8 @@ from mclap.models import spec as spec_lib
 from mclap.models.embedder import Embedder
 from mclap.serve import bundle as bundle_lib
 
-# What a bundle fixes about the data its model reads.
-_BUNDLE_DATA = ("mel", "crop_seconds", "max_tokens", "tokenizer_dir")
+# What a bundle fixes about the data its model reads (and its input: mel or features).
+_BUNDLE_DATA = ("crop_seconds", "max_tokens", "tokenizer_dir")
 
 
 def _check_fits(spec: ModelSpec, config: ml_collections.ConfigDict, source: str) -> None:
@@ -51,11 +52,15 @@ def _towers(spec: ModelSpec) -> str:
 
 
 def with_bundle_data(config: ml_collections.ConfigDict, bundle: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """`config` reading its corpora as the bundle's model does (mel, crop length, tokens)."""
+  """`config` reading its corpora as the bundle's model does (mel or features, crop length, tokens)."""
   meta = bundle_lib.read_meta(bundle)
   config = ml_collections.ConfigDict(config.to_dict())
-  for key in _BUNDLE_DATA:
+  field = records.input_field(meta["config"].data)
+  for key in (*_BUNDLE_DATA, field):
     config.data[key] = meta["config"].data[key]
+  for other in set(records.INPUT_FIELDS) - {field}:
+    if other in config.data:
+      del config.data[other]
   config.data.crop = meta["config"].data.get("crop", "mel")
   config.data.pad = meta["config"].data.get("pad", "zeros")
   return config

@@ -61,10 +61,15 @@ def _open(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_array(path: str | os.PathLike, dim: int | None = None) -> np.ndarray:
-  """A feature file's array as float32 `[frames, dim]` (`[dim]` becomes one frame), checked: a
-  float array of rank 1 or 2, with frames, finite, within float16's range (the corpus stores
-  float16), and of `dim` features when given. Raises `FeatureError` saying which check failed."""
-  array = _open(path)
+  """A feature file's array, checked by `check_array`."""
+  return check_array(_open(path), str(path), dim)
+
+
+def check_array(array: np.ndarray, path: str, dim: int | None = None) -> np.ndarray:
+  """Features as float32 `[frames, dim]` (`[dim]` becomes one frame), checked: a float array of
+  rank 1 or 2, with frames, finite, within float16's range (the corpus stores float16), and of
+  `dim` features when given. Raises `FeatureError` naming `path` and the check that failed."""
+  array = np.asarray(array)
   if not np.issubdtype(array.dtype, np.floating):
     raise FeatureError("not float", f"{path} holds {array.dtype} values; features are float arrays")
   if array.ndim not in (1, 2):

@@ -79,14 +79,16 @@ class Embedder:
     order = np.argsort(joined["index"], kind="stable")
     return {k: v[order] for k, v in joined.items()}
 
-  def mels(self, state, clips: Sequence[np.ndarray]) -> np.ndarray:
+  def mels(self, state, clips: Sequence[np.ndarray], space: str = "joint") -> np.ndarray:
     """Embeddings `[len(clips), dim]` of clips given as crops `[crops, n_mels, frames]` each (all
-    with the same number of crops); `[0, joint dim]` for none."""
+    with the same number of crops): L2-normalised in the joint space, the audio tower's features
+    (the mean over crops) in the pre-joint space; `[0, joint dim]` for none."""
+    key = SPACES[space][0]
     out = []
     for start in range(0, len(clips), self.batch_size):
       chunk = list(clips[start : start + self.batch_size])
       batch = np.stack(chunk + [chunk[0]] * (self.batch_size - len(chunk)))
-      out.append(np.asarray(self._audio(state, batch)["audio"])[: len(chunk)])
+      out.append(np.asarray(self._audio(state, batch)[key])[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.dim(state)), np.float32)
 
   def texts(

@@ -4,7 +4,8 @@ A bundle is a directory:
 
 ```
 B/bundle.json   format, version, mclap version, where the weights came from, dtype, the model spec
-                that rebuilds the model, and the data settings it reads (mel, crop, token length)
+                that rebuilds the model, and the data settings it reads (mel or features, crop,
+                token length)
 B/variables/    Orbax checkpoint of the model's variables (parameters, batch statistics, constants)
 B/tokenizer/    tokenizer files (and a BERT tower's config.json), no weights
 ```
@@ -31,6 +32,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import mclap
+from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
@@ -48,13 +50,16 @@ class BundleError(UserError):
 
 
 def inference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The data settings of a training config that inference reads: mel, crop, token length and
-  tokenizer."""
+  """The data settings of a training config that inference reads: mel (or the precomputed
+  features a features tower reads), crop, token length and tokenizer."""
   c = ml_collections.ConfigDict()
   c.data = {k: config.data[k] for k in ("crop_seconds", "eval_crops", "max_tokens", "tokenizer_dir")}
   c.data.crop = config.data.get("crop", "mel")  # Where inference crops: see `inference.Model.mel_crops`.
   c.data.pad = config.data.get("pad", "zeros")  # How it pads waveforms shorter than a crop (the same).
-  c.data.mel = mel_lib.complete(config.data.mel.to_dict())
+  if "features" in config.data:
+    c.data.features = features_lib.check_config(config.data.features)
+  else:
+    c.data.mel = mel_lib.complete(config.data.mel.to_dict())
   return c
 
 
@@ -176,7 +181,8 @@ def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
       f"{VERSION}: upgrade mclap"
     )
   config = ml_collections.ConfigDict(meta["config"])
-  config.data.mel = mel_lib.complete(config.data.mel.to_dict())
+  if "mel" in config.data:
+    config.data.mel = mel_lib.complete(config.data.mel.to_dict())
   config.data.tokenizer_dir = str(directory.absolute() / config.data.tokenizer_dir)
   if "spec" in meta:
     meta["spec"] = ModelSpec.from_dict(meta["spec"], where=str(path))
