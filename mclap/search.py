@@ -1,7 +1,8 @@
 """Search an index: `python -m mclap.search --index E "calm piano with strings" [--top_k 10]`.
 
 Ranks the files of an index (`python -m mclap.embed`) by cosine similarity to each text query,
-or with `--like FILE` to a piece of audio (the file itself is left out of its own results).
+or with `--like FILE` to a piece of audio, or a feature file for an index of features (the file
+itself is left out of its own results).
 The bundle is the one the index was built with, unless `--bundle` names a copy of it.
 """
 
@@ -39,7 +40,8 @@ def search(
     results += _ranked(index, queries, model.embed_text(queries), top_k)
   for path in like:
     own = index.rows_of_file(path)
-    query = model.embed_audio([path], index.info["crops"])
+    embed = model.embed_features if model.features is not None else model.embed_audio
+    query = embed([path], index.info["crops"])
     results += _ranked(index, [f"like {path}"], query, top_k, own)
   return results
 

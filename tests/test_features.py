@@ -9,15 +9,21 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, corpus_records, corpus_rejects, fit_one_batch
+from conftest import ROOT, USES_TRAINED_DEMO, corpus_records, corpus_rejects, fit_one_batch
 from flax import nnx
 from scipy.special import erf, softmax
 
-from mclap import cli
+import mclap
+from mclap import cli, embed, export, parallel, search
 from mclap.data import features, pipeline, records
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
+from mclap.models import build_model, spec_from_config, weights
+from mclap.models.embedder import Embedder
 from mclap.models.feature_tower import FeatureTower
 from mclap.prepare import features_source, writer
+from mclap.serve import bundle
+from mclap.serve import index as index_lib
 
 DIM = 16
 LABELS = ("piano", "organ", "flute", "drums")
@@ -284,3 +290,74 @@ def test_configs_features_trains_on_a_features_corpus(features_corpus, pooling):
   config.optim.lr = 3e-3
   losses, _, _, _ = fit_one_batch(config, steps=8)
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _features_bundle(corpus, output):
+  """A bundle of a randomly initialised configs/features.py model (serving needs no training)."""
+  config = _config(corpus)
+  spec = spec_from_config(config)
+  variables = bundle.variables_of(build_model(spec, nnx.Rngs(0)))
+  tokenizer = tokenizer_lib.default_tokenizer_dir()
+  return bundle.write(output, config, spec, variables, source={"random_init": True}, tokenizer_dir=tokenizer)
+
+
+def test_a_features_bundle_embeds_files_as_evaluation_embeds_their_records(features_corpus, tmp_path):
+  config = _config(features_corpus / "corpus")
+  model = mclap.load(_features_bundle(features_corpus / "corpus", tmp_path / "bundle"), batch_size=4)
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  embedder, state = Embedder.for_model(bundle.read(tmp_path / "bundle")[1], mesh, 8)
+  evaluated = embedder.dataset(state, pipeline.eval_dataset(config, "test"))
+  reader = records.CorpusReader(config.data.dir, "test")
+  ids = [reader[i]["id"] for i in range(len(reader))]
+  files = [features_corpus / "in" / i for i in ids]
+  np.testing.assert_allclose(model.embed_features(files), evaluated["audio"], atol=1e-6)
+  arrays = [features.read_array(f) for f in files]
+  np.testing.assert_allclose(model.embed_features(arrays), evaluated["audio"], atol=1e-6)
+  with pytest.raises(UserError, match="embeds precomputed features, not audio: use embed_features"):
+    model.embed_audio([files[0]])
+  np.save(tmp_path / "nan.npy", np.full((3, DIM), np.nan))
+  embeddings, skipped = model.embed_features([tmp_path / "nan.npy", files[0]], errors="skip")
+  assert skipped == {0: f"non-finite values: {tmp_path / 'nan.npy'} holds NaN or infinite values"}
+  np.testing.assert_allclose(embeddings, evaluated["audio"][:1], atol=1e-6)
+
+  # An index of the feature folder: every file embedded as above, the bad one rejected.
+  (features_corpus / "in" / "zz_nan.npy").write_bytes((tmp_path / "nan.npy").read_bytes())
+  try:
+    info = embed.embed_folder(tmp_path / "bundle", features_corpus / "in", tmp_path / "index", model=model)
+  finally:
+    (features_corpus / "in" / "zz_nan.npy").unlink()
+  assert info["count"] == 48 and info["features"] == {"dim": DIM, "frame_rate": 4.0}
+  assert json.loads((tmp_path / "index/rejects.jsonl").read_text())["path"] == "zz_nan.npy"
+  index = index_lib.Index(tmp_path / "index")
+  rows = [next(iter(index.rows_of_file(f))) for f in files]
+  np.testing.assert_allclose(index.embeddings[rows], evaluated["audio"], atol=1e-6)
+  found = search.search(index, [], like=[str(files[0])], model=model, top_k=3)[0]["results"]
+  assert files[0].name not in [hit["path"] for hit in found] and len(found) == 3
+
+
+@USES_TRAINED_DEMO
+def test_frame_features_of_a_frozen_tower_make_a_features_corpus(trained_demo, tiny_corpus, tmp_path):
+  _, workdir = trained_demo
+  export.export(workdir, tmp_path / "bundle")
+  header = embed.write_features(tmp_path / "bundle", tiny_corpus, tmp_path / "f", hop_seconds=0.5, show_progress=False)
+  assert header["frame_rate"] == 16000 / 512 / 16 and header["dim"] == 256
+  model, _, _, _ = weights.read_model(workdir)
+  record = records.CorpusReader(tiny_corpus, "train")[0]
+  frames = np.load(tmp_path / "f/train-000000.npy")
+  crop = 63  # 2 s crops of the tiny config, windows every 16 mel frames.
+  starts = range(0, record["mel"].shape[1] - crop + 1, 16)
+  windows = np.stack([record["mel"][:, s : s + crop] for s in starts]).astype(np.float32)
+  np.testing.assert_allclose(frames, np.asarray(model.audio_features(jnp.asarray(windows))), rtol=1e-4, atol=1e-4)
+
+  written = {p: p.stat().st_mtime_ns for p in (tmp_path / "f").glob("*.npy")}
+  embed.write_features(tmp_path / "bundle", tiny_corpus, tmp_path / "f", hop_seconds=0.5, show_progress=False)
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "f").glob("*.npy")} == written  # A re-run skips them.
+
+  listing, work_fn, info = features_source.list_items(tmp_path / "f", seed=0, metadata="", frame_rate=None)
+  writer.write_corpus(tmp_path / "c", listing.splits, work_fn, features=info, source="features", num_workers=0)
+  assert info == {"dim": 256, "frame_rate": header["frame_rate"]}
+  stored = corpus_records(tmp_path / "c", "train")["train-000000.npy"]
+  np.testing.assert_array_equal(stored["features"], frames.T.astype(np.float16))
+  assert (stored["captions"], stored["tags"]) == (record["captions"], record["tags"])
+  sizes = {s: v["count"] for s, v in records.read_info(tmp_path / "c")["splits"].items()}
+  assert sizes == {s: v["count"] for s, v in records.read_info(tiny_corpus)["splits"].items()}
