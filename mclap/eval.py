@@ -33,10 +33,10 @@ def _check_fits(spec: ModelSpec, config: ml_collections.ConfigDict, source: str)
   """The config's crops and tokens must be those the model was built for."""
   rows, frames = spec_lib.input_shape(config)
   if (rows, frames) != (spec.n_mels, spec.crop_frames):
-    what = "features" if "features" in config.data else "mel"
+    what, unit = ("features", "features") if "features" in config.data else ("mel", "mels")
     raise ConfigError(
-      f"{source} takes crops of [{spec.n_mels}, {spec.crop_frames}] (rows, frames), the config gives [{rows}, "
-      f"{frames}]; set config.data.{what} and config.data.crop_seconds to those it was trained with"
+      f"{source} takes {spec.n_mels}-{unit.rstrip('s')} crops of {spec.crop_frames} frames, the config gives {rows} "
+      f"{unit}, {frames} frames; set config.data.{what} and config.data.crop_seconds to those it was trained with"
     )
   tokens = tokenizer_lib.for_config(config)
   if tokens.vocab_size != spec.text["vocab_size"] or config.data.max_tokens > spec.max_tokens:

@@ -19,6 +19,7 @@ from mclap.data import features, pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
 from mclap.models import build_model, spec_from_config, weights
+from mclap.models import spec as spec_lib
 from mclap.models.embedder import Embedder
 from mclap.models.feature_tower import FeatureTower
 from mclap.prepare import features_source, writer
@@ -361,3 +362,15 @@ def test_frame_features_of_a_frozen_tower_make_a_features_corpus(trained_demo, t
   assert (stored["captions"], stored["tags"]) == (record["captions"], record["tags"])
   sizes = {s: v["count"] for s, v in records.read_info(tmp_path / "c")["splits"].items()}
   assert sizes == {s: v["count"] for s, v in records.read_info(tiny_corpus)["splits"].items()}
+
+
+def test_a_features_tower_and_a_features_corpus_go_together(features_corpus):
+  config = _config(features_corpus / "corpus")
+  assert spec_lib.input_shape(config) == (DIM, 8)
+  config.model.audio.kind = "modified_resnet"
+  with pytest.raises(ConfigError, match="kind='modified_resnet' with config.data.features: a features tower reads"):
+    spec_lib.input_shape(config)
+  mel_config = cli.load_config(str(ROOT / "configs/muscall.py:demo"))
+  mel_config.model.audio.kind = "features"
+  with pytest.raises(ConfigError, match="kind='features' without config.data.features"):
+    spec_lib.input_shape(mel_config)
