@@ -63,9 +63,10 @@ from flax import nnx  # noqa: E402
 import mclap  # noqa: E402
 from mclap import cli, embed, parallel, search  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
-from mclap.data import pipeline  # noqa: E402
+from mclap.data import pipeline, records  # noqa: E402
 from mclap.data import tokenizer as tokenizer_lib  # noqa: E402
 from mclap.models import build_model, spec_from_config  # noqa: E402
+from mclap.models import spec as spec_lib  # noqa: E402
 from mclap.models.audio import ModifiedResNet  # noqa: E402
 from mclap.models.embedder import Embedder  # noqa: E402
 from mclap.models.htsat import HTSAT  # noqa: E402
@@ -118,7 +119,10 @@ def machine() -> dict:
 
 
 def bench_corpus(config) -> pathlib.Path:
-  """A synthetic corpus with the config's mel settings and clips 1.5x the crop length."""
+  """A synthetic corpus with the config's mel settings and clips 1.5x the crop length (for a
+  features config, `features_corpus`)."""
+  if "features" in config.data:
+    return features_corpus(config)
   mel = config.data.mel.to_dict()
   seconds = 1.5 * config.data.crop_seconds
   clips = max(2 * config.train.batch_size, 128)
@@ -131,6 +135,31 @@ def bench_corpus(config) -> pathlib.Path:
     source="synthetic",
     show_progress=False,
   )
+  return out
+
+
+def features_record(item: tuple[str, int], corpus: str, dim: int, frames: int) -> dict:
+  """Record `item` (split, index) of a synthetic mel corpus with random features in place of its
+  mel: a features corpus with the synthetic captions."""
+  split, index = item
+  record = records.CorpusReader(corpus, split)[index]
+  rng = np.random.default_rng(index)
+  return {**{k: v for k, v in record.items() if k != "mel"}, "features": rng.normal(size=(dim, frames))}
+
+
+def features_corpus(config) -> pathlib.Path:
+  """A corpus of random features of the config's dimension, tracks 1.5x the crop length, with the
+  captions of the synthetic corpus."""
+  features = dict(config.data.features)
+  frames = int(1.5 * spec_lib.input_shape(config)[1]) + 1
+  mel_config = load_config("configs/muscall.py:demo")
+  mel_config.data.crop_seconds = 1.0
+  mel_config.train.batch_size = config.train.batch_size
+  mels = bench_corpus(mel_config)
+  splits = {s: [(s, i) for i in range(v["count"])] for s, v in records.read_info(mels)["splits"].items()}
+  out = pathlib.Path(_CACHE.value) / f"features{features['dim']}-{frames}frames-{len(splits['train'])}"
+  work = functools.partial(features_record, corpus=str(mels), dim=features["dim"], frames=frames)
+  writer.write_corpus(out, splits, work, features=features, source="bench", num_workers=0, show_progress=False)
   return out
 
 
@@ -271,8 +300,8 @@ def _train_step(spec: str, sub_batches: int = 1):
   """The config of `spec` at `--model_batch` and `--dtype` on the benchmark corpus, on all local
   devices: (config, mesh, model_def, state, jitted train step)."""
   config = load_config(spec)
+  config.train.batch_size = _MODEL_BATCH.value  # Before the corpus, which holds two batches.
   config.data.dir = str(bench_corpus(config))
-  config.train.batch_size = _MODEL_BATCH.value
   config.train.dtype = _DTYPE.value
   config.train.sub_batches = sub_batches
   mesh = parallel.make_mesh({"data": -1, "model": 1})
@@ -294,7 +323,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
       "batch_size": config.train.batch_size,
       "dtype": config.train.dtype,
       "crop_seconds": config.data.crop_seconds,
-      "n_mels": config.data.mel.n_mels,
+      "input_rows": spec_lib.input_shape(config)[0],
       "token_bucket": bucket,
       "sub_batches": config.train.sub_batches,
       "tokens": int(batch["tokens"].shape[-1]),
@@ -437,8 +466,8 @@ def bench_towers(spec: str) -> list[dict]:
   model_def, state = trainer.init_state(config, mesh, trainer.make_optimizer(config, 1000))
   graphdef, params = nnx.split(model_def.merge(state).model)
   batch, rng = _MODEL_BATCH.value, np.random.default_rng(0)
-  frames = mel_lib.num_frames(config.data.crop_seconds, config.data.mel)
-  mel = jnp.asarray(rng.normal(size=(batch, config.data.mel.n_mels, frames)), jnp.float32)
+  rows, frames = spec_lib.input_shape(config)  # Mel bands, or feature dimensions (a features tower).
+  mel = jnp.asarray(rng.normal(size=(batch, rows, frames)), jnp.float32)
   audio = lambda p, mel: nnx.merge(graphdef, p).audio_features(mel, False).sum()  # noqa: E731
   text = lambda p, tokens, mask: nnx.merge(graphdef, p).text_features(tokens, mask).sum()  # noqa: E731
   parts = [("audio", audio, (mel,), None)]
