@@ -118,7 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, model=1, fsdp=False)
   c.evals = ml_collections.ConfigDict()
   # Every evaluator runs in `python -m mclap.eval`; with every=N > 0 also during training, every N
-  # steps and at the end (its numbers in metrics.jsonl as eval/<name>/...).
+  # steps and at the end (its numbers in metrics.jsonl as eval/<name>/...); with every=-1 at each
+  # validation, on the validation split.
   c.evals.retrieval = dict(split="test", subset_size=1000, subset_seed=0, every=0)
   # Zero-shot on the training corpus's labels and tags; add entries with `kind` and `dir` for other
   # corpora, e.g. c.evals.gtzan = dict(kind="zero_shot", dir="data/gtzan", label_texts="gtzan", ...).
@@ -135,8 +136,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   label_prompt = dict(split="test", dir="", prompt="muscall", label_texts="", every=0)
   c.evals.analysis = dict(label_prompt, ontology="configs/ontologies/synthetic_instruments.json", bins=40)
   c.evals.tsne = dict(label_prompt, max_points=2000, perplexity=30.0, seed=0)
-  # Modality gap, alignment, uniformity, effective ranks (`every=N` tracks them during training).
-  c.evals.geometry = dict(split="test", max_points=2000, seed=0, every=0)
+  # Modality gap, alignment, uniformity, effective ranks; during training with each validation, on
+  # the validation split (`every=-1`; any evaluator takes it).
+  c.evals.geometry = dict(split="test", max_points=2000, seed=0, every=-1)
 
   if "demo" in variants:
     c.data.dir = "data/synthetic-demo"

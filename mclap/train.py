@@ -16,11 +16,13 @@ import pathlib
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import flags
 
 from mclap import cli, evaluation, parallel
 from mclap.data import pipeline, records
+from mclap.errors import ConfigError
 from mclap.evaluation import metrics
 from mclap.models.embedder import Embedder
 from mclap.training import checkpoints, guards, tensorboard, trainer
@@ -102,6 +104,25 @@ def validate(config, embedder: Embedder, loss_fn, state, mesh) -> dict[str, floa
   }
 
 
+def periodic_evals(config) -> tuple[ml_collections.ConfigDict, dict[str, int]]:
+  """The config the evaluators run during training read, and the period of each that runs: `every`
+  N > 0 steps, or -1: with each validation (`train.eval_every`) and on the validation split, as
+  the test split is no business of training."""
+  eval_config = ml_collections.ConfigDict(config.to_dict())
+  every = {}
+  for name, settings in eval_config.evals.items():
+    period = int(settings.get("every", 0))
+    if period < -1:
+      raise ConfigError(f"config.evals.{name}.every={period}; use N > 0 steps, -1 (with validation) or 0 (off)")
+    if period == -1:
+      settings.every = config.train.eval_every
+      if "split" in settings:
+        settings.split = config.data.val_split
+    if period:
+      every[name] = settings.every
+  return eval_config, every
+
+
 def train(config, workdir: str | pathlib.Path) -> dict:
   """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set)."""
   started = time.perf_counter()
@@ -115,8 +136,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   )
 
   # Evaluators that run during training: their settings are checked before anything slow.
-  every = {name: int(settings.get("every", 0)) for name, settings in config.evals.items()}
-  periodic = evaluation.select(config, [name for name, n in every.items() if n > 0])
+  eval_config, every = periodic_evals(config)
+  periodic = evaluation.select(eval_config, list(every))
 
   # ---------------------------------------------------------------- Input.
   train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
@@ -204,7 +225,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           window_start += time.perf_counter() - began  # Reported as val/seconds, not in the step rates.
         if due := {n: m for n, m in periodic.items() if step % every[n] == 0 or step == steps}:
           began = time.perf_counter()
-          results = evaluation.run(evaluation.EvalContext(config, embedder, trainer.evaluated_state(state)), due)
+          context = evaluation.EvalContext(eval_config, embedder, trainer.evaluated_state(state))
+          results = evaluation.run(context, due)
           log.write(step, {**evaluation.scalars(results), "seconds": time.perf_counter() - began}, prefix="eval")
           window_start += time.perf_counter() - began
         stop_requested = stop_signals.requested()

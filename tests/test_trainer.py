@@ -179,6 +179,8 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
   evaluated = [r for r in rows if "eval/retrieval/text_to_audio/R@10" in r]
   assert [r["step"] for r in evaluated] == [2, 4] and evaluated[0]["eval/retrieval/num_items"] == 8
   assert evaluated[0]["eval/retrieval/text_to_audio/R@10"] == 100.0 and evaluated[0]["eval/seconds"] > 0
+  geometry = [r for r in rows if "eval/geometry/modality_gap" in r]  # By default at each validation.
+  assert [r["step"] for r in geometry] == [4] and geometry[0]["eval/geometry/num_items"] == 8
   assert [r["val/seconds"] > 0 for r in rows if "val/t2a_R@10" in r] == [True]  # Time taken from the steps.
   assert json.loads((whole / "best.json").read_text())["step"] == 4
 
@@ -239,3 +241,15 @@ def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_pa
     weights.load_tower(tower(5, 0), tmp_path, "audio")
   with pytest.raises(UserError, match=r"\(text tower\): \d+ expected arrays are missing"):
     weights.load_tower(tower(4, 0), tmp_path, "text")
+
+
+def test_evaluators_with_every_minus_one_run_at_each_validation_on_the_validation_split(tiny_config):
+  tiny_config.train.eval_every = 300
+  tiny_config.evals.tsne.every = 50
+  eval_config, every = train.periodic_evals(tiny_config)
+  assert every == {"tsne": 50, "geometry": 300}
+  assert eval_config.evals.geometry.split == "validation" and eval_config.evals.tsne.split == "test"
+  assert tiny_config.evals.geometry.every == -1 and tiny_config.evals.geometry.split == "test"  # Left as it was.
+  tiny_config.evals.geometry.every = -2
+  with pytest.raises(ConfigError, match=r"config.evals.geometry.every=-2; use N > 0 steps, -1 \(with validation\)"):
+    train.periodic_evals(tiny_config)

@@ -2,7 +2,8 @@
 `settings.kind` (default: the name itself) as `run(context, settings) -> dict`, and its
 `table(results) -> str` prints it. Plots go to `context.out_dir`, named in the results' `plots`.
 `mclap.eval` runs them on a workdir's checkpoint or a bundle; training runs those with
-`settings.every > 0` every that many steps."""
+`settings.every > 0` every that many steps, and those with -1 at each validation
+(`mclap.train.periodic_evals`)."""
 
 from __future__ import annotations
 
