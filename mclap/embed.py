@@ -192,24 +192,32 @@ def write_features(
   hop_frames = max(1, int(round(hop_seconds * model.sample_rate / model.mel_config["hop_length"])))
   frame_rate = model.sample_rate / model.mel_config["hop_length"] / hop_frames
   output.mkdir(parents=True, exist_ok=True)
-  rows = []
   splits = list(info["splits"])
   total = sum(info["splits"][s]["count"] for s in splits)
   if not total:
     raise UserError(f"{corpus} holds no records")
-  with tqdm.tqdm(total=total, unit="record", disable=not show_progress, dynamic_ncols=True) as bar:
+  rows, pending = [], []
+
+  def flush():  # Each file is written whole (renamed when complete), so a re-run skips it.
+    for (name, _), frames in zip(pending, model.tower_frames([mel for _, mel in pending], hop_frames)):
+      with open(output / f"{name}.tmp", "wb") as f:
+        np.save(f, frames.astype(np.float32))
+      os.replace(output / f"{name}.tmp", output / name)
+    pending.clear()
+
+  interval = 0.5 if sys.stderr.isatty() else 30.0  # Keep logs of batch jobs short.
+  with tqdm.tqdm(total=total, unit="record", disable=not show_progress, mininterval=interval) as bar:
     for split in splits:
       reader = records.CorpusReader(corpus, split)
       for index in range(len(reader)):
         record, name = reader[index], f"{split}-{index:06d}.npy"
-        if not (output / name).is_file():  # Written whole (renamed when complete), so a re-run skips it.
-          frames = model.tower_frames(record["mel"].astype(np.float32), hop_frames)
-          with open(output / f"{name}.tmp", "wb") as f:
-            np.save(f, frames.astype(np.float32))
-          os.replace(output / f"{name}.tmp", output / name)
-        rows.append({"path": name, "id": record["id"], "caption": record["captions"], "tags": record["tags"]})
-        rows[-1]["split"] = split
+        if not (output / name).is_file():
+          pending.append((name, record["mel"].astype(np.float32)))
+          if len(pending) == model.batch_size:
+            flush()
+        rows.append(dict(path=name, id=record["id"], caption=record["captions"], tags=record["tags"], split=split))
         bar.update()
+    flush()
   dim = int(np.load(output / rows[0]["path"], mmap_mode="r").shape[1])
   header = {"dim": dim, "frame_rate": frame_rate, "bundle": str(pathlib.Path(bundle).absolute())}
   records.write_text_atomic(output / "metadata.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -112,17 +112,21 @@ class Model:
     waves = pipeline.waveform_crops(wave, self.crop_samples, count, self.pad)
     return np.stack([mel_lib.log_mel(w, self.mel_config) for w in waves])
 
-  def tower_frames(self, mel: np.ndarray, hop_frames: int) -> np.ndarray:
-    """The audio tower's features `[windows, tower dim]` of crops of a log-mel `[n_mels, frames]`
-    starting every `hop_frames` frames (one padded crop for a clip no longer than a crop): frame-
-    level features of this frozen tower, `sample_rate / hop_length / hop_frames` per second, for
-    a corpus of precomputed features (`mclap.embed --features_out`)."""
+  def tower_frames(self, mels: Sequence[np.ndarray], hop_frames: int) -> list[np.ndarray]:
+    """Per log-mel `[n_mels, frames]`, the audio tower's features `[windows, tower dim]` of its
+    crops starting every `hop_frames` frames (one padded crop for a clip no longer than a crop):
+    frame-level features of this frozen tower, `sample_rate / hop_length / hop_frames` per second,
+    for a corpus of precomputed features (`mclap.embed --features_out`). The windows of all the
+    clips go through the tower together, in full batches."""
     if self.features is not None or self.spec.audio.get("fusion"):
       raise UserError(f"{self.directory}: frame features come from towers over single log-mel crops, not this one")
-    starts = range(0, max(mel.shape[1] - self.crop_frames, 0) + 1, hop_frames)
-    floor = mel_lib.floor_db(self.mel_config)
-    windows = [pipeline.crop_or_pad(mel, self.crop_frames, s, floor)[0][None] for s in starts]
-    return self._embedder.mels(self._state, windows, space="pre_joint")
+    floor, windows, counts = mel_lib.floor_db(self.mel_config), [], []
+    for mel in mels:
+      starts = range(0, max(mel.shape[1] - self.crop_frames, 0) + 1, hop_frames)
+      windows += [pipeline.crop_or_pad(mel, self.crop_frames, s, floor)[0][None] for s in starts]
+      counts.append(len(starts))
+    features = self._embedder.mels(self._state, windows, space="pre_joint")
+    return np.split(features, np.cumsum(counts)[:-1])
 
   def feature_crops(self, features: FeatureInput, crops: int | None = None) -> np.ndarray:
     """The crops `[crops, dim, frames]` of one track's features that the model embeds: its central
