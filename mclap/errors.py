@@ -1,6 +1,8 @@
 """Errors caused by the user's input or settings. Jobs print them as one line and exit non-zero;
 anything else is a bug and keeps its traceback."""
 
+import dataclasses
+
 
 class UserError(ValueError):
   """Base of the errors whose message says what was wrong and what to do."""
@@ -8,3 +10,15 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """A config file, key or value is wrong, or does not fit the data or the devices."""
+
+
+@dataclasses.dataclass
+class ItemError(Exception):
+  """Why one input (a file, a waveform, an array) cannot be used: a short `reason`, which batch
+  jobs group their rejects by, and `detail`. Batch jobs skip such an item and go on."""
+
+  reason: str
+  detail: str = ""
+
+  def __str__(self) -> str:
+    return f"{self.reason}: {self.detail}" if self.detail else self.reason

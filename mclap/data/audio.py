@@ -8,7 +8,6 @@ with one of the reasons that `rejects.jsonl` reports.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import pathlib
 import stat
@@ -21,20 +20,17 @@ import numpy as np
 import soundfile
 import soxr
 
+from mclap.errors import ItemError
+
 # Files taken as audio wherever a folder is read (prepare's sources, mclap.embed); .npy holds a waveform.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".au", ".aiff", ".aif", ".npy")
 SILENCE_PEAK = 1e-5  # Peak amplitude below which a clip counts as silent.
 SEGMENT_TOLERANCE = 0.5  # Seconds a download of a clip may differ from the clip's length (codec padding).
 
 
-@dataclasses.dataclass
-class AudioError(Exception):
-  # missing file | unreadable | empty | truncated | ambiguous length | non-finite samples | silent | too short
-  reason: str
-  detail: str = ""
-
-  def __str__(self) -> str:
-    return f"{self.reason}: {self.detail}" if self.detail else self.reason
+class AudioError(ItemError):
+  """Audio that cannot be used; reasons: missing file | unreadable | empty | truncated | ambiguous
+  length | non-finite samples | silent | too short."""
 
 
 # Frames read and resampled at a time: memory holds one block of the input at most.

@@ -11,7 +11,6 @@ the pipeline then crops frames as it crops mel frames, and the `features` tower 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import pathlib
 import zipfile
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mclap.errors import ConfigError, UserError
+from mclap.errors import ConfigError, ItemError, UserError
 
 SUFFIXES = (".npy", ".npz")
 NPZ_KEY = "features"  # The array an .npz holding several must name so.
@@ -27,15 +26,8 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 HEADER_FILE = "features.json"  # Written beside feature files by `mclap.embed --features_out`: dim, frame rate.
 
 
-@dataclasses.dataclass
-class FeatureError(Exception):
-  """Why a feature file cannot be used: a short `reason` (rejects group by it) and `detail`."""
-
-  reason: str
-  detail: str = ""
-
-  def __str__(self) -> str:
-    return f"{self.reason}: {self.detail}" if self.detail else self.reason
+class FeatureError(ItemError):
+  """Features that cannot be used (reasons: see `read_array`)."""
 
 
 def _open(path: str | os.PathLike) -> np.ndarray:
