@@ -103,6 +103,8 @@ def evaluate(
       print(tables[name], flush=True)
 
   evaluation.run(context, modules, write)
+  if not results:
+    raise UserError(f"none of the evaluators {names} can run on {config.data.dir}: see the warnings above")
   return results
 
 

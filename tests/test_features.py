@@ -15,6 +15,7 @@ from scipy.special import erf, softmax
 
 import mclap
 from mclap import cli, embed, export, parallel, search
+from mclap import eval as eval_lib
 from mclap.data import features, pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
@@ -373,3 +374,16 @@ def test_a_features_tower_and_a_features_corpus_go_together(features_corpus):
   mel_config.model.audio.kind = "features"
   with pytest.raises(ConfigError, match="kind='features' without config.data.features"):
     spec_lib.input_shape(mel_config)
+
+
+def test_mclap_eval_of_a_corpus_without_labels_skips_the_label_evaluators(features_corpus, tmp_path, capsys):
+  config = _config(features_corpus / "corpus")
+  config.evals.fewshot.sizes = (4,)
+  model = _features_bundle(features_corpus / "corpus", tmp_path / "bundle")
+  results = eval_lib.evaluate(config, bundle=model, output=tmp_path / "eval")
+  assert set(results) == {"retrieval", "tagging", "geometry"} and results["retrieval"]["num_items"] == 8
+  said = capsys.readouterr().out
+  for name in ("zero_shot", "fewshot", "analysis", "tsne"):
+    assert f"warning: skipped evaluator {name}: {features_corpus / 'corpus'} has no label_names" in said
+  with pytest.raises(UserError, match=r"none of the evaluators \['zero_shot'\] can run on .*: see the warnings"):
+    eval_lib.evaluate(config, bundle=model, names=["zero_shot"], output=tmp_path / "eval")

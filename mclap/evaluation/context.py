@@ -25,8 +25,8 @@ __all__ = ["SPACES", "EvalContext", "NotApplicable"]
 
 
 class NotApplicable(UserError):
-  """An evaluator cannot run on this data (too few labelled clips for a map): it is skipped with a
-  warning and the other evaluators run."""
+  """An evaluator cannot run on this data (a corpus without labels, too few labelled clips for a
+  map): it is skipped with a warning and the other evaluators run."""
 
 
 @dataclasses.dataclass
@@ -67,10 +67,11 @@ class EvalContext:
 
   def labelled(self, corpus_dir: str, split: str, needs: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """The corpus's label names, and the audio embeddings (`embeddings` without text) of the
-    records of `split` that have a label. A corpus without labels is an error ending in `needs`."""
+    records of `split` that have a label. A corpus without labels (captions and tags only, as your
+    own folder's or a features corpus) is `NotApplicable`, with a message ending in `needs`."""
     names = list(self.info(corpus_dir).get("label_names", []))
     if not names:
-      raise UserError(f"{corpus_dir or self.config.data.dir} has no label_names; {needs}")
+      raise NotApplicable(f"{corpus_dir or self.config.data.dir} has no label_names; {needs}")
     emb = self.embeddings(split, corpus_dir, with_text=False)
     keep = emb["label"] >= 0
     return names, {k: v[keep] for k, v in emb.items()}
