@@ -9,10 +9,13 @@ frame rate, which the model must be built for: `--config.data.features.dim=D
 
 The audio tower (`mclap.models.feature_tower`) maps each frame to `width` and pools the frames of
 a `crop_seconds` crop (`mean`, `attention` pooling, or a small `transformer`); then the usual
-head. Any objective: e.g. `--config.loss.name=siglip --config.loss.bias_init=-10`. Variants as in
-`configs/muscall.py`; `demo` trains on features of the demo corpus from the demo model's frozen
+head. InfoNCE by default; `siglip` takes SigLIP's objective as `configs/siglip.py` sets it (`multi`:
+with several positives per clip). Variants as in `configs/muscall.py` (`weighted`, `ssl` ...);
+`demo` trains on features of the demo corpus from the demo model's frozen
 audio tower (README, "Precomputed features"): 256 per frame, about one a second.
 """
+
+import pathlib
 
 import ml_collections
 
@@ -20,8 +23,13 @@ from mclap import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c, _ = config_files.base_config(__file__, arg, ())
+  c, own = config_files.base_config(__file__, arg, ("siglip", "multi"))
   demo = "demo" in (arg or "").split(",")
+  if own:  # SigLIP's objective, from its own config file.
+    siglip = config_files.load_config(f"{pathlib.Path(__file__).with_name('siglip.py')}:{','.join(own - {'siglip'})}")
+    c.loss = siglip.loss
+    c.model.logit_scale_init = siglip.model.logit_scale_init
+    c.data.update(positives=siglip.data.positives, texts_per_clip=siglip.data.texts_per_clip)
   c.data.dir = "data/features"
   del c.data["mel"]  # The corpus holds features, not audio.
   c.data.features = dict(dim=768, frame_rate=75.0)  # Must match the corpus (MERT-95M: 768 features, 75 frames/s).

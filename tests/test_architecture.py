@@ -59,7 +59,7 @@ def test_no_import_points_the_wrong_way():
 
 
 def test_configs_load_without_jax():
-  names = ("muscall.py:demo,ssl", "multipos.py:scl", "generator.py:gan", "siglip.py", "features.py:demo")
+  names = ("muscall.py:demo,ssl", "multipos.py:scl", "generator.py:gan", "siglip.py", "features.py:demo,siglip,multi")
   specs = [f"configs/{name}" for name in names]
   code = (
     "import sys; from mclap.config_files import load_config; "

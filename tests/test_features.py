@@ -387,3 +387,9 @@ def test_mclap_eval_of_a_corpus_without_labels_skips_the_label_evaluators(featur
     assert f"warning: skipped evaluator {name}: {features_corpus / 'corpus'} has no label_names" in said
   with pytest.raises(UserError, match=r"none of the evaluators \['zero_shot'\] can run on .*: see the warnings"):
     eval_lib.evaluate(config, bundle=model, names=["zero_shot"], output=tmp_path / "eval")
+
+
+def test_configs_features_takes_siglips_objective_from_its_config_file():
+  ours, theirs = (cli.load_config(str(ROOT / f"configs/{name}")) for name in ("features.py:multi", "siglip.py:multi"))
+  assert ours.loss == theirs.loss and ours.model.logit_scale_init == theirs.model.logit_scale_init
+  assert (ours.data.positives, ours.data.texts_per_clip) == ("sentences", 3) and "features" in ours.data

@@ -6,9 +6,10 @@ import pytest
 from conftest import fit_one_batch, make_tiny_config
 from flax import nnx
 
-from mclap import parallel
+from mclap import objectives, parallel
 from mclap.data import pipeline
 from mclap.data.tokenizer import default_tokenizer_dir
+from mclap.errors import ConfigError
 from mclap.models import bert
 from mclap.training import checkpoints, trainer
 
@@ -166,3 +167,12 @@ def test_siglip_trains_its_bias_and_validates_with_its_own_loss(tiny_corpus):
   signs = np.where(batch["index"][:, None] == np.repeat(batch["index"], 3)[None, :], 1.0, -1.0)
   expected = np.logaddexp(0, -signs * logits).sum() / len(audio)
   assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_objective_whose_settings_the_config_lacks_names_the_config_that_has_them(tiny_config):
+  for name, (keys, config_file) in objectives.SETTINGS.items():
+    tiny_config.loss.name = name  # The muscall config's loss section has no other key.
+    with pytest.raises(ConfigError, match=rf"reads config.loss.{keys[0]}.* start from {config_file}"):
+      objectives.build(tiny_config)
+    from_file = make_tiny_config(config_file, tiny_config.data.dir)
+    assert from_file.loss.name == name and all(k in from_file.loss for k in keys), config_file

@@ -254,7 +254,27 @@ OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict], Objective]] = {
 }
 
 
+# The `config.loss` keys an objective reads beyond its name, and a config file that sets them: a
+# config whose loss section lacks them (another file's, with only --config.loss.name changed) is
+# refused with that file's name.
+SETTINGS = {
+  "weighted": (("kappa", "sentence_encoder_dir"), "configs/muscall.py:weighted"),
+  "ssl": (("weight", "temperature", "projection_dim"), "configs/muscall.py:ssl"),
+  "siglip": (("bias_init",), "configs/siglip.py"),
+  "triplet": (("margin",), "configs/triplet.py"),
+  "matching": (("matching_weight",), "configs/multipos.py:smm"),
+  "adversarial": (("adversarial_weight", "discriminator_hidden"), "configs/generator.py:gan"),
+}
+
+
 def build(config: ml_collections.ConfigDict) -> Objective:
-  if config.loss.name not in OBJECTIVES:
-    raise ConfigError(f"config.loss.name={config.loss.name!r}; available: {', '.join(OBJECTIVES)}")
-  return OBJECTIVES[config.loss.name](config)
+  name = config.loss.name
+  if name not in OBJECTIVES:
+    raise ConfigError(f"config.loss.name={name!r}; available: {', '.join(OBJECTIVES)}")
+  keys, config_file = SETTINGS.get(name, ((), ""))
+  if missing := [k for k in keys if k not in config.loss]:
+    raise ConfigError(
+      f"config.loss.name={name!r} reads config.loss.{', config.loss.'.join(missing)}, which this config lacks: "
+      f"start from {config_file}, which sets them"
+    )
+  return OBJECTIVES[name](config)
