@@ -9,10 +9,11 @@ frame rate, which the model must be built for: `--config.data.features.dim=D
 
 The audio tower (`mclap.models.feature_tower`) maps each frame to `width` and pools the frames of
 a `crop_seconds` crop (`mean`, `attention` pooling, or a small `transformer`); then the usual
-head. InfoNCE by default; `siglip` takes SigLIP's objective as `configs/siglip.py` sets it (`multi`:
-with several positives per clip). Variants as in `configs/muscall.py` (`weighted`, `ssl` ...);
-`demo` trains on features of the demo corpus from the demo model's frozen
-audio tower (README, "Precomputed features"): 256 per frame, about one a second.
+head. The rest (objective, text tower, heads, optimiser) is `configs/muscall.py`'s, or that of the
+objective's config file named after the colon, with its variants: `configs/features.py:siglip,multi`,
+`:multipos,scl`, `:triplet`, or muscall's `:weighted`. `demo` trains on features of the demo corpus
+from the demo model's frozen audio tower (README, "Precomputed features"): 256 per frame, about
+one a second.
 """
 
 import pathlib
@@ -21,15 +22,17 @@ import ml_collections
 
 from mclap import config_files
 
+# Config files whose objective a features model can take (all built on configs/muscall.py).
+BASES = ("muscall", "siglip", "multipos", "triplet")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c, own = config_files.base_config(__file__, arg, ("siglip", "multi"))
-  demo = "demo" in (arg or "").split(",")
-  if own:  # SigLIP's objective, from its own config file.
-    siglip = config_files.load_config(f"{pathlib.Path(__file__).with_name('siglip.py')}:{','.join(own - {'siglip'})}")
-    c.loss = siglip.loss
-    c.model.logit_scale_init = siglip.model.logit_scale_init
-    c.data.update(positives=siglip.data.positives, texts_per_clip=siglip.data.texts_per_clip)
+  variants = [v for v in (arg or "").split(",") if v]
+  if len(bases := [v for v in variants if v in BASES]) > 1:
+    raise ValueError(f"configs/features.py takes one objective's config of {BASES}, not {bases}")
+  base = pathlib.Path(__file__).with_name(f"{bases[0] if bases else 'muscall'}.py")
+  c = config_files.load_config(f"{base}:{','.join(v for v in variants if v not in bases)}")
+  demo = "demo" in variants
   c.data.dir = "data/features"
   del c.data["mel"]  # The corpus holds features, not audio.
   c.data.features = dict(dim=768, frame_rate=75.0)  # Must match the corpus (MERT-95M: 768 features, 75 frames/s).

@@ -389,7 +389,14 @@ def test_mclap_eval_of_a_corpus_without_labels_skips_the_label_evaluators(featur
     eval_lib.evaluate(config, bundle=model, names=["zero_shot"], output=tmp_path / "eval")
 
 
-def test_configs_features_takes_siglips_objective_from_its_config_file():
-  ours, theirs = (cli.load_config(str(ROOT / f"configs/{name}")) for name in ("features.py:multi", "siglip.py:multi"))
-  assert ours.loss == theirs.loss and ours.model.logit_scale_init == theirs.model.logit_scale_init
-  assert (ours.data.positives, ours.data.texts_per_clip) == ("sentences", 3) and "features" in ours.data
+@pytest.mark.parametrize(
+  "variant, base", [("siglip,multi", "siglip.py:multi"), ("multipos,scl", "multipos.py:scl"),
+                    ("triplet", "triplet.py"), ("weighted", "muscall.py:weighted")]
+)  # fmt: skip
+def test_configs_features_takes_the_objective_of_another_config_file(variant, base):
+  ours, theirs = (cli.load_config(str(ROOT / f"configs/{name}")) for name in (f"features.py:{variant}", base))
+  assert ours.loss == theirs.loss and ours.model.text == theirs.model.text and ours.optim == theirs.optim
+  keys = ("positives", "texts_per_clip", "other_text", "max_tokens")
+  assert [ours.data[k] for k in keys] == [theirs.data[k] for k in keys]
+  assert ours.model.audio.kind == "features" and "features" in ours.data and "mel" not in ours.data
+  assert ours.model.audio.head == theirs.model.audio.head
