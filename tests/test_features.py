@@ -101,7 +101,7 @@ def test_read_array_returns_float32_frames_and_names_each_bad_file(tmp_path):
     "rank3.npy": ("wrong rank", "[2, 3, 16]"),
     "empty.npy": ("empty", "[0, 16]"),
     "nan.npy": ("non-finite values", "NaN"),
-    "dim.npy": ("wrong dim", "has 8 features per frame, the corpus 16"),
+    "dim.npy": ("wrong dim", "has 8 features per frame, not 16"),
     "transposed.npy": ("wrong dim", "looks transposed"),
     "large.npy": ("too large", "1e+06"),
     "two.npz": ("ambiguous npz", "['a', 'b']: name the features 'features'"),

@@ -27,7 +27,9 @@ HEADER_FILE = "features.json"  # Written beside feature files by `mclap.embed --
 
 
 class FeatureError(ItemError):
-  """Features that cannot be used (reasons: see `read_array`)."""
+  """Features that cannot be used; reasons: missing file | not a feature file | unreadable |
+  ambiguous npz | not float | wrong rank | empty | wrong dim | non-finite values | too large (and,
+  from the corpus or model: has frames)."""
 
 
 def _open(path: str | os.PathLike) -> np.ndarray:
@@ -71,7 +73,7 @@ def check_array(array: np.ndarray, path: str, dim: int | None = None) -> np.ndar
     raise FeatureError("empty", f"{path} has shape {list(array.shape)}")
   if dim is not None and array.shape[1] != dim:
     hint = "; it looks transposed: save [frames, dim]" if array.shape[0] == dim else ""
-    raise FeatureError("wrong dim", f"{path} has {array.shape[1]} features per frame, the corpus {dim}{hint}")
+    raise FeatureError("wrong dim", f"{path} has {array.shape[1]} features per frame, not {dim}{hint}")
   array = array.astype(np.float32)
   if not np.isfinite(array).all():
     raise FeatureError("non-finite values", f"{path} holds NaN or infinite values")
@@ -114,9 +116,9 @@ def crop_frames(crop_seconds: float, frame_rate: float) -> int:
   return max(1, int(round(crop_seconds * frame_rate))) if frame_rate else 1
 
 
-def check_config(features: Any, where: str = "config.data.features") -> dict[str, Any]:
-  """`{dim, frame_rate}` of a config's or corpus's features section, checked."""
+def check_config(features: Any) -> dict[str, Any]:
+  """`{dim, frame_rate}` of a config's (or bundle's) `data.features`, checked."""
   values = dict(features)
   if int(values.get("dim", 0)) < 1 or float(values.get("frame_rate", -1)) < 0:
-    raise ConfigError(f"{where}={values}; it needs dim > 0 and frame_rate >= 0 (0: one vector per clip)")
+    raise ConfigError(f"config.data.features={values}; it needs dim > 0 and frame_rate >= 0 (0: one vector per clip)")
   return {"dim": int(values["dim"]), "frame_rate": float(values["frame_rate"])}
