@@ -321,22 +321,20 @@ def _reader_and_transform(
     raise ConfigError(
       f"config.data.texts_per_clip={config.data.texts_per_clip} draws random positives; set config.data.caption=random"
     )
-  views = config.data.views if train else 1
+  views, augmenter = (config.data.views if train else 1), None
   if reader.field == "features":
     # Zero frames pad a short track; the augmentations are of log-mels.
     frame_rate, pad_value = reader.info["features"]["frame_rate"], 0.0
     crop_frames = features_lib.crop_frames(config.data.crop_seconds, frame_rate)
-    augmenter = augment.Augmenter.from_config(config.data.augment, pad_value, frame_rate or 1.0)
-    if not augmenter.is_identity or config.data.views != 1:
+    augments = augment.Augmenter.from_config(config.data.augment, pad_value, frame_rate or 1.0)
+    if not augments.is_identity or config.data.views != 1:
       raise ConfigError(
         "config.data.augment.* and config.data.views=2 transform log-mels; a features corpus takes neither: "
         "set them off (configs/features.py does)"
       )
-    augmenter = None
   else:
     mel_config = reader.info["mel"]
     pad_value, crop_frames = mel_lib.floor_db(mel_config), mel_lib.num_frames(config.data.crop_seconds, mel_config)
-    augmenter = None
     if train:
       frames_per_second = mel_config["sample_rate"] / mel_config["hop_length"]
       augmenter = augment.Augmenter.from_config(config.data.augment, pad_value, frames_per_second)
