@@ -13,7 +13,9 @@ import difflib
 import os
 import pathlib
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import jax
 import ml_collections
@@ -175,6 +177,40 @@ def _typed(default: object, value: str) -> object:
   return value
 
 
+class _Stderr:
+  """`sys.stderr` that knows whether its last write ended a line. Library threads (Orbax's
+  writers after a failed save) print tracebacks there piece by piece, a line's indentation before
+  its text; the job's verdict must not land after such a piece."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._lock = threading.Lock()
+    self._mid_line = False
+
+  def write(self, text: str) -> int:
+    with self._lock:
+      if text:
+        self._mid_line = not text.endswith("\n")
+      return self._stream.write(text)
+
+  def write_line(self, line: str) -> None:
+    """Writes `line` at the start of a line, in one write no other thread's can split."""
+    with self._lock:
+      self._stream.write("\n" * self._mid_line + line + "\n")
+      self._mid_line = False
+
+  def __getattr__(self, name: str):
+    return getattr(self._stream, name)
+
+
+def fail(error: UserError) -> NoReturn:
+  """Ends the job with its one-line verdict."""
+  if isinstance(sys.stderr, _Stderr):
+    sys.stderr.write_line(f"error: {error}")
+    sys.exit(1)
+  sys.exit(f"error: {error}")
+
+
 def define_config_dict(name: str, default: Callable[[], ml_collections.ConfigDict], help_text: str):
   """A config-dict flag (`--mel.n_mels=64`). `config_flags` reads its overrides from the command
   line as the flag is defined and fails with a traceback on an unknown key; they are checked
@@ -182,7 +218,7 @@ def define_config_dict(name: str, default: Callable[[], ml_collections.ConfigDic
   try:
     check_config_args(sys.argv, name, default)
   except UserError as e:
-    sys.exit(f"error: {e}")
+    fail(e)
   return config_flags.DEFINE_config_dict(name, default(), help_text)
 
 
@@ -216,13 +252,14 @@ def run(main: Callable[[list[str]], None]) -> None:
     try:
       entries, positions = check_config_args(argv)
     except UserError as e:
-      sys.exit(f"error: {e}")
+      fail(e)
     new_entries.update(entries)
     kept = [a for i, a in enumerate(argv) if i not in positions]
     sys.argv = kept  # config_flags reads its overrides from sys.argv itself.
     return app.parse_flags_with_usage(kept)
 
   def guarded(argv):
+    sys.stderr = _Stderr(sys.stderr)
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO.
     if new_entries:
@@ -234,6 +271,6 @@ def run(main: Callable[[list[str]], None]) -> None:
       parallel.initialize_distributed()
       main(argv)
     except UserError as e:
-      sys.exit(f"error: {e}")
+      fail(e)
 
   app.run(guarded, flags_parser=parse)

@@ -139,6 +139,23 @@ def test_cli_fails_at_start_with_one_line():
   ]
 
 
+def test_the_verdict_starts_its_own_line_while_a_library_thread_prints_a_traceback():
+  """Orbax's writer threads print tracebacks piece by piece (a line's indentation, then its text);
+  a failed checkpoint write ended the job while one was mid-line, and the verdict landed after
+  the indentation (CI, tests/test_reliability.py)."""
+  code = (
+    "import sys, threading; from mclap import cli; from mclap.errors import UserError\n"
+    "def main(argv):\n"
+    "  indentation = threading.Thread(target=lambda: sys.stderr.write('    '))\n"
+    "  indentation.start(); indentation.join()\n"
+    "  raise UserError('writing a checkpoint failed')\n"
+    "cli.run(main)"
+  )
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 1
+  assert "error: writing a checkpoint failed" in result.stderr.splitlines(), result.stderr
+
+
 def test_evaluator_entries_for_other_corpora_are_added_from_flags():
   result = _run_cli(
     "--config", CONFIG, "--config.evals.gtzan.kind=zero_shot", "--config.evals.gtzan.dir", "data/gtzan",
