@@ -184,7 +184,7 @@ def bench_input(spec: str) -> list[dict]:
   for workers, augmented in runs:
     if augmented:
       config.data.augment.update(_ALL_AUGMENTATIONS)
-    it = pipeline.iterate(pipeline.train_dataset(config), workers)
+    it = pipeline.iterate(pipeline.train_dataset(config), workers, config.data.prefetch)
     seconds = time_batches(lambda it=it: next(it), _BATCHES.value)
     it.close()
     batches_per_s = _BATCHES.value / seconds

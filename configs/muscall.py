@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # exact, and each distinct length compiles the step once.
   c.data.token_bucket = 16
   c.data.num_workers = 2  # Grain worker processes (0 = in the main process).
+  c.data.prefetch = 2  # Batches each of them builds ahead (host memory: about (workers + 1) x this).
   c.data.eval_batch_size = 64
 
   c.model = ml_collections.ConfigDict()
@@ -105,6 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # after each step (e.g. 0.999), kept in the train state and checkpoints; validation, evaluation
   # and export then use it instead of the raw weights (batch-norm statistics stay the running ones).
   c.train.ema_decay = 0.0
+  # With a frozen text tower (model.text.freeze): embed each distinct text of the corpus once before
+  # training and look the features up at every step instead of running the tower (the same values;
+  # mclap/training/text_cache.py). The table lives on every device: width x texts floats.
+  c.train.cache_text = True
   c.train.log_every = 50
   c.train.eval_every = 1000
   c.train.ckpt_every = 1000

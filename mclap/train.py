@@ -14,18 +14,20 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from typing import NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 from absl import flags
 
-from mclap import cli, evaluation, parallel
+from mclap import cli, evaluation, objectives, parallel
 from mclap.data import pipeline, records
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
 from mclap.evaluation import metrics
 from mclap.models.embedder import Embedder
-from mclap.training import checkpoints, guards, tensorboard, trainer
+from mclap.training import checkpoints, guards, tensorboard, text_cache, trainer
 
 
 class MetricsLog:
@@ -67,11 +69,18 @@ def _row_step(line: str) -> int:
     return 1 << 62  # A line cut short by a kill: dropped.
 
 
+class TextLookup(NamedTuple):
+  """A frozen text tower's rows and tables (`text_cache`), or (None, {}): the tower runs."""
+
+  rows: tokenizer_lib.TextRows | None
+  tables: dict[str, jax.Array]
+
+
 def total_steps(config, num_train: int) -> int:
   return config.train.steps or config.train.epochs * max(num_train // config.train.batch_size, 1)
 
 
-def validation_loss(config, loss_fn, state, mesh) -> float | None:
+def validation_loss(config, loss_fn, state, mesh, texts: TextLookup) -> float | None:
   """Mean of the objective's loss over one pass of training-style batches of the validation split
   (crops, texts and augmentations drawn with the run's seed: the same every time), at most
   `train.batch_size` examples per batch; None if the split is smaller than one batch per device."""
@@ -86,16 +95,19 @@ def validation_loss(config, loss_fn, state, mesh) -> float | None:
     batch_size=batch_size,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
+    text_rows=texts.rows,
   )
   trim = lambda batch: parallel.trim_token_padding(batch, config.data.token_bucket)  # noqa: E731
-  return float(np.mean([float(loss_fn(state, parallel.to_global(trim(batch), mesh))) for batch in ds]))
+  batches = pipeline.iterate(ds, num_workers=0, prefetch=config.data.prefetch)
+  losses = [loss_fn(state, parallel.to_global(trim(batch), mesh), texts.tables) for batch in batches]
+  return float(np.mean([float(loss) for loss in losses]))
 
 
-def validate(config, embedder: Embedder, loss_fn, state, mesh) -> dict[str, float]:
+def validate(config, embedder: Embedder, loss_fn, state, mesh, texts: TextLookup) -> dict[str, float]:
   """The objective's validation loss, and retrieval metrics on central crops and first captions."""
   emb = evaluation.EvalContext(config, embedder, state).embeddings(config.data.val_split)
   found = metrics.text_audio_retrieval(emb["audio"], emb["text"])
-  loss = validation_loss(config, loss_fn, state, mesh)
+  loss = validation_loss(config, loss_fn, state, mesh, texts)
   return {
     **({"loss": loss} if loss is not None else {}),
     "t2a_R@10": found["text_to_audio"]["R@10"],
@@ -142,13 +154,20 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   # ---------------------------------------------------------------- Input.
   train_records = records.CorpusReader(config.data.dir, config.data.train_split)  # Opens shards when read.
   steps = total_steps(config, len(train_records))
-  train_ds = pipeline.train_dataset(config, process_index=jax.process_index(), process_count=jax.process_count())
-  data_iter = pipeline.iterate(train_ds, config.data.num_workers)
+  # A frozen text tower's features are looked up (`text_cache`): each text is its row.
+  encoders = text_cache.encoders(config, objectives.build(config))
+  texts = pipeline.corpus_texts(config, (config.data.train_split, config.data.val_split)) if encoders else []
+  text_rows = tokenizer_lib.TextRows(texts) if encoders else None
+  train_ds = pipeline.train_dataset(
+    config, process_index=jax.process_index(), process_count=jax.process_count(), text_rows=text_rows
+  )
+  data_iter = pipeline.iterate(train_ds, config.data.num_workers, config.data.prefetch)
 
   # ---------------------------------------------------------------- Model, optimizer, step.
   tx = trainer.make_optimizer(config, steps)
   schedule = trainer.learning_rate_schedule(config, steps)
   model_def, state = trainer.init_state(config, mesh, tx)
+  lookup = TextLookup(text_rows, text_cache.tables(model_def.merge(state), encoders, texts, config, mesh))
   train_step = trainer.make_train_step(config, model_def, tx, mesh)
   embedder = Embedder(lambda s: model_def.merge(s).model, mesh, config.data.eval_batch_size, config.data.token_bucket)
   validation_loss_fn = trainer.make_validation_loss(model_def, mesh)
@@ -181,7 +200,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
         waiting = time.perf_counter()
         batch = parallel.trim_token_padding(next(data_iter), config.data.token_bucket)
         input_wait += time.perf_counter() - waiting
-        state, step_metrics = train_step(state, parallel.to_global(batch, mesh))
+        state, step_metrics = train_step(state, parallel.to_global(batch, mesh), lookup.tables)
         nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
         window_steps += 1
         if step == start + 1:  # Leave compilation out of the rates; report it once.
@@ -212,7 +231,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         if step % config.train.eval_every == 0 or step == steps:
           began = time.perf_counter()
-          found = validate(config, embedder, validation_loss_fn, trainer.evaluated_state(state), mesh)
+          found = validate(config, embedder, validation_loss_fn, trainer.evaluated_state(state), mesh, lookup)
           log.write(step, {**found, "seconds": time.perf_counter() - began}, prefix="val")
           if found["t2a_R@10"] > best["t2a_R@10"]:
             best = {"step": step, "t2a_R@10": found["t2a_R@10"]}

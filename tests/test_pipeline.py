@@ -86,20 +86,35 @@ def test_epochs_cover_the_split_and_reshuffle(tiny_config):
 
 def test_restored_iterator_continues_identically(tiny_config):
   ds = pipeline.train_dataset(tiny_config)
-  it = pipeline.iterate(ds, num_workers=0)
+  it = pipeline.iterate(ds, num_workers=0, prefetch=tiny_config.data.prefetch)
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(4)]
-  restored = pipeline.iterate(pipeline.train_dataset(tiny_config), num_workers=0)
+  restored = pipeline.iterate(pipeline.train_dataset(tiny_config), num_workers=0, prefetch=2)
   restored.set_state(state)
   _assert_same([next(restored) for _ in range(4)], expected)
+
+
+def test_the_iterator_builds_only_a_few_batches_ahead(tiny_config):
+  """Grain's default read options keep 500 elements in flight, and an element here is a batch: a
+  job held 500 batches per input process (about 20 GB of 10 s, 128-band crops at batch 256), and
+  on a small host the workers building them took the cores from the step."""
+  built = []
+  ds = pipeline.train_dataset(tiny_config).map(lambda batch: built.append(1) or batch)
+  it = pipeline.iterate(ds, num_workers=0, prefetch=tiny_config.data.prefetch)
+  try:
+    next(it)
+    time.sleep(1.0)
+    assert len(built) <= tiny_config.data.prefetch + 1
+  finally:
+    it.close()
 
 
 def test_worker_processes_give_the_same_batches(tiny_config):
   tiny_config.data.augment.update(noise_prob=0.5, time_masks=1, mixup_prob=0.5)  # Augmenters travel too.
   ds = pipeline.train_dataset(tiny_config)
-  it = pipeline.iterate(ds, num_workers=2)
+  it = pipeline.iterate(ds, num_workers=2, prefetch=tiny_config.data.prefetch)
   try:
     _assert_same([next(it) for _ in range(6)], _batches(ds, 6))
   finally:
@@ -240,7 +255,7 @@ def test_grain_workers_exit_when_their_trainer_is_killed(tiny_corpus, tmp_path):
     "from mclap.data import pipeline\n"
     "if __name__ == '__main__':\n"
     f"  config = make_tiny_config('configs/muscall.py:demo', {str(tiny_corpus)!r})\n"
-    "  batches = pipeline.iterate(pipeline.train_dataset(config), num_workers=2)\n"
+    "  batches = pipeline.iterate(pipeline.train_dataset(config), num_workers=2, prefetch=2)\n"
     "  next(batches)\n"
     "  print('reading', flush=True)\n"
     "  time.sleep(600)\n"

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -24,7 +25,7 @@ from mclap.data import augment, records
 from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
-from mclap.data.tokenizer import TextTokenizer
+from mclap.data.tokenizer import TextRows, TextTokenizer
 from mclap.errors import ConfigError
 
 Example = dict[str, Any]
@@ -211,7 +212,7 @@ class ToExample:
 
   crop_frames: int
   pad_value: float
-  tokenizer: TextTokenizer
+  tokenizer: TextTokenizer | TextRows  # TextRows: each text one token, its row in a frozen encoder's table.
   tag_vocab: tuple[str, ...]
   caption: str  # random | first | join, over the positives.
   positives: str = "captions"  # captions | sentences | tags.
@@ -237,6 +238,11 @@ class ToExample:
     if not texts:
       raise records.CorpusError(f"record {record['id']!r} has no {self.positives}; data.positives needs them")
     return texts
+
+  def texts_of(self, record: dict[str, Any]) -> list[str]:
+    """Every text an example of `record` can carry as its clip's: its positives, and their join."""
+    texts = self._positives(record)
+    return [*texts, " ".join(texts)] if self.caption == "join" else texts
 
   def _texts(self, texts: list[str], rng: np.random.Generator | None) -> list[str]:
     """The clip's texts for this example: K distinct random positives (repeated in a random order
@@ -303,7 +309,7 @@ class ToExample:
 
 
 def _reader_and_transform(
-  config, split: str, train: bool, with_text: bool = True
+  config, split: str, train: bool, with_text: bool = True, text_rows: TextRows | None = None
 ) -> tuple[records.CorpusReader, ToExample]:
   reader = records.CorpusReader(config.data.dir, split, require_captions=with_text and config.data.positives != "tags")
   check_corpus(reader.info, config, config.data.dir)
@@ -349,7 +355,7 @@ def _reader_and_transform(
   transform = ToExample(
     crop_frames=crop_frames,
     pad_value=pad_value,
-    tokenizer=tokenizer_lib.for_config(config),
+    tokenizer=text_rows or tokenizer_lib.for_config(config),
     tag_vocab=tuple(reader.info.get("tags", [])),
     caption=config.data.caption,
     positives=config.data.positives,
@@ -382,14 +388,16 @@ def train_dataset(
   batch_size: int = 0,
   process_index: int = 0,
   process_count: int = 1,
+  text_rows: TextRows | None = None,
 ) -> grain.MapDataset:
   """Batches of this process's share of the global batch (`batch_size`, default
   `train.batch_size`) of training examples of `split` (default the training split), reshuffled
   every epoch, for `epochs` passes (None: forever). Validation takes one pass over its split this
-  way, so the objective sees the kind of batch it trains on."""
+  way, so the objective sees the kind of batch it trains on. With `text_rows` (a frozen text
+  tower's table, `corpus_texts`), each text is one token: its row."""
   split = split or config.data.train_split
   batch_size = batch_size or config.train.batch_size
-  reader, transform = _reader_and_transform(config, split, train=True)
+  reader, transform = _reader_and_transform(config, split, train=True, text_rows=text_rows)
   local_batch = _local_batch_size(batch_size, process_count)
   if len(reader) < batch_size:
     raise records.CorpusError(
@@ -403,6 +411,19 @@ def train_dataset(
   ds = ds.random_map(transform, seed=config.train.seed)
   ds = ds[process_index::process_count]
   return ds.batch(local_batch, drop_remainder=True)
+
+
+def corpus_texts(config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[str]:
+  """Every text the training pipelines of `splits` can give the text tower, each once, sorted:
+  the records' positives (and their joins), and the tag vocabulary whose tags are negatives."""
+  texts = set()
+  for split in splits:
+    reader, transform = _reader_and_transform(config, split, train=True)
+    if transform.positives == "tags":
+      texts.update(transform.tag_vocab)
+    for index in range(len(reader)):
+      texts.update(transform.texts_of(reader[index]))
+  return sorted(texts)
 
 
 def eval_dataset(
@@ -433,9 +454,13 @@ def eval_dataset(
   return ds.batch(local_batch)
 
 
-def iterate(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
-  """A checkpointable iterator, prefetched by `num_workers` processes (0: in this process)."""
-  it_ds = ds.to_iter_dataset()
+def iterate(ds: grain.MapDataset, num_workers: int, prefetch: int) -> grain.DatasetIterator:
+  """A checkpointable iterator, prefetched by `num_workers` processes (0: in this process), each
+  building at most `prefetch` batches ahead, in as many threads. (Grain's default is 500 elements
+  in flight, and an element here is a whole batch.)"""
+  if prefetch < 1:
+    raise ConfigError(f"config.data.prefetch={prefetch}; use 1 or more batches (2 keeps a step's input ready)")
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
   if num_workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=exit_with_parent)
   return iter(it_ds)

@@ -7,6 +7,7 @@ wheel; `config.data.tokenizer_dir` names any other local tokenizer directory.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
@@ -80,6 +81,20 @@ class TextTokenizer:
       ids[row, :n] = encoding.ids
       mask[row, :n] = 1
     return ids, mask
+
+
+class TextRows:
+  """A tokenizer whose vocabulary is whole texts: each text becomes one token, its row in a table
+  of a frozen text encoder's features (`mclap.training.text_cache`), so that training looks the
+  features up instead of running the encoder."""
+
+  def __init__(self, texts: Sequence[str]):
+    self.rows = {text: row for row, text in enumerate(texts)}
+
+  def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `[len(texts), 1]` int32 and an all-ones mask."""
+    rows = np.array([[self.rows[text]] for text in texts], np.int32).reshape(len(texts), 1)
+    return rows, np.ones_like(rows)
 
 
 def for_config(config) -> TextTokenizer:

@@ -62,7 +62,8 @@ class EvalContext:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )
-      self._cache[key] = self.embedder.dataset(self.state, ds)
+      batches = pipeline.iterate(ds, num_workers=0, prefetch=self.config.data.prefetch)
+      self._cache[key] = self.embedder.dataset(self.state, batches)
     return self._cache[key]
 
   def labelled(self, corpus_dir: str, split: str, needs: str) -> tuple[list[str], dict[str, np.ndarray]]:

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from mclap import objectives, parallel
 from mclap.errors import ConfigError
 from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
+from mclap.training import text_cache
 
 
 class Trainable(nnx.Module):
@@ -47,15 +48,17 @@ class ModelDef:
   constants: Any
   state_sharding: Any
 
-  def merge(self, state: dict[str, Any], params=None, discriminator=None) -> Trainable:
+  def merge(self, state: dict[str, Any], params=None, discriminator=None, tables=None) -> Trainable:
     """The model and heads of a train state (with `params` or `discriminator` in place of the
-    state's, to differentiate)."""
+    state's, to differentiate; with frozen text encoders' `tables` in their place, `text_cache`)."""
     # Fresh Variables (copy=True): batch norm updates its statistics inside `jax.grad`, which NNX
     # forbids on Variables created outside that trace.
     replaced = {"params": params, "discriminator": discriminator}
     names = _group_names("discriminator" in state)
     groups = [state[k] if replaced.get(k) is None else replaced[k] for k in names]
-    return nnx.merge(self.graphdef, *groups, self.constants, copy=True)
+    trainable = nnx.merge(self.graphdef, *groups, self.constants, copy=True)
+    text_cache.look_up(trainable, tables or {})
+    return trainable
 
 
 def _group_names(has_discriminator: bool) -> list[str]:
@@ -199,7 +202,8 @@ def evaluated_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
-  """`step(state, batch) -> (state, metrics)`, jitted over the mesh with the state donated.
+  """`step(state, batch, tables=None) -> (state, metrics)`, jitted over the mesh with the state
+  donated; `tables`: the frozen text encoders' (`text_cache`), the batch's tokens their rows.
 
   A step whose loss or gradient is not finite changes nothing but the step counter and reports
   `skipped` = True; the training loop counts and stops such runs.
@@ -217,19 +221,19 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
   if sub_batches > 1 and objective.discriminator is not None:
     raise ConfigError(f"config.train.sub_batches={sub_batches} does not support config.loss.name={config.loss.name!r}")
 
-  def step(state, batch):
+  def step(state, batch, tables=None):
     before, extra_metrics = state, {}
     if objective.discriminator is not None:
-      state, extra_metrics["discriminator_loss"] = discriminator_update(state, batch)
+      state, extra_metrics["discriminator_loss"] = discriminator_update(state, batch, tables)
     batch = {**batch, "row": jnp.arange(batch["mel"].shape[0])}  # Global row ids (supervised contrastive).
     if sub_batches > 1:
       (loss, batch_stats), grads = feature_cached_grads(
-        objective, loss_fn, model_def, state, batch, sub_batches, mesh, train_audio
+        objective, loss_fn, model_def, state, batch, sub_batches, mesh, train_audio, tables
       )
     else:
 
       def compute_loss(params):
-        t = model_def.merge(state, params)
+        t = model_def.merge(state, params, tables=tables)
         return loss_fn(*objective.inputs(t.model, t.heads, batch, train_audio)), nnx.state(t, nnx.BatchStat)
 
       (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
@@ -251,14 +255,14 @@ def make_train_step(config, model_def: ModelDef, tx, mesh: Mesh) -> Callable:
     metrics = {"loss": loss, "logit_scale": scale, "grad_norm": grad_norm, "skipped": ~finite, **extra_metrics}
     return new_state, metrics
 
-  def discriminator_update(state, batch):
+  def discriminator_update(state, batch, tables):
     """One step of the discriminator alone on this batch (GAN objectives); its batch-norm updates
     of the towers are dropped, the main step makes its own."""
     d = objective.discriminator
     d_loss_fn = parallel.sharded_loss(d.loss_fn, mesh, num_batch_args=d.num_batch_args)
 
     def compute(disc):
-      t = model_def.merge(state, discriminator=disc)
+      t = model_def.merge(state, discriminator=disc, tables=tables)
       return d_loss_fn(*d.inputs(t.model, t.heads, batch, train_audio))
 
     loss, grads = jax.value_and_grad(compute)(state["discriminator"])
@@ -278,6 +282,7 @@ def feature_cached_grads(
   sub_batches: int,
   mesh: Mesh,
   train_audio: bool,
+  tables=None,
 ):
   """`((loss, batch_stats), grads)` of the full-batch loss, holding one sub-batch's activations at a time.
 
@@ -309,7 +314,7 @@ def feature_cached_grads(
     return x.reshape(-1, *x.shape[3:])
 
   def embed(params, sub_batch):
-    t = model_def.merge(state, params)
+    t = model_def.merge(state, params, tables=tables)
     return objective.inputs(t.model, t.heads, sub_batch, train_audio), nnx.state(t, nnx.BatchStat)
 
   params = state["params"]
@@ -354,14 +359,14 @@ def feature_cached_grads(
 
 
 def make_validation_loss(model_def: ModelDef, mesh: Mesh) -> Callable:
-  """`loss(state, batch) -> scalar`: the objective's own loss on a batch, with the model in
-  inference mode (running batch-norm statistics) and nothing updated."""
+  """`loss(state, batch, tables=None) -> scalar`: the objective's own loss on a batch, with the
+  model in inference mode (running batch-norm statistics) and nothing updated."""
   objective = model_def.objective
   loss_fn = parallel.sharded_loss(objective.loss_fn, mesh, num_batch_args=objective.num_batch_args)
 
   @jax.jit
-  def loss(state, batch):
-    t = model_def.merge(state)
+  def loss(state, batch, tables=None):
+    t = model_def.merge(state, tables=tables)
     batch = {**batch, "row": jnp.arange(batch["mel"].shape[0])}
     return loss_fn(*objective.inputs(t.model, t.heads, batch, False))
 
