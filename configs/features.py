@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if len(bases := [v for v in variants if v in BASES]) > 1:
     raise ValueError(f"configs/features.py takes one objective's config of {BASES}, not {bases}")
   base = pathlib.Path(__file__).with_name(f"{bases[0] if bases else 'muscall'}.py")
-  c = config_files.load_config(f"{base}:{','.join(v for v in variants if v not in bases)}")
+  c = config_files.load_config(f"{base}:{','.join(v for v in variants if v not in (*bases, 'minilm'))}")
   demo = "demo" in variants
   c.data.dir = "data/features"
   del c.data["mel"]  # The corpus holds features, not audio.
@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if demo:  # `mclap.embed --features_out` of the demo model: 16 kHz, hop 512, a frame every 31 mel frames (~1 s).
     c.data.update(dir="data/features-demo", crop_seconds=5.0)
     c.data.features = dict(dim=256, frame_rate=16000 / 512 / 31)
+  if "minilm" in variants:  # The text side frozen: all-MiniLM-L6-v2 (the wheel's), its features cached.
+    c.model.text.update(kind="bert", pretrained_dir="", pooling="mean", freeze=True)
   shared = {k: c.model.audio[k] for k in ("freeze", "init_from", "lr_scale", "head")}
   tower = dict(kind="features", width=512, pooling="attention", layers=2, heads=8, output_dim=512)
   c.model.audio = ml_collections.ConfigDict({**tower, **shared})

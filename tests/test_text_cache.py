@@ -1,0 +1,93 @@
+"""A frozen text tower as a table (`mclap.training.text_cache`): the rows stand for exactly the
+texts the tokenizer would have been given, and the step on rows and tables is the step on tokens."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_tiny_config, small
+
+from mclap import parallel, train
+from mclap.data import pipeline, records
+from mclap.data import tokenizer as tokenizer_lib
+from mclap.training import text_cache, trainer
+
+SPLITS = ("train", "validation")
+
+
+@pytest.mark.parametrize(
+  "settings",
+  [
+    {},  # A random caption per clip.
+    {"positives": "sentences", "texts_per_clip": 2},
+    {"positives": "tags", "other_text": "negative"},
+    {"other_text": "match"},
+    {"caption": "join"},
+  ],
+)
+def test_rows_stand_for_the_texts_the_tokenizer_would_get(tiny_config, settings):
+  tiny_config.data.update(settings)
+  texts = pipeline.corpus_texts(tiny_config, SPLITS)
+  assert len(set(texts)) == len(texts)
+  rows = tokenizer_lib.TextRows(texts)
+  tokenizer = tokenizer_lib.for_config(tiny_config)
+  for split in SPLITS:
+    tokens = pipeline.train_dataset(tiny_config, split=split)
+    looked_up = pipeline.train_dataset(tiny_config, split=split, text_rows=rows)
+    for i in range(3 * len(records.CorpusReader(tiny_config.data.dir, split)) // tiny_config.train.batch_size):
+      expected, batch = tokens[i], looked_up[i]
+      for key in ("tokens", "other_tokens"):
+        if key in expected:
+          assert batch[key].shape == (*expected[key].shape[:-1], 1)
+          decoded = tokenizer([texts[r] for r in batch[key].reshape(-1)])[0]
+          np.testing.assert_array_equal(decoded.reshape(expected[key].shape), expected[key])
+      assert {k: v.shape for k, v in batch.items() if "token" not in k} == {
+        k: v.shape for k, v in expected.items() if "token" not in k
+      }
+
+
+def test_corpus_texts_are_the_captions_of_both_splits(tiny_config):
+  captions = set()
+  for split in SPLITS:
+    reader = records.CorpusReader(tiny_config.data.dir, split)
+    captions.update(c.strip() for i in range(len(reader)) for c in reader[i]["captions"] if c.strip())
+  assert pipeline.corpus_texts(tiny_config, SPLITS) == sorted(captions)
+
+
+def test_the_step_on_rows_and_tables_is_the_step_on_tokens(tiny_corpus):
+  """Sharded over 8 devices; the weighted loss's Sentence-BERT is tabled beside the tower."""
+  config = small(make_tiny_config("configs/muscall.py:demo,weighted", tiny_corpus))
+  config.model.text.freeze = True
+  config.model.audio.update(kind="simple_cnn", channels=(4, 8, 8, 8), batch_norm_blocks=0)  # Quick to compile.
+  config.optim.eps = 1.0  # Compare the step, not Adam-amplified rounding.
+  mesh = parallel.make_mesh({"data": -1, "model": 1})
+  tx = trainer.make_optimizer(config, 4)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  names = text_cache.encoders(config, model_def.objective)
+  assert names == ("text", "sentence_encoder")
+  texts = pipeline.corpus_texts(config, SPLITS)
+  tables = text_cache.tables(model_def.merge(state), names, texts, config, mesh)
+  lookup = train.TextLookup(tokenizer_lib.TextRows(texts), tables)
+  step = trainer.make_train_step(config, model_def, tx, mesh)
+  batches = [pipeline.train_dataset(config, text_rows=rows)[0] for rows in (None, lookup.rows)]
+  results = [
+    step(jax.tree.map(jnp.copy, state), parallel.to_global(batch, mesh), tables)
+    for batch, tables in zip(batches, (None, lookup.tables))
+  ]
+  (tower_state, tower_metrics), (table_state, table_metrics) = jax.device_get(results)
+  assert float(table_metrics["loss"]) == pytest.approx(float(tower_metrics["loss"]), rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), tower_state, table_state)
+  validation = trainer.make_validation_loss(model_def, mesh)
+  tower_loss, table_loss = (
+    train.validation_loss(config, validation, state, mesh, texts) for texts in (train.TextLookup(None, {}), lookup)
+  )
+  assert table_loss == pytest.approx(tower_loss, rel=1e-5)
+
+
+def test_only_a_frozen_text_tower_is_tabled(tiny_config):
+  objective = trainer.objectives.build(tiny_config)
+  assert text_cache.encoders(tiny_config, objective) == ()  # It trains: it needs the tokens.
+  tiny_config.model.text.freeze = True
+  assert text_cache.encoders(tiny_config, objective) == ("text",)
+  tiny_config.train.cache_text = False
+  assert text_cache.encoders(tiny_config, objective) == ()
