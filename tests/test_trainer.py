@@ -128,11 +128,11 @@ def _interrupt_after(make_step, limit):
   def make(*args, **kwargs):
     step, calls = make_step(*args, **kwargs), []
 
-    def interrupted(state, batch):
+    def interrupted(state, batch, tables=None):
       if len(calls) == limit:
         raise KeyboardInterrupt
       calls.append(1)
-      return step(state, batch)
+      return step(state, batch, tables)
 
     return interrupted
 
