@@ -413,6 +413,7 @@ def _sync(torch, device: str) -> None:
 def bench_loop(spec: str) -> list[dict]:
   """The training job as users run it, in a subprocess: steady rate, input wait, start-up."""
   config = load_config(spec)
+  config.train.batch_size = _MODEL_BATCH.value  # Before the corpus, which holds two batches.
   corpus = bench_corpus(config)
   workers, rows = _worker_counts(config)[-1], []
   with tempfile.TemporaryDirectory() as tmp:
