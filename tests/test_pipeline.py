@@ -109,6 +109,8 @@ def test_the_iterator_builds_only_a_few_batches_ahead(tiny_config):
     assert len(built) <= tiny_config.data.prefetch + 1
   finally:
     it.close()
+  with pytest.raises(ConfigError, match="prefetch=0"):
+    pipeline.iterate(ds, num_workers=0, prefetch=0)
 
 
 def test_worker_processes_give_the_same_batches(tiny_config):
