@@ -35,6 +35,12 @@ def initialize_distributed() -> None:
     )
   elif env.get("MCLAP_DISTRIBUTED") == "1":
     jax.distributed.initialize()
+  else:
+    return
+  # On CPU the first cross-process collective creates the Gloo context and waits only 30 s for the
+  # others; meeting here, while the processes are in step, creates it. Later collectives wait as
+  # long as a process compiles or reads.
+  multihost_utils.sync_global_devices("mclap: processes joined")
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Mesh:
