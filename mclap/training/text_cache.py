@@ -50,7 +50,7 @@ def tables(
   if not names:
     return {}
   began = time.perf_counter()
-  print(f"text cache: {len(texts)} texts through the frozen {', '.join(names)} encoder(s)", flush=True)
+  _say(f"text cache: {len(texts)} texts through the frozen {', '.join(names)} encoder(s)")
   graphdef, weights = nnx.split(nnx.Dict(_modules(trainable, names)))
 
   @jax.jit
@@ -75,8 +75,13 @@ def tables(
   for name, chunks in parts.items():
     table = np.concatenate(chunks)
     found[name] = jax.make_array_from_callback(table.shape, sharding, lambda index, table=table: table[index])
-  print(f"text cache: done in {time.perf_counter() - began:.1f} s", flush=True)
+  _say(f"text cache: done in {time.perf_counter() - began:.1f} s")
   return found
+
+
+def _say(line: str) -> None:
+  if jax.process_index() == 0:  # As the job's log: process 0 speaks for all.
+    print(line, flush=True)
 
 
 class TextTable(nnx.Module):
