@@ -98,7 +98,7 @@ def test_restored_iterator_continues_identically(tiny_config):
 
 def test_the_iterator_builds_only_a_few_batches_ahead(tiny_config):
   """Grain's default read options keep 500 elements in flight, and an element here is a batch: a
-  job held 500 batches per input process (about 20 GB of 10 s, 128-band crops at batch 256), and
+  job held 500 batches per input process (about 20 GB of 20 s, 128-band crops at batch 256), and
   on a small host the workers building them took the cores from the step."""
   built = []
   ds = pipeline.train_dataset(tiny_config).map(lambda batch: built.append(1) or batch)
