@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,13 @@ def prepare(*args):
   )
   assert result.returncode == 0, result.stderr
   return result
+
+
+def free_port() -> int:
+  """A local port nobody listens on (a multi-process job's coordinator)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def corpus_records(corpus, split):

@@ -4,14 +4,13 @@ through a stop signal to one process and a resume."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, USES_TRAINED_DEMO
+from conftest import ROOT, USES_TRAINED_DEMO, free_port
 
 from mclap.models import weights
 from mclap.training import checkpoints
@@ -44,12 +43,6 @@ def _finish(process):
   return out
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _results(workdir):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [row["train/loss"] for row in rows if "train/loss" in row]
@@ -64,7 +57,7 @@ def test_two_processes_train_like_one_through_a_stop_and_resume(tiny_corpus, tra
   cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
   def two_processes():
-    env = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}", JAX_NUM_PROCESSES="2", **cache)
+    env = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}", JAX_NUM_PROCESSES="2", **cache)
     args = _train_args(tiny_corpus, tmp_path / "two")
     return [_launch(args, devices=2, JAX_PROCESS_ID=str(i), **env) for i in range(2)]
 

@@ -1,5 +1,10 @@
+import os
+import subprocess
+import sys
+
 import jax
 import pytest
+from conftest import ROOT, free_port
 
 from mclap import parallel
 from mclap.errors import ConfigError
@@ -17,21 +22,14 @@ def test_mesh_covers_all_devices_and_batches_must_split_over_data():
     parallel.make_mesh({"data": 3, "model": 2})
 
 
-def test_processes_arriving_far_apart_at_their_first_collective_still_meet(tmp_path):
+def test_processes_arriving_far_apart_at_their_first_collective_still_meet():
   """On CPU, JAX creates the Gloo context at the first cross-process collective and gives the
-  others 30 s to arrive: a resumed two-process run died there when one process took longer to
-  compile (CI). `initialize_distributed` now meets the others at start, and later collectives wait."""
-  import os
-  import socket
-  import subprocess
-  import sys
-
-  from conftest import ROOT
-
+  others 30 s to arrive: a resumed two-process run died there when one process arrived later
+  (CI). `initialize_distributed` now meets the others at start, and later collectives wait."""
   code = (
     "import os, time, jax; from jax.experimental import multihost_utils; from mclap import parallel\n"
     "parallel.initialize_distributed()\n"
-    "time.sleep(35 * jax.process_index())  # One process compiles longer.\n"
+    "time.sleep(35 * jax.process_index())  # One process arrives later.\n"
     "try:\n"
     "  multihost_utils.sync_global_devices('first')\n"
     "  print('met', flush=True)\n"
@@ -39,11 +37,8 @@ def test_processes_arriving_far_apart_at_their_first_collective_still_meet(tmp_p
     "  print(e, flush=True)\n"
     "os._exit(0)  # Not JAX's shutdown barrier, which waits minutes for a process that failed."
   )
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_NUM_PROCESSES": "2"}
-  env["JAX_COORDINATOR_ADDRESS"] = f"localhost:{port}"
+  env["JAX_COORDINATOR_ADDRESS"] = f"localhost:{free_port()}"
   processes = [
     subprocess.Popen(
       [sys.executable, "-c", code],
