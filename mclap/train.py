@@ -167,7 +167,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   tx = trainer.make_optimizer(config, steps)
   schedule = trainer.learning_rate_schedule(config, steps)
   model_def, state = trainer.init_state(config, mesh, tx)
-  lookup = TextLookup(text_rows, text_cache.tables(model_def.merge(state), encoders, texts, config, mesh))
+  lookup = TextLookup(text_rows, text_cache.tables(model_def.merge(state), encoders, texts, config, mesh, workdir))
   train_step = trainer.make_train_step(config, model_def, tx, mesh)
   embedder = Embedder(lambda s: model_def.merge(s).model, mesh, config.data.eval_batch_size, config.data.token_bucket)
   validation_loss_fn = trainer.make_validation_loss(model_def, mesh)

@@ -54,8 +54,9 @@ def test_corpus_texts_are_the_captions_of_both_splits(tiny_config):
   assert pipeline.corpus_texts(tiny_config, SPLITS) == sorted(captions)
 
 
-def test_the_step_on_rows_and_tables_is_the_step_on_tokens(tiny_corpus):
-  """Sharded over 8 devices; the weighted loss's Sentence-BERT is tabled beside the tower."""
+def test_the_step_on_rows_and_tables_is_the_step_on_tokens(tiny_corpus, tmp_path, capsys):
+  """Sharded over 8 devices; the weighted loss's Sentence-BERT is tabled beside the tower. The
+  tables a job kept are read again by the next job on the same inputs, and only by it."""
   config = small(make_tiny_config("configs/muscall.py:demo,weighted", tiny_corpus))
   config.model.text.freeze = True
   config.model.audio.update(kind="simple_cnn", channels=(4, 8, 8, 8), batch_norm_blocks=0)  # Quick to compile.
@@ -66,7 +67,8 @@ def test_the_step_on_rows_and_tables_is_the_step_on_tokens(tiny_corpus):
   names = text_cache.encoders(config, model_def.objective)
   assert names == ("text", "sentence_encoder")
   texts = pipeline.corpus_texts(config, SPLITS)
-  tables = text_cache.tables(model_def.merge(state), names, texts, config, mesh)
+  tables = text_cache.tables(model_def.merge(state), names, texts, config, mesh, tmp_path)
+  _check_kept_tables(tables, model_def.merge(state), names, texts, config, mesh, tmp_path, capsys)
   lookup = train.TextLookup(tokenizer_lib.TextRows(texts), tables)
   step = trainer.make_train_step(config, model_def, tx, mesh)
   batches = [pipeline.train_dataset(config, text_rows=rows)[0] for rows in (None, lookup.rows)]
@@ -91,3 +93,33 @@ def test_only_a_frozen_text_tower_is_tabled(tiny_config):
   assert text_cache.encoders(tiny_config, objective) == ("text",)
   tiny_config.train.cache_text = False
   assert text_cache.encoders(tiny_config, objective) == ()
+
+
+def _check_kept_tables(tables, trainable, names, texts, config, mesh, directory, capsys):
+  """A second job with the same weights, texts and tokenizer reads the tables; a changed text,
+  weight or token length computes them again (and they differ)."""
+  kept = lambda: text_cache.tables(trainable, names, texts, config, mesh, directory)  # noqa: E731
+  capsys.readouterr()
+  again = kept()
+  assert "read from" in capsys.readouterr().out
+  jax.tree.map(np.testing.assert_array_equal, again, tables)
+  computed = lambda out: "through the frozen" in out  # noqa: E731
+  text_cache.tables(trainable, names, texts[:-1], config, mesh, directory)
+  assert computed(capsys.readouterr().out)
+  config.data.max_tokens -= 1
+  text_cache.tables(trainable, names, texts, config, mesh, directory)
+  config.data.max_tokens += 1
+  assert computed(capsys.readouterr().out)
+  weight = trainable.model.text.token_embedding.embedding
+  original = weight[...]
+  weight.value = original + 1.0
+  changed = kept()
+  assert computed(capsys.readouterr().out)
+  assert not np.allclose(changed["text"], tables["text"])
+  np.testing.assert_array_equal(changed["sentence_encoder"], tables["sentence_encoder"])  # Its weights did not change.
+  weight.value = original
+  (directory / "text_tables.npz").write_bytes(b"PK not a zip")  # Damaged: computed and replaced.
+  jax.tree.map(np.testing.assert_array_equal, kept(), tables)
+  assert computed(capsys.readouterr().out)
+  kept()
+  assert "read from" in capsys.readouterr().out

@@ -7,11 +7,19 @@ once (`pipeline.corpus_texts`), the pipeline gives each text as one token, its r
 (`tokenizer.TextRows`), and the step looks the features up (`look_up`). The objective's frozen
 heads (the weighted loss's Sentence-BERT) read the same texts and get tables of their own. What the
 step computes is unchanged; evaluators and exported models run the tower itself.
+
+The tables are kept in the workdir (`text_tables.npz`), keyed by everything they are computed
+from: the texts, the tokenizer and the encoders' weights. A resumed or re-run job reads them
+instead of embedding every text again; any change to those inputs computes them anew.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pathlib
 import time
+import zipfile
 from collections.abc import Sequence
 
 import jax
@@ -42,23 +50,36 @@ def _modules(trainable, names: Sequence[str]) -> dict[str, nnx.Module]:
 
 
 def tables(
-  trainable, names: Sequence[str], texts: Sequence[str], config: ml_collections.ConfigDict, mesh: Mesh
+  trainable,
+  names: Sequence[str],
+  texts: Sequence[str],
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  directory: pathlib.Path | None = None,
 ) -> dict[str, jax.Array]:
   """`{name: features [len(texts), width]}` of each encoder in `names` (of `trainable`, the model
   and heads training starts from), replicated over `mesh`; the texts in batches of
-  `data.eval_batch_size`, each process embedding its share."""
+  `data.eval_batch_size`, each process embedding its share. Read from `directory` when a previous
+  job kept tables of the same inputs there; else computed and kept there (`None`: not kept)."""
   if not names:
     return {}
   began = time.perf_counter()
-  _say(f"text cache: {len(texts)} texts through the frozen {', '.join(names)} encoder(s)")
+  tokenizer, batch = tokenizer_lib.for_config(config), config.data.eval_batch_size
   graphdef, weights = nnx.split(nnx.Dict(_modules(trainable, names)))
+  path = directory / "text_tables.npz" if directory else None
+  key = _key(names, texts, tokenizer, weights)
+  kept = _read(path, key)
+  if multihost_utils.process_allgather(np.int32(kept is not None)).all():  # Every process has them.
+    _say(f"text cache: {len(texts)} texts' features read from {path}")
+    return _replicated(kept, mesh)
+
+  _say(f"text cache: {len(texts)} texts through the frozen {', '.join(names)} encoder(s)")
 
   @jax.jit
   def encode(weights, tokens, token_mask):
     modules = nnx.merge(graphdef, weights)
     return {name: modules[name](tokens, token_mask) for name in names}
 
-  tokenizer, batch = tokenizer_lib.for_config(config), config.data.eval_batch_size
   share = batch // jax.process_count()
   parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
   for start in range(0, len(texts), batch):
@@ -70,13 +91,54 @@ def tables(
     out = encode(weights, **parallel.to_global(local, mesh, ("tokens", "token_mask")))
     for name, features in multihost_utils.process_allgather(out, tiled=True).items():
       parts[name].append(np.asarray(features)[: len(chunk)])
-  sharding = parallel.replicated(mesh)
-  found = {}
-  for name, chunks in parts.items():
-    table = np.concatenate(chunks)
-    found[name] = jax.make_array_from_callback(table.shape, sharding, lambda index, table=table: table[index])
+  found = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+  if path and jax.process_index() == 0:
+    _write(path, key, found)
   _say(f"text cache: done in {time.perf_counter() - began:.1f} s")
-  return found
+  return _replicated(found, mesh)
+
+
+def _key(names: Sequence[str], texts: Sequence[str], tokenizer: tokenizer_lib.TextTokenizer, weights) -> str:
+  """A digest of what the tables are computed from (the same on every process)."""
+  digest = hashlib.sha256(repr((tuple(names), tokenizer.max_len)).encode())
+  digest.update(tokenizer.tokenizer.to_str().encode())
+  digest.update("\0".join(texts).encode())
+  for path, leaf in jax.tree_util.tree_leaves_with_path(weights):
+    value = np.asarray(leaf if leaf.is_fully_addressable else multihost_utils.process_allgather(leaf, tiled=True))
+    digest.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape}".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()
+
+
+def _read(path: pathlib.Path | None, key: str) -> dict[str, np.ndarray] | None:
+  """The tables kept at `path` if they were computed from `key`'s inputs."""
+  if path is None or not path.exists():
+    return None
+  try:
+    with np.load(path) as kept:
+      if str(kept["key"]) != key:
+        return None
+      return {name[len("table/") :]: kept[name] for name in kept.files if name.startswith("table/")}
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # Not a file this module wrote: computed anew.
+    return None
+
+
+def _write(path: pathlib.Path, key: str, found: dict[str, np.ndarray]) -> None:
+  """Replaces the tables at `path` whole (written aside, then renamed): a job stopped while
+  writing leaves the previous file or none, never a part."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(f".{path.name}.partial")
+  with open(partial, "wb") as f:
+    np.savez(f, key=np.str_(key), **{f"table/{name}": table for name, table in found.items()})
+  os.replace(partial, path)
+
+
+def _replicated(found: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  sharding = parallel.replicated(mesh)
+  return {
+    name: jax.make_array_from_callback(table.shape, sharding, lambda index, table=table: table[index])
+    for name, table in found.items()
+  }
 
 
 def _say(line: str) -> None:
