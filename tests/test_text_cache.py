@@ -123,3 +123,14 @@ def _check_kept_tables(tables, trainable, names, texts, config, mesh, directory,
   assert computed(capsys.readouterr().out)
   kept()
   assert "read from" in capsys.readouterr().out
+
+
+def test_tables_that_cannot_be_kept_are_reported_and_training_goes_on(tmp_path, capsys):
+  blocked = tmp_path / "workdir"
+  blocked.write_text("a file where the workdir should be")
+  text_cache._write(blocked / "text_tables.npz", "key", {"text": np.ones((2, 3), np.float32)})  # noqa: SLF001
+  assert "text cache: not kept in" in capsys.readouterr().out
+  path = tmp_path / "text_tables.npz"
+  text_cache._write(path, "key", {"text": np.ones((2, 3), np.float32)})  # noqa: SLF001
+  assert text_cache._read(path, "key")["text"].shape == (2, 3) and text_cache._read(path, "other") is None  # noqa: SLF001
+  assert {p.name for p in tmp_path.iterdir()} == {"workdir", "text_tables.npz"}  # No partial file left.

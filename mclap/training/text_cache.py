@@ -15,6 +15,7 @@ instead of embedding every text again; any change to those inputs computes them 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -125,12 +126,17 @@ def _read(path: pathlib.Path | None, key: str) -> dict[str, np.ndarray] | None:
 
 def _write(path: pathlib.Path, key: str, found: dict[str, np.ndarray]) -> None:
   """Replaces the tables at `path` whole (written aside, then renamed): a job stopped while
-  writing leaves the previous file or none, never a part."""
-  path.parent.mkdir(parents=True, exist_ok=True)
+  writing leaves the previous file or none, never a part. A failed write is reported, not fatal."""
   partial = path.with_name(f".{path.name}.partial")
-  with open(partial, "wb") as f:
-    np.savez(f, key=np.str_(key), **{f"table/{name}": table for name, table in found.items()})
-  os.replace(partial, path)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "wb") as f:
+      np.savez(f, key=np.str_(key), **{f"table/{name}": table for name, table in found.items()})
+    os.replace(partial, path)
+  except OSError as e:  # Only a saving for the next start: training goes on without it.
+    with contextlib.suppress(OSError):
+      partial.unlink(missing_ok=True)
+    _say(f"text cache: not kept in {path} ({e.strerror or e}); the next start embeds the texts again")
 
 
 def _replicated(found: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
