@@ -80,3 +80,16 @@ def test_missing_corpus_and_split_give_instructions(tmp_path):
   _write_corpus(tmp_path, [_record()])
   with pytest.raises(records.CorpusError, match="split 'test' not in .*it has: \\['train'\\]"):
     records.CorpusReader(tmp_path, "test")
+
+
+def test_a_failed_atomic_write_leaves_the_previous_file_and_nothing_beside_it(tmp_path):
+  path = tmp_path / "tables.npz"
+  records.write_bytes_atomic(path, b"previous")
+
+  def fail_halfway(f):
+    f.write(b"half")
+    raise OSError(28, "No space left on device")
+
+  with pytest.raises(OSError, match="No space"):
+    records.write_atomic(path, fail_halfway)
+  assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["tables.npz"]

@@ -12,11 +12,13 @@ serves all of them. A corpus of precomputed features (`prepare --source features
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import grain
 import msgpack
@@ -93,14 +95,24 @@ def decode(data: bytes) -> dict[str, Any]:
     raise ValueError(f"malformed record ({type(e).__name__}: {e})") from e
 
 
-def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
-  """Writes a file so that readers never see it half-written (write, fsync, rename)."""
+def write_atomic(path: pathlib.Path, write: Callable[[BinaryIO], object]) -> None:
+  """Writes a file with `write(file)` so that readers never see it half-written (write, fsync,
+  rename); a write that fails leaves the previous file, and no partial one beside it."""
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    raise
+
+
+def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
+  write_atomic(path, lambda f: f.write(data))
 
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:

@@ -16,7 +16,6 @@ one, never a mix; finished parts survive an interruption and are not embedded ag
 
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 import shutil
@@ -95,9 +94,8 @@ def write_part(directory: pathlib.Path, embeddings: np.ndarray, items: list[dict
   parts = directory / PARTS_DIR
   parts.mkdir(parents=True, exist_ok=True)
   name = f"part-{len(list(parts.glob('part-*.npz'))):06d}-{uuid.uuid4().hex[:8]}.npz"
-  buffer = io.BytesIO()
-  np.savez(buffer, embeddings=embeddings.astype(np.float32), items=np.asarray(json.dumps(items)))
-  records.write_bytes_atomic(parts / name, buffer.getvalue())
+  arrays = dict(embeddings=embeddings.astype(np.float32), items=np.asarray(json.dumps(items)))
+  records.write_atomic(parts / name, lambda f: np.savez(f, **arrays))
 
 
 def read_rejects(directory: pathlib.Path) -> dict[str, str]:

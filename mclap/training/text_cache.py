@@ -15,9 +15,7 @@ instead of embedding every text again; any change to those inputs computes them 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import pathlib
 import time
 import zipfile
@@ -31,6 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mclap import objectives, parallel
+from mclap.data import records
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.models.dual_encoder import Constant
 
@@ -125,17 +124,13 @@ def _read(path: pathlib.Path | None, key: str) -> dict[str, np.ndarray] | None:
 
 
 def _write(path: pathlib.Path, key: str, found: dict[str, np.ndarray]) -> None:
-  """Replaces the tables at `path` whole (written aside, then renamed): a job stopped while
-  writing leaves the previous file or none, never a part. A failed write is reported, not fatal."""
-  partial = path.with_name(f".{path.name}.partial")
+  """Replaces the tables at `path` whole: a job stopped while writing leaves the previous file or
+  none, never a part. A failed write is reported, not fatal."""
+  arrays = {"key": np.str_(key), **{f"table/{name}": table for name, table in found.items()}}
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "wb") as f:
-      np.savez(f, key=np.str_(key), **{f"table/{name}": table for name, table in found.items()})
-    os.replace(partial, path)
+    records.write_atomic(path, lambda f: np.savez(f, **arrays))
   except OSError as e:  # Only a saving for the next start: training goes on without it.
-    with contextlib.suppress(OSError):
-      partial.unlink(missing_ok=True)
     _say(f"text cache: not kept in {path} ({e.strerror or e}); the next start embeds the texts again")
 
 
