@@ -31,7 +31,7 @@ def export(
 ) -> pathlib.Path:
   """Writes the bundle of a checkpoint of `workdir`, or of the mean of its last `average_last`
   checkpoints; returns its directory."""
-  workdir = pathlib.Path(workdir)
+  workdir = weights.check_workdir(workdir)
   bundle.check_output(output, overwrite)
   if dtype not in bundle.DTYPE_NAMES:  # Before the slow part.
     raise UserError(f"--dtype={dtype}; use {' or '.join(bundle.DTYPES)}")

@@ -21,11 +21,12 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from mclap import cli, evaluation, objectives, parallel
+from mclap import cli, evaluation, objectives, parallel, paths
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError
 from mclap.evaluation import metrics
+from mclap.models import weights
 from mclap.models.embedder import Embedder
 from mclap.training import checkpoints, guards, tensorboard, text_cache, trainer
 
@@ -135,10 +136,23 @@ def periodic_evals(config) -> tuple[ml_collections.ConfigDict, dict[str, int]]:
   return eval_config, every
 
 
+def check_not_beside_workdirs(workdir: pathlib.Path) -> None:
+  """A run goes in a new folder or resumes its own: an existing folder that is not a workdir, but
+  holds one or lies in one (`runs` for `runs/demo`, or `runs/demo/checkpoints`), is a slip that
+  would start a new run from scratch where the old one's files are."""
+  if workdir.is_dir() and not (workdir / weights.CONFIG_FILE).is_file():
+    if found := paths.near(workdir, weights.is_workdir):
+      raise ConfigError(
+        f"{workdir} is not a training workdir, but {' and '.join(map(str, found[:3]))} "
+        f"{'is one' if len(found) == 1 else 'are'}: name it in --workdir to resume it, or a new folder for a new run"
+      )
+
+
 def train(config, workdir: str | pathlib.Path) -> dict:
   """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set)."""
   started = time.perf_counter()
   workdir = pathlib.Path(workdir)
+  check_not_beside_workdirs(workdir)
   checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 
   # ---------------------------------------------------------------- Mesh.

@@ -24,11 +24,13 @@ import grain
 import msgpack
 import numpy as np
 
+from mclap import paths
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 
 INFO_FILE = "dataset_info.json"
 REJECTS_FILE = "rejects.jsonl"
+PROGRESS_DIR = ".progress"  # What prepare has done so far; a corpus without INFO_FILE is unfinished.
 FORMAT_VERSION = 1
 
 
@@ -123,13 +125,20 @@ def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
   write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
+def is_corpus(path: pathlib.Path) -> bool:
+  return (path / INFO_FILE).is_file()
+
+
 def read_info(corpus_dir: str | os.PathLike) -> dict[str, Any]:
   path = pathlib.Path(corpus_dir) / INFO_FILE
   if not path.is_file():
-    raise CorpusError(
-      f"{path} not found: {corpus_dir} is not a prepared corpus. Create one with "
-      "`python -m mclap.data.prepare --source ... --output DIR`."
-    )
+    if (path.parent / PROGRESS_DIR).is_dir():
+      raise CorpusError(
+        f"{corpus_dir} is a corpus whose preparation did not finish (it has no {INFO_FILE} yet; if prepare "
+        f"stopped on rejects, {REJECTS_FILE} says why): re-run the same prepare command, which resumes it"
+      )
+    remedy = "create one with `python -m mclap.data.prepare --source ... --output DIR`"
+    raise CorpusError(paths.not_found(corpus_dir, f"a prepared corpus (no {INFO_FILE} in it)", is_corpus, remedy))
   try:
     info = json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:

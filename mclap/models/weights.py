@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mclap import paths
 from mclap.errors import ConfigError, UserError
 from mclap.models import DualEncoder, ModelSpec, bert, build_model, spec_from_config
 from mclap.models.spec import text_pretrained_dir
@@ -29,12 +30,26 @@ SPEC_ITEM = "spec"  # The model spec, saved beside the state in every checkpoint
 BUNDLE_VARIABLES = "variables"  # Where a bundle (`serve.bundle`) keeps the model's variables.
 
 
+def is_workdir(path: pathlib.Path) -> bool:
+  """Whether `path` is a training workdir with checkpoints (a bundle's tokenizer folder, or a
+  BERT model's, also holds a config.json)."""
+  return (path / CONFIG_FILE).is_file() and (path / "checkpoints").is_dir()
+
+
+def check_workdir(workdir: str | pathlib.Path, flag: str = "--workdir") -> pathlib.Path:
+  """`workdir` as a path, if `python -m mclap.train` wrote it; else a `UserError` naming the
+  workdir one level off that the user meant, if there is one."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / CONFIG_FILE).is_file():
+    what = f"a training workdir (no {CONFIG_FILE} in it)"
+    remedy = f"{flag.rstrip('=')} must name a folder written by python -m mclap.train"
+    raise UserError(paths.not_found(workdir, what, is_workdir, remedy, flag))
+  return workdir
+
+
 def workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config a training workdir was trained with (its config.json)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.is_file():
-    raise UserError(f"{path} not found: --workdir must be a workdir written by python -m mclap.train")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(json.loads((check_workdir(workdir) / CONFIG_FILE).read_text()))
 
 
 def _on_first_device(metadata) -> Any:
@@ -130,7 +145,7 @@ def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
   """Copies the trained weights and batch statistics of the `name` tower, from the latest
   checkpoint of an mclap training workdir, into `tower` (in place)."""
-  directory = pathlib.Path(workdir) / "checkpoints"
+  directory = check_workdir(workdir, "--config.model.audio.init_from=") / "checkpoints"
   steps = checkpoint_steps(directory)
   if not steps:
     raise UserError(f"{directory} holds no checkpoint: init_from must name a workdir written by mclap.train")
@@ -185,6 +200,7 @@ def read_model(
   are read, and `check(spec, step)` called, before the model is built; nothing is created in
   `workdir`. With `average_with` (other steps of the same directory) the model's variables are the
   elementwise mean of all these checkpoints' (weight averaging), the model built once."""
+  config = workdir_config(workdir)
   workdir = pathlib.Path(workdir)
   directory = workdir / ("best" if best else "checkpoints")
   available = checkpoint_steps(directory)
@@ -193,7 +209,6 @@ def read_model(
   step = available[-1] if step is None else step
   if step not in available:
     raise ConfigError(f"no checkpoint for step {step} in {directory}; available: {available}")
-  config = workdir_config(workdir)
   spec_file = directory / str(step) / SPEC_ITEM / "metadata"
   if spec_file.is_file():
     spec = ModelSpec.from_dict(json.loads(spec_file.read_text()), where=str(spec_file))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mclap import paths
 from mclap.errors import UserError
 
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
@@ -132,10 +133,10 @@ def metadata_file(
   candidates = [pathlib.Path(metadata)] if metadata else [root / default, *(root / f / default for f in folders)]
   if path := next((p for p in candidates if p.is_file()), None):
     return path
-  raise UserError(
-    f"{' or '.join(map(str, candidates))} not found: --source={source} needs {default} ({columns}) in --input, "
-    "or --metadata FILE"
-  )
+  message = f"{' or '.join(map(str, candidates))} not found: --source={source} needs {default} ({columns}) in --input"
+  if not metadata and (found := paths.near(root, lambda p: any((p / f / default).is_file() for f in ("", *folders)))):
+    raise UserError(f"{message}; did you mean --input {found[0]}?")
+  raise UserError(f"{message}, or --metadata FILE")
 
 
 def require_columns(path: pathlib.Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:

@@ -42,8 +42,7 @@ from mclap.data.records import Reject
 from mclap.errors import UserError
 
 WorkFn = Callable[[Any], "dict[str, Any] | Reject"]
-_PROGRESS_DIR = ".progress"
-_SETTINGS_FILE = "settings.json"  # In _PROGRESS_DIR: how the corpus in this directory is made.
+_SETTINGS_FILE = "settings.json"  # In records.PROGRESS_DIR: how the corpus in this directory is made.
 _SHARD_PATTERN = re.compile(r"^[\w.-]+-\d{5}-of-\d{5}\.array_record(\.tmp)?$")
 # Rejects whose cause lies in the environment rather than the item: retried on every re-run.
 RETRIED_REASONS = ("error", "timed out")
@@ -187,7 +186,7 @@ def _retry(reject: dict[str, Any], retry_rejects: bool) -> bool:
 
 def _load_manifest(out: pathlib.Path, shard: _Shard, retry_rejects: bool) -> dict[str, Any] | None:
   """The manifest of a finished shard, or None if the shard must be (re)done."""
-  manifest = _read_json(out / _PROGRESS_DIR / (shard.file + ".json"))
+  manifest = _read_json(out / records.PROGRESS_DIR / (shard.file + ".json"))
   if (
     not ((out / shard.file).is_file() and isinstance(manifest, dict))
     or manifest.get("fingerprint") != shard.fingerprint
@@ -199,7 +198,7 @@ def _load_manifest(out: pathlib.Path, shard: _Shard, retry_rejects: bool) -> dic
 def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None:
   """Makes `out` this job's: refuses a corpus made with other settings unless `overwrite`, which
   deletes it (its shards, manifests, rejects and info; nothing else in the directory)."""
-  path = out / _PROGRESS_DIR / _SETTINGS_FILE
+  path = out / records.PROGRESS_DIR / _SETTINGS_FILE
   before = _read_json(path)
   if before is None and (info := _read_json(out / records.INFO_FILE)):  # Written before settings.json existed.
     before = {k: v for k, v in settings.items() if k not in records.INPUT_FIELDS}
@@ -211,11 +210,11 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
         f"{out} holds a corpus prepared with other settings ({', '.join(changed)} differ); choose another "
         "--output, or pass --overwrite to replace it"
       )
-    shutil.rmtree(out / _PROGRESS_DIR, ignore_errors=True)
+    shutil.rmtree(out / records.PROGRESS_DIR, ignore_errors=True)
     for name in (records.INFO_FILE, records.REJECTS_FILE):
       (out / name).unlink(missing_ok=True)
     _remove_stale(out, keep=set())
-  (out / _PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+  (out / records.PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
   records.write_json_atomic(path, settings)
 
 
@@ -232,7 +231,7 @@ def _remove_stale(out: pathlib.Path, keep: set[str]) -> None:
   for path in out.iterdir():
     if _SHARD_PATTERN.match(path.name) and path.name not in keep:
       path.unlink()
-      (out / _PROGRESS_DIR / (path.name + ".json")).unlink(missing_ok=True)
+      (out / records.PROGRESS_DIR / (path.name + ".json")).unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -461,7 +460,7 @@ def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
     writer.close()
   os.replace(tmp, out / shard.file)
   manifest["tags"] = sorted(tags)
-  records.write_json_atomic(out / _PROGRESS_DIR / (shard.file + ".json"), manifest)
+  records.write_json_atomic(out / records.PROGRESS_DIR / (shard.file + ".json"), manifest)
   return manifest
 
 

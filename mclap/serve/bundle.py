@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import mclap
+from mclap import paths
 from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
@@ -162,13 +163,18 @@ def _params_to_bfloat16(variables: dict[str, Any]) -> dict[str, Any]:
   return jax.tree_util.tree_map_with_path(cast, variables)
 
 
+def is_bundle(path: pathlib.Path) -> bool:
+  return (path / BUNDLE_FILE).is_file()
+
+
 def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
   """bundle.json of a bundle, checked; its config's directories made absolute and its `spec` a
   `ModelSpec`."""
   directory = pathlib.Path(directory)
   path = directory / BUNDLE_FILE
   if not path.is_file():
-    raise BundleError(f"{path} not found: {directory} is not an mclap bundle (make one with python -m mclap.export)")
+    what = f"an mclap bundle (no {BUNDLE_FILE} in it)"
+    raise BundleError(paths.not_found(directory, what, is_bundle, "make one with python -m mclap.export"))
   try:
     meta = json.loads(path.read_text())
   except json.JSONDecodeError as e:

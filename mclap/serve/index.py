@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mclap import paths
 from mclap.data import records
 from mclap.errors import UserError
 
@@ -35,6 +36,10 @@ class IndexFileError(UserError):
   """An index directory is missing or damaged."""
 
 
+def is_index(path: pathlib.Path) -> bool:
+  return (path / INDEX_FILE).is_file()
+
+
 class Index:
   """A consolidated index, opened for search (embeddings memory-mapped)."""
 
@@ -42,7 +47,8 @@ class Index:
     self.directory = pathlib.Path(directory)
     path = self.directory / INDEX_FILE
     if not path.is_file():
-      raise IndexFileError(f"{path} not found: build the index with python -m mclap.embed --output {self.directory}")
+      remedy = f"build it with python -m mclap.embed --output {self.directory}"
+      raise IndexFileError(paths.not_found(self.directory, f"a search index (no {INDEX_FILE} in it)", is_index, remedy))
     self.info = json.loads(path.read_text())
     data = self.directory / self.info["data"]
     self.embeddings = np.load(data / "embeddings.npy", mmap_mode="r")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from mclap import paths
 from mclap.data import audio
 from mclap.errors import UserError
 from mclap.prepare.listing import AudioItem, Listing, Source, list_entries
@@ -34,7 +35,7 @@ def list_items(root: pathlib.Path, *, split_lists: dict[str, str]) -> Listing:
     f"{g}/{p.name}": p for g in genres for p in sorted((base / g).iterdir()) if p.suffix.lower() in audio.AUDIO_SUFFIXES
   }
   if not found:
-    deeper = sorted(str(p.parent) for name in GTZAN_FOLDERS for p in base.glob(f"*/{name}") if p.is_dir())
+    deeper = paths.near(root, lambda p: any((p / name).is_dir() for name in GTZAN_FOLDERS))
     hint = f"; did you mean --input {deeper[0]}?" if deeper else ""
     raise UserError(
       f"no audio files in the genre folders of {base} ({', '.join(genres[:5])}{', ...' if len(genres) > 5 else ''}): "

@@ -1,0 +1,55 @@
+"""What a user meant by a path that is one level off: the folder above or below the one a job
+needs, a file inside it, or a name with a typo. Jobs name that folder in their one-line error
+instead of only saying what is missing."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+from collections.abc import Callable
+
+_MAX_FOLDERS = 200  # Subfolders looked into per level: a folder of a hundred thousand clips stays cheap.
+
+
+def _subfolders(path: pathlib.Path) -> list[pathlib.Path]:
+  try:
+    with os.scandir(path) as entries:
+      names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+  except OSError:
+    return []
+  return [path / n for n in names[:_MAX_FOLDERS]]
+
+
+def near(path: str | os.PathLike, is_target: Callable[[pathlib.Path], bool]) -> list[pathlib.Path]:
+  """Folders one level off `path` for which `is_target` holds, nearest first: for a path that does
+  not exist, siblings with a close name (a typo); the folders `path` lies in (a file or folder
+  inside was named); the sub- and sub-subfolders of `path` (a folder above was named)."""
+  path = pathlib.Path(path)
+  candidates = [path.parent, path.parent.parent]
+  if not path.exists():
+    siblings = {p.name: p for p in _subfolders(path.parent)}
+    close = difflib.get_close_matches(path.name, list(siblings), n=3, cutoff=0.6)
+    candidates = [siblings[name] for name in close] + candidates
+  elif path.is_dir():
+    children = _subfolders(path)
+    candidates += children + [g for c in children for g in _subfolders(c)]
+  found = []
+  for candidate in candidates:
+    if candidate != path and candidate not in found and is_target(candidate):
+      found.append(candidate)
+  return found
+
+
+def not_found(
+  path: str | os.PathLike, what: str, is_target: Callable[[pathlib.Path], bool], remedy: str, flag: str = ""
+) -> str:
+  """One line for a `path` that is not `what`: that it does not exist or is not one, and either
+  the folders one level off that are (after `flag`, as the user would type it: `--input`, or
+  `--config.x=`) or `remedy`."""
+  path = pathlib.Path(path)
+  state = "does not exist" if not path.exists() else "is a file" if path.is_file() else f"is not {what}"
+  if found := near(path, is_target):
+    options = " or ".join(f"{flag}{p}" if flag.endswith("=") else f"{flag} {p}".strip() for p in found[:3])
+    return f"{path} {state}; did you mean {options}?"
+  return f"{path} {state}: {remedy}"

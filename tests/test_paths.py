@@ -1,0 +1,95 @@
+"""A path one level off (the folder above or below, a file in it, a typo) is answered with the
+folder the user meant, by every job that reads a corpus, workdir, bundle, index or download."""
+
+import json
+
+import pytest
+
+from mclap import export, paths, train
+from mclap.data import records
+from mclap.errors import UserError
+from mclap.models import weights
+from mclap.prepare.sources import musiccaps
+from mclap.serve import bundle, index
+
+
+def _workdir(path):
+  (path / "checkpoints").mkdir(parents=True)
+  (path / weights.CONFIG_FILE).write_text("{}")
+  return path
+
+
+def test_near_finds_the_folder_one_level_off_and_nothing_else(tmp_path):
+  runs = tmp_path / "runs"
+  demo = _workdir(runs / "demo")
+  deep = _workdir(runs / "sweep/lr3")
+  (runs / "notes").mkdir()
+  (runs / "notes/config.json").write_text("{}")  # A config.json alone (a tokenizer folder) is no workdir.
+  (runs / ".hidden").mkdir()
+  _workdir(runs / ".hidden/old")
+  assert paths.near(runs, weights.is_workdir) == [demo, deep]  # Below, and two below; hidden folders are skipped.
+  assert paths.near(demo / "checkpoints", weights.is_workdir) == [demo]  # A folder inside was named.
+  assert paths.near(demo / "checkpoints/600", weights.is_workdir) == [demo]  # Two inside, and missing.
+  assert paths.near(demo / weights.CONFIG_FILE, weights.is_workdir) == [demo]  # The file, not its folder.
+  assert paths.near(runs / "dem", weights.is_workdir) == [demo]  # A typo.
+  assert paths.near(runs / "other", weights.is_workdir) == []
+  assert paths.near(tmp_path / "elsewhere", weights.is_workdir) == []
+  assert paths.near(demo, weights.is_workdir) == []  # Itself is not "one level off".
+
+
+def test_every_job_names_the_folder_the_user_meant(tmp_path):
+  corpus = tmp_path / "data/demo-corpus"
+  corpus.mkdir(parents=True)
+  (corpus / records.INFO_FILE).write_text("{}")
+  with pytest.raises(
+    records.CorpusError, match=rf"^{tmp_path}/data is not a prepared corpus .*did you mean {corpus}\?$"
+  ):
+    records.CorpusReader(tmp_path / "data", "train")
+  with pytest.raises(records.CorpusError, match=rf"{corpus}/dataset_info.json is a file; did you mean {corpus}\?"):
+    records.read_info(corpus / records.INFO_FILE)
+  with pytest.raises(records.CorpusError, match=rf"demo-corpu does not exist; did you mean {corpus}\?"):
+    records.read_info(tmp_path / "data/demo-corpu")
+  with pytest.raises(records.CorpusError, match=r"nowhere does not exist: create one with `python -m mclap.data.prep"):
+    records.read_info(tmp_path / "nowhere")
+
+  unfinished = tmp_path / "unfinished"
+  (unfinished / records.PROGRESS_DIR).mkdir(parents=True)
+  with pytest.raises(records.CorpusError, match="preparation did not finish .*re-run the same prepare command"):
+    records.read_info(unfinished)
+
+  demo = _workdir(tmp_path / "runs/demo")
+  for job in (weights.read_model, lambda w: export.export(w, tmp_path / "bundle")):
+    with pytest.raises(UserError, match=rf"runs is not a training workdir .*did you mean --workdir {demo}\?"):
+      job(tmp_path / "runs")
+    with pytest.raises(UserError, match=rf"checkpoints is not a training workdir .*did you mean --workdir {demo}\?"):
+      job(demo / "checkpoints")
+  with pytest.raises(UserError, match=rf"did you mean --config.model.audio.init_from={demo}\?"):
+    weights.load_tower(None, tmp_path / "runs", "audio")
+  for slip in (tmp_path / "runs", demo / "checkpoints"):
+    with pytest.raises(UserError, match=rf"is not a training workdir, but {demo} is one: name it in --workdir"):
+      train.train(None, slip)  # Refused before the config is read: nothing is written into the old run.
+  assert sorted(p.name for p in demo.iterdir()) == ["checkpoints", "config.json"]
+
+  exported = tmp_path / "bundles/b1"
+  (exported / bundle.VARIABLES_DIR).mkdir(parents=True)
+  (exported / bundle.BUNDLE_FILE).write_text("{}")
+  for slip in (tmp_path / "bundles", exported / bundle.VARIABLES_DIR):
+    with pytest.raises(UserError, match=rf"is not an mclap bundle .*did you mean {exported}\?"):
+      bundle.read_meta(slip)
+
+  built = tmp_path / "indexes/music"
+  built.mkdir(parents=True)
+  (built / index.INDEX_FILE).write_text(json.dumps({}))
+  with pytest.raises(UserError, match=rf"indexes is not a search index .*did you mean {built}\?"):
+    index.Index(tmp_path / "indexes")
+
+
+def test_a_download_folder_one_level_off_names_the_right_input(tmp_path):
+  root = tmp_path / "downloads/musiccaps"
+  (root / "audio").mkdir(parents=True)
+  (root / "musiccaps-public.csv").write_text("ytid,start_s,end_s,caption\n")
+  for slip in (tmp_path / "downloads", root / "audio"):
+    with pytest.raises(UserError, match=rf"musiccaps-public.csv not found: .*; did you mean --input {root}\?$"):
+      musiccaps.list_items(slip, seed=0)
+  with pytest.raises(UserError, match="or --metadata FILE$"):
+    musiccaps.list_items(tmp_path / "downloads/other", seed=0)
