@@ -47,7 +47,7 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
     records.CorpusReader(tmp_path / "data", "train")
   with pytest.raises(records.CorpusError, match=rf"{corpus}/dataset_info.json is a file; did you mean {corpus}\?"):
     records.read_info(corpus / records.INFO_FILE)
-  with pytest.raises(records.CorpusError, match=rf"demo-corpu does not exist; did you mean {corpus}\?"):
+  with pytest.raises(records.CorpusError, match=rf"demo-corpu does not exist; did you mean {corpus}\? Else create one"):
     records.read_info(tmp_path / "data/demo-corpu")
   with pytest.raises(records.CorpusError, match=r"nowhere does not exist: create one with `python -m mclap.data.prep"):
     records.read_info(tmp_path / "nowhere")
