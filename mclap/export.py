@@ -31,8 +31,8 @@ def export(
 ) -> pathlib.Path:
   """Writes the bundle of a checkpoint of `workdir`, or of the mean of its last `average_last`
   checkpoints; returns its directory."""
-  workdir = weights.check_workdir(workdir)
   bundle.check_output(output, overwrite)
+  workdir = weights.check_workdir(workdir)
   if dtype not in bundle.DTYPE_NAMES:  # Before the slow part.
     raise UserError(f"--dtype={dtype}; use {' or '.join(bundle.DTYPES)}")
   steps = [step]

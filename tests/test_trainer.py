@@ -206,7 +206,7 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
 
 def test_eval_mistakes_are_reported_before_the_model_is_built(tiny_config, tmp_path, monkeypatch):
   monkeypatch.setattr(weights, "build_model", None)  # Building the model would fail the test.
-  with pytest.raises(ConfigError, match="no checkpoints in .*typo/checkpoints"):
+  with pytest.raises(UserError, match="typo does not exist: --workdir must name a folder written by mclap.train"):
     eval_lib.evaluate(tiny_config, tmp_path / "typo")
   assert not (tmp_path / "typo").exists()  # Reading creates nothing.
   bad_split = ml_collections.ConfigDict(tiny_config.to_dict())
@@ -223,7 +223,7 @@ def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_pa
   tower = lambda width, seed: nnx.Sequential(  # noqa: E731
     nnx.Linear(3, width, rngs=nnx.Rngs(seed)), nnx.BatchNorm(width, rngs=nnx.Rngs(seed))
   )
-  with pytest.raises(UserError, match="holds no checkpoint"):
+  with pytest.raises(UserError, match="is not a training workdir with checkpoints: init_from must name"):
     weights.load_tower(tower(4, 0), tmp_path, "audio")
   source = tower(4, 1)
   source.layers[1].mean[...] = jnp.arange(4.0)

@@ -36,14 +36,13 @@ def is_workdir(path: pathlib.Path) -> bool:
   return (path / CONFIG_FILE).is_file() and (path / "checkpoints").is_dir()
 
 
-def check_workdir(workdir: str | pathlib.Path, flag: str = "--workdir") -> pathlib.Path:
+def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   """`workdir` as a path, if `python -m mclap.train` wrote it; else a `UserError` naming the
   workdir one level off that the user meant, if there is one."""
   workdir = pathlib.Path(workdir)
   if not (workdir / CONFIG_FILE).is_file():
-    what = f"a training workdir (no {CONFIG_FILE} in it)"
-    remedy = f"{flag.rstrip('=')} must name a folder written by python -m mclap.train"
-    raise UserError(paths.not_found(workdir, what, is_workdir, remedy, flag))
+    what, remedy = f"a training workdir (no {CONFIG_FILE} in it)", "--workdir must name a folder written by mclap.train"
+    raise UserError(paths.not_found(workdir, what, is_workdir, remedy, "--workdir"))
   return workdir
 
 
@@ -145,10 +144,11 @@ def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
   """Copies the trained weights and batch statistics of the `name` tower, from the latest
   checkpoint of an mclap training workdir, into `tower` (in place)."""
-  directory = check_workdir(workdir, "--config.model.audio.init_from=") / "checkpoints"
+  directory = pathlib.Path(workdir) / "checkpoints"
   steps = checkpoint_steps(directory)
   if not steps:
-    raise UserError(f"{directory} holds no checkpoint: init_from must name a workdir written by mclap.train")
+    what, remedy = "a training workdir with checkpoints", "init_from must name a workdir written by mclap.train"
+    raise UserError(paths.not_found(workdir, what, is_workdir, remedy, "--config.model.audio.init_from="))
   saved = saved_state(directory, steps[-1])
   towers = {group: _model_part(saved, group).get(name, {}) for group in ("params", "batch_stats")}
   copy_variables(tower, towers, f"{directory} ({name} tower)")
