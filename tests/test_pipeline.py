@@ -1,5 +1,6 @@
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -121,6 +122,29 @@ def test_worker_processes_give_the_same_batches(tiny_config):
     _assert_same([next(it) for _ in range(6)], _batches(ds, 6))
   finally:
     it.close()
+
+
+def test_workers_leave_stop_signals_to_the_trainer(tiny_config):
+  """Ctrl-C in a terminal (SIGINT) and Slurm's SIGTERM reach every process of the job: the workers
+  must go on delivering while the trainer finishes its step and saves, and stop when it closes
+  them (they died with a KeyboardInterrupt traceback, leaking their batches in shared memory)."""
+  ds = pipeline.train_dataset(tiny_config)
+  before = set(multiprocessing.active_children())
+  it = pipeline.iterate(ds, num_workers=2, prefetch=tiny_config.data.prefetch)
+  try:
+    got = [next(it), next(it)]  # One from each worker: both have started.
+    workers = [p for p in multiprocessing.active_children() if p not in before]
+    assert len(workers) == 2
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      for worker in workers:
+        os.kill(worker.pid, signum)
+    time.sleep(1.0)
+    assert all(w.is_alive() for w in workers)
+    got += [next(it) for _ in range(4)]
+  finally:
+    it.close()
+  _assert_same(got, _batches(ds, 6))
+  assert not any(w.is_alive() for w in workers)
 
 
 def test_processes_read_disjoint_shares_of_the_global_batch(tiny_config):
