@@ -238,8 +238,8 @@ def use_compilation_cache(directory: str) -> None:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """`app.run` that reports bad config files, keys and other `UserError`s in one line, and keeps
-  compiled programs in `--compilation_cache`."""
+  """`app.run` that reports bad config files, keys and other `UserError`s, and an interrupt, in one
+  line, and keeps compiled programs in `--compilation_cache`."""
   flags.DEFINE_string(
     "compilation_cache",
     default_compilation_cache(),
@@ -272,5 +272,8 @@ def run(main: Callable[[list[str]], None]) -> None:
       main(argv)
     except UserError as e:
       fail(e)
+    except KeyboardInterrupt:  # Jobs that keep work on an interrupt say so themselves (train, prepare, embed).
+      sys.stderr.write_line("interrupted")
+      sys.exit(130)
 
   app.run(guarded, flags_parser=parse)

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -147,6 +148,10 @@ def fake_record(item):
   mel = np.full((TINY_MEL["n_mels"], 4), float(i), np.float32)
   if kind == "crash":
     raise OSError("cannot decode")
+  if kind == "interrupt":  # Ctrl-C reaching the job's own process.
+    raise KeyboardInterrupt
+  if kind == "sigint":  # Ctrl-C reaching a worker process, as a terminal sends it to the whole group.
+    os.kill(os.getpid(), signal.SIGINT)
   if kind == "reject":
     return writer.Reject(id=f"x{i}", reason="silent")
   if kind == "nan":

@@ -156,6 +156,13 @@ def test_the_verdict_starts_its_own_line_while_a_library_thread_prints_a_traceba
   assert "error: writing a checkpoint failed" in result.stderr.splitlines(), result.stderr
 
 
+def test_an_interrupted_job_says_so_in_one_line():
+  """A second Ctrl-C of training, or the first of eval or export, ended in a traceback."""
+  code = "from mclap import cli\ndef main(argv):\n  raise KeyboardInterrupt\ncli.run(main)"
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert (result.returncode, result.stderr.strip()) == (130, "interrupted"), result.stderr
+
+
 def test_evaluator_entries_for_other_corpora_are_added_from_flags():
   result = _run_cli(
     "--config", CONFIG, "--config.evals.gtzan.kind=zero_shot", "--config.evals.gtzan.dir", "data/gtzan",

@@ -44,6 +44,19 @@ def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
   assert info["tags"] == ["dup", "ok"]
 
 
+def test_ctrl_c_stops_the_job_in_one_line_and_not_its_workers(tmp_path):
+  """Ctrl-C reaches the job and every worker: the job stops with the finished shards kept, and
+  the workers leave it to the job (one killed by it lost its item: "timed out")."""
+  kwargs = dict(mel_config=TINY_MEL, source="test", shard_size=2, show_progress=False)
+  items = [("ok", 0), ("ok", 1), ("ok", 2), ("ok", 3), ("interrupt", 4), ("ok", 5)]
+  with pytest.raises(SystemExit, match=r"^interrupted; the finished shards are kept in .*Run the same command to"):
+    writer.write_corpus(tmp_path / "job", {"train": items}, fake_record, num_workers=0, **kwargs)
+  assert len(list((tmp_path / "job" / records.PROGRESS_DIR).glob("*.array_record.json"))) == 2
+  items = [("ok", 0), ("sigint", 1), ("ok", 2), ("sigint", 3)]
+  info = writer.write_corpus(tmp_path / "pool", {"train": items}, fake_record, num_workers=1, item_timeout=20, **kwargs)
+  assert info["num_rejected"] == 0 and info["splits"]["train"]["count"] == 4
+
+
 def _files(directory):
   return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 

@@ -24,6 +24,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -101,6 +102,9 @@ def _init_worker(job: _Job) -> None:
   global _job
   _job = job
   threadpoolctl.threadpool_limits(1)  # See `_results`.
+  # Ctrl-C reaches every process of the job: the job stops, and stops its pool (a worker it killed
+  # lost its item and printed a traceback).
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(item: Any) -> dict[str, Any] | Reject:
@@ -424,6 +428,9 @@ def write_corpus(
   try:
     for shard in todo:
       manifests[shard.file] = _write_shard(out, shard, results, seen_ids, watch, bar)
+  except KeyboardInterrupt:
+    bar.close()
+    sys.exit(f"interrupted; the finished shards are kept in {out}. Run the same command to resume.")
   finally:
     results.close()  # Stops the worker pool when the job stops early.
     bar.close()
