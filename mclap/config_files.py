@@ -3,6 +3,7 @@ only describes a run; loading one must not start a backend)."""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import pathlib
 from collections.abc import Sequence
@@ -15,8 +16,14 @@ from mclap.errors import ConfigError
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Calls `get_config(arg)` of the file in `spec` = 'path.py[:arg]'."""
   path, _, arg = spec.partition(":")
-  if not pathlib.Path(path).is_file():
-    raise ConfigError(f"config file {path} not found (expected e.g. configs/muscall.py:demo)")
+  file = pathlib.Path(path)
+  if file.is_dir():
+    names = ", ".join(sorted(p.name for p in file.glob("*.py")))
+    raise ConfigError(f"config {path} is a folder; name a config file in it ({names}), e.g. configs/muscall.py:demo")
+  if not file.is_file():
+    close = difflib.get_close_matches(file.name, [p.name for p in file.parent.glob("*.py")], n=1, cutoff=0.6)
+    hint = f"did you mean {file.parent / close[0]}? " if close else ""
+    raise ConfigError(f"config file {path} not found ({hint}expected e.g. configs/muscall.py:demo)")
   module_spec = importlib.util.spec_from_file_location(f"_mclap_config_{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

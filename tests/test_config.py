@@ -106,9 +106,13 @@ def test_booleans_are_set_with_false_not_a_no_prefix():
   assert json.loads(result.stdout)["model"]["learn_temperature"] is False
 
 
-def test_unknown_variant_is_named():
+def test_a_config_file_or_variant_one_letter_off_is_named():
   with pytest.raises(ConfigError, match="unknown variant.*'dmeo'"):
     cli.load_config(CONFIG + ":dmeo")
+  with pytest.raises(ConfigError, match=rf"configs/muscal.py not found \(did you mean {ROOT}/configs/muscall.py\? "):
+    cli.load_config(f"{ROOT}/configs/muscal.py:demo")
+  with pytest.raises(ConfigError, match=r"configs is a folder; name a config file in it \(clap.py, .*muscall.py"):
+    cli.load_config(str(ROOT / "configs"))
 
 
 def test_cli_fails_at_start_with_one_line():
