@@ -23,17 +23,17 @@ def _subfolders(path: pathlib.Path) -> list[pathlib.Path]:
 
 def near(path: str | os.PathLike, is_target: Callable[[pathlib.Path], bool]) -> list[pathlib.Path]:
   """Folders one level off `path` for which `is_target` holds, nearest first: for a path that does
-  not exist, siblings with a close name (a typo); the folders `path` lies in (a file or folder
-  inside was named); the sub- and sub-subfolders of `path` (a folder above was named)."""
+  not exist, siblings with a close name (a typo); for a file, its folder; for a folder, the two it
+  lies in (a folder inside was named) and its sub- and sub-subfolders (a folder above was)."""
   path = pathlib.Path(path)
-  candidates = [path.parent, path.parent.parent]
   if not path.exists():
     siblings = {p.name: p for p in _subfolders(path.parent)}
-    close = difflib.get_close_matches(path.name, list(siblings), n=3, cutoff=0.6)
-    candidates = [siblings[name] for name in close] + candidates
-  elif path.is_dir():
+    candidates = [siblings[name] for name in difflib.get_close_matches(path.name, list(siblings), n=3, cutoff=0.6)]
+  elif path.is_file():
+    candidates = [path.parent]
+  else:
     children = _subfolders(path)
-    candidates += children + [g for c in children for g in _subfolders(c)]
+    candidates = [path.parent, path.parent.parent, *children, *(g for c in children for g in _subfolders(c))]
   found = []
   for candidate in candidates:
     if candidate != path and candidate not in found and is_target(candidate):

@@ -9,7 +9,7 @@ from mclap import export, paths, train
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.models import weights
-from mclap.prepare.sources import musiccaps
+from mclap.prepare.sources import folder, musiccaps
 from mclap.serve import bundle, index
 
 
@@ -29,7 +29,9 @@ def test_near_finds_the_folder_one_level_off_and_nothing_else(tmp_path):
   _workdir(runs / ".hidden/old")
   assert paths.near(runs, weights.is_workdir) == [demo, deep]  # Below, and two below; hidden folders are skipped.
   assert paths.near(demo / "checkpoints", weights.is_workdir) == [demo]  # A folder inside was named.
-  assert paths.near(demo / "checkpoints/600", weights.is_workdir) == [demo]  # Two inside, and missing.
+  (demo / "checkpoints/600").mkdir()
+  assert paths.near(demo / "checkpoints/600", weights.is_workdir) == [demo]  # Two levels inside.
+  assert paths.near(demo / "checkpoints/700", weights.is_workdir) == []  # Missing, and no close sibling.
   assert paths.near(demo / weights.CONFIG_FILE, weights.is_workdir) == [demo]  # The file, not its folder.
   assert paths.near(runs / "dem", weights.is_workdir) == [demo]  # A typo.
   assert paths.near(runs / "other", weights.is_workdir) == []
@@ -93,3 +95,8 @@ def test_a_download_folder_one_level_off_names_the_right_input(tmp_path):
       musiccaps.list_items(slip, seed=0)
   with pytest.raises(UserError, match="or --metadata FILE$"):
     musiccaps.list_items(tmp_path / "downloads/other", seed=0)
+  own = tmp_path / "downloads/my_music"
+  (own / "audio").mkdir(parents=True)
+  (own / "metadata.jsonl").write_text("")
+  with pytest.raises(UserError, match=rf"needs metadata.csv or metadata.jsonl .*; did you mean --input {own}\?$"):
+    folder.list_items(own / "audio", seed=0)

@@ -14,7 +14,7 @@ import pathlib
 from absl import flags
 from ml_collections import config_flags
 
-from mclap import cli
+from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.prepare import decode, features_source, synthetic, tfds_source, writer
@@ -157,7 +157,7 @@ def _recorded(name: str, mel_config: dict, cut: decode.WaveformCut | None):
     raise UserError(f"--source={name} needs --input DIR")
   root = pathlib.Path(_INPUT.value)
   if not root.is_dir():
-    raise UserError(f"--input {root} is not a directory")
+    raise UserError(paths.not_found(root, "a folder", pathlib.Path.is_dir, "--input must name a folder", "--input"))
   settings = decode.DecodeSettings(
     tuple(sorted(mel_config.items())), _MAX_SECONDS.value, _MIN_SECONDS.value, _NPY_RATE.value
   )

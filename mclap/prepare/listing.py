@@ -126,16 +126,21 @@ def find_audio(audio_root: pathlib.Path, rel: str, variants: tuple[str, ...] = (
 
 
 def metadata_file(
-  root: pathlib.Path, metadata: str, default: str, source: str, columns: str, folders: tuple[str, ...] = ()
+  root: pathlib.Path, metadata: str, default: str | tuple[str, ...], source: str, columns: str, folders=()
 ) -> pathlib.Path:
-  """`--metadata` if given, else `default` in `root` or in one of its `folders` (other layouts of
-  the same download)."""
-  candidates = [pathlib.Path(metadata)] if metadata else [root / default, *(root / f / default for f in folders)]
+  """`--metadata` if given, else the first of the `default` name(s) in `root` or in one of its
+  `folders` (other layouts of the same download)."""
+  names = (default,) if isinstance(default, str) else default
+  found_in = lambda folder: [folder / f / n for f in ("", *folders) for n in names]  # noqa: E731
+  candidates = [pathlib.Path(metadata)] if metadata else found_in(root)
   if path := next((p for p in candidates if p.is_file()), None):
     return path
-  message = f"{' or '.join(map(str, candidates))} not found: --source={source} needs {default} ({columns}) in --input"
-  if not metadata and (found := paths.near(root, lambda p: any((p / f / default).is_file() for f in ("", *folders)))):
-    raise UserError(f"{message}; did you mean --input {found[0]}?")
+  message = (
+    f"{' or '.join(map(str, candidates))} not found: --source={source} needs {' or '.join(names)} ({columns}) "
+    "in --input"
+  )
+  if not metadata and (near := paths.near(root, lambda p: any(c.is_file() for c in found_in(p)))):
+    raise UserError(f"{message}; did you mean --input {near[0]}?")
   raise UserError(f"{message}, or --metadata FILE")
 
 

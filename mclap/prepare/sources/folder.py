@@ -12,6 +12,7 @@ from mclap.prepare.listing import (
   Source,
   caption_texts,
   hashed_split,
+  metadata_file,
   metadata_rows,
   nonempty,
   split_tags,
@@ -30,13 +31,7 @@ def list_items(root: pathlib.Path, *, seed: int, metadata: str = "") -> Listing:
 def list_files(root: pathlib.Path, *, seed: int, metadata: str, source: str) -> Listing:
   """`list_items` for any source whose files a metadata table names so (`features`: feature
   files), named `source` in errors."""
-  candidates = [pathlib.Path(metadata)] if metadata else [root / "metadata.csv", root / "metadata.jsonl"]
-  path = next((p for p in candidates if p.is_file()), None)
-  if path is None:
-    raise UserError(
-      f"no metadata file: --source={source} needs {' or '.join(map(str, candidates))} "
-      "with columns path, caption[, tags][, split] (or pass --metadata)"
-    )
+  path = metadata_file(root, metadata, ("metadata.csv", "metadata.jsonl"), source, "path, caption[, tags][, split]")
   rows = metadata_rows(path)
   if rows and "path" not in rows[0]:
     raise UserError(f"{path} has no 'path' column (columns: {sorted(rows[0])})")
