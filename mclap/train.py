@@ -142,9 +142,9 @@ def check_not_beside_workdirs(workdir: pathlib.Path) -> None:
   would start a new run from scratch where the old one's files are."""
   if workdir.is_dir() and not (workdir / weights.CONFIG_FILE).is_file():
     if found := paths.near(workdir, weights.is_workdir):
+      which = f"{found[0]} is one: name it" if len(found) == 1 else f"{' and '.join(map(str, found[:3]))} are: name one"
       raise ConfigError(
-        f"{workdir} is not a training workdir, but {' and '.join(map(str, found[:3]))} "
-        f"{'is one' if len(found) == 1 else 'are'}: name it in --workdir to resume it, or a new folder for a new run"
+        f"{workdir} is not a training workdir, but {which} in --workdir to resume it, or a new folder for a new run"
       )
 
 

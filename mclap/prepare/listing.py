@@ -126,7 +126,12 @@ def find_audio(audio_root: pathlib.Path, rel: str, variants: tuple[str, ...] = (
 
 
 def metadata_file(
-  root: pathlib.Path, metadata: str, default: str | tuple[str, ...], source: str, columns: str, folders=()
+  root: pathlib.Path,
+  metadata: str,
+  default: str | tuple[str, ...],
+  source: str,
+  columns: str,
+  folders: tuple[str, ...] = (),
 ) -> pathlib.Path:
   """`--metadata` if given, else the first of the `default` name(s) in `root` or in one of its
   `folders` (other layouts of the same download)."""
