@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import sys
 import time
 from typing import NamedTuple
 
@@ -148,11 +150,45 @@ def check_not_beside_workdirs(workdir: pathlib.Path) -> None:
       )
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+  return flat
+
+
+def report_config_changes(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> list[str]:
+  """A resumed run goes on with the config it is given, which may not be the one it started with
+  (more steps, a lower learning rate, or a slip): before the slow part, say what differs, and keep
+  the earlier config beside the new one (`config.until_step_N.json`). Returns the differences."""
+  saved, steps = workdir / weights.CONFIG_FILE, weights.checkpoint_steps(workdir / "checkpoints")
+  if not (saved.is_file() and steps):
+    return []
+  before, after = _flat(json.loads(saved.read_text())), _flat(json.loads(config.to_json_best_effort()))
+  changed = [
+    f"{key} {before.get(key, '(none)')!r} -> {after.get(key, '(none)')!r}"
+    for key in sorted(before.keys() | after.keys())
+    if before.get(key) != after.get(key)
+  ]
+  if changed:
+    kept = workdir / f"config.until_step_{steps[-1]}.json"
+    print(
+      f"warning: resuming {workdir} with a config other than its run's ({saved.name} until step {steps[-1]}, "
+      f"kept as {kept.name}): {'; '.join(changed)}",
+      file=sys.stderr,
+      flush=True,
+    )
+    if jax.process_index() == 0:
+      shutil.copyfile(saved, kept)
+  return changed
+
+
 def train(config, workdir: str | pathlib.Path) -> dict:
   """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set)."""
   started = time.perf_counter()
   workdir = pathlib.Path(workdir)
   check_not_beside_workdirs(workdir)
+  report_config_changes(workdir, config)
   checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 
   # ---------------------------------------------------------------- Mesh.

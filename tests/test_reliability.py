@@ -228,6 +228,23 @@ def test_checkpoint_of_another_model_is_refused_by_name(four_steps, tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]  # Nothing moved aside.
 
 
+def test_a_run_resumed_with_another_config_says_what_differs_and_keeps_the_first(tiny_config, tmp_path, capsys):
+  (tmp_path / "checkpoints/4/state").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(tiny_config.to_json_best_effort(indent=1))
+  assert train.report_config_changes(tmp_path, tiny_config) == []
+  changed = tiny_config.copy_and_resolve_references()
+  changed.optim.lr, changed.train.steps = 1e-4, changed.train.steps + 100
+  del changed.data["prefetch"]
+  capsys.readouterr()
+  assert train.report_config_changes(tmp_path, changed) == [
+    f"data.prefetch {tiny_config.data.prefetch!r} -> '(none)'",
+    f"optim.lr {tiny_config.optim.lr!r} -> 0.0001",
+    f"train.steps {tiny_config.train.steps!r} -> {tiny_config.train.steps + 100!r}",
+  ]
+  assert "warning: resuming " in capsys.readouterr().err
+  assert (tmp_path / "config.until_step_4.json").read_text() == (tmp_path / "config.json").read_text()
+
+
 def test_a_checkpoint_of_the_old_layout_is_named_as_such(tmp_path):
   """Before 0.2 the model's parameters sat at the top of the train state's groups."""
   mgr = checkpoints.manager(tmp_path / "checkpoints", None)

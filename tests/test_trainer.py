@@ -157,7 +157,9 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
       train.train(config, tmp_path / "cut")
   assert sorted(int(p.name) for p in (tmp_path / "cut/checkpoints").iterdir() if p.name.isdigit()) == [2]
+  capsys.readouterr()
   train.train(config, tmp_path / "cut")
+  assert "warning: resuming" not in capsys.readouterr().err  # The same config: nothing to report.
 
   whole_params, cut = _final_params(config, whole), _final_params(config, tmp_path / "cut")
   assert int(cut["step"]) == 4
