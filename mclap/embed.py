@@ -30,7 +30,7 @@ import tqdm
 from absl import flags
 
 import mclap
-from mclap import cli
+from mclap import cli, paths
 from mclap.data import audio as audio_lib
 from mclap.data import features as features_lib
 from mclap.data import records
@@ -41,9 +41,17 @@ from mclap.serve import index as index_lib
 def list_audio(audio_dir: pathlib.Path, suffixes: tuple[str, ...] = audio_lib.AUDIO_SUFFIXES) -> list[str]:
   """Files with `suffixes` (audio by default) under `audio_dir`, relative paths in sorted order."""
   if not audio_dir.is_dir():
-    raise UserError(f"{audio_dir} is not a folder")
-  found = (p for p in audio_dir.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-  return sorted(str(p.relative_to(audio_dir)) for p in found)
+    raise UserError(
+      paths.not_found(audio_dir, "a folder", pathlib.Path.is_dir, "name a folder of music", "--audio_dir")
+    )
+  found = sorted(
+    str(p.relative_to(audio_dir)) for p in audio_dir.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+  )
+  if not found:  # An index of nothing would "succeed": a wrong folder must not look like an empty one.
+    raise UserError(
+      f"no files ending in {', '.join(suffixes)} under {audio_dir}; --audio_dir must name a folder of them"
+    )
+  return found
 
 
 def _decode(
@@ -97,6 +105,8 @@ def embed_folder(
   crop = crop or model.crop
   if crop not in mclap.serve.inference.CROP_RULES:
     raise UserError(f"--crop={crop}; use one of {', '.join(mclap.serve.inference.CROP_RULES)}")
+  kind = "feature" if model.features is not None else "audio"
+  files = list_audio(audio_dir, features_lib.SUFFIXES if kind == "feature" else audio_lib.AUDIO_SUFFIXES)
   info = {
     "bundle": str(pathlib.Path(bundle).absolute()),
     "bundle_id": model.meta["id"],
@@ -119,8 +129,6 @@ def embed_folder(
           "another bundle, folder or crop setting"
         )
   rejected = index_lib.read_rejects(output)
-  kind = "feature" if model.features is not None else "audio"
-  files = list_audio(audio_dir, features_lib.SUFFIXES if kind == "feature" else audio_lib.AUDIO_SUFFIXES)
   todo = [f for f in files if f not in done and f not in rejected]
   print(f"{len(files)} {kind} files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
   new_rejects, pending, part_embeddings, part_items = 0, [], [], []

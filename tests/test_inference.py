@@ -199,6 +199,15 @@ def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path):
     model.embed_text("calm piano")
   with pytest.raises(UserError, match="exists"):
     export.export(tmp_path, model.directory)
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes/readme.txt").write_text("")
+  for folder, message in [
+    ("notes", r"no files ending in .wav, .flac, .* under .*notes; --audio_dir must name a folder of them"),
+    ("note", rf"note does not exist; did you mean --audio_dir {tmp_path / 'notes'}\?"),
+  ]:
+    with pytest.raises(UserError, match=message):
+      embed.embed_folder(model.directory, tmp_path / folder, tmp_path / "index", model=model, show_progress=False)
+  assert not (tmp_path / "index").exists()  # Refused before anything is written.
 
 
 @pytest.fixture(scope="module")
