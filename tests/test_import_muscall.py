@@ -35,7 +35,7 @@ from mclap import eval as eval_lib
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.evaluation import metrics
-from mclap.tools import import_muscall, torch_checkpoint
+from mclap.tools import import_muscall, state_dict, torch_checkpoint
 
 DATA = ROOT / "tests" / "data"
 
@@ -67,6 +67,25 @@ def test_reader_refuses_code_in_the_pickle(tmp_path):
   (tmp_path / "legacy.pth").write_bytes(pickle.dumps({"a": 1}))
   with pytest.raises(UserError, match="not a zip-format PyTorch checkpoint"):
     torch_checkpoint.load(tmp_path / "legacy.pth")
+
+
+def test_the_state_dict_is_found_in_the_wrappers_training_scripts_save(tmp_path, monkeypatch):
+  weights = {"audio_backbone.conv1.weight": np.ones((2, 1, 3, 3)), "logit_scale": np.array(2.6)}
+  layouts = [
+    {"epoch": 3, "state_dict": weights, "optimizer": {"state": {}}},  # MusCALL's own.
+    {"model": {f"module.{k}": v for k, v in weights.items()}, "optimizer": {}},  # DataParallel, under "model".
+    {"state_dict": {f"model.{k}": v for k, v in weights.items()}, "global_step": 9},  # Lightning's self.model.
+    {"model_state_dict": weights},
+  ]
+  for layout in layouts:
+    monkeypatch.setattr(torch_checkpoint, "load", lambda path, layout=layout: layout)
+    found = state_dict.read(tmp_path / "best.pth")
+    assert found.keys() == weights.keys(), layout
+    for key, array in weights.items():
+      np.testing.assert_array_equal(found[key], array)
+  monkeypatch.setattr(torch_checkpoint, "load", lambda path: {"epoch": 3, "optimizer": {}})
+  with pytest.raises(UserError, match=r"holds no state dict of arrays \(a dict of \['epoch', 'optimizer'\]\)"):
+    state_dict.read(tmp_path / "best.pth")
 
 
 @pytest.fixture(scope="module")

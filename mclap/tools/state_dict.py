@@ -11,20 +11,38 @@ import numpy as np
 from mclap.errors import UserError
 from mclap.tools import torch_checkpoint
 
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # Where training scripts keep the weights.
+_PREFIXES = ("module.", "model.")  # DataParallel's; a Lightning module's `self.model`.
+
+
+def _arrays(tree) -> dict[str, np.ndarray] | None:
+  """The state dict in a loaded checkpoint: the dict of arrays itself, or one under a key that
+  training scripts use for it (MusCALL's {"epoch", "state_dict", "optimizer"}, {"model": ...})."""
+  if not isinstance(tree, dict):
+    return None
+  if tree and all(isinstance(v, np.ndarray) for v in tree.values()):
+    return tree
+  return next((found for key in _WRAPPERS if (found := _arrays(tree.get(key))) is not None), None)
+
 
 def read(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """The model's state dict from a training checkpoint ({"state_dict": ...}), a bare state dict,
-  or an `.npz` of its arrays; DataParallel's `module.` prefixes removed."""
+  """The model's state dict from a training checkpoint, a bare state dict, or an `.npz` of its
+  arrays; a prefix that every name carries (`module.`, `model.`) removed."""
   path = pathlib.Path(path)
   if path.suffix == ".npz":
     with np.load(path) as data:
       state = dict(data)
   else:
     loaded = torch_checkpoint.load(path)
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict):
-      raise UserError(f"{path} holds no state_dict (found {type(loaded).__name__})")
-  return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+    if (state := _arrays(loaded)) is None:
+      held = f"a dict of {sorted(map(str, loaded))[:8]}" if isinstance(loaded, dict) else type(loaded).__name__
+      raise UserError(
+        f"{path} holds no state dict of arrays ({held}); save the model's with torch.save(model.state_dict(), ...)"
+      )
+  for prefix in _PREFIXES:
+    if all(k.startswith(prefix) for k in state):
+      state = {k.removeprefix(prefix): v for k, v in state.items()}
+  return {k: np.asarray(v) for k, v in state.items()}
 
 
 class Tracked(dict):
