@@ -178,7 +178,7 @@ def report_config_changes(workdir: pathlib.Path, config: ml_collections.ConfigDi
       file=sys.stderr,
       flush=True,
     )
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not kept.exists():  # A re-run stopped before its next checkpoint trained nothing.
       shutil.copyfile(saved, kept)
   return changed
 

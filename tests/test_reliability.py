@@ -242,7 +242,11 @@ def test_a_run_resumed_with_another_config_says_what_differs_and_keeps_the_first
     f"train.steps {tiny_config.train.steps!r} -> {tiny_config.train.steps + 100!r}",
   ]
   assert "warning: resuming " in capsys.readouterr().err
-  assert (tmp_path / "config.until_step_4.json").read_text() == (tmp_path / "config.json").read_text()
+  first = (tmp_path / "config.json").read_text()
+  assert (tmp_path / "config.until_step_4.json").read_text() == first
+  (tmp_path / "config.json").write_text(changed.to_json_best_effort(indent=1))  # That re-run stopped at once.
+  assert train.report_config_changes(tmp_path, tiny_config)  # Back: step 4 still came from the first config.
+  assert (tmp_path / "config.until_step_4.json").read_text() == first
 
 
 def test_a_checkpoint_of_the_old_layout_is_named_as_such(tmp_path):
