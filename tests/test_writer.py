@@ -229,6 +229,9 @@ def test_a_job_whose_items_mostly_fail_for_one_reason_stops(tmp_path, capsys):
     writer.write_corpus(tmp_path / "wrong", splits, work, **kwargs)
   info = writer.write_corpus(tmp_path / "wrong", splits, work, allow_rejects=True, **kwargs)
   assert info["num_rejected"] == 22 and "--retry_rejects" in capsys.readouterr().err
+  splits, work = _folder_items(root, names[6:12])  # A small job is no exception: 4 of its 6 are missing.
+  with pytest.raises(UserError, match=r"4 of 6 items were rejected as 'missing file'"):
+    writer.write_corpus(tmp_path / "small", splits, work, **kwargs)
 
 
 def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path):

@@ -260,7 +260,7 @@ class _FailureWatch:
     counts = collections.Counter(r["reason"] for r in rejects)
     for r in rejects:
       self.examples.setdefault(r["reason"], Reject(r["id"], r["reason"], r.get("detail", "")))
-    if counts and (top := counts.most_common(1)[0])[1] > max(MASS_FAILURE_COUNT, MASS_FAILURE_SHARE * total):
+    if counts and (top := counts.most_common(1)[0])[1] > MASS_FAILURE_SHARE * total:
       self._stop(*top, str(total))
 
   def _stop(self, reason: str, count: int, of: str) -> None:
