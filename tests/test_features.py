@@ -3,6 +3,7 @@ crops, the features tower against NumPy, and configs/features.py training on suc
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -183,6 +184,15 @@ def test_frame_rate_comes_from_the_flag_or_features_json_and_must_fit_the_files(
   assert info["features"] == {"dim": DIM, "frame_rate": 0.0}
   assert corpus_rejects(tmp_path / "clip_corpus") == {"c5.npy": "has frames"}
   assert corpus_records(tmp_path / "clip_corpus", "train")["c3.npy"]["features"].shape == (DIM, 1)
+
+
+def test_feature_files_one_folder_below_their_metadata_are_named_before_their_headers_are_read(tmp_path):
+  _features_dir(tmp_path / "mert", count=4)
+  (tmp_path / "mert/metadata.jsonl").rename(tmp_path / "metadata.jsonl")
+  with pytest.raises(
+    UserError, match=re.escape(f"pass --input {tmp_path / 'mert'} --metadata {tmp_path}/metadata.jsonl")
+  ):
+    features_source.list_items(tmp_path, seed=0, metadata="", frame_rate=None)
 
 
 def test_prepare_command_reads_a_features_folder_and_refuses_mel_options(tmp_path):

@@ -2,6 +2,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from conftest import ROOT, TINY_MEL, build_synthetic, corpus_records, corpus_rej
 
 from mclap.data import records
 from mclap.errors import UserError
-from mclap.prepare import decode, writer
-from mclap.prepare.sources import folder
+from mclap.prepare import decode, listing, writer
+from mclap.prepare.sources import audiocaption, folder
 
 
 def test_bad_items_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
@@ -232,6 +233,52 @@ def test_a_job_whose_items_mostly_fail_for_one_reason_stops(tmp_path, capsys):
   splits, work = _folder_items(root, names[6:12])  # A small job is no exception: 4 of its 6 are missing.
   with pytest.raises(UserError, match=r"4 of 6 items were rejected as 'missing file'"):
     writer.write_corpus(tmp_path / "small", splits, work, **kwargs)
+
+
+def test_files_listed_one_folder_off_stop_the_job_before_it_decodes_and_name_the_folder(tmp_path):
+  """A metadata file whose paths start one folder up (`music/x.wav` read with --input music), or
+  audio one folder below where the source looks: nothing is decoded or written, and the error says
+  which flag finds the files. A finished corpus re-run without its audio needs no files."""
+  root = tmp_path / "music"
+  root.mkdir()
+  names = [f"{i}.wav" for i in range(3)]
+  for name in names:
+    soundfile.write(root / name, tone(0.6, 16000), 16000)
+  (root / "metadata.csv").write_text("path,caption\n" + "".join(f"music/{n},song {n}\n" for n in names))
+  settings = decode.DecodeSettings(tuple(sorted(TINY_MEL.items())), 600.0, 0.5, 16000)
+  work = functools.partial(decode.decode_record, settings=settings)
+  kwargs = dict(mel_config=TINY_MEL, source="folder", num_workers=0, shard_size=8, show_progress=False)
+
+  def write(listed):
+    check = functools.partial(listing.check_files_exist, listed.file_root)
+    return writer.write_corpus(tmp_path / "out", listed.splits, work, check_items=check, **kwargs)
+
+  expected = re.escape(f"none of the first 3 listed files exists under {root} (e.g. {root / 'music'}/") + r"\d\.wav\); "
+  expected += re.escape(f"they are under {tmp_path}: pass --input {tmp_path} --metadata {root / 'metadata.csv'}")
+  with pytest.raises(UserError, match=f"^{expected}$"):
+    write(folder.list_items(root, seed=0))
+  assert not (tmp_path / "out").exists()
+  fixed = folder.list_items(tmp_path, seed=0, metadata=str(root / "metadata.csv"))
+  assert sum(s["count"] for s in write(fixed)["splits"].values()) == 3
+  for name in names:
+    (root / name).unlink()
+  assert sum(s["count"] for s in write(fixed)["splits"].values()) == 3
+
+  muscall = tmp_path / "muscall"  # MusCALL's layout with the audio in wavs/ instead of audio/.
+  (muscall / "wavs").mkdir(parents=True)
+  soundfile.write(muscall / "wavs/a.wav", tone(0.6, 16000), 16000)
+  for split in ("train", "val", "test"):
+    (muscall / f"dataset_{split}.json").write_text(
+      json.dumps([{"audio_id": split, "caption": "c", "audio_path": "a.wav"}])
+    )
+  listed = audiocaption.list_items(muscall)
+  items = [i for s in listed.splits.values() for i in s]
+  with pytest.raises(
+    UserError, match=re.escape(f"they are under {muscall / 'wavs'}: pass --audio_dir {muscall / 'wavs'}")
+  ):
+    listing.check_files_exist(listed.file_root, items)
+  listed = audiocaption.list_items(muscall, audio_dir=str(muscall / "wavs"))
+  listing.check_files_exist(listed.file_root, [i for s in listed.splits.values() for i in s])
 
 
 def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path):

@@ -9,6 +9,7 @@ a training config's `data.mel` if `--config` names one.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 from absl import flags
@@ -18,7 +19,7 @@ from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.prepare import decode, features_source, synthetic, tfds_source, writer
-from mclap.prepare.listing import Listing
+from mclap.prepare.listing import Listing, check_files_exist
 from mclap.prepare.sources import REGISTRY
 
 _SOURCE = flags.DEFINE_string(
@@ -271,6 +272,7 @@ def main(argv):
     overwrite=_OVERWRITE.value,
     retry_rejects=_RETRY_REJECTS.value,
     allow_rejects=_ALLOW_REJECTS.value,
+    check_items=functools.partial(check_files_exist, listing.file_root),
   )
 
 

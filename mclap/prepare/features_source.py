@@ -18,7 +18,7 @@ from typing import Any
 from mclap.data import features as features_lib
 from mclap.data.records import Reject
 from mclap.errors import UserError
-from mclap.prepare.listing import AudioItem
+from mclap.prepare.listing import AudioItem, check_files_exist
 from mclap.prepare.sources import folder
 
 LAYOUT = "metadata.csv or metadata.jsonl with path (of .npy/.npz feature files), caption[, tags][, split] columns"
@@ -66,7 +66,9 @@ def _frame_rate(root: pathlib.Path, given: float | None, frame_level: bool) -> f
 def list_items(root: pathlib.Path, *, seed: int, metadata: str, frame_rate: float | None):
   """(listing, work function, `{dim, frame_rate}`) for the feature files `root`'s metadata lists."""
   listing = folder.list_files(root, seed=seed, metadata=metadata, source="features")
-  paths = [item.path for items in listing.splits.values() for item in items if item.path]
+  items = [item for items in listing.splits.values() for item in items]
+  check_files_exist(listing.file_root, items)  # The headers below need files: say where they are.
+  paths = [item.path for item in items if item.path]
   shapes = [s for s in map(features_lib.array_shape, paths[: SAMPLE_FILES * 4]) if s][:SAMPLE_FILES]
   dim, frame_level = features_lib.corpus_dim(shapes, str(root))
   info = {"dim": dim, "frame_rate": _frame_rate(root, frame_rate, frame_level)}

@@ -37,14 +37,26 @@ class AudioItem:
   bad_metadata: str = ""  # Why the metadata entry cannot become a record (it is listed to be rejected).
 
 
+@dataclasses.dataclass(frozen=True)
+class FileRoot:
+  """The folder a source's listed paths are relative to, and the flag that names it (with any
+  other flag a user must add when they move it: `--metadata` when it was found in that folder)."""
+
+  folder: pathlib.Path
+  flag: str
+  keep: str = ""
+
+
 @dataclasses.dataclass
 class Listing:
-  """What a source lists: items per split, extra `dataset_info.json` fields, and whether every
-  record needs a caption (caption corpora) or not (tagging and classification sets)."""
+  """What a source lists: items per split, extra `dataset_info.json` fields, whether every record
+  needs a caption (caption corpora) or not (tagging and classification sets), and where the
+  listed files are looked for."""
 
   splits: dict[str, list[AudioItem]]
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
   require_captions: bool = True
+  file_root: FileRoot | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +135,24 @@ def find_audio(audio_root: pathlib.Path, rel: str, variants: tuple[str, ...] = (
     candidates = (path.with_name(f"{path.stem}{infix}{path.suffix}") for infix in variants)
     path = next((c for c in candidates if c.is_file()), path)
   return str(path)
+
+
+def check_files_exist(file_root: FileRoot | None, items: list[Any], sample: int = 20) -> None:
+  """Stops a job none of whose first `sample` files (of `items` still to do) exists before it
+  decodes anything: the folder is one level off, or the metadata names paths from another root.
+  Names the folder where they are when it is one level off `file_root`."""
+  listed = [pathlib.Path(i.path) for i in items if getattr(i, "path", "")][:sample]
+  if not listed or any(p.is_file() for p in listed):
+    return
+  if file_root is None:
+    raise UserError(f"none of the first {len(listed)} listed files exists (e.g. {listed[0]}): check --input")
+  message = f"none of the first {len(listed)} listed files exists under {file_root.folder} (e.g. {listed[0]})"
+  rels = [p.relative_to(file_root.folder) for p in listed[:3] if p.is_relative_to(file_root.folder)]
+  found = paths.near(file_root.folder, lambda folder: any((folder / r).is_file() for r in rels)) if rels else []
+  if not found:
+    raise UserError(f"{message}; the listed paths are relative to it: check {file_root.flag}")
+  keep = f" {file_root.keep}" if file_root.keep else ""
+  raise UserError(f"{message}; they are under {found[0]}: pass {file_root.flag} {found[0]}{keep}")
 
 
 def metadata_file(

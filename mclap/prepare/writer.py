@@ -360,6 +360,7 @@ def write_corpus(
   overwrite: bool = False,
   retry_rejects: bool = False,
   allow_rejects: bool = False,
+  check_items: Callable[[list[Any]], None] | None = None,
 ) -> dict[str, Any]:
   """Writes (or finishes) a prepared corpus and returns its `dataset_info`.
 
@@ -382,6 +383,8 @@ def write_corpus(
     retry_rejects: try every rejected item again (by default, those whose file changed, and
       those that failed for reasons of the environment: `RETRIED_REASONS`).
     allow_rejects: keep going when most items fail for one reason (else `UserError`).
+    check_items: called with the items still to do before any worker starts: a source's cheap
+      check that its files are where it looks (items already written need no files).
   """
   _check_main_module(num_workers)
   out = pathlib.Path(output_dir)
@@ -395,8 +398,10 @@ def write_corpus(
     "work": describe(work_fn),
     "require_captions": require_captions,
   }
-  _claim(out, settings, overwrite)
   shards = _plan(splits, shard_size, settings)
+  if check_items:  # Before the output is touched: a job stopped here leaves it as it was.
+    check_items([item for s in shards if _load_manifest(out, s, retry_rejects) is None for item in s.items])
+  _claim(out, settings, overwrite)
   _remove_stale(out, keep={s.file for s in shards})
   manifests = {s.file: _load_manifest(out, s, retry_rejects) for s in shards}
   todo = [s for s in shards if manifests[s.file] is None]

@@ -6,12 +6,13 @@ import json
 import pathlib
 
 from mclap.errors import UserError
-from mclap.prepare.listing import AudioItem, Listing, Source, caption_texts, read_text
+from mclap.prepare.listing import AudioItem, FileRoot, Listing, Source, caption_texts, find_audio_root, read_text
 
 
-def list_items(root: pathlib.Path) -> Listing:
+def list_items(root: pathlib.Path, *, audio_dir: str = "") -> Listing:
   """MusCALL's layout: `dataset_{train,val,test}.json` lists of {audio_id, caption, audio_path},
-  with `audio_path` relative to `root/audio/`."""
+  with `audio_path` relative to `root/audio/` (or `audio_dir`)."""
+  audio_root = find_audio_root(root, audio_dir)
   splits = {}
   for name, file in (
     ("train", "dataset_train.json"),
@@ -37,17 +38,17 @@ def list_items(root: pathlib.Path) -> Listing:
       items.append(
         AudioItem(
           id=str(entry.get("audio_id", entry["audio_path"])),
-          path=str(root / "audio" / entry["audio_path"]),
+          path=str(audio_root / entry["audio_path"]),
           captions=caption_texts(entry.get("caption", "")),
         )
       )
     splits[name] = items
-  return Listing(splits)
+  return Listing(splits, file_root=FileRoot(audio_root, "--audio_dir"))
 
 
 SOURCE = Source(
   name="audiocaption",
   layout="dataset_train/val/test.json listing files under audio/",
-  options=(),
+  options=("audio_dir",),
   list_items=list_items,
 )

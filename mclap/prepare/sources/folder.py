@@ -8,6 +8,7 @@ from mclap.errors import UserError
 from mclap.prepare.listing import (
   SPLIT_FRACTIONS,
   AudioItem,
+  FileRoot,
   Listing,
   Source,
   caption_texts,
@@ -49,7 +50,8 @@ def list_files(root: pathlib.Path, *, seed: int, metadata: str, source: str) -> 
         id=rel, path=str(root / rel), captions=caption_texts(row.get("caption", "")), tags=split_tags(row.get("tags"))
       )
     )
-  return Listing(nonempty(splits))
+  keep = "" if metadata else f"--metadata {path}"  # Moving --input loses a metadata file found in it.
+  return Listing(nonempty(splits), file_root=FileRoot(root, "--input", keep))
 
 
 SOURCE = Source(

@@ -9,6 +9,7 @@ from mclap.data import audio
 from mclap.errors import UserError
 from mclap.prepare.listing import (
   AudioItem,
+  FileRoot,
   Listing,
   Source,
   find_audio_root,
@@ -54,7 +55,7 @@ def list_items(
     for name, file in split_lists.items():
       entries = [_mtat_key(e) for e in list_entries(file, name)]
       splits[name] = [item(by_key[k]) if k in by_key else AudioItem(id=k, path=str(audio_root / k)) for k in entries]
-    return Listing(splits, extra, require_captions=False)
+    return Listing(splits, extra, require_captions=False, file_root=FileRoot(audio_root, "--audio_dir"))
   splits = {"train": [], "validation": [], "test": []}
   untagged = 0
   for row in rows:
@@ -64,7 +65,7 @@ def list_items(
       continue
     splits[MTAT_LIST_SPLIT.get(clip.id[:1], "train")].append(clip)
   extra["left_out_without_tags"] = untagged
-  return Listing(splits, extra, require_captions=False)
+  return Listing(splits, extra, require_captions=False, file_root=FileRoot(audio_root, "--audio_dir"))
 
 
 def _mtat_key(entry: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from mclap.errors import UserError
-from mclap.prepare.listing import AudioItem, Listing, Source, find_audio, find_audio_root
+from mclap.prepare.listing import AudioItem, FileRoot, Listing, Source, find_audio, find_audio_root
 
 MTG_SUBSETS = {
   "genre": "autotagging_genre",
@@ -55,7 +55,7 @@ def list_items(root: pathlib.Path, *, subset: str = "", fold: int | None = None,
     splits[name] = items
   tags = [t for items in splits.values() for i in items for t in i.tags]
   extra = {"tags": sorted(set(tags)), "tag_text": tag_text(tags), "subset": subset, "split_number": fold}
-  return Listing(splits, extra, require_captions=False)
+  return Listing(splits, extra, require_captions=False, file_root=FileRoot(audio_root, "--audio_dir"))
 
 
 def tag_text(tags) -> dict[str, str]:

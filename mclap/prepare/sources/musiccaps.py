@@ -9,6 +9,7 @@ from mclap.errors import UserError
 from mclap.prepare.listing import (
   SPLIT_FRACTIONS,
   AudioItem,
+  FileRoot,
   Listing,
   Source,
   caption_texts,
@@ -72,7 +73,7 @@ def list_items(root: pathlib.Path, *, seed: int, metadata: str = "", audio_dir: 
         segment=segment,
       )
     )
-  return Listing(nonempty(splits))
+  return Listing(nonempty(splits), file_root=FileRoot(audio_root, "--audio_dir"))
 
 
 SOURCE = Source(

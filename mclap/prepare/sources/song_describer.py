@@ -8,6 +8,7 @@ from typing import Any
 from mclap.errors import UserError
 from mclap.prepare.listing import (
   AudioItem,
+  FileRoot,
   Listing,
   Source,
   caption_texts,
@@ -57,7 +58,7 @@ def list_items(root: pathlib.Path, *, subset: str = "", metadata: str = "", audi
     for track_id, t in tracks.items()
   ]
   extra = {"tag_text": tag_text(t for i in items for t in i.tags), "left_out_not_in_subset": left_out}
-  return Listing({"test": items}, extra)
+  return Listing({"test": items}, extra, file_root=FileRoot(audio_root, "--audio_dir"))
 
 
 SOURCE = Source(

@@ -6,6 +6,7 @@ import pathlib
 
 from mclap.prepare.listing import (
   AudioItem,
+  FileRoot,
   Listing,
   Source,
   find_audio_root,
@@ -42,7 +43,7 @@ def list_items(root: pathlib.Path, *, fold: int | None = None, audio_dir: str = 
         label=labels.index(instrument),
       )
     )
-  return Listing(splits, {"label_names": labels}, require_captions=False)
+  return Listing(splits, {"label_names": labels}, require_captions=False, file_root=FileRoot(audio_root, "--audio_dir"))
 
 
 SOURCE = Source(
