@@ -154,6 +154,7 @@ def test_folder_with_csv_and_hashed_splits(tmp_path):
     soundfile.write(root / f"song {i}.ogg", tone(1.5, 22050, freq=200 + 10 * i), 22050)
     rows.append(f'song {i}.ogg,"calm, quiet piece {i}",ambient;piano')
   rows.append("missing.ogg,a caption,x")
+  rows += ["song 0.ogg,a second caption,drums;piano", ".\\song 1.ogg,written on Windows,"]  # Rows of one clip.
   (root / "metadata.csv").write_text("\n".join(rows) + "\n")
   out = tmp_path / "corpus"
   prepare("--source", "folder", "--input", str(root), "--output", str(out), "--seed", "3")
@@ -164,7 +165,11 @@ def test_folder_with_csv_and_hashed_splits(tmp_path):
   any_record = next(iter(found["train"].values()))
   assert any_record["tags"] == ["ambient", "piano"] and any_record["captions"][0].startswith("calm, quiet piece")
   assert corpus_rejects(out) == {"missing.ogg": "missing file"}
-  assert records.read_info(out)["tags"] == ["ambient", "piano"]
+  assert records.read_info(out)["tags"] == ["ambient", "drums", "piano"]
+  merged = {i: r for recs in found.values() for i, r in recs.items()}
+  assert merged["song 0.ogg"]["captions"] == ["calm, quiet piece 0", "a second caption"]
+  assert merged["song 0.ogg"]["tags"] == ["ambient", "piano", "drums"]
+  assert merged["song 1.ogg"]["captions"] == ["calm, quiet piece 1", "written on Windows"]
 
 
 def test_folder_with_jsonl_splits_and_tag_lists(tmp_path):
@@ -175,12 +180,15 @@ def test_folder_with_jsonl_splits_and_tag_lists(tmp_path):
   lines = [
     {"path": "x.wav", "caption": ["one", "two"], "tags": ["rock"], "split": "test"},
     {"path": "y.mp3", "caption": "three", "split": "train"},
+    {"path": "y.mp3", "caption": "four", "split": "test"},  # One clip in two splits: which is unknowable.
   ]
   (root / "meta.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
   out = tmp_path / "corpus"
   prepare("--source", "folder", "--input", str(root), "--metadata", str(root / "meta.jsonl"), "--output", str(out))
   assert corpus_records(out, "test")["x.wav"]["captions"] == ["one", "two"]
-  assert corpus_records(out, "train")["y.mp3"]["tags"] == []
+  assert corpus_rejects(out) == {"y.mp3": "bad metadata"}
+  reject = json.loads((out / records.REJECTS_FILE).read_text())
+  assert reject["detail"] == "meta.jsonl puts 'y.mp3' in different splits (row 2 train, row 3 test)"
 
 
 def test_source_errors_are_one_line(tmp_path):

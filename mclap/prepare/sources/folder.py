@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+from typing import Any
 
 from mclap.errors import UserError
 from mclap.prepare.listing import (
@@ -37,21 +39,36 @@ def list_files(root: pathlib.Path, *, seed: int, metadata: str, source: str) -> 
   if rows and "path" not in rows[0]:
     raise UserError(f"{path} has no 'path' column (columns: {sorted(rows[0])})")
   splits = {name: [] for name, _ in SPLIT_FRACTIONS}
+  clips: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # Rows by path: one clip's captions may take a row each.
   for n, row in enumerate(rows, 1):
-    rel = str(row.get("path") or "")
-    if not rel:
+    if rel := _posix(row.get("path")):
+      clips.setdefault(rel, []).append((n, row))
+    else:
       splits["train"].append(AudioItem(id=f"{path.name}#{n}", path="", bad_metadata=f"{path.name} row {n} has no path"))
-      continue
-    split = (row.get("split") or "").strip() or hashed_split(rel, seed)
-    if split not in splits:
-      raise UserError(f"{path}: row for '{rel}' has split '{split}'; use train, validation or test")
-    splits[split].append(
-      AudioItem(
-        id=rel, path=str(root / rel), captions=caption_texts(row.get("caption", "")), tags=split_tags(row.get("tags"))
-      )
+  for rel, clip_rows in clips.items():
+    named = {n: split for n, row in clip_rows if (split := str(row.get("split") or "").strip())}
+    if bad := next((s for s in named.values() if s not in splits), None):
+      raise UserError(f"{path}: row for '{rel}' has split '{bad}'; use train, validation or test")
+    captions = [c for _, row in clip_rows for c in caption_texts(row.get("caption", ""))]
+    item = AudioItem(
+      id=rel,
+      path=str(root / rel),
+      captions=tuple(c for c in captions if c) or tuple(captions),
+      tags=tuple(dict.fromkeys(t for _, row in clip_rows for t in split_tags(row.get("tags")))),
     )
+    if len(set(named.values())) > 1:
+      where = ", ".join(f"row {n} {s}" for n, s in named.items())
+      item = dataclasses.replace(item, bad_metadata=f"{path.name} puts '{rel}' in different splits ({where})")
+    splits[next(iter(named.values()), None) or hashed_split(rel, seed)].append(item)
   keep = "" if metadata else f"--metadata {path}"  # Moving --input loses a metadata file found in it.
   return Listing(nonempty(splits), file_root=FileRoot(root, "--input", keep))
+
+
+def _posix(value: Any) -> str:
+  """A metadata path as the folder's files are named: written on Windows (`jazz\\take1.flac`) or
+  as `./take1.flac`, it names the same file, and so the same clip."""
+  text = str(value or "").strip().replace("\\", "/")
+  return str(pathlib.PurePosixPath(text)) if text else ""
 
 
 SOURCE = Source(
