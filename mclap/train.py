@@ -119,6 +119,19 @@ def validate(config, embedder: Embedder, loss_fn, state, mesh, texts: TextLookup
   }
 
 
+def check_splits(config) -> None:
+  """`data.train_split` and `data.val_split` must be splits of the corpus; checked first, as the
+  evaluators that run with validation take `data.val_split` for their own split (a corpus of a
+  few files hashed into train and test named `evals.geometry.split`, which the user had not set)."""
+  have = sorted(records.read_info(config.data.dir).get("splits", {}))
+  for key in ("train_split", "val_split"):
+    if config.data[key] not in have:
+      raise ConfigError(
+        f"config.data.{key} is '{config.data[key]}', not a split of {config.data.dir} (it has: {have}); "
+        f"set --config.data.{key} to one of them"
+      )
+
+
 def periodic_evals(config) -> tuple[ml_collections.ConfigDict, dict[str, int]]:
   """The config the evaluators run during training read, and the period of each that runs: `every`
   N > 0 steps, or -1: with each validation (`train.eval_every`) and on the validation split, as
@@ -197,7 +210,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     mesh, **{"train.batch_size": config.train.batch_size, "data.eval_batch_size": config.data.eval_batch_size}
   )
 
-  # Evaluators that run during training: their settings are checked before anything slow.
+  # The splits training reads, then the evaluators that run during training: their settings are
+  # checked before anything slow.
+  check_splits(config)
   eval_config, every = periodic_evals(config)
   periodic = evaluation.select(eval_config, list(every))
 

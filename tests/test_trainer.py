@@ -255,3 +255,11 @@ def test_evaluators_with_every_minus_one_run_at_each_validation_on_the_validatio
   tiny_config.evals.geometry.every = -2
   with pytest.raises(ConfigError, match=r"config.evals.geometry.every=-2; use N > 0 steps, -1 \(with validation\)"):
     train.periodic_evals(tiny_config)
+
+
+def test_a_corpus_without_the_validation_split_names_data_val_split(tiny_config, tmp_path):
+  """A few files of one's own hash into train and test only: the evaluators that run with
+  validation take data.val_split, and used to be named for it (`evals.geometry.split`)."""
+  tiny_config.data.val_split = "valid"
+  with pytest.raises(ConfigError, match=r"config.data.val_split is 'valid', not a split of .*; set --config.data.val_"):
+    train.train(tiny_config, tmp_path / "run")
