@@ -1,10 +1,11 @@
-"""Evaluate: `python -m mclap.eval --config C (--workdir W [--step N | --best] | --bundle B) [--evals a,b]`.
+"""Evaluate: `python -m mclap.eval [--config C] (--workdir W [--step N | --best] | --bundle B) [--evals a,b]`.
 
 Runs the evaluators named in `config.evals` (or `--evals`) on a checkpoint of a training workdir,
 or on an inference bundle (exported, or imported from MusCALL), and writes `<out>/<name>.json`,
 their plots (PNG) and `<out>/report.md`: every table and plot of the run (`<out>`: `W/eval`, or
-`--output`, default `B/eval`). The corpora and evaluators come from `--config`; the model, its
-mel settings, crop length and tokenizer from the checkpoint or the bundle.
+`--output`, default `B/eval`). The corpora and evaluators come from `--config` (for a workdir, by
+default the config it was trained with, `W/config.json`); the model, its mel settings, crop length
+and tokenizer from the checkpoint or the bundle.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def evaluate(
 ) -> dict[str, dict]:
   if (workdir is None) == (bundle is None):
     raise UserError("evaluate a training workdir (--workdir) or a bundle (--bundle), one of them")
+  if config is None and bundle is not None:
+    raise UserError(
+      "evaluating a bundle needs --config FILE for the corpora and evaluators (a bundle holds the model only), "
+      "e.g. --config configs/muscall.py --config.data.dir=DIR"
+    )
+  config = weights.workdir_config(workdir) if config is None else config  # The run's own corpus and evaluators.
   if bundle is not None:
     config = with_bundle_data(config, bundle)
   names = list(names or config.evals.keys())

@@ -56,6 +56,11 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   names = ["retrieval", "zero_shot"]
   from_workdir = eval_lib.evaluate(config, workdir, names=names, output=tmp_path / "w")
   from_bundle = eval_lib.evaluate(config, bundle=bundle_dir, names=names, output=tmp_path / "b")
+  # Without --config, a workdir is evaluated with its own (mclap.eval --workdir W used to fail with
+  # a traceback); a bundle, which holds no corpus, asks for one.
+  assert eval_lib.evaluate(None, workdir, names=names, output=tmp_path / "own") == from_workdir
+  with pytest.raises(UserError, match="evaluating a bundle needs --config FILE for the corpora and evaluators"):
+    eval_lib.evaluate(None, bundle=bundle_dir, names=names)
   for name in names:
     del from_workdir[name]["step"]
     assert from_bundle[name] == from_workdir[name]  # The same variables through the same embedder.
