@@ -23,19 +23,40 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mclap import parallel
-from mclap.config_files import load_config
+from mclap.config_files import CONFIG_FILE, load_config
 from mclap.errors import ConfigError, UserError
 
 __all__ = ["ConfigError", "define_config_flag", "load_config", "run"]
 
 
-def define_config_flag(name: str = "config") -> config_flags._ConfigFlag:  # noqa: SLF001
-  return config_flags.DEFINE_config_file(
+class _ConfigFileParser(flags.ArgumentParser):
+  """`config_flags`' parser of config files that also reads the `config.json` of a training
+  workdir (`load_config`)."""
+
+  def __init__(self, files: flags.ArgumentParser):
+    self._files = files
+
+  def parse(self, path: str) -> ml_collections.ConfigDict:
+    if not path.endswith(".json"):
+      return self._files.parse(path)
+    config = load_config(path)
+    config.lock()
+    return config
+
+  def flag_type(self) -> str:
+    return self._files.flag_type()
+
+
+def define_config_flag(name: str = "config") -> flags.FlagHolder:
+  holder = config_flags.DEFINE_config_file(
     name,
     None,
-    f"Config file, optionally with an argument: configs/muscall.py:demo. Override any key with --{name}.a.b=value.",
+    f"Config file, optionally with an argument: configs/muscall.py:demo; or a training workdir's config.json. "
+    f"Override any key with --{name}.a.b=value.",
     lock_config=True,
   )
+  flags.FLAGS[name].parser = _ConfigFileParser(flags.FLAGS[name].parser)
+  return holder
 
 
 def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
@@ -104,6 +125,17 @@ def check_override_value(config: ml_collections.ConfigDict, dotted_key: str, val
       return
 
 
+def _value(args: Sequence[str], name: str) -> str | None:
+  """The value `--name X` or `--name=X` gives in `args` (the last one), or None."""
+  value = None
+  for i, arg in enumerate(args):
+    if arg in (f"--{name}", f"-{name}") and i + 1 < len(args):
+      value = args[i + 1]
+    elif arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+  return value
+
+
 def check_config_args(
   argv: Sequence[str], flag: str = "config", default: Callable[[], ml_collections.ConfigDict] | None = None
 ) -> tuple[dict[str, ml_collections.ConfigDict], list[int]]:
@@ -114,14 +146,11 @@ def check_config_args(
   --config.evals.gtzan.dir=D`; see `new_eval_entry`) and the positions in argv of their arguments,
   which absl must not see (the config is locked to its keys).
   """
-  spec, overrides = None, []
+  overrides = []
   args = list(argv[1:])
+  spec = _value(args, flag)
   for i, arg in enumerate(args):
-    if arg in (f"--{flag}", f"-{flag}") and i + 1 < len(args):
-      spec = args[i + 1]
-    elif arg.startswith(f"--{flag}="):
-      spec = arg.split("=", 1)[1]
-    elif arg.startswith(f"--{flag}."):
+    if arg.startswith(f"--{flag}."):
       key, has_value, value = arg[len(flag) + 3 :].partition("=")
       if has_value:
         overrides.append((key, value, [i + 1]))
@@ -129,7 +158,10 @@ def check_config_args(
         overrides.append((key, args[i + 1] if i + 1 < len(args) else "", [i + 1, i + 2]))
   if spec is None and default is None:
     if overrides:
-      raise ConfigError(f"--{flag}.* overrides given without --{flag}=FILE")
+      workdir = _value(args, "workdir")
+      own = pathlib.Path(workdir or ".") / CONFIG_FILE
+      hint = f": to change {workdir}'s own config, pass --{flag} {own}" if workdir and own.is_file() else ""
+      raise ConfigError(f"--{flag}.* overrides given without --{flag}=FILE{hint}")
     return {}, []
   config = load_config(spec) if spec is not None else default()
   entries: dict[str, list[tuple[str, str]]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import pathlib
 from collections.abc import Sequence
 
@@ -12,11 +13,20 @@ import ml_collections
 
 from mclap.errors import ConfigError
 
+CONFIG_FILE = "config.json"  # The config a training workdir keeps (its run's own).
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Calls `get_config(arg)` of the file in `spec` = 'path.py[:arg]'."""
+  """Calls `get_config(arg)` of the file in `spec` = 'path.py[:arg]'; or reads the `config.json` a
+  training workdir keeps (`runs/x/config.json`: the run's own config, to resume or evaluate it with
+  overrides on top)."""
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path)
+  if file.suffix == ".json" and file.is_file():
+    try:
+      return ml_collections.ConfigDict(_tuples(json.loads(file.read_text(encoding="utf-8"))))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ConfigError(f"config {path} is not valid JSON ({e}); name a config file such as configs/muscall.py") from e
   if file.is_dir():
     names = ", ".join(sorted(p.name for p in file.glob("*.py")))
     raise ConfigError(f"config {path} is a folder; name a config file in it ({names}), e.g. configs/muscall.py:demo")
@@ -31,6 +41,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg or None) if arg else module.get_config()
   except ValueError as e:  # A config's own check of its argument (an unknown variant).
     raise ConfigError(f"{spec}: {e}") from e
+
+
+def _tuples(value):
+  """JSON's lists as the tuples config files write (and `--config.key='(a, b)'` overrides)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return tuple(map(_tuples, value)) if isinstance(value, list) else value
 
 
 def base_config(

@@ -26,7 +26,7 @@ from absl import flags
 from mclap import cli, evaluation, objectives, parallel, paths
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
-from mclap.errors import ConfigError
+from mclap.errors import ConfigError, UserError
 from mclap.evaluation import metrics
 from mclap.models import weights
 from mclap.models.embedder import Embedder
@@ -196,11 +196,16 @@ def report_config_changes(workdir: pathlib.Path, config: ml_collections.ConfigDi
   return changed
 
 
-def train(config, workdir: str | pathlib.Path) -> dict:
-  """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set)."""
+def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path) -> dict:
+  """Trains to `total_steps`, or until a stop signal (then saves and returns with `stopped` set);
+  without a config, resumes the workdir's run with its own."""
   started = time.perf_counter()
   workdir = pathlib.Path(workdir)
   check_not_beside_workdirs(workdir)
+  if config is None:  # A resume, with the config the run was started with.
+    if not (workdir / weights.CONFIG_FILE).is_file():
+      raise UserError(f"{workdir} holds no run to resume: start one with --config FILE (e.g. configs/muscall.py:demo)")
+    config = weights.workdir_config(workdir)
   report_config_changes(workdir, config)
   checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 

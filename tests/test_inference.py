@@ -1,6 +1,7 @@
 """Using a trained model: export bundles, the `mclap.load` API, embedding a folder and searching it."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import soundfile
 from conftest import ROOT, USES_TRAINED_DEMO, tone
 
 import mclap
-from mclap import embed, evaluation, export, parallel, search
+from mclap import cli, embed, evaluation, export, parallel, search
 from mclap import eval as eval_lib
 from mclap.data import mel as mel_lib
 from mclap.data import pipeline, records
@@ -74,6 +75,20 @@ def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model,
   np.testing.assert_allclose(model.embed_mels(mels), expected["audio"], atol=2e-5)
   captions = [reader[i]["captions"][0] for i in range(len(reader))]
   np.testing.assert_allclose(model.embed_text(captions), expected["text"], atol=2e-5)
+
+
+def test_a_workdirs_config_json_is_a_config_file_that_takes_overrides(trained):
+  """`--config W/config.json`: a run resumed or evaluated with its own config and a change; its
+  sequences are tuples again, so that `--config.key='(a, b)'` overrides them."""
+  config, workdir, _ = trained
+  own = workdir / "config.json"
+  assert cli.load_config(str(own)).to_dict() == config.to_dict()
+  command = [sys.executable, "-m", "mclap.eval", "--workdir", workdir, "--config", own, "--evals", "nope"]
+  command += ["--config.evals.tagging.prompts=('label',)", "--config.data.eval_batch_size=4"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)  # Parsed; stops at the evaluator.
+  assert result.stderr.strip().splitlines()[-1].startswith("error: unknown evaluator(s) ['nope']"), result.stderr
+  with pytest.raises(ConfigError, match=re.escape(f"without --config=FILE: to change {workdir}'s own config, pass")):
+    cli.check_config_args(["eval", "--workdir", str(workdir), "--config.data.eval_batch_size=4"])
 
 
 def test_a_config_whose_crops_or_tokens_do_not_fit_the_checkpoint_stops_before_the_model(trained, monkeypatch):

@@ -158,7 +158,7 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
       train.train(config, tmp_path / "cut")
   assert sorted(int(p.name) for p in (tmp_path / "cut/checkpoints").iterdir() if p.name.isdigit()) == [2]
   capsys.readouterr()
-  train.train(config, tmp_path / "cut")
+  train.train(None, tmp_path / "cut")  # Resumed with the workdir's own config (config.json).
   assert "warning: resuming" not in capsys.readouterr().err  # The same config: nothing to report.
 
   whole_params, cut = _final_params(config, whole), _final_params(config, tmp_path / "cut")

@@ -21,11 +21,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mclap import paths
+from mclap.config_files import CONFIG_FILE, load_config
 from mclap.errors import ConfigError, UserError
 from mclap.models import DualEncoder, ModelSpec, bert, build_model, spec_from_config
 from mclap.models.spec import text_pretrained_dir
 
-CONFIG_FILE = "config.json"
 SPEC_ITEM = "spec"  # The model spec, saved beside the state in every checkpoint.
 BUNDLE_VARIABLES = "variables"  # Where a bundle (`serve.bundle`) keeps the model's variables.
 
@@ -48,7 +48,7 @@ def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
 
 def workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config a training workdir was trained with (its config.json)."""
-  return ml_collections.ConfigDict(json.loads((check_workdir(workdir) / CONFIG_FILE).read_text()))
+  return load_config(str(check_workdir(workdir) / CONFIG_FILE))
 
 
 def _on_first_device(metadata) -> Any:
