@@ -16,8 +16,11 @@ _PREFIXES = ("module.", "model.")  # DataParallel's; a Lightning module's `self.
 
 
 def _arrays(tree) -> dict[str, np.ndarray] | None:
-  """The state dict in a loaded checkpoint: the dict of arrays itself, or one under a key that
-  training scripts use for it (MusCALL's {"epoch", "state_dict", "optimizer"}, {"model": ...})."""
+  """The state dict in a loaded checkpoint: the dict of arrays itself, a whole pickled module's, or
+  one under a key that training scripts use for it (MusCALL's {"epoch", "state_dict",
+  "optimizer"}, {"model": ...})."""
+  if (state := torch_checkpoint.module_state(tree)) is not None:
+    return state
   if not isinstance(tree, dict):
     return None
   if tree and all(isinstance(v, np.ndarray) for v in tree.values()):
@@ -35,7 +38,7 @@ def read(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   else:
     loaded = torch_checkpoint.load(path)
     if (state := _arrays(loaded)) is None:
-      held = f"a dict of {sorted(map(str, loaded))[:8]}" if isinstance(loaded, dict) else type(loaded).__name__
+      held = f"a dict of {sorted(map(str, loaded))[:8]}" if isinstance(loaded, dict) else _kind(loaded)
       raise UserError(
         f"{path} holds no state dict of arrays ({held}); save the model's with torch.save(model.state_dict(), ...)"
       )
@@ -43,6 +46,10 @@ def read(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if all(k.startswith(prefix) for k in state):
       state = {k.removeprefix(prefix): v for k, v in state.items()}
   return {k: np.asarray(v) for k, v in state.items()}
+
+
+def _kind(obj) -> str:
+  return obj.kind if isinstance(obj, torch_checkpoint.Opaque) else type(obj).__name__
 
 
 class Tracked(dict):

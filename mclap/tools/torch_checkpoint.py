@@ -2,8 +2,10 @@
 
 A checkpoint is a zip archive: `<name>/data.pkl` pickles the object tree, each tensor's storage is
 a raw little-endian file `<name>/data/<key>`. The unpickler here builds numpy arrays from those
-storages and refuses every Python global but a short allowlist, so loading never runs code from
-the file (like `torch.load(weights_only=True)`).
+storages and containers from a short allowlist; any other Python object (a training script's
+`argparse.Namespace`, a whole pickled `nn.Module`) becomes an `Opaque` record of its pickled
+state, so loading never runs code from the file (like `torch.load(weights_only=True)`), and the
+weights in such an object can still be read (`module_state`).
 """
 
 from __future__ import annotations
@@ -54,10 +56,54 @@ def _rebuild_parameter(data: np.ndarray, *unused) -> np.ndarray:
   return data
 
 
+class Opaque:
+  """An object of a class mclap does not load, kept as data: the class's name, the arguments it
+  was pickled with and its state (`__dict__`). Nothing of the class is imported or run."""
+
+  kind = ""
+
+  def __init__(self, *args, **kwargs):
+    self.args, self.kwargs, self.state = args, kwargs, None
+    self.items: dict[Any, Any] = {}  # What a dict or list subclass held.
+
+  def __setstate__(self, state: Any) -> None:
+    self.state = state
+
+  def __setitem__(self, key: Any, value: Any) -> None:
+    self.items[key] = value
+
+  def append(self, value: Any) -> None:
+    self.items[len(self.items)] = value
+
+  def extend(self, values: Any) -> None:
+    for value in values:
+      self.append(value)
+
+
+def _opaque_class(module: str, name: str) -> type[Opaque]:
+  return type(name, (Opaque,), {"kind": f"{module}.{name}"})
+
+
+def module_state(obj: Any, prefix: str = "") -> dict[str, np.ndarray] | None:
+  """The state dict of a whole pickled `torch.nn.Module` (`torch.save(model, path)`): its and its
+  submodules' parameters and persistent buffers, named as `model.state_dict()` names them; None
+  if `obj` is not such a module."""
+  state = obj.state if isinstance(obj, Opaque) else None
+  if not (isinstance(state, dict) and isinstance(state.get("_parameters"), dict)):
+    return None
+  skip = state.get("_non_persistent_buffers_set") or set()
+  found = {f"{prefix}{k}": v for k, v in state["_parameters"].items() if isinstance(v, np.ndarray)}
+  found |= {f"{prefix}{k}": v for k, v in (state.get("_buffers") or {}).items() if k not in skip and v is not None}
+  for name, child in (state.get("_modules") or {}).items():
+    found |= module_state(child, f"{prefix}{name}.") or {}
+  return found
+
+
 _ALLOWED = {
   ("collections", "OrderedDict"): collections.OrderedDict,
   ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
   ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
   ("builtins", "set"): set,
   ("builtins", "frozenset"): frozenset,
   ("builtins", "slice"): slice,
@@ -69,17 +115,15 @@ class _Unpickler(pickle.Unpickler):
     super().__init__(archive.open(f"{prefix}data.pkl"))
     self.archive, self.prefix, self.path = archive, prefix, path
     self.storages: dict[str, np.ndarray] = {}
+    self.opaque: dict[tuple[str, str], type[Opaque]] = {}
 
   def find_class(self, module: str, name: str) -> Any:
+    module = "builtins" if module == "__builtin__" else module  # Protocol 2 (torch.save's) names Python 2's.
     if (module, name) in _ALLOWED:
       return _ALLOWED[(module, name)]
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise UserError(
-      f"{self.path} holds a Python object of type {module}.{name}, which mclap does not load (it only reads "
-      "tensors, numbers, strings and containers); save the state_dict alone: torch.save({'state_dict': "
-      "model.state_dict()}, path)"
-    )
+    return self.opaque.setdefault((module, name), _opaque_class(module, name))
 
   def persistent_load(self, pid: tuple) -> np.ndarray:
     kind, storage_type, key, _location, _numel = pid
@@ -113,5 +157,5 @@ def load(path: str | pathlib.Path) -> Any:
       return _Unpickler(archive, prefix, path).load()
     except UserError:
       raise
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+    except (pickle.UnpicklingError, KeyError, ValueError, TypeError, AttributeError, EOFError) as e:
       raise UserError(f"{path} is damaged ({type(e).__name__}: {e})") from e
