@@ -12,7 +12,7 @@ from mclap.data import audio, mel, records
 from mclap.errors import UserError
 from mclap.prepare import decode, listing
 from mclap.prepare.listing import AudioItem
-from mclap.prepare.sources import REGISTRY, gtzan
+from mclap.prepare.sources import REGISTRY, folder, gtzan
 
 RATE = 16000
 
@@ -189,6 +189,19 @@ def test_folder_with_jsonl_splits_and_tag_lists(tmp_path):
   assert corpus_rejects(out) == {"y.mp3": "bad metadata"}
   reject = json.loads((out / records.REJECTS_FILE).read_text())
   assert reject["detail"] == "meta.jsonl puts 'y.mp3' in different splits (row 2 train, row 3 test)"
+
+
+def test_folder_metadata_from_a_spreadsheet_with_semicolons_or_a_json_list(tmp_path):
+  """Spreadsheets of locales with decimal commas save CSV with `;`: read as one column, it had no
+  'path'. A JSON list of objects (`metadata.json`) was read as CSV."""
+  (tmp_path / "metadata.csv").write_text('path;caption;tags\n"a.wav";"Loud, at 0,5 s";x,y\nb.wav;Soft;\n')
+  (tmp_path / "metadata.json").write_text(json.dumps([{"path": "a.wav", "caption": "Loud, at 0,5 s", "tags": "x,y"}]))
+  for name in ("metadata.csv", "metadata.json"):
+    items = [i for s in folder.list_items(tmp_path, seed=0, metadata=str(tmp_path / name)).splits.values() for i in s]
+    assert (items[0].id, items[0].captions, items[0].tags) == ("a.wav", ("Loud, at 0,5 s",), ("x", "y")), name
+  (tmp_path / "metadata.json").write_text(json.dumps({"path": "a.wav"}))
+  with pytest.raises(UserError, match=r"metadata.json holds a JSON dict; write a list of objects, one per row"):
+    folder.list_items(tmp_path, seed=0, metadata=str(tmp_path / "metadata.json"))
 
 
 def test_source_errors_are_one_line(tmp_path):

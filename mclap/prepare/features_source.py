@@ -21,7 +21,7 @@ from mclap.errors import UserError
 from mclap.prepare.listing import AudioItem, check_files_exist
 from mclap.prepare.sources import folder
 
-LAYOUT = "metadata.csv or metadata.jsonl with path (of .npy/.npz feature files), caption[, tags][, split] columns"
+LAYOUT = "metadata.csv, .jsonl or .json with path (of .npy/.npz feature files), caption[, tags][, split] columns"
 SAMPLE_FILES = 64  # Files whose headers decide the corpus's dimension.
 
 

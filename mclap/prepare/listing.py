@@ -197,18 +197,31 @@ def list_entries(list_file: str, split: str) -> list[str]:
   return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def metadata_rows(path: pathlib.Path, delimiter: str = ",") -> list[dict[str, Any]]:
-  """Rows of a CSV/TSV with a header, or of a JSONL file (a byte-order mark is ignored)."""
+def metadata_rows(path: pathlib.Path, delimiter: str = "") -> list[dict[str, Any]]:
+  """Rows of a CSV/TSV with a header, of a JSONL file, or of a JSON list of objects (a byte-order
+  mark is ignored). Without a `delimiter`, a CSV's is the one of `,`, `;` (spreadsheets of
+  locales that write decimal commas) and tab that splits its header most."""
+  text = read_text(path)
+  if path.suffix.lower() == ".json":
+    try:
+      rows = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path} is not valid JSON ({e})") from e
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+      raise UserError(f"{path} holds a JSON {type(rows).__name__}; write a list of objects, one per row")
+    return rows
   if path.suffix.lower() == ".jsonl":
     rows = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
       if line.strip():
         try:
           rows.append(json.loads(line))
         except json.JSONDecodeError as e:
           raise UserError(f"{path} line {n} is not valid JSON ({e})") from e
     return rows
-  return list(csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter))
+  header = text.partition("\n")[0]
+  delimiter = delimiter or max(",;\t", key=header.count)
+  return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 def read_text(path: pathlib.Path) -> str:

@@ -34,7 +34,9 @@ def list_items(root: pathlib.Path, *, seed: int, metadata: str = "") -> Listing:
 def list_files(root: pathlib.Path, *, seed: int, metadata: str, source: str) -> Listing:
   """`list_items` for any source whose files a metadata table names so (`features`: feature
   files), named `source` in errors."""
-  path = metadata_file(root, metadata, ("metadata.csv", "metadata.jsonl"), source, "path, caption[, tags][, split]")
+  path = metadata_file(
+    root, metadata, ("metadata.csv", "metadata.jsonl", "metadata.json"), source, "path, caption[, tags][, split]"
+  )
   rows = metadata_rows(path)
   if rows and "path" not in rows[0]:
     raise UserError(f"{path} has no 'path' column (columns: {sorted(rows[0])})")
@@ -73,7 +75,7 @@ def _posix(value: Any) -> str:
 
 SOURCE = Source(
   name="folder",
-  layout="metadata.csv or metadata.jsonl with path, caption[, tags][, split] columns",
+  layout="metadata.csv, .jsonl or .json with path, caption[, tags][, split] columns",
   options=("seed", "metadata"),
   list_items=list_items,
 )
