@@ -44,12 +44,25 @@ def list_audio(audio_dir: pathlib.Path, suffixes: tuple[str, ...] = audio_lib.AU
     raise UserError(
       paths.not_found(audio_dir, "a folder", pathlib.Path.is_dir, "name a folder of music", "--audio_dir")
     )
-  found = sorted(
-    str(p.relative_to(audio_dir)) for p in audio_dir.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+  files = [p for p in audio_dir.rglob("*") if p.is_file()]
+  found = sorted(str(p.relative_to(audio_dir)) for p in files if p.suffix.lower() in suffixes)
+  other = collections.Counter(  # Audio libsndfile cannot decode: said, not silently left out.
+    p.suffix.lower()
+    for p in files
+    if suffixes == audio_lib.AUDIO_SUFFIXES and p.suffix.lower() in audio_lib.OTHER_AUDIO_SUFFIXES
   )
+  left_out = ", ".join(f"{n} {suffix}" for suffix, n in other.most_common())
   if not found:  # An index of nothing would "succeed": a wrong folder must not look like an empty one.
+    held = f" (it holds {left_out}, which libsndfile does not decode: {audio_lib.CONVERT_HINT})" if other else ""
     raise UserError(
-      f"no files ending in {', '.join(suffixes)} under {audio_dir}; --audio_dir must name a folder of them"
+      f"no files ending in {', '.join(suffixes)} under {audio_dir}{held}; --audio_dir must name a folder of them"
+    )
+  if other:
+    print(
+      f"warning: left out {left_out} files under {audio_dir} (libsndfile does not decode them): "
+      f"{audio_lib.CONVERT_HINT}",
+      file=sys.stderr,
+      flush=True,
     )
   return found
 

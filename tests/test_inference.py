@@ -206,7 +206,7 @@ def test_bundle_is_self_contained_and_bfloat16_halves_it(trained, model, tmp_pat
   assert cosines.min() > 0.99
 
 
-def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path):
+def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path, capsys):
   with pytest.raises(UserError, match="is not an mclap bundle"):
     mclap.load(tmp_path)
   with pytest.raises(UserError, match="missing file"):
@@ -221,13 +221,21 @@ def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path):
     export.export(tmp_path, model.directory)
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes/readme.txt").write_text("")
+  (tmp_path / "itunes").mkdir()  # A library of AAC and WMA files: nothing libsndfile decodes.
+  for name in ("a.m4a", "b.M4A", "c.wma"):
+    (tmp_path / "itunes" / name).write_bytes(b"\0\0\0\x20ftypM4A ")
   for folder, message in [
     ("notes", r"no files ending in .wav, .flac, .* under .*notes; --audio_dir must name a folder of them"),
+    ("itunes", r"under .*itunes \(it holds 2 .m4a, 1 .wma, which libsndfile does not decode: convert to FLAC"),
     ("note", rf"note does not exist; did you mean --audio_dir {tmp_path / 'notes'}\?"),
   ]:
     with pytest.raises(UserError, match=message):
       embed.embed_folder(model.directory, tmp_path / folder, tmp_path / "index", model=model, show_progress=False)
   assert not (tmp_path / "index").exists()  # Refused before anything is written.
+  soundfile.write(tmp_path / "itunes/d.wav", good, 16000)  # Beside files it can read, they are named, not lost.
+  capsys.readouterr()
+  assert embed.list_audio(tmp_path / "itunes") == ["d.wav"]
+  assert "warning: left out 2 .m4a, 1 .wma files under" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,9 @@ def test_bad_audio_is_named_by_reason(tmp_path):
   assert _reason(tmp_path / "silent.wav") == "silent"
   assert _reason(tmp_path / "nan.npy") == "non-finite samples"
   assert _reason(tmp_path / "text.mp3") == "unreadable"
+  (tmp_path / "song.m4a").write_bytes(b"\0\0\0\x20ftypM4A " + bytes(64))  # AAC in MP4: no libsndfile decoder.
+  with pytest.raises(audio.AudioError, match=r"\.m4a is not a format libsndfile decodes; convert to FLAC first"):
+    audio.load_audio(tmp_path / "song.m4a", RATE)
   assert _reason(tmp_path / "full.wav", min_seconds=2.0) == "too short"
 
 

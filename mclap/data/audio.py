@@ -24,6 +24,9 @@ from mclap.errors import ItemError
 
 # Files taken as audio wherever a folder is read (prepare's sources, mclap.embed); .npy holds a waveform.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".au", ".aiff", ".aif", ".npy")
+# Audio that libsndfile does not decode (AAC, WMA, ...): named as such, with how to convert it.
+OTHER_AUDIO_SUFFIXES = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka", ".ape", ".ac3", ".amr")
+CONVERT_HINT = "convert to FLAC first, e.g. ffmpeg -i x.m4a x.flac"
 SILENCE_PEAK = 1e-5  # Peak amplitude below which a clip counts as silent.
 SEGMENT_TOLERANCE = 0.5  # Seconds a download of a clip may differ from the clip's length (codec padding).
 
@@ -129,6 +132,8 @@ def _read_file(
     # libsndfile says "File does not exist or is not a regular file" of an existing file that no
     # decoder takes (`_check_file` ruled the rest out): say that instead.
     said = "no decoder recognises its content" if "not a regular file" in e.error_string else e.error_string
+    if path.suffix.lower() in OTHER_AUDIO_SUFFIXES:
+      said = f"{path.suffix.lower()} is not a format libsndfile decodes; {CONVERT_HINT}"
     raise AudioError("unreadable", said) from e
   except (RuntimeError, OSError) as e:
     raise AudioError("unreadable", f"{type(e).__name__}: {e}") from e
