@@ -300,6 +300,18 @@ def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path
   writer.write_corpus(tmp_path, second, fake_record, source="second", **kwargs)
   with pytest.raises(UserError, match="other settings \\(source differ\\)"):
     writer.write_corpus(tmp_path, second, fake_record, source="third", **kwargs)
+  music = tmp_path / "music"  # --output naming a folder of other files (the audio's): its files stay alone.
+  music.mkdir()
+  for name in ("a.wav", "b.wav", "c.wav", "metadata.csv", ".DS_Store"):
+    (music / name).write_text("")
+  with pytest.raises(
+    UserError, match=r"music already holds files that are not a corpus \(a.wav, b.wav, c.wav, \.\.\.\)"
+  ):
+    writer.write_corpus(music, second, fake_record, source="second", **kwargs)
+  assert sorted(p.name for p in music.iterdir()) == [".DS_Store", "a.wav", "b.wav", "c.wav", "metadata.csv"]
+  (tmp_path / "new").mkdir()
+  (tmp_path / "new/.DS_Store").write_text("")  # A new folder that a file browser made is empty.
+  writer.write_corpus(tmp_path / "new", second, fake_record, source="second", **kwargs)
 
 
 def test_workers_started_from_an_unguarded_script_stop_with_the_fix(tmp_path):

@@ -207,6 +207,11 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
   if before is None and (info := _read_json(out / records.INFO_FILE)):  # Written before settings.json existed.
     before = {k: v for k, v in settings.items() if k not in records.INPUT_FIELDS}
     before.update(mel=mel_lib.complete(info.get("mel", {})), source=info.get("source"))
+  if before is None and (others := _other_files(out)):
+    raise UserError(
+      f"{out} already holds files that are not a corpus ({', '.join(others)}): prepare writes a corpus into a new "
+      "or empty folder; choose another --output"
+    )
   if before is not None and before != settings:
     if not overwrite:
       changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
@@ -220,6 +225,18 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
     _remove_stale(out, keep=set())
   (out / records.PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
   records.write_json_atomic(path, settings)
+
+
+def _other_files(out: pathlib.Path) -> list[str]:
+  """Up to three names in `out` that a corpus does not write (`--output` naming the audio folder,
+  or a home directory): its shards would be mixed in among them."""
+  if not out.is_dir():
+    return []
+  corpus = {records.INFO_FILE, records.REJECTS_FILE}
+  names = sorted(
+    p.name for p in out.iterdir() if not (p.name in corpus or p.name.startswith(".") or _SHARD_PATTERN.match(p.name))
+  )
+  return names[:3] + ["..."] * (len(names) > 3)
 
 
 def _read_json(path: pathlib.Path) -> Any:
