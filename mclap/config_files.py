@@ -8,6 +8,7 @@ import importlib.util
 import json
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -24,7 +25,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   file = pathlib.Path(path)
   if file.suffix == ".json" and file.is_file():
     try:
-      return ml_collections.ConfigDict(_tuples(json.loads(file.read_text(encoding="utf-8"))))
+      return ml_collections.ConfigDict(from_json(json.loads(file.read_text(encoding="utf-8"))))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ConfigError(f"config {path} is not valid JSON ({e}); name a config file such as configs/muscall.py") from e
   if file.is_dir():
@@ -43,11 +44,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"{spec}: {e}") from e
 
 
-def _tuples(value):
+def from_json(value: Any) -> Any:
   """JSON's lists as the tuples config files write (and `--config.key='(a, b)'` overrides)."""
   if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return tuple(map(_tuples, value)) if isinstance(value, list) else value
+    return {k: from_json(v) for k, v in value.items()}
+  return tuple(map(from_json, value)) if isinstance(value, list) else value
 
 
 def base_config(

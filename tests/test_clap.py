@@ -267,7 +267,7 @@ def _window_starts(mel: np.ndarray, views: np.ndarray) -> list[int]:
 
 @pytest.mark.slow
 def test_configs_clap_fine_tunes_a_fused_import_and_exports_it(imported_fused, tmp_path):
-  """`configs/clap.py:BUNDLE` rebuilds the bundle's model, starts from its weights, trains on a
+  """`configs/finetune.py:BUNDLE` rebuilds the bundle's model, starts from its weights, trains on a
   corpus prepared with its mel settings on the four views of each clip (the whole clip shrunk, and
   windows drawn in each third of the clip, as CLAP trains), the loss falls on a fixed batch, and
   the trained model exports to a bundle that cuts clips as the import did."""
@@ -279,7 +279,7 @@ def test_configs_clap_fine_tunes_a_fused_import_and_exports_it(imported_fused, t
     corpus, splits, synthetic.make_record_fn(mel_config), mel_config=mel_config, source="synthetic",
     extra_info={"label_names": synthetic.LABEL_NAMES}, num_workers=0, shard_size=64, show_progress=False,
   )  # fmt: skip
-  config = cli.load_config(f"configs/clap.py:{imported_fused},demo")
+  config = cli.load_config(f"configs/finetune.py:{imported_fused},demo")
   assert spec_from_config(config) == meta["spec"] and config.data.crop == "fusion"
   config.data.update(dir=str(corpus), num_workers=0, eval_batch_size=8)
   config.train.batch_size = 8
@@ -319,7 +319,7 @@ def test_configs_clap_fine_tunes_a_fused_import_and_exports_it(imported_fused, t
 @pytest.mark.parametrize("fused", [False, True])
 def test_mclap_eval_embeds_a_corpus_cut_like_the_import(fused, request, tmp_path, capsys):
   """Files shorter, as long as, and longer than the model's 2 s, prepared for the bundle
-  (`--config configs/clap.py:B`) with the waveform cut to 2 s and short files repeated (fused
+  (`--config configs/finetune.py:B`) with the waveform cut to 2 s and short files repeated (fused
   models: longer files kept whole): `mclap.eval --bundle` embeds them as `mclap.load(...).embed_audio`
   embeds the files. A fused model warns of a corpus cut for an unfused one."""
   imported = request.getfixturevalue("imported_fused" if fused else "imported")
@@ -332,10 +332,10 @@ def test_mclap_eval_embeds_a_corpus_cut_like_the_import(fused, request, tmp_path
     "path,caption,split\n" + "".join(f"audio/{n}.wav,c{n},test\n" for n in range(3))
   )
   prepare = [sys.executable, "-m", "mclap.prepare", "--source", "folder", "--input", tmp_path, "--output", corpus]
-  prepare += ["--config", f"configs/clap.py:{imported}", "--waveform_crop_seconds", 2, "--waveform_pad", "repeat"]
+  prepare += ["--config", f"configs/finetune.py:{imported}", "--waveform_crop_seconds", 2, "--waveform_pad", "repeat"]
   prepare += ["--num_workers", 0] + (["--waveform_keep_longer"] if fused else [])
   subprocess.run(list(map(str, prepare)), cwd=ROOT, check=True, capture_output=True)
-  config = cli.load_config(f"configs/clap.py:{imported}")
+  config = cli.load_config(f"configs/finetune.py:{imported}")
   config.data.update(dir=str(corpus), eval_batch_size=8)
   config = eval_lib.with_bundle_data(config, imported)
   evaluation.select(config, ["retrieval"])

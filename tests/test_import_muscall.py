@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import ROOT, tone
+from flax import nnx, traverse_util
 from muscall_reference import (
   CROP_SECONDS,
   MAX_LEN,
@@ -35,6 +36,8 @@ from mclap import eval as eval_lib
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.evaluation import metrics
+from mclap.models import build_model, spec_from_config, weights
+from mclap.serve import bundle
 from mclap.tools import import_muscall, state_dict, torch_checkpoint
 
 DATA = ROOT / "tests" / "data"
@@ -139,6 +142,23 @@ def test_imported_embeddings_equal_the_original_forward_pass(imported):
   np.testing.assert_array_equal(np.where(mask == 1, ours, 0), ids)
   np.testing.assert_allclose(model.embed_text(texts), normalized(muscall_text(state, ids)), atol=2e-4)
   assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_configs_finetune_starts_from_an_imported_muscall_bundle(imported):
+  """A MusCALL checkpoint people have is a starting point: `configs/finetune.py:BUNDLE` rebuilds
+  the bundle's model, reads its mels, crops and tokens, and starts from every one of its weights."""
+  _, _, bundle_dir = imported
+  meta = bundle.read_meta(bundle_dir)
+  config = cli.load_config(f"configs/finetune.py:{bundle_dir},demo")
+  spec = spec_from_config(config)
+  assert spec == meta["spec"] and spec.text["kind"] == "transformer"
+  assert config.data.mel == meta["config"].data.mel and config.data.crop == "waveform"
+  model = build_model(spec, nnx.Rngs(0))
+  weights.load_pretrained(model, config)
+  saved = traverse_util.flatten_dict(weights.read_arrays(bundle_dir / weights.BUNDLE_VARIABLES))
+  for kind in (nnx.Param, nnx.BatchStat):
+    for path, value in traverse_util.flatten_dict(nnx.state(model, kind).to_pure_dict()).items():
+      np.testing.assert_array_equal(value, saved[tuple(map(str, path))], err_msg=str(path))
 
 
 def muscall_crop(wave):
