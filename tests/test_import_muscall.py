@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -87,6 +88,23 @@ def test_the_state_dict_of_a_whole_pickled_model_and_of_a_checkpoint_with_script
     for key in expected.files:
       np.testing.assert_array_equal(found[key].astype(np.float32), expected[key], err_msg=f"{name}: {key}")
   assert type(torch_checkpoint.load(DATA / "torch_with_args.pt")["args"]).kind == "argparse.Namespace"
+
+
+def test_a_checkpoint_or_tokenizer_named_one_level_off_gets_the_one_meant(tmp_path):
+  """The run folder instead of its checkpoint, a suffix left out, the folder above the tokenizer's:
+  each was 'not found' (or 'has neither tokenizer.json ...') without saying what was there."""
+  run = tmp_path / "run"
+  (run / "clip").mkdir(parents=True)
+  checkpoint = run / "best_model.pth.tar"
+  checkpoint.write_bytes((DATA / "torch_checkpoint.pth.tar").read_bytes())
+  (run / "config.yaml").write_text("")
+  for given in (run, run / "best_model.pth"):
+    with pytest.raises(UserError, match=re.escape(f"; did you mean --checkpoint {checkpoint}?")):
+      state_dict.read(given)
+  for name in ("vocab.json", "merges.txt"):
+    (run / "clip" / name).write_text("")
+  with pytest.raises(UserError, match=re.escape(f"did you mean --tokenizer_dir {run / 'clip'}?")):
+    import_muscall.clip_tokenizer_dir(run, tmp_path)
 
 
 def test_the_state_dict_is_found_in_the_wrappers_training_scripts_save(tmp_path, monkeypatch):

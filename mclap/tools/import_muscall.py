@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from mclap import cli
+from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
@@ -202,6 +202,11 @@ def _narrowest_band(mel: ml_collections.ConfigDict) -> float:
   return float(np.diff(edges).min())
 
 
+def _is_clip_tokenizer(directory: pathlib.Path) -> bool:
+  files = ("tokenizer.json",), ("vocab.json", "merges.txt")
+  return any(all((directory / f).is_file() for f in names) for names in files)
+
+
 def import_muscall(
   checkpoint: str | pathlib.Path,
   tokenizer_dir: str | pathlib.Path,
@@ -247,11 +252,10 @@ def clip_tokenizer_dir(directory: pathlib.Path, scratch: pathlib.Path) -> pathli
   vocab.json + merges.txt (offline) in `scratch`."""
   if (directory / "tokenizer.json").is_file():
     return directory
-  if not ((directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
-    raise UserError(
-      f"{directory} has neither tokenizer.json nor vocab.json + merges.txt: --tokenizer_dir must hold CLIP's "
-      "tokenizer files (openai/clip-vit-base-patch32)"
-    )
+  if not _is_clip_tokenizer(directory):
+    what = "a folder with tokenizer.json or vocab.json + merges.txt"
+    remedy = "--tokenizer_dir must hold CLIP's tokenizer files (openai/clip-vit-base-patch32)"
+    raise UserError(paths.not_found(directory, what, _is_clip_tokenizer, remedy, "--tokenizer_dir"))
   from transformers import CLIPTokenizer  # Only here: building tokenizer.json from the BPE files.
 
   CLIPTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer.save(

@@ -3,6 +3,7 @@ mclap's variables while recording which arrays were used (so that the rest can b
 
 from __future__ import annotations
 
+import difflib
 import pathlib
 import re
 
@@ -13,6 +14,7 @@ from mclap.tools import torch_checkpoint
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # Where training scripts keep the weights.
 _PREFIXES = ("module.", "model.")  # DataParallel's; a Lightning module's `self.model`.
+_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".npz")  # What checkpoint files are named.
 
 
 def _arrays(tree) -> dict[str, np.ndarray] | None:
@@ -32,6 +34,7 @@ def read(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   """The model's state dict from a training checkpoint, a bare state dict, or an `.npz` of its
   arrays; a prefix that every name carries (`module.`, `model.`) removed."""
   path = pathlib.Path(path)
+  _check_file(path)
   if path.suffix == ".npz":
     with np.load(path) as data:
       state = dict(data)
@@ -46,6 +49,21 @@ def read(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if all(k.startswith(prefix) for k in state):
       state = {k.removeprefix(prefix): v for k, v in state.items()}
   return {k: np.asarray(v) for k, v in state.items()}
+
+
+def _check_file(path: pathlib.Path) -> None:
+  """A checkpoint named one level off: its folder (a training run's, holding best_model.pth.tar)
+  or a name with a typo (`best_model.pth` for `best_model.pth.tar`) gets the file meant."""
+  if path.is_file():
+    return
+  if path.is_dir():
+    found = sorted(p for p in (*path.glob("*"), *path.glob("*/*")) if p.suffix in _SUFFIXES and p.is_file())[:3]
+    meant = " or ".join(f"--checkpoint {p}" for p in found)
+    raise UserError(f"{path} is a folder; " + (f"did you mean {meant}?" if found else "name the checkpoint file in it"))
+  siblings = [p.name for p in path.parent.glob("*") if p.is_file()] if path.parent.is_dir() else []
+  close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+  meant = f"; did you mean --checkpoint {path.parent / close[0]}?" if close else ""
+  raise UserError(f"{path} does not exist{meant}")
 
 
 def _kind(obj) -> str:
