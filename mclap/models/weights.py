@@ -155,9 +155,9 @@ def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> Non
 
 
 def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
-  """Loads the pretrained weights the config names into `model`, in place: every variable from
-  a bundle (`model.init_from`, e.g. an imported CLAP model: `configs/finetune.py`), or a BERT text
-  tower and an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
+  """Loads the pretrained weights the config names into `model`, in place: every variable from a
+  bundle (`model.init_from`, e.g. an imported MusCALL or CLAP model: `configs/finetune.py`), or a
+  BERT text tower and an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
   if bundle := config.model.get("init_from", ""):
     if config.model.audio.get("init_from", ""):
       raise ConfigError(
