@@ -1,6 +1,7 @@
 """Using a trained model: export bundles, the `mclap.load` API, embedding a folder and searching it."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -89,6 +90,19 @@ def test_a_workdirs_config_json_is_a_config_file_that_takes_overrides(trained):
   assert result.stderr.strip().splitlines()[-1].startswith("error: unknown evaluator(s) ['nope']"), result.stderr
   with pytest.raises(ConfigError, match=re.escape(f"without --config=FILE: to change {workdir}'s own config, pass")):
     cli.check_config_args(["eval", "--workdir", str(workdir), "--config.data.eval_batch_size=4"])
+
+
+def test_a_damaged_bundle_is_named_in_one_line(trained, tmp_path):
+  """A copy cut short: TensorStore's error spans dozens of lines (its whole spec); the job's is one."""
+  copy = tmp_path / "copy"
+  shutil.copytree(trained[2], copy)
+  biggest = max((p for p in (copy / "variables").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  os.truncate(biggest, biggest.stat().st_size // 2)
+  with pytest.raises(UserError) as damaged:
+    mclap.load(copy)
+  message = str(damaged.value)
+  assert message.startswith(f"cannot read the variables of {copy} (") and message.endswith("export or import it again")
+  assert "\n" not in message and "TensorStore details" not in message
 
 
 def test_a_config_whose_crops_or_tokens_do_not_fit_the_checkpoint_stops_before_the_model(trained, monkeypatch):

@@ -22,7 +22,7 @@ from flax import nnx
 
 from mclap import paths
 from mclap.config_files import CONFIG_FILE, load_config
-from mclap.errors import ConfigError, UserError
+from mclap.errors import ConfigError, UserError, first_line
 from mclap.models import DualEncoder, ModelSpec, bert, build_model, spec_from_config
 from mclap.models.spec import text_pretrained_dir
 
@@ -163,7 +163,14 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
       raise ConfigError(
         "config.model.init_from starts the whole model from a bundle; leave model.audio.init_from empty"
       )
-    saved = read_arrays(pathlib.Path(bundle) / BUNDLE_VARIABLES)
+    try:
+      saved = read_arrays(pathlib.Path(bundle) / BUNDLE_VARIABLES)
+    except Exception as e:  # Orbax and TensorStore report damage in types of their own.
+      problem = f"{type(e).__name__}: {first_line(e)}"
+      raise ConfigError(
+        f"config.model.init_from={bundle}: cannot read its variables ({problem}); name an intact bundle (written by "
+        "mclap.export or an importer)"
+      ) from e
     copy_variables(model, {"params": saved, "batch_stats": saved}, f"bundle {bundle}")
     return
   if config.model.text.kind == "bert":

@@ -25,7 +25,7 @@ import numpy as np
 
 from mclap.data import audio
 from mclap.data.records import Reject
-from mclap.errors import UserError
+from mclap.errors import UserError, first_line
 from mclap.prepare import decode
 from mclap.prepare.listing import Listing
 
@@ -107,8 +107,8 @@ def list_items(
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except Exception as e:  # TFDS raises several kinds for an unknown name or an empty directory.
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f"cannot open TFDS dataset '{name}' in {data_dir or 'the default data dir'}: {first_line}") from e
+    where = data_dir or "the default data dir"
+    raise UserError(f"cannot open TFDS dataset '{name}' in {where}: {first_line(e)}") from e
   if not builder.is_prepared():
     raise UserError(f"TFDS dataset '{name}' is not built in {builder.data_dir}; build it there first (tfds build)")
   features = {k: builder.info.features[k] for k in builder.info.features.keys()}

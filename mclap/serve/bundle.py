@@ -35,7 +35,7 @@ import mclap
 from mclap import paths
 from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
-from mclap.errors import UserError
+from mclap.errors import UserError, first_line
 from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
 
 FORMAT, VERSION = "mclap.bundle", 2
@@ -209,7 +209,8 @@ def read(directory: str | pathlib.Path) -> tuple[dict[str, Any], DualEncoder]:
   try:
     variables = weights.read_arrays(directory / VARIABLES_DIR)
   except Exception as e:  # Orbax and TensorStore report damage in types of their own.
-    raise BundleError(f"cannot read the variables of {directory} ({type(e).__name__}: {e}); export it again") from e
+    problem = f"{type(e).__name__}: {first_line(e)}"
+    raise BundleError(f"cannot read the variables of {directory} ({problem}); export or import it again") from e
   if problem := weights.shape_difference(weights.flat_shapes(state.to_pure_dict()), weights.flat_shapes(variables)):
     raise BundleError(f"{directory}: the variables do not fit the model its bundle.json describes ({problem})")
   state.replace_by_pure_dict(variables)

@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from mclap.errors import ConfigError, UserError
+from mclap.errors import ConfigError, UserError, first_line
 from mclap.models import ModelSpec, weights
 
 # Where damaged checkpoints are moved, beside the checkpoint directory.
@@ -119,16 +119,9 @@ def _write_errors(mgr: ocp.CheckpointManager):
     intact = weights.checkpoint_steps(directory)
     kept = f"complete checkpoints there: steps {intact}" if intact else "no complete checkpoint there yet"
     raise UserError(
-      f"writing a checkpoint to {directory} failed ({type(e).__name__}: {_first_line(e)}); {kept}. "
+      f"writing a checkpoint to {directory} failed ({type(e).__name__}: {first_line(e)}); {kept}. "
       "Free space or fix the directory, then run the same command to resume"
     ) from e
-
-
-def _first_line(error: Exception) -> str:
-  """The error's first line, its middle cut if long: storage errors put the path first and the
-  operating system's reason ("No space left on device") last."""
-  line = (str(error).splitlines() or [""])[0]
-  return line if len(line) <= 300 else f"{line[:150]} … {line[-150:]}"
 
 
 def _check_same_model(path: pathlib.Path, state: dict[str, Any]) -> None:
@@ -181,7 +174,7 @@ def restore_latest(mgr: ocp.CheckpointManager, state: dict[str, Any], data_itera
     except ConfigError:
       raise
     except Exception as e:  # Whatever the damage, Orbax, TensorStore or Grain raise their own types.
-      problem = f"{type(e).__name__}: {_first_line(e)}"
+      problem = f"{type(e).__name__}: {first_line(e)}"
       tried.append(f"step {step} ({problem})")
       moved = _quarantine(directory, step)
       print(f"warning: the checkpoint of step {step} is damaged ({problem}); moved to {moved}", file=sys.stderr)
