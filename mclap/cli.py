@@ -269,6 +269,13 @@ def use_compilation_cache(directory: str) -> None:
   jax.config.update("jax_compilation_cache_dir", directory or None)
 
 
+def _expand_home(arg: str) -> str:
+  """`--flag=~/x` as `--flag=$HOME/x`: the shell expands `~` in `--flag ~/x` but not after `=`,
+  and a literal `~` folder would be made in the working directory."""
+  name, eq, value = arg.partition("=")
+  return f"{name}={os.path.expanduser(value)}" if arg.startswith("-") and eq and value.startswith("~") else arg
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`app.run` that reports bad config files, keys and other `UserError`s, and an interrupt, in one
   line, and keeps compiled programs in `--compilation_cache`."""
@@ -281,6 +288,7 @@ def run(main: Callable[[list[str]], None]) -> None:
   new_entries = {}
 
   def parse(argv):
+    argv = [_expand_home(arg) for arg in argv]
     try:
       entries, positions = check_config_args(argv)
     except UserError as e:

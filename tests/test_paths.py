@@ -2,6 +2,9 @@
 folder the user meant, by every job that reads a corpus, workdir, bundle, index or download."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -100,3 +103,17 @@ def test_a_download_folder_one_level_off_names_the_right_input(tmp_path):
   (own / "metadata.jsonl").write_text("")
   with pytest.raises(UserError, match=rf"needs metadata.csv or metadata.jsonl .*; did you mean --input {own}\?$"):
     folder.list_items(own / "audio", seed=0)
+
+
+def test_a_home_folder_after_an_equals_sign_is_expanded(tmp_path):
+  """`--workdir=~/runs/x`: the shell leaves `~` after `=` alone, and jobs made a `~` folder in the
+  working directory (or looked for one)."""
+  (tmp_path / "runs").mkdir()
+  command = [sys.executable, "-m", "mclap.eval", "--workdir=~/runs/x"]
+  result = subprocess.run(
+    command, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, text=True
+  )
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'runs/x'} does not exist"), (
+    result.stderr
+  )
+  assert not (tmp_path / "~").exists()
