@@ -32,6 +32,8 @@ from mclap.models import weights
 from mclap.models.embedder import Embedder
 from mclap.training import checkpoints, guards, tensorboard, text_cache, trainer
 
+CORPUS_FILE = "corpus.json"  # Records per split of the corpus a run last started on.
+
 
 class MetricsLog:
   """Process 0 prints metrics, appends them as JSON lines and writes their numbers as TensorBoard
@@ -163,6 +165,30 @@ def check_not_beside_workdirs(workdir: pathlib.Path) -> None:
       )
 
 
+def report_corpus_changes(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> dict[str, int]:
+  """A run resumed over its corpus prepared again since (files added or removed) goes on over the
+  corpus as it is now, and its data order is no longer an uninterrupted run's: say so, in one
+  warning. Returns the records per split, which the run keeps in `corpus.json`."""
+  info = records.read_info(config.data.dir)
+  counts = {name: int(split["count"]) for name, split in info.get("splits", {}).items()}
+  try:
+    before = json.loads((workdir / CORPUS_FILE).read_text())
+  except (OSError, json.JSONDecodeError):  # A new run, or one from before corpus.json.
+    return counts
+  if changed := [
+    f"{name} {before.get(name, 0)} -> {counts.get(name, 0)}"
+    for name in sorted(before.keys() | counts.keys())
+    if before.get(name, 0) != counts.get(name, 0)
+  ]:
+    print(
+      f"warning: {config.data.dir} changed since {workdir} last ran on it (records: {'; '.join(changed)}): the run "
+      "goes on over the corpus as it is now, in another data order than an uninterrupted run's",
+      file=sys.stderr,
+      flush=True,
+    )
+  return counts
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
   flat = {}
   for key, value in tree.items():
@@ -207,6 +233,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
       raise UserError(f"{workdir} holds no run to resume: start one with --config FILE (e.g. configs/muscall.py:demo)")
     config = weights.workdir_config(workdir)
   report_config_changes(workdir, config)
+  corpus = report_corpus_changes(workdir, config)
   checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 
   # ---------------------------------------------------------------- Mesh.
@@ -255,6 +282,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
   log.drop_after(start)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    (workdir / CORPUS_FILE).write_text(json.dumps(corpus))
 
   # ---------------------------------------------------------------- Loop.
   def report_skipped(step: int, values: dict) -> None:

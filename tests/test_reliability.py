@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, make_tiny_config, small
 
 from mclap import parallel, train
+from mclap.data import records
 from mclap.errors import ConfigError, UserError
 from mclap.models import weights
 from mclap.training import checkpoints, trainer
@@ -247,6 +248,20 @@ def test_a_run_resumed_with_another_config_says_what_differs_and_keeps_the_first
   (tmp_path / "config.json").write_text(changed.to_json_best_effort(indent=1))  # That re-run stopped at once.
   assert train.report_config_changes(tmp_path, tiny_config)  # Back: step 4 still came from the first config.
   assert (tmp_path / "config.until_step_4.json").read_text() == first
+
+
+def test_a_run_resumed_over_a_corpus_prepared_again_says_so(tiny_config, tmp_path, capsys):
+  counts = {name: split["count"] for name, split in records.read_info(tiny_config.data.dir)["splits"].items()}
+  assert train.report_corpus_changes(tmp_path, tiny_config) == counts  # A new run: nothing to compare.
+  (tmp_path / train.CORPUS_FILE).write_text(json.dumps(counts))
+  capsys.readouterr()
+  train.report_corpus_changes(tmp_path, tiny_config)
+  assert "warning" not in capsys.readouterr().err
+  (tmp_path / train.CORPUS_FILE).write_text(json.dumps({**counts, "train": counts["train"] - 5, "extra": 3}))
+  train.report_corpus_changes(tmp_path, tiny_config)
+  assert f"(records: extra 3 -> 0; train {counts['train'] - 5} -> {counts['train']}): the run goes on" in (
+    capsys.readouterr().err
+  )
 
 
 def test_a_checkpoint_of_the_old_layout_is_named_as_such(tmp_path):
