@@ -202,6 +202,9 @@ def test_folder_metadata_from_a_spreadsheet_with_semicolons_or_a_json_list(tmp_p
   for name in ("metadata.csv", "metadata.json"):
     items = [i for s in folder.list_items(tmp_path, seed=0, metadata=str(tmp_path / name)).splits.values() for i in s]
     assert (items[0].id, items[0].captions, items[0].tags) == ("a.wav", ("Loud, at 0,5 s",), ("x", "y")), name
+  (tmp_path / "metadata.csv").write_text("path,description\na.wav,Loud\n")  # Every caption would be empty.
+  with pytest.raises(UserError, match=r"has no 'caption' column \(columns: \['description', 'path'\]\); name it"):
+    folder.list_items(tmp_path, seed=0)
   (tmp_path / "metadata.json").write_text(json.dumps({"path": "a.wav"}))
   with pytest.raises(UserError, match=r"metadata.json holds a JSON dict; write a list of objects, one per row"):
     folder.list_items(tmp_path, seed=0, metadata=str(tmp_path / "metadata.json"))

@@ -38,8 +38,9 @@ def list_files(root: pathlib.Path, *, seed: int, metadata: str, source: str) -> 
     root, metadata, ("metadata.csv", "metadata.jsonl", "metadata.json"), source, "path, caption[, tags][, split]"
   )
   rows = metadata_rows(path)
-  if rows and "path" not in rows[0]:
-    raise UserError(f"{path} has no 'path' column (columns: {sorted(rows[0])})")
+  for column in ("path", "caption"):  # Named by no row: the file names it otherwise ("description").
+    if rows and not any(column in row for row in rows):
+      raise UserError(f"{path} has no '{column}' column (columns: {sorted(map(str, rows[0]))}); name it {column}")
   splits = {name: [] for name, _ in SPLIT_FRACTIONS}
   clips: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # Rows by path: one clip's captions may take a row each.
   for n, row in enumerate(rows, 1):
