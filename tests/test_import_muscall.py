@@ -108,6 +108,7 @@ def test_a_checkpoint_or_tokenizer_named_one_level_off_gets_the_one_meant(tmp_pa
 
 
 def test_the_state_dict_is_found_in_the_wrappers_training_scripts_save(tmp_path, monkeypatch):
+  (tmp_path / "best.pth").write_bytes(b"")  # Read through the layouts below, never parsed.
   weights = {"audio_backbone.conv1.weight": np.ones((2, 1, 3, 3)), "logit_scale": np.array(2.6)}
   layouts = [
     {"epoch": 3, "state_dict": weights, "optimizer": {"state": {}}},  # MusCALL's own.
