@@ -61,19 +61,20 @@ class Opaque:
   was pickled with and its state (`__dict__`). Nothing of the class is imported or run."""
 
   kind = ""
+  args: tuple = ()  # Class-level defaults: NEWOBJ makes an instance without calling __init__.
+  state: Any = None
 
   def __init__(self, *args, **kwargs):
-    self.args, self.kwargs, self.state = args, kwargs, None
-    self.items: dict[Any, Any] = {}  # What a dict or list subclass held.
+    self.args, self.kwargs = args, kwargs
 
   def __setstate__(self, state: Any) -> None:
     self.state = state
 
-  def __setitem__(self, key: Any, value: Any) -> None:
-    self.items[key] = value
+  def __setitem__(self, key: Any, value: Any) -> None:  # What a dict or list subclass held.
+    vars(self).setdefault("items", {})[key] = value
 
   def append(self, value: Any) -> None:
-    self.items[len(self.items)] = value
+    self[len(vars(self).get("items", {}))] = value
 
   def extend(self, values: Any) -> None:
     for value in values:
