@@ -76,6 +76,23 @@ def test_reader_never_runs_code_in_the_pickle(tmp_path, monkeypatch):
     torch_checkpoint.load(tmp_path / "legacy.pth")
 
 
+class _Empty:  # Pickled by NEWOBJ with no state: its __init__ is never called when it loads.
+  pass
+
+
+class _Bag(dict):  # Pickled with SETITEMS on the object.
+  pass
+
+
+def test_objects_of_classes_the_reader_does_not_load_are_kept_as_data(tmp_path):
+  path = tmp_path / "objects.pt"
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", pickle.dumps({"empty": _Empty(), "bag": _Bag(lr=0.1)}, protocol=2))
+  loaded = torch_checkpoint.load(path)
+  assert type(loaded["empty"]).kind.endswith("._Empty") and loaded["empty"].state is None
+  assert type(loaded["bag"]).kind.endswith("._Bag") and loaded["bag"].items == {"lr": 0.1}
+
+
 def test_the_state_dict_of_a_whole_pickled_model_and_of_a_checkpoint_with_script_objects():
   """Written by torch (tests/data/make_torch_fixture.py): `torch.save(model)`, whose classes are
   not importable here, and {"args": argparse.Namespace, "state_dict", "dtype": torch.float16}.
