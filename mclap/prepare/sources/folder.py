@@ -23,10 +23,11 @@ from mclap.prepare.listing import (
 
 
 def list_items(root: pathlib.Path, *, seed: int, metadata: str = "") -> Listing:
-  """A folder of audio files plus a CSV or JSONL with `path, caption[, tags][, split]`.
+  """A folder of audio files plus a CSV, JSONL or JSON table with `path, caption[, tags][, split]`.
 
-  Paths are relative to `root`; tags are a list or a comma/semicolon-separated string; rows
-  without a split are assigned one by a seeded hash of the path.
+  Paths are relative to `root`; tags are a list or a comma/semicolon-separated string; rows of
+  one path are one clip with all their captions; rows without a split are assigned one by a
+  seeded hash of the path.
   """
   return list_files(root, seed=seed, metadata=metadata, source="folder")
 
