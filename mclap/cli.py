@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging as std_logging
 import os
 import pathlib
 import sys
@@ -211,8 +212,9 @@ def _typed(default: object, value: str) -> object:
 
 class _Stderr:
   """`sys.stderr` that knows whether its last write ended a line. Library threads (Orbax's
-  writers after a failed save) print tracebacks there piece by piece, a line's indentation before
-  its text; the job's verdict must not land after such a piece."""
+  writers after a failed save, its reads of a damaged bundle left pending) print tracebacks there
+  piece by piece, a line's indentation before its text, and go on as the interpreter stops: the
+  job's verdict must land neither after such a piece nor before the rest."""
 
   def __init__(self, stream):
     self._stream = stream
@@ -225,20 +227,29 @@ class _Stderr:
         self._mid_line = not text.endswith("\n")
       return self._stream.write(text)
 
-  def write_line(self, line: str) -> None:
-    """Writes `line` at the start of a line, in one write no other thread's can split."""
+  def write_verdict(self, line: str) -> None:
+    """Writes `line` at the start of a line, in one write no other thread's can split, as the
+    last: what is written to the stream's descriptor afterwards goes nowhere."""
     with self._lock:
-      self._stream.write("\n" * self._mid_line + line + "\n")
-      self._mid_line = False
+      text = "\n" * self._mid_line + line + "\n"
+      self._stream.flush()
+      try:
+        fd = self._stream.fileno()
+      except (AttributeError, OSError, ValueError):  # Not a file (a test's buffer): nothing runs on after it.
+        self._stream.write(text)
+        return
+      verdict = os.dup(fd)
+      os.dup2(os.open(os.devnull, os.O_WRONLY), fd)  # Threads, and the C++ below them, write to the descriptor.
+      os.write(verdict, text.encode())
 
   def __getattr__(self, name: str):
     return getattr(self._stream, name)
 
 
 def fail(error: UserError) -> NoReturn:
-  """Ends the job with its one-line verdict."""
+  """Ends the job with its one-line verdict, the last line it writes (`_Stderr.write_verdict`)."""
   if isinstance(sys.stderr, _Stderr):
-    sys.stderr.write_line(f"error: {error}")
+    sys.stderr.write_verdict(f"error: {error}")
     sys.exit(1)
   sys.exit(f"error: {error}")
 
@@ -276,6 +287,21 @@ def _expand_home(arg: str) -> str:
   return f"{name}={os.path.expanduser(value)}" if arg.startswith("-") and eq and value.startswith("~") else arg
 
 
+def _quiet_closed_loops() -> None:
+  """Orbax reads arrays on an asyncio loop that it closes as soon as one read fails (a damaged
+  bundle): each read still in flight then prints that the loop is closed, and asyncio logs the
+  gathered error as never retrieved, dozens of tracebacks around the job's one-line verdict.
+  Both are dropped; every other unraisable exception is printed as before."""
+  printed = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      printed(unraisable)
+
+  sys.unraisablehook = hook
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`app.run` that reports bad config files, keys and other `UserError`s, and an interrupt, in one
   line, and keeps compiled programs in `--compilation_cache`."""
@@ -300,6 +326,7 @@ def run(main: Callable[[list[str]], None]) -> None:
 
   def guarded(argv):
     sys.stderr = _Stderr(sys.stderr)
+    _quiet_closed_loops()
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO.
     if new_entries:
@@ -313,7 +340,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     except UserError as e:
       fail(e)
     except KeyboardInterrupt:  # Jobs that keep work on an interrupt say so themselves (train, prepare, embed).
-      sys.stderr.write_line("interrupted")
+      sys.stderr.write_verdict("interrupted")
       sys.exit(130)
 
   app.run(guarded, flags_parser=parse)

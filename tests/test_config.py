@@ -160,6 +160,25 @@ def test_the_verdict_starts_its_own_line_while_a_library_thread_prints_a_traceba
   assert "error: writing a checkpoint failed" in result.stderr.splitlines(), result.stderr
 
 
+def test_a_failed_job_says_one_line_and_nothing_after_it():
+  """What Orbax's reads left in flight by a damaged bundle do: errors raised where nothing can catch
+  them ('Event loop is closed'), asyncio's log of a gathered error never retrieved, and a thread
+  that prints after the verdict. Each printed its traceback around the job's one line."""
+  code = (
+    "import asyncio, logging, sys, threading, time; from mclap import cli; from mclap.errors import UserError\n"
+    "class Pending:\n"
+    "  def __del__(self): raise RuntimeError('Event loop is closed')\n"
+    "def main(argv):\n"
+    "  Pending()\n"
+    "  logging.getLogger('asyncio').error('_GatheringFuture exception was never retrieved')\n"
+    "  threading.Thread(target=lambda: (time.sleep(0.5), sys.stderr.write('Traceback\\n'))).start()\n"
+    "  raise UserError('cannot read the variables of b')\n"
+    "cli.run(main)"
+  )
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert (result.returncode, result.stderr) == (1, "error: cannot read the variables of b\n"), result.stderr
+
+
 def test_an_interrupted_job_says_so_in_one_line():
   """A second Ctrl-C of training, or the first of eval or export, ended in a traceback."""
   code = "from mclap import cli\ndef main(argv):\n  raise KeyboardInterrupt\ncli.run(main)"
