@@ -291,7 +291,8 @@ def _quiet_closed_loops() -> None:
   """Orbax reads arrays on an asyncio loop that it closes as soon as one read fails (a damaged
   bundle): each read still in flight then prints that the loop is closed, and asyncio logs the
   gathered error as never retrieved, dozens of tracebacks around the job's one-line verdict.
-  Both are dropped; every other unraisable exception is printed as before."""
+  Those unraisable errors are dropped (every other is printed as before), and asyncio's log, which
+  only Orbax's loops write to in these jobs, is silenced."""
   printed = sys.unraisablehook
 
   def hook(unraisable) -> None:
