@@ -121,11 +121,12 @@ def validate(config, embedder: Embedder, loss_fn, state, mesh, texts: TextLookup
   }
 
 
-def check_splits(config) -> None:
-  """`data.train_split` and `data.val_split` must be splits of the corpus; checked first, as the
-  evaluators that run with validation take `data.val_split` for their own split (a corpus of a
-  few files hashed into train and test named `evals.geometry.split`, which the user had not set)."""
-  have = sorted(records.read_info(config.data.dir).get("splits", {}))
+def check_splits(config: ml_collections.ConfigDict, info: dict) -> None:
+  """`data.train_split` and `data.val_split` must be splits of the corpus (`info`: its
+  dataset_info); checked first, as the evaluators that run with validation take `data.val_split`
+  for their own split (a corpus of a few files hashed into train and test named
+  `evals.geometry.split`, which the user had not set)."""
+  have = sorted(info.get("splits", {}))
   for key in ("train_split", "val_split"):
     if config.data[key] not in have:
       raise ConfigError(
@@ -165,11 +166,11 @@ def check_not_beside_workdirs(workdir: pathlib.Path) -> None:
       )
 
 
-def report_corpus_changes(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> dict[str, int]:
-  """A run resumed over its corpus prepared again since (files added or removed) goes on over the
-  corpus as it is now, and its data order is no longer an uninterrupted run's: say so, in one
-  warning. Returns the records per split, which the run keeps in `corpus.json`."""
-  info = records.read_info(config.data.dir)
+def report_corpus_changes(workdir: pathlib.Path, config: ml_collections.ConfigDict, info: dict) -> dict[str, int]:
+  """A run resumed over its corpus (`info`: its dataset_info) prepared again since (files added or
+  removed) goes on over the corpus as it is now, and its data order is no longer an uninterrupted
+  run's: say so, in one warning. Returns the records per split, which the run keeps in
+  `corpus.json`."""
   counts = {name: int(split["count"]) for name, split in info.get("splits", {}).items()}
   try:
     before = json.loads((workdir / CORPUS_FILE).read_text())
@@ -233,7 +234,8 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
       raise UserError(f"{workdir} holds no run to resume: start one with --config FILE (e.g. configs/muscall.py:demo)")
     config = weights.workdir_config(workdir)
   report_config_changes(workdir, config)
-  corpus = report_corpus_changes(workdir, config)
+  info = records.read_info(config.data.dir)  # Read once for the checks below.
+  corpus = report_corpus_changes(workdir, config, info)
   checkpoints.check_writable(workdir, needed_bytes=0)  # Fail before the slow part.
 
   # ---------------------------------------------------------------- Mesh.
@@ -244,7 +246,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
 
   # The splits training reads, then the evaluators that run during training: their settings are
   # checked before anything slow.
-  check_splits(config)
+  check_splits(config, info)
   eval_config, every = periodic_evals(config)
   periodic = evaluation.select(eval_config, list(every))
 
@@ -281,7 +283,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
     print(f"resumed from {workdir / 'checkpoints'} at step {start}", flush=True)
   log.drop_after(start)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    (workdir / weights.CONFIG_FILE).write_text(config.to_json_best_effort(indent=1))
     (workdir / CORPUS_FILE).write_text(json.dumps(corpus))
 
   # ---------------------------------------------------------------- Loop.

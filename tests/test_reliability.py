@@ -251,14 +251,15 @@ def test_a_run_resumed_with_another_config_says_what_differs_and_keeps_the_first
 
 
 def test_a_run_resumed_over_a_corpus_prepared_again_says_so(tiny_config, tmp_path, capsys):
-  counts = {name: split["count"] for name, split in records.read_info(tiny_config.data.dir)["splits"].items()}
-  assert train.report_corpus_changes(tmp_path, tiny_config) == counts  # A new run: nothing to compare.
+  info = records.read_info(tiny_config.data.dir)
+  counts = {name: split["count"] for name, split in info["splits"].items()}
+  assert train.report_corpus_changes(tmp_path, tiny_config, info) == counts  # A new run: nothing to compare.
   (tmp_path / train.CORPUS_FILE).write_text(json.dumps(counts))
   capsys.readouterr()
-  train.report_corpus_changes(tmp_path, tiny_config)
+  train.report_corpus_changes(tmp_path, tiny_config, info)
   assert "warning" not in capsys.readouterr().err
   (tmp_path / train.CORPUS_FILE).write_text(json.dumps({**counts, "train": counts["train"] - 5, "extra": 3}))
-  train.report_corpus_changes(tmp_path, tiny_config)
+  train.report_corpus_changes(tmp_path, tiny_config, info)
   assert f"(records: extra 3 -> 0; train {counts['train'] - 5} -> {counts['train']}): the run goes on" in (
     capsys.readouterr().err
   )
