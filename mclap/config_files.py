@@ -3,7 +3,6 @@ only describes a run; loading one must not start a backend)."""
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import pathlib
@@ -12,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from mclap import paths
 from mclap.errors import ConfigError
 
 CONFIG_FILE = "config.json"  # The config a training workdir keeps (its run's own).
@@ -32,8 +32,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     names = ", ".join(sorted(p.name for p in file.glob("*.py")))
     raise ConfigError(f"config {path} is a folder; name a config file in it ({names}), e.g. configs/muscall.py:demo")
   if not file.is_file():
-    close = difflib.get_close_matches(file.name, [p.name for p in file.parent.glob("*.py")], n=1, cutoff=0.6)
-    hint = f"did you mean {file.parent / close[0]}? " if close else ""
+    close = paths.close_file(file, "*.py")
+    hint = f"did you mean {close}? " if close else ""
     raise ConfigError(f"config file {path} not found ({hint}expected e.g. configs/muscall.py:demo)")
   module_spec = importlib.util.spec_from_file_location(f"_mclap_config_{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(module_spec)

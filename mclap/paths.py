@@ -41,6 +41,15 @@ def near(path: str | os.PathLike, is_target: Callable[[pathlib.Path], bool]) -> 
   return found
 
 
+def close_file(path: str | os.PathLike, pattern: str = "*") -> pathlib.Path | None:
+  """The file beside a missing `path` (of those matching `pattern`) whose name is close to its
+  name: what a typo or a left-out suffix meant (`best_model.pth` for `best_model.pth.tar`)."""
+  path = pathlib.Path(path)
+  names = [p.name for p in path.parent.glob(pattern) if p.is_file()] if path.parent.is_dir() else []
+  close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+  return path.parent / close[0] if close else None
+
+
 def not_found(
   path: str | os.PathLike, what: str, is_target: Callable[[pathlib.Path], bool], remedy: str, flag: str = ""
 ) -> str:

@@ -3,12 +3,12 @@ mclap's variables while recording which arrays were used (so that the rest can b
 
 from __future__ import annotations
 
-import difflib
 import pathlib
 import re
 
 import numpy as np
 
+from mclap import paths
 from mclap.errors import UserError
 from mclap.tools import torch_checkpoint
 
@@ -60,9 +60,8 @@ def _check_file(path: pathlib.Path) -> None:
     found = sorted(p for p in (*path.glob("*"), *path.glob("*/*")) if p.suffix in _SUFFIXES and p.is_file())[:3]
     meant = " or ".join(f"--checkpoint {p}" for p in found)
     raise UserError(f"{path} is a folder; " + (f"did you mean {meant}?" if found else "name the checkpoint file in it"))
-  siblings = [p.name for p in path.parent.glob("*") if p.is_file()] if path.parent.is_dir() else []
-  close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
-  meant = f"; did you mean --checkpoint {path.parent / close[0]}?" if close else ""
+  close = paths.close_file(path)
+  meant = f"; did you mean --checkpoint {close}?" if close else ""
   raise UserError(f"{path} does not exist{meant}")
 
 
