@@ -46,11 +46,9 @@ def list_audio(audio_dir: pathlib.Path, suffixes: tuple[str, ...] = audio_lib.AU
     )
   files = [p for p in audio_dir.rglob("*") if p.is_file()]
   found = sorted(str(p.relative_to(audio_dir)) for p in files if p.suffix.lower() in suffixes)
-  other = collections.Counter(  # Audio libsndfile cannot decode: said, not silently left out.
-    p.suffix.lower()
-    for p in files
-    if suffixes == audio_lib.AUDIO_SUFFIXES and p.suffix.lower() in audio_lib.OTHER_AUDIO_SUFFIXES
-  )
+  other = collections.Counter()  # Audio libsndfile cannot decode: said, not silently left out.
+  if suffixes == audio_lib.AUDIO_SUFFIXES:
+    other.update(p.suffix.lower() for p in files if p.suffix.lower() in audio_lib.OTHER_AUDIO_SUFFIXES)
   left_out = ", ".join(f"{n} {suffix}" for suffix, n in other.most_common())
   if not found:  # An index of nothing would "succeed": a wrong folder must not look like an empty one.
     held = f" (it holds {left_out}, which libsndfile does not decode: {audio_lib.CONVERT_HINT})" if other else ""
