@@ -8,15 +8,19 @@ The bundle is the one the index was built with, unless `--bundle` names a copy o
 
 from __future__ import annotations
 
+import difflib
 import json
 import pathlib
 
 from absl import flags
 
 import mclap
-from mclap import cli
+from mclap import cli, paths
+from mclap.data import audio, features
 from mclap.errors import UserError
 from mclap.serve import index as index_lib
+
+_FILE_SUFFIXES = (*audio.AUDIO_SUFFIXES, *audio.OTHER_AUDIO_SUFFIXES, *features.SUFFIXES)
 
 
 def search(
@@ -32,6 +36,11 @@ def search(
   index = index if isinstance(index, index_lib.Index) else index_lib.Index(index)
   if not queries and not like:
     raise UserError('give a text query ("calm piano") or --like FILE')
+  for query in queries:  # `mclap.search --index E take1.flac`: no caption, a file to find music like.
+    if pathlib.Path(query).suffix.lower() in _FILE_SUFFIXES and pathlib.Path(query).is_file():
+      raise UserError(f"{query} is a file: to find music like it, pass --like {query}")
+  for path in like:
+    _check_like(index, path)
   model = model or mclap.load(bundle or index.info["bundle"])
   if model.meta["id"] != index.info["bundle_id"]:
     raise UserError(f"{index.directory} was built with another bundle than {model.directory}; use that one (--bundle)")
@@ -41,9 +50,25 @@ def search(
   for path in like:
     own = index.rows_of_file(path)
     embed = model.embed_features if model.features is not None else model.embed_audio
-    query = embed([path], index.info["crops"])
+    query, skipped = embed([path], index.info["crops"], errors="skip")
+    if skipped:
+      raise UserError(f"--like {path}: {skipped[0]}")
     results += _ranked(index, [f"like {path}"], query, top_k, own)
   return results
+
+
+def _check_like(index: index_lib.Index, path: str) -> None:
+  """A `--like` path that is no file stops the search before the bundle loads, naming the file
+  meant: the indexed one of that name or a close one (its folder left out, a typo), else a file
+  beside it whose name is close."""
+  if pathlib.Path(path).is_dir():
+    raise UserError(f"--like {path} is a folder: --like takes an audio file (a feature file for an index of features)")
+  if pathlib.Path(path).is_file():
+    return
+  indexed = {pathlib.PurePath(i["path"]).name: i["path"] for i in reversed(index.items)}
+  close = difflib.get_close_matches(pathlib.Path(path).name, list(indexed), n=1, cutoff=0.6)
+  meant = pathlib.Path(index.info["audio_dir"]) / indexed[close[0]] if close else paths.close_file(path)
+  raise UserError(f"--like {path} does not exist" + (f"; did you mean --like {meant}?" if meant else ""))
 
 
 def _ranked(index, names, embeddings, top_k, exclude=None) -> list[dict]:

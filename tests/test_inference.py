@@ -234,6 +234,19 @@ def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path, capsys):
   np.testing.assert_allclose(embeddings, model.embed_audio([good]), atol=1e-6)
   with pytest.raises(UserError, match="list of texts"):
     model.embed_text("calm piano")
+  # One input where a list goes was taken apart: a path into characters, a waveform into samples.
+  wrap = r"takes a list of audio files or waveforms; wrap a single one: "
+  for call, message in [
+    (lambda: model.embed_audio(str(tmp_path / "a.wav")), wrap + r"embed_audio\(\[x\]\)"),
+    (lambda: model.embed_audio(good), wrap + r"embed_audio\(\[x\]\)"),
+    (lambda: model.embed_audio((good, 16000)), wrap + r"embed_audio\(\[x\]\)"),
+    (lambda: model.zero_shot(tmp_path / "a.wav", ["piano", "organ"]), wrap + r"zero_shot\(\[x\], labels\)"),
+    (lambda: model.zero_shot([good], "piano"), r"zero_shot takes a list of labels: \['piano'\]"),
+    (lambda: model.zero_shot([good], []), r"zero_shot needs labels to choose from"),
+    (lambda: model.embed_audio([np.stack([good, good])]), r"shape \[2, 48000\]: mix its channels to one"),
+  ]:
+    with pytest.raises(UserError, match=message):
+      call()
   with pytest.raises(UserError, match="exists"):
     export.export(tmp_path, model.directory)
   (tmp_path / "notes").mkdir()
@@ -329,6 +342,26 @@ def test_search_ranks_by_cosine_and_leaves_the_query_file_out(trained, model, mu
   assert "a.wav" not in [r["path"] for r in like["results"]] and len(like["results"]) == 2
   printed, _ = run("mclap.search", "--index", tmp_path / "index", "--top_k", 1, "--json", query)
   assert json.loads(printed)["results"][0]["path"] == text["results"][0]["path"]
+
+
+def test_search_refuses_a_query_file_it_cannot_use_in_one_line(trained, model, music, tmp_path, monkeypatch):
+  embed.embed_folder(trained[2], music, tmp_path / "index", show_progress=False)
+  loads = []
+  monkeypatch.setattr(mclap, "load", lambda *a, **k: loads.append(a) or model)
+  for like, message in [
+    (music / "b.flac", r"--like .*b.flac does not exist; did you mean --like .*jazz/b.flac\?"),
+    (music / "a.wa", r"--like .*a.wa does not exist; did you mean --like .*a.wav\?"),
+    (music / "jazz", r"--like .*jazz is a folder: --like takes an audio file"),
+  ]:
+    with pytest.raises(UserError, match=message):
+      search.search(tmp_path / "index", [], like=[str(like)])
+  # A file given as a text query is what --like is for: "a.wav" is no caption.
+  with pytest.raises(UserError, match=r"a.wav is a file: to find music like it, pass --like .*a.wav"):
+    search.search(tmp_path / "index", [str(music / "a.wav")])
+  assert not loads  # All refused before the bundle loads.
+  # A file that cannot be decoded: no hint at the Python API's errors='skip', which a search cannot take.
+  with pytest.raises(UserError, match=r"^--like .*silent.wav: silent: peak amplitude below \S+$"):
+    search.search(tmp_path / "index", ["calm piano"], like=[str(music / "silent.wav")])
 
 
 def test_index_search_top_k_matches_a_full_sort():

@@ -82,7 +82,10 @@ class Model:
     wave, rate = (audio[0], int(audio[1])) if isinstance(audio, tuple) else (audio, self.sample_rate)
     wave = np.asarray(wave, np.float32)
     if wave.ndim != 1:
-      raise UserError(f"a waveform must be mono, shape [samples]; got shape {list(wave.shape)}")
+      raise UserError(
+        f"a waveform must be mono, shape [samples]; got shape {list(wave.shape)}: mix its channels to one "
+        "(wave.mean(axis=0) for [channels, samples], axis=1 for [samples, channels])"
+      )
     return audio_lib.conform(wave[: int(self.max_seconds * rate)], rate, self.sample_rate)
 
   def mel_crops(self, wave: np.ndarray, crops: int | None = None, crop: str | None = None) -> np.ndarray:
@@ -172,6 +175,7 @@ class Model:
   ) -> np.ndarray | tuple[np.ndarray, dict[int, str]]:
     """L2-normalised embeddings `[len(features), dim]` of feature files or arrays, for a model over
     precomputed features (see `feature_crops`; `errors` as in `embed_audio`)."""
+    _check_list(features, "feature files or arrays", "embed_features([x])")
     crops_of = lambda item: self.feature_crops(item, crops)  # noqa: E731
     return self._embed_each(features, crops_of, features_lib.FeatureError, "array", errors)
 
@@ -185,6 +189,7 @@ class Model:
     with `errors="skip"` it is left out instead, and the result is `(embeddings of the others,
     {position in audio: reason})`.
     """
+    _check_list(audio, "audio files or waveforms", "embed_audio([x])")
     crops_of = lambda item: self.mel_crops(self.waveform(item), crops, crop)  # noqa: E731
     return self._embed_each(audio, crops_of, audio_lib.AudioError, "waveform", errors)
 
@@ -207,6 +212,11 @@ class Model:
     takes feature files or arrays as `audio`."""
     if "{}" not in prompt:
       raise UserError(f"prompt {prompt!r} needs a {{}} where the label goes")
+    _check_list(audio, "audio files or waveforms", "zero_shot([x], labels)")
+    if isinstance(labels, str):
+      raise UserError(f"zero_shot takes a list of labels: [{labels!r}]")
+    if not labels:
+      raise UserError("zero_shot needs labels to choose from")
     clips = self.embed_features(audio, crops) if self.features else self.embed_audio(audio, crops, crop)
     logits = self.logit_scale * clips @ self.embed_text([prompt.format(x) for x in labels]).T
     return np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -216,6 +226,14 @@ class Model:
       f"mclap.Model({str(self.directory)!r}: audio {self.spec.audio['kind']}, text {self.spec.text['kind']}, "
       f"{self.config.data.crop_seconds:g} s crops, dtype {self.meta['dtype']}, from {self.meta['source']})"
     )
+
+
+def _check_list(inputs: object, what: str, call: str) -> None:
+  """Refuses one input where a list of them goes (a path, a waveform, `(waveform, rate)`), which
+  iterating would take apart into characters or samples and report as many bad inputs."""
+  one = isinstance(inputs, (str, os.PathLike)) or (isinstance(inputs, np.ndarray) and inputs.ndim <= 1)
+  if one or (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], (int, np.integer))):
+    raise UserError(f"{call.split('(')[0]} takes a list of {what}; wrap a single one: {call}")
 
 
 def load(directory: str | pathlib.Path, batch_size: int = 16, max_seconds: float = 600.0) -> Model:
