@@ -128,10 +128,13 @@ def embed_folder(
     **({"features": model.features} if model.features is not None else {"mel": model.mel_config}),
   }
   output.mkdir(parents=True, exist_ok=True)
-  done = {i["path"] for i in index_lib.read_parts(output)[1]}
   previous = index_lib.existing(output)
+  # What each file was when it was embedded or rejected; a file since changed is embedded again.
+  # Files of indexes written before their state was kept count as unchanged.
+  known = {i["path"]: i.get("file_state") for i in previous.items} if previous is not None else {}
+  known.update({i["path"]: i.get("file_state") for i in index_lib.read_parts(output)[1]})
+  known.update({p: r.get("file_state") for p, r in index_lib.read_rejects(output).items()})
   if previous is not None:
-    done |= {i["path"] for i in previous.items}
     before = {"crop": "mel", **previous.info}  # Indices written before the crop key cropped the mel.
     for key in ("bundle_id", "audio_dir", "crops", "crop"):
       if before[key] != info[key]:
@@ -139,9 +142,15 @@ def embed_folder(
           f"{output} was built with {key} {before[key]!r}, not {info[key]!r}; use a new --output for "
           "another bundle, folder or crop setting"
         )
-  rejected = index_lib.read_rejects(output)
-  todo = [f for f in files if f not in done and f not in rejected]
-  print(f"{len(files)} {kind} files under {audio_dir}: {len(todo)} to embed, {len(files) - len(todo)} done before")
+  states = {f: paths.file_state(audio_dir / f) for f in files}
+  todo = [f for f in files if f not in known or known[f] not in (None, states[f])]
+  changed, gone = sum(f in known for f in todo), len(known.keys() - states.keys())
+  print(
+    f"{len(files)} {kind} files under {audio_dir}: {len(todo)} to embed"
+    + (f" ({changed} changed since)" if changed else "")
+    + f", {len(files) - len(todo)} done before"
+    + (f"; {gone} no longer there leave the index" if gone else "")
+  )
   new_rejects, pending, part_embeddings, part_items = 0, [], [], []
 
   def embed_pending():
@@ -168,10 +177,10 @@ def embed_folder(
       try:
         for path, (clip, item) in _ahead(pool, decode, todo, 2 * model.batch_size):
           if clip is None:
-            index_lib.add_reject(output, path, item["reason"])
+            index_lib.add_reject(output, path, item["reason"], states[path])
             new_rejects += 1
           else:
-            pending.append((clip, {"path": path, **item}))
+            pending.append((clip, {"path": path, **item, "file_state": states[path]}))
           if len(pending) == model.batch_size:
             embed_pending()
           if len(part_items) + len(pending) >= part_size:
@@ -184,10 +193,10 @@ def embed_folder(
       bar.close()
       sys.exit(f"interrupted; the finished parts are kept in {output}. Run the same command to resume.")
     bar.close()
-  info = index_lib.consolidate(output, info)
+  info = index_lib.consolidate(output, info, set(files))
   print(
     f"index {output}: {info['count']} files ({len(todo) - new_rejects} new); rejected {new_rejects} new, "
-    f"{len(rejected) + new_rejects} in all (see {index_lib.REJECTS_FILE})"
+    f"{len(index_lib.read_rejects(output))} in all (see {index_lib.REJECTS_FILE})"
   )
   return info
 

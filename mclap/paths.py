@@ -1,6 +1,6 @@
 """What a user meant by a path that is one level off: the folder above or below the one a job
 needs, a file inside it, or a name with a typo. Jobs name that folder in their one-line error
-instead of only saying what is missing."""
+instead of only saying what is missing. And whether a file changed since a job last read it."""
 
 from __future__ import annotations
 
@@ -62,3 +62,13 @@ def not_found(
     return f"{path} {state}: {remedy}"
   options = " or ".join(f"{flag}{p}" if flag.endswith("=") else f"{flag} {p}".strip() for p in found[:3])
   return f"{path} {state}; did you mean {options}?" + (f" Else {remedy}" if not path.exists() else "")
+
+
+def file_state(path: str | os.PathLike) -> list[int] | None:
+  """(size, modification time) of a file, None if there is none: jobs that resume keep it beside
+  what they made of the file, and redo it when the file was replaced (downloaded again, edited)."""
+  try:
+    info = os.stat(path) if path else None
+  except OSError:
+    return None
+  return [info.st_size, info.st_mtime_ns] if info else None

@@ -294,7 +294,7 @@ def test_embed_cli_indexes_a_folder_skipping_bad_files(trained, model, music, tm
   assert [i["seconds"] for i in index.items] == [3.0, 2.5, 4.0]
   np.testing.assert_allclose(index.embeddings, model.embed_audio([music / i["path"] for i in index.items]), atol=1e-5)
   assert set(index_lib.read_rejects(tmp_path / "index")) == {"broken.mp3", "silent.wav"}
-  assert "silent" in index_lib.read_rejects(tmp_path / "index")["silent.wav"]
+  assert "silent" in index_lib.read_rejects(tmp_path / "index")["silent.wav"]["reason"]
 
 
 def test_embed_resumes_after_an_interruption_and_adds_new_files(trained, model, music, tmp_path, monkeypatch):
@@ -324,6 +324,25 @@ def test_embed_resumes_after_an_interruption_and_adds_new_files(trained, model, 
   assert sorted(p.name for p in (tmp_path / "index").iterdir()) == sorted(
     ["index.json", info_data(tmp_path), "rejects.jsonl", "decoder.log"]
   )
+
+
+def test_a_re_run_follows_the_folder_changed_removed_and_mended_files(trained, model, music, tmp_path):
+  folder = tmp_path / "music"
+  shutil.copytree(music, folder)
+  embed.embed_folder(trained[2], folder, tmp_path / "index", show_progress=False, model=model)
+  soundfile.write(folder / "a.wav", tone(2.0, 16000, freq=1760.0), 16000)  # Replaced by another take.
+  (folder / "c.npy").unlink()  # Deleted.
+  soundfile.write(folder / "silent.wav", tone(2.0, 16000, freq=500.0), 16000)  # Rejected, then mended.
+  info = embed.embed_folder(trained[2], folder, tmp_path / "index", show_progress=False, model=model)
+  index = index_lib.Index(tmp_path / "index")
+  files = [i["path"] for i in index.items]
+  assert sorted(files) == ["a.wav", "jazz/b.flac", "silent.wav"] and info["count"] == 3
+  assert {i["path"]: i["seconds"] for i in index.items}["a.wav"] == 2.0
+  np.testing.assert_allclose(index.embeddings, model.embed_audio([folder / p for p in files]), atol=1e-5)
+  assert list(index_lib.read_rejects(tmp_path / "index")) == ["broken.mp3"]
+  # Nothing changed since: nothing to embed again, nothing lost.
+  again = embed.embed_folder(trained[2], folder, tmp_path / "index", show_progress=False, model=model)
+  assert again["count"] == 3 and [i["path"] for i in index_lib.Index(tmp_path / "index").items] == files
 
 
 def info_data(tmp_path):

@@ -37,6 +37,7 @@ import tqdm
 from array_record.python import array_record_module
 
 import mclap
+from mclap import paths
 from mclap.data import mel as mel_lib
 from mclap.data import records
 from mclap.data.records import Reject
@@ -171,21 +172,11 @@ def _plan(splits: dict[str, Sequence[Any]], shard_size: int, settings: dict[str,
   return shards
 
 
-def _file_state(path: str) -> list[int] | None:
-  """(size, modification time) of an item's file, None if it has none or it does not exist: a
-  rejected file whose state changed (downloaded, replaced) is tried again on a re-run."""
-  try:
-    info = os.stat(path) if path else None
-  except OSError:
-    return None
-  return [info.st_size, info.st_mtime_ns] if info else None
-
-
 def _retry(reject: dict[str, Any], retry_rejects: bool) -> bool:
   """Whether a re-run must try a rejected item again."""
   if retry_rejects or reject["reason"] in RETRIED_REASONS:
     return True
-  return bool(reject.get("path")) and _file_state(reject["path"]) != reject.get("file_state")
+  return bool(reject.get("path")) and paths.file_state(reject["path"]) != reject.get("file_state")
 
 
 def _load_manifest(out: pathlib.Path, shard: _Shard, retry_rejects: bool) -> dict[str, Any] | None:
@@ -478,7 +469,7 @@ def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
       watch.add(result)
       if isinstance(result, Reject):
         path = str(getattr(item, "path", ""))
-        file = {"path": path, "file_state": _file_state(path)} if path else {}
+        file = {"path": path, "file_state": paths.file_state(path)} if path else {}
         manifest["rejects"].append({**dataclasses.asdict(result), **file})
         continue
       writer.write(records.encode(result))

@@ -4,14 +4,17 @@
 ```
 E/index.json          version, bundle (path and id), dimension, count, audio folder, data directory
 E/data-<N>/embeddings.npy   float32 [count, dim], L2-normalised (memory-mapped when searched)
-E/data-<N>/items.jsonl      one line per row: {"path": relative to the audio folder, "seconds": ...}
+E/data-<N>/items.jsonl      one line per row: {"path": relative to the audio folder, "seconds": ...,
+                      "file_state": [size, modification time] when it was read}
 E/parts/part-*.npz    embedded since the last consolidation (an interrupted or running job)
-E/rejects.jsonl       files that could not be embedded, with the reason
+E/rejects.jsonl       files that could not be embedded, with the reason (and file_state)
 E/decoder.log         what native decoders printed while embedding (their notes on broken files)
 ```
 
 `index.json` is replaced atomically last, so a reader sees the previous complete index or the new
-one, never a mix; finished parts survive an interruption and are not embedded again.
+one, never a mix; finished parts survive an interruption and are not embedded again. Each
+consolidation follows the folder: a file embedded again (it changed) keeps only its new row, and
+files gone from the folder leave the index and the rejects.
 """
 
 from __future__ import annotations
@@ -104,32 +107,37 @@ def write_part(directory: pathlib.Path, embeddings: np.ndarray, items: list[dict
   records.write_atomic(parts / name, lambda f: np.savez(f, **arrays))
 
 
-def read_rejects(directory: pathlib.Path) -> dict[str, str]:
+def read_rejects(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """Per rejected file, its latest record: {"path", "reason", "file_state"} (no state in indexes
+  written before it was kept)."""
   path = directory / REJECTS_FILE
   lines = path.read_text().splitlines() if path.is_file() else []
-  return {r["path"]: r["reason"] for r in map(json.loads, lines)}
+  return {r["path"]: r for r in map(json.loads, lines)}
 
 
-def add_reject(directory: pathlib.Path, path: str, reason: str) -> None:
+def add_reject(directory: pathlib.Path, path: str, reason: str, file_state: list[int] | None) -> None:
   with open(directory / REJECTS_FILE, "a", encoding="utf-8") as f:
-    f.write(json.dumps({"path": path, "reason": reason}, ensure_ascii=False) + "\n")
+    f.write(json.dumps({"path": path, "reason": reason, "file_state": file_state}, ensure_ascii=False) + "\n")
 
 
-def consolidate(directory: pathlib.Path, info: dict[str, Any]) -> dict[str, Any]:
+def consolidate(directory: pathlib.Path, info: dict[str, Any], present: set[str] | None = None) -> dict[str, Any]:
   """Merges the last consolidation and the finished parts into a new data directory, then points
-  `index.json` at it (the commit) and removes what it replaces. Returns the new index.json."""
+  `index.json` at it (the commit) and removes what it replaces. Rows and rejects of files not in
+  `present` (the folder's files now; default: keep all) are left out. Returns the new index.json."""
   old = existing(directory)
   part_embeddings, part_items = read_parts(directory)
   items = old.items if old is not None else []
   blocks = ([old.embeddings] if old is not None else []) + part_embeddings
   embeddings = np.concatenate(blocks) if blocks else np.zeros((0, info["dim"]), np.float32)
   items = items + part_items
-  # A job stopped after its commit but before removing the parts would add them twice.
-  first = {}
-  for row, item in enumerate(items):
-    first.setdefault(item["path"], row)
-  keep = sorted(first.values())
+  # A file's last row is its newest embedding: a file changed since is embedded again, and a job
+  # stopped after its commit but before removing the parts would add them twice.
+  last = {item["path"]: row for row, item in enumerate(items) if present is None or item["path"] in present}
+  keep = sorted(last.values())
   embeddings, items = embeddings[keep], [items[i] for i in keep]
+  rejects = [r for p, r in read_rejects(directory).items() if p not in last and (present is None or p in present)]
+  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
+  records.write_text_atomic(directory / REJECTS_FILE, lines)
   data = f"data-{uuid.uuid4().hex[:8]}"
   (directory / data).mkdir()
   np.save(directory / data / "embeddings.npy", embeddings.astype(np.float32))
