@@ -370,6 +370,12 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
       "Run the same command to resume.",
       flush=True,
     )
+  elif start >= steps:
+    print(
+      f"nothing to train: {workdir} is at step {start} of train.steps={steps}. Pass --config.train.steps=N (more "
+      f"than {start}) to train on, or evaluate it: python -m mclap.eval --workdir {workdir} --best",
+      flush=True,
+    )
   return {"step": int(state["step"]), "best": best, "stopped": stopped}
 
 

@@ -163,6 +163,10 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
 
   whole_params, cut = _final_params(config, whole), _final_params(config, tmp_path / "cut")
   assert int(cut["step"]) == 4
+  metrics = (tmp_path / "cut/metrics.jsonl").read_text()
+  train.train(None, tmp_path / "cut")  # Finished already: said, not silently done again.
+  assert f"nothing to train: {tmp_path / 'cut'} is at step 4 of train.steps=4." in capsys.readouterr().out
+  assert (tmp_path / "cut/metrics.jsonl").read_text() == metrics
   jax.tree.map(np.testing.assert_array_equal, whole_params, cut)
 
   rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
