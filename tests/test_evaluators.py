@@ -4,6 +4,7 @@ embedding-space analysis, t-SNE plots and crop averaging."""
 
 import copy
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -21,7 +22,18 @@ from mclap import parallel
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-from mclap.evaluation import EvalContext, analysis, fewshot, metrics, ontology, prompts, tagging, tsne, zero_shot
+from mclap.evaluation import (
+  EvalContext,
+  NotApplicable,
+  analysis,
+  fewshot,
+  metrics,
+  ontology,
+  prompts,
+  tagging,
+  tsne,
+  zero_shot,
+)
 from mclap.models import build_model, spec_from_config
 from mclap.models.embedder import Embedder
 
@@ -112,6 +124,23 @@ def test_caption_less_corpus_with_genre_descriptions(context, tmp_path):
   results = zero_shot.run(context, settings)
   assert results["num_items"] == 6 and results["classes"] == ["blues", "jazz", "rock"]
   assert set(results["prompts"]) == {"label", "definition", "ensemble"}
+
+
+def test_tagging_is_skipped_on_a_corpus_whose_tags_rank_nothing(context, tmp_path):
+  # Your own music: captions and no tags, or one tag every clip has (nothing to tell apart).
+  (tmp_path / "music").mkdir()
+  for n in range(3):
+    soundfile.write(tmp_path / "music" / f"{n}.wav", tone(2.5, 16000, freq=200 + 100 * n), 16000)
+  for name, tags in [("untagged", None), ("one_tag", "live")]:
+    rows = [{"path": f"{n}.wav", "caption": f"take {n}", "split": "test", "tags": tags} for n in range(3)]
+    metadata = tmp_path / f"{name}.jsonl"
+    metadata.write_text("".join(json.dumps({k: v for k, v in r.items() if v}) + "\n" for r in rows))
+    prepare("--source", "folder", "--input", tmp_path / "music", "--metadata", metadata, "--output", tmp_path / name)
+  settings = dict(split="test", prompts=("label",), ensemble=False, tags=(), num_best_worst=3)
+  with pytest.raises(NotApplicable, match=r"untagged has no tags; zero-shot tagging needs them"):
+    tagging.run(context, {**settings, "dir": str(tmp_path / "untagged")})
+  with pytest.raises(NotApplicable, match=r"no tag of .*one_tag is on some clips of 'test' and not on others"):
+    tagging.run(context, {**settings, "dir": str(tmp_path / "one_tag")})
 
 
 def test_fewshot_probes_recomputed_with_sklearn(context, tmp_path):

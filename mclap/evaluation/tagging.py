@@ -14,6 +14,7 @@ import numpy as np
 
 from mclap.errors import UserError
 from mclap.evaluation import metrics, zero_shot
+from mclap.evaluation.context import NotApplicable
 
 
 def run(context, settings) -> dict:
@@ -23,11 +24,16 @@ def run(context, settings) -> dict:
   chosen = list(settings.get("tags", ())) or vocab
   if unknown := [t for t in chosen if t not in vocab]:
     raise UserError(f"evals tags {unknown[:5]} are not tags of {corpus or context.config.data.dir}")
-  if not chosen:
-    raise UserError(f"{corpus or context.config.data.dir} has no tags; zero-shot tagging needs them")
+  if not chosen:  # Captions only, as your own music's often are.
+    raise NotApplicable(f"{corpus or context.config.data.dir} has no tags; zero-shot tagging needs them")
   columns = [vocab.index(t) for t in chosen]
   emb = context.embeddings(settings["split"], corpus, with_text=False)
   labels = emb["tags"][:, columns].astype(np.int64)
+  if not any(0 < n < len(labels) for n in labels.sum(axis=0)):  # Every curve undefined: nothing to average.
+    raise NotApplicable(
+      f"no tag of {corpus or context.config.data.dir} is on some clips of '{settings['split']}' and not on others; "
+      "zero-shot tagging ranks clips by a tag"
+    )
   tag_text = info.get("tag_text", {})
   classes = zero_shot.class_embeddings(context, settings, [tag_text.get(t, t) for t in chosen])
   results = {}
