@@ -377,6 +377,9 @@ def test_search_refuses_a_query_file_it_cannot_use_in_one_line(trained, model, m
   # A file given as a text query is what --like is for: "a.wav" is no caption.
   with pytest.raises(UserError, match=r"a.wav is a file: to find music like it, pass --like .*a.wav"):
     search.search(tmp_path / "index", [str(music / "a.wav")])
+  embed.embed_folder(tmp_path / "moved", music, tmp_path / "index2", show_progress=False, model=model)
+  with pytest.raises(UserError, match=r"moved does not exist: pass --bundle with where it is now \(the bundle .*2"):
+    search.search(tmp_path / "index2", ["calm piano"])  # The index's bundle was moved since.
   assert not loads  # All refused before the bundle loads.
   # A file that cannot be decoded: no hint at the Python API's errors='skip', which a search cannot take.
   with pytest.raises(UserError, match=r"^--like .*silent.wav: silent: peak amplitude below \S+$"):
