@@ -52,7 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     kind="modified_resnet", width=16, layers=(3, 4, 6, 3), pooling="attention", heads=8, output_dim=256, freeze=False
   )
   c.model.audio.init_from = ""  # A trained mclap workdir whose audio tower (weights, batch norm) starts this one.
-  c.model.text = dict(kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot", freeze=False)
+  c.model.text = dict(
+    kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot", activation="gelu", freeze=False
+  )
   # kind="bert": a pretrained BERT/RoBERTa from a local Hugging Face directory (pooling cls or mean);
   # its embeddings and first `freeze_layers` layers can stay frozen.
   c.model.text.update(pretrained_dir="", freeze_layers=0)

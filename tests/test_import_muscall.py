@@ -180,6 +180,31 @@ def test_imported_embeddings_equal_the_original_forward_pass(imported):
   assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_muscall_trained_with_clip_text_model_embeds_texts_as_hugging_face_computes(imported, tmp_path):
+  """MusCALL's other text model, `CLIPTextModel` (Hugging Face's CLIP text encoder), imports into
+  the same tower with CLIP's quick GELU: its texts embed as transformers computed them
+  (tests/data/make_clip_text_fixture.py)."""
+  audio_state, clip_dir, _ = imported
+  fixture = np.load(DATA / "muscall_clip_text.npz")
+  text_state = {k.removeprefix("state/"): fixture[k] for k in fixture.files if k.startswith("state/")}
+  width = text_state["textual_head.text_model.final_layer_norm.weight"].shape[0]
+  rng = np.random.default_rng(1)
+  state = {k: v.astype(np.float32) for k, v in audio_state.items() if not k.startswith("textual_head.")}
+  state |= {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in text_state.items()}
+  state["text_projection.weight"] = (rng.standard_normal((512, width)) / np.sqrt(width)).astype(np.float32)
+  np.savez(tmp_path / "clip_text.npz", **state)
+  config = import_muscall.muscall_config(state)
+  assert config.model.text.activation == "quick_gelu" and config.model.text.heads == 1  # CLIP's width / 64.
+  bundle_dir = import_muscall.import_muscall(tmp_path / "clip_text.npz", clip_dir, tmp_path / "bundle", text_heads=2)
+  model = mclap.load(bundle_dir, batch_size=2)
+  texts = list(fixture["texts"])
+  ours, mask = model.tokenizer(texts)
+  np.testing.assert_array_equal(np.where(mask == 1, ours, 0)[:, : fixture["ids"].shape[1]], fixture["ids"])
+  expected = normalized(fixture["pooler_output"].astype(np.float64) @ state["text_projection.weight"].T)
+  np.testing.assert_allclose(model.embed_text(texts), expected, atol=2e-5)
+
+
 def test_configs_finetune_starts_from_an_imported_muscall_bundle(imported):
   """A MusCALL checkpoint people have is a starting point: `configs/finetune.py:BUNDLE` rebuilds
   the bundle's model, reads its mels, crops and tokens, and starts from every one of its weights."""

@@ -152,6 +152,13 @@ def test_remat_changes_nothing_but_memory():
     loss_and_grads("some")
 
 
+def test_a_text_activation_it_does_not_know_is_a_config_error():
+  config = muscall_config(5.0)
+  config.model.text.update(layers=1, width=64, heads=2, activation="relu")
+  with pytest.raises(ConfigError, match=r"config.model.text.activation='relu'; use gelu or quick_gelu"):
+    build_model(spec_from_config(config), nnx.Rngs(0))
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_close_outputs():
   config = muscall_config(5.0)
   config.model.audio.update(width=8, layers=(1, 1, 1, 1))

@@ -104,6 +104,7 @@ def _text(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
     heads=t.heads,
     mask=t.mask,
     pooling=t.pooling,
+    activation=t.get("activation", "gelu"),  # Configs written before the key: MusCALL's exact GELU.
   )
 
 

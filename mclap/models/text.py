@@ -1,4 +1,6 @@
-"""CLIP-style text Transformer: pre-LayerNorm blocks, exact GELU, causal or bidirectional mask."""
+"""CLIP-style text Transformer: pre-LayerNorm blocks, causal or bidirectional mask, and the GELU
+of the model it holds: exact (MusCALL's own TextTransformer) or CLIP's sigmoid approximation
+(`quick_gelu`: OpenAI CLIP's text encoder, which MusCALL can train as `CLIPTextModel`)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,15 @@ from flax import nnx
 from mclap.errors import ConfigError
 from mclap.models.layers import Attention, maybe_remat
 
+ACTIVATIONS = {
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
 
 class Block(nnx.Module):
-  def __init__(self, width: int, heads: int, *, dtype: Any, rngs: nnx.Rngs):
+  def __init__(self, width: int, heads: int, activation: str, *, dtype: Any, rngs: nnx.Rngs):
+    self.activation = ACTIVATIONS[activation]
     self.ln_1 = nnx.LayerNorm(width, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
     self.attention = Attention(width, heads, dtype=dtype, rngs=rngs)
     self.ln_2 = nnx.LayerNorm(width, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
@@ -23,7 +31,7 @@ class Block(nnx.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     h = self.ln_1(x).astype(x.dtype)
     x = x + self.attention(h, h, mask)
-    h = jax.nn.gelu(self.mlp_in(self.ln_2(x).astype(x.dtype)), approximate=False)
+    h = self.activation(self.mlp_in(self.ln_2(x).astype(x.dtype)))
     return x + self.mlp_out(h)
 
 
@@ -41,15 +49,18 @@ class TextTransformer(nnx.Module):
     remat: str,
     dtype: Any,
     rngs: nnx.Rngs,
+    activation: str = "gelu",  # Specs written before the key held MusCALL's TextTransformer.
   ):
     if mask not in ("causal", "bidirectional"):
       raise ConfigError(f"config.model.text.mask={mask!r}; use causal or bidirectional")
+    if activation not in ACTIVATIONS:
+      raise ConfigError(f"config.model.text.activation={activation!r}; use {' or '.join(ACTIVATIONS)}")
     if pooling not in ("eot", "first", "mean"):
       raise ConfigError(f"config.model.text.pooling={pooling!r}; use eot, first or mean")
     self.max_len, self.causal, self.pooling, self.remat, self.dtype = max_len, mask == "causal", pooling, remat, dtype
     self.token_embedding = nnx.Embed(vocab_size, width, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     self.positional_embedding = nnx.Param(0.01 * jax.random.normal(rngs.params(), (max_len, width)))
-    self.blocks = nnx.List([Block(width, heads, dtype=dtype, rngs=rngs) for _ in range(layers)])
+    self.blocks = nnx.List([Block(width, heads, activation, dtype=dtype, rngs=rngs) for _ in range(layers)])
     self.ln_final = nnx.LayerNorm(width, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
     self.output_dim = width
 

@@ -2,15 +2,18 @@
 best_model.pth.tar --tokenizer_dir CLIP_DIR --output B`.
 
 Maps the PyTorch state_dict of MusCALL (Manco et al.; ModifiedResNet audio backbone with attention
-pooling, TextTransformer, bias-free audio/text projections, logit_scale; batch-norm running
-statistics included) into an mclap bundle with the torchaudio-matching mel preset
-(`mel.muscall_torchaudio_config`), so the imported model sees the inputs it was trained on.
+pooling, bias-free audio/text projections, logit_scale; batch-norm running statistics included)
+into an mclap bundle with the torchaudio-matching mel preset (`mel.muscall_torchaudio_config`), so
+the imported model sees the inputs it was trained on. Either of MusCALL's text models imports: its
+own `TextTransformer`, or `CLIPTextModel` (Hugging Face's CLIP text encoder, pooled at the end of
+text: its `pooler_output`), both the mclap `transformer` text tower with their own GELU.
 
 The checkpoint is read without torch (`mclap.tools.torch_checkpoint`); a `.npz` of the state_dict's
 arrays under their original names works too. The architecture (widths, depths, vocabulary, text
 length, projection size) is read from the arrays' shapes; attention heads are not visible there
-and default to MusCALL's 8. The tokenizer is CLIP's BPE from a local directory: tokenizer.json,
-or the vocab.json + merges.txt of `openai/clip-vit-base-patch32`.
+and default to MusCALL's 8 (a `CLIPTextModel`'s: one per 64 channels, as in every CLIP text
+encoder). The tokenizer is CLIP's BPE from a local directory: tokenizer.json, or the vocab.json +
+merges.txt of `openai/clip-vit-base-patch32`.
 """
 
 from __future__ import annotations
@@ -32,22 +35,60 @@ from mclap.models import spec_from_config, weights
 from mclap.serve import bundle
 from mclap.tools import state_dict
 
+# Where a CLIPTextModel text head keeps its arrays: under transformers 4.x (MusCALL's), in its
+# `text_model`; under 5.x, directly.
+_CLIP_TEXT = ("textual_head.text_model", "textual_head")
+
+
+def _text_names(state: dict[str, np.ndarray]) -> dict[str, str]:
+  """Where the text head's parts are in the state_dict: MusCALL's TextTransformer's names, or a
+  CLIPTextModel's (`{i}` a layer). Their blocks are the same; CLIP's has q/k/v biases."""
+  for clip in _CLIP_TEXT:
+    if f"{clip}.embeddings.token_embedding.weight" in state:
+      layer = f"{clip}.encoder.layers.{{i}}"
+      return dict(
+        kind="clip",
+        tokens=f"{clip}.embeddings.token_embedding.weight",
+        positions=f"{clip}.embeddings.position_embedding.weight",
+        ln_1=f"{layer}.layer_norm1",
+        attention=f"{layer}.self_attn",
+        ln_2=f"{layer}.layer_norm2",
+        mlp_in=f"{layer}.mlp.fc1",
+        mlp_out=f"{layer}.mlp.fc2",
+        ln_final=f"{clip}.final_layer_norm",
+      )
+  if "textual_head.token_embedding.weight" in state:
+    layer = "textual_head.transformer.layers.{i}"
+    return dict(
+      kind="transformer",
+      tokens="textual_head.token_embedding.weight",
+      positions="textual_head.position_embedding.weight",
+      ln_1=f"{layer}.0.norm",
+      attention=f"{layer}.0.fn",
+      ln_2=f"{layer}.1.norm",
+      mlp_in=f"{layer}.1.fn.mlp.0",
+      mlp_out=f"{layer}.1.fn.mlp.3",
+      ln_final="textual_head.transformer.norm_out",  # The original's ln_final is never called.
+    )
+  raise UserError(
+    "the checkpoint has no textual_head.token_embedding nor textual_head.text_model: its text model is neither "
+    "of MusCALL's (TextTransformer, CLIPTextModel)"
+  )
+
 
 def muscall_config(
-  state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 8, crop_seconds: float = 20.0
+  state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 0, crop_seconds: float = 20.0
 ) -> ml_collections.ConfigDict:
-  """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays."""
-  if "textual_head.token_embedding.weight" not in state:
-    raise UserError(
-      "the checkpoint has no textual_head.token_embedding: only MusCALL's TextTransformer text model can be "
-      "imported (not CLIPTextModel)"
-    )
+  """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays
+  (`text_heads` 0: MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel)."""
+  names = _text_names(state)
+  clip = names["kind"] == "clip"
   if "audio_backbone.attnpool.positional_embedding" not in state:
     raise UserError("the checkpoint's audio backbone has no attention pooling; only pooling=attention can be imported")
   if "logit_scale" not in state:
     raise UserError("the checkpoint has no logit_scale (trained with a fixed temperature); that is not supported")
   layers = tuple(state_dict.count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
-  width = int(state["textual_head.token_embedding.weight"].shape[1])
+  width = int(state[names["tokens"]].shape[1])
   mel = mel_lib.muscall_torchaudio_config()
   if "audio_backbone.spec.mel_scale.fb" in state:
     mel.n_mels = int(state["audio_backbone.spec.mel_scale.fb"].shape[1])
@@ -59,7 +100,7 @@ def muscall_config(
         crop_seconds=crop_seconds,
         eval_crops=1,  # MusCALL evaluates the central crop,
         crop="waveform",  # of the waveform, then takes its mel.
-        max_tokens=int(state["textual_head.position_embedding.weight"].shape[0]),
+        max_tokens=int(state[names["positions"]].shape[0]),
         tokenizer_dir="",
       ),
       model=dict(
@@ -74,12 +115,13 @@ def muscall_config(
         ),
         text=dict(
           kind="transformer",
-          layers=state_dict.count(state, "textual_head.transformer.layers.{i}.0.fn.to_qkv.weight"),
+          layers=state_dict.count(state, f"{names['ln_1']}.weight"),
           width=width,
-          heads=text_heads,
+          heads=text_heads or (width // 64 if clip else 8),
           mask="causal",
           # The original pools at the highest token id, CLIP's end of text: the last real token.
           pooling="eot",
+          activation="quick_gelu" if clip else "gelu",
           head=linear_head,
         ),
         projection_dim=int(state["audio_projection.weight"].shape[0]),
@@ -106,7 +148,7 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
   """(mclap variables as one nested dict: parameters and batch statistics together, as NNX keeps
   them; the original keys left unused)."""
   tracked = state_dict.Tracked(state, "MusCALL")
-  a, t = "audio_backbone", "textual_head"
+  a = "audio_backbone"
   variables: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}, "text": {"blocks": {}}}
   audio = variables["audio"]
   for i in range(3):
@@ -131,34 +173,37 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
       "out_proj": state_dict.linear(tracked, f"{pool}.c_proj"),
     },
   }
-  text = variables["text"]
-  text["token_embedding"] = {"embedding": tracked[f"{t}.token_embedding.weight"]}
-  text["positional_embedding"] = tracked[f"{t}.position_embedding.weight"]
-  width = config.model.text.width
+  text, names = variables["text"], _text_names(state)
+  text["token_embedding"] = {"embedding": tracked[names["tokens"]]}
+  text["positional_embedding"] = tracked[names["positions"]]
   for i in range(config.model.text.layers):
-    layer = f"{t}.transformer.layers.{i}"
-    # One bias-free qkv projection; its output features are q, k, v in that order (torch's chunk(3)).
-    q, k, v = np.split(tracked[f"{layer}.0.fn.to_qkv.weight"], 3, axis=0)
-    zeros = np.zeros(width, q.dtype)
+    name = {part: names[part].format(i=i) for part in ("ln_1", "attention", "ln_2", "mlp_in", "mlp_out")}
     text["blocks"][i] = {
-      "ln_1": state_dict.layer_norm(tracked, f"{layer}.0.norm"),
-      "attention": {
-        "q_proj": {"kernel": q.T, "bias": zeros},
-        "k_proj": {"kernel": k.T, "bias": zeros},
-        "v_proj": {"kernel": v.T, "bias": zeros},
-        "out_proj": state_dict.linear(tracked, f"{layer}.0.fn.out_projection"),
-      },
-      "ln_2": state_dict.layer_norm(tracked, f"{layer}.1.norm"),
-      "mlp_in": state_dict.linear(tracked, f"{layer}.1.fn.mlp.0"),
-      "mlp_out": state_dict.linear(tracked, f"{layer}.1.fn.mlp.3"),
+      "ln_1": state_dict.layer_norm(tracked, name["ln_1"]),
+      "attention": _attention(tracked, name["attention"], names["kind"]),
+      "ln_2": state_dict.layer_norm(tracked, name["ln_2"]),
+      "mlp_in": state_dict.linear(tracked, name["mlp_in"]),
+      "mlp_out": state_dict.linear(tracked, name["mlp_out"]),
     }
-  text["ln_final"] = state_dict.layer_norm(
-    tracked, f"{t}.transformer.norm_out"
-  )  # The original's ln_final is never called.
+  text["ln_final"] = state_dict.layer_norm(tracked, names["ln_final"])
   variables["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
   variables["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
   variables["logit_scale_param"] = tracked["logit_scale"]
   return variables, sorted(set(state) - tracked.used)
+
+
+def _attention(state: dict[str, np.ndarray], name: str, kind: str) -> dict[str, dict[str, np.ndarray]]:
+  """mclap's `Attention` variables from a CLIPTextModel's q/k/v/out projections, or from MusCALL's
+  one bias-free qkv projection (output features q, k, v in that order: torch's chunk(3))."""
+  if kind == "clip":
+    return {p: state_dict.linear(state, f"{name}.{p}") for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
+  q, k, v = np.split(state[f"{name}.to_qkv.weight"], 3, axis=0)
+  zeros = np.zeros(q.shape[0], q.dtype)
+  projections = {"q_proj": q, "k_proj": k, "v_proj": v}
+  return {
+    **{p: {"kernel": w.T, "bias": zeros} for p, w in projections.items()},
+    "out_proj": state_dict.linear(state, f"{name}.out_projection"),
+  }
 
 
 # Original keys that carry nothing the mclap model needs.
@@ -166,6 +211,7 @@ _IGNORED = (
   re.compile(r"audio_backbone\.spec\..*"),  # torchaudio's window and filterbank buffers: the mel preset computes them.
   re.compile(r".*\.num_batches_tracked"),
   re.compile(r"textual_head\.ln_final\..*"),  # Defined but never used in the original forward pass.
+  re.compile(r"textual_head\.(text_model\.)?embeddings\.position_ids"),  # A CLIPTextModel's buffer (transformers 4).
   re.compile(r"audio_ssl\..*"),  # MusCALL_SSL's training-only projection head (and its alias of the backbone).
 )
 
@@ -213,7 +259,7 @@ def import_muscall(
   output: str | pathlib.Path,
   *,
   audio_heads: int = 8,
-  text_heads: int = 8,
+  text_heads: int = 0,
   crop_seconds: float = 20.0,
   overwrite: bool = False,
 ) -> pathlib.Path:
@@ -228,7 +274,7 @@ def import_muscall(
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer = clip_tokenizer_dir(pathlib.Path(tokenizer_dir), pathlib.Path(tmp))
     config.data.tokenizer_dir = str(tokenizer)
-    vocab = state["textual_head.token_embedding.weight"].shape[0]
+    vocab = state[_text_names(state)["tokens"]].shape[0]
     if (tokens := tokenizer_lib.for_config(config).vocab_size) != vocab:
       raise UserError(
         f"the tokenizer in {tokenizer_dir} has {tokens} tokens, the checkpoint's text embedding {vocab}: "
@@ -283,7 +329,9 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_string("tokenizer_dir", None, "CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt).")
   flags.DEFINE_string("output", None, "Bundle directory to write.")
   flags.DEFINE_integer("audio_heads", 8, "Attention-pooling heads of the audio backbone (MusCALL: 8).")
-  flags.DEFINE_integer("text_heads", 8, "Attention heads of the text transformer (MusCALL: 8).")
+  flags.DEFINE_integer(
+    "text_heads", 0, "Attention heads of the text model (0: MusCALL's TextTransformer 8, a CLIPTextModel width / 64)."
+  )
   flags.DEFINE_float("crop_seconds", 20.0, "Audio length the model was trained on (MusCALL: audio_len_seconds, 20).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
   for name in ("checkpoint", "tokenizer_dir", "output"):
