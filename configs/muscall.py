@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     kind="transformer", layers=4, width=512, heads=8, mask="causal", pooling="eot", activation="gelu", freeze=False
   )
   # kind="bert": a pretrained BERT/RoBERTa from a local Hugging Face directory (pooling cls or mean);
-  # its embeddings and first `freeze_layers` layers can stay frozen.
+  # its embeddings and first `freeze_layers` layers can stay frozen. kind="clip": CLIP's pretrained
+  # text encoder (MusCALL's CLIPTextModel option) from a local Hugging Face CLIP directory.
   c.model.text.update(pretrained_dir="", freeze_layers=0)
   for tower in (c.model.audio, c.model.text):
     tower.lr_scale = 1.0  # Multiplies the learning rate of this tower (e.g. 0.1 to fine-tune gently).

@@ -101,6 +101,6 @@ def for_config(config) -> TextTokenizer:
   """The tokenizer a config trains with: `data.tokenizer_dir`, else a pretrained text tower's own
   directory, else all-MiniLM-L6-v2's WordPiece."""
   directory = config.data.tokenizer_dir
-  if not directory and config.model.text.kind == "bert":
+  if not directory and config.model.text.kind in ("bert", "clip"):
     directory = config.model.text.pretrained_dir
   return TextTokenizer(directory or None, config.data.max_tokens)

@@ -52,7 +52,7 @@ class FeatureTower(nnx.Module):
       nnx.Param(jax.random.normal(rngs.params(), (frames, width)) * 0.01) if transformer else None
     )
     self.blocks = (
-      nnx.List([Block(width, heads, dtype=dtype, rngs=rngs) for _ in range(layers)]) if transformer else None
+      nnx.List([Block(width, heads, "gelu", dtype=dtype, rngs=rngs) for _ in range(layers)]) if transformer else None
     )
     self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=jnp.float32, rngs=rngs) if transformer else None
     self.output_dim = output_dim if attention else width

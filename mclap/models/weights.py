@@ -23,7 +23,7 @@ from flax import nnx
 from mclap import paths
 from mclap.config_files import CONFIG_FILE, load_config
 from mclap.errors import ConfigError, UserError, first_line
-from mclap.models import DualEncoder, ModelSpec, bert, build_model, spec_from_config
+from mclap.models import DualEncoder, ModelSpec, bert, build_model, clip_text, spec_from_config
 from mclap.models.spec import text_pretrained_dir
 
 SPEC_ITEM = "spec"  # The model spec, saved beside the state in every checkpoint.
@@ -86,9 +86,10 @@ def _model_part(saved: dict[str, Any], group: str) -> dict[str, Any]:
   return part.get("model", part) if isinstance(part, dict) else {}
 
 
-def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
-  """'params/model/audio/conv/kernel' -> shape, for NNX states, nested dicts of arrays or shape
-  structs and Orbax's metadata alike (an NNX Variable's trailing `value` dropped, keys as text)."""
+def flat_leaves(tree) -> dict[str, Any]:
+  """'params/model/audio/conv/kernel' -> leaf, for NNX states, nested dicts of arrays or shape
+  structs and Orbax's metadata alike (an NNX Variable's trailing `value` dropped, keys as text:
+  a layer numbered 0 or "0" is the same)."""
 
   def name(key) -> str:
     for attribute in ("key", "name", "idx"):
@@ -97,7 +98,12 @@ def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
     return str(key)
 
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(map(name, path)).removesuffix("/value"): tuple(leaf.shape) for path, leaf in leaves}
+  return {"/".join(map(name, path)).removesuffix("/value"): leaf for path, leaf in leaves}
+
+
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """`flat_leaves`' shapes."""
+  return {name: tuple(leaf.shape) for name, leaf in flat_leaves(tree).items()}
 
 
 def shape_difference(
@@ -126,19 +132,18 @@ def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_
   groups = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
   expected = flat_shapes({group: nnx.state(target, kind) for group, kind in groups.items()})
   allowed = lambda name: allow_missing(tuple(name.split("/")[1:]))  # noqa: E731
-  if problem := shape_difference(expected, flat_shapes(saved), allowed, allow_extra=True):
+  found = flat_leaves(saved)  # Looked up by the names the check compared.
+  if problem := shape_difference(expected, {name: tuple(leaf.shape) for name, leaf in found.items()}, allowed, True):
     raise UserError(
       f"{where}: {problem}; the model must have the architecture it was trained with (data.crop_seconds, "
       "data.mel, data.max_tokens and model.* as then; a tower trained there, not frozen)"
     )
   for group, kind in groups.items():
     for path, variable in nnx.to_flat_state(nnx.state(target, kind)):
-      node = saved.get(group, {})
-      for key in map(str, path):
-        node = node.get(key) if isinstance(node, dict) else None
-      if node is not None:  # From the host, in the variable's dtype (bundles may store bfloat16);
-        # replaced whole: an indexed assignment would compile a scatter per shape.
-        variable.value = jnp.asarray(np.asarray(node["value"] if isinstance(node, dict) else node), variable.dtype)
+      if (leaf := found.get("/".join(map(str, (group, *path))))) is not None:
+        # From the host, in the variable's dtype (bundles may store bfloat16); replaced whole: an
+        # indexed assignment would compile a scatter per shape.
+        variable.value = jnp.asarray(np.asarray(leaf), variable.dtype)
 
 
 def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
@@ -157,7 +162,7 @@ def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> Non
 def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
   """Loads the pretrained weights the config names into `model`, in place: every variable from a
   bundle (`model.init_from`, e.g. an imported MusCALL or CLAP model: `configs/finetune.py`), or a
-  BERT text tower and an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
+  BERT or CLIP text tower and an audio tower from a trained mclap workdir (`model.audio.init_from`)."""
   if bundle := config.model.get("init_from", ""):
     if config.model.audio.get("init_from", ""):
       raise ConfigError(
@@ -175,6 +180,9 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
     return
   if config.model.text.kind == "bert":
     bert.load_weights(model.text, text_pretrained_dir(config))
+  if config.model.text.kind == "clip":
+    directory = text_pretrained_dir(config)
+    copy_variables(model.text, {"params": clip_text.read_variables(directory)}, str(directory / "model.safetensors"))
   if workdir := config.model.audio.get("init_from", ""):
     load_tower(model.audio, workdir, "audio")
 

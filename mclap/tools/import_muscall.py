@@ -31,44 +31,29 @@ from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-from mclap.models import spec_from_config, weights
+from mclap.models import clip_text, spec_from_config, weights
 from mclap.serve import bundle
 from mclap.tools import state_dict
 
-# Where a CLIPTextModel text head keeps its arrays: under transformers 4.x (MusCALL's), in its
-# `text_model`; under 5.x, directly.
-_CLIP_TEXT = ("textual_head.text_model", "textual_head")
-
 
 def _text_names(state: dict[str, np.ndarray]) -> dict[str, str]:
-  """Where the text head's parts are in the state_dict: MusCALL's TextTransformer's names, or a
-  CLIPTextModel's (`{i}` a layer). Their blocks are the same; CLIP's has q/k/v biases."""
-  for clip in _CLIP_TEXT:
-    if f"{clip}.embeddings.token_embedding.weight" in state:
-      layer = f"{clip}.encoder.layers.{{i}}"
+  """Where the text head's embeddings and layers are: MusCALL's TextTransformer's names, or a
+  CLIPTextModel's (`clip`: the prefix of its arrays, named as `models.clip_text` reads them)."""
+  for inner in clip_text.PREFIXES:
+    clip = f"textual_head.{inner}"
+    if f"{clip}embeddings.token_embedding.weight" in state:
       return dict(
-        kind="clip",
-        tokens=f"{clip}.embeddings.token_embedding.weight",
-        positions=f"{clip}.embeddings.position_embedding.weight",
-        ln_1=f"{layer}.layer_norm1",
-        attention=f"{layer}.self_attn",
-        ln_2=f"{layer}.layer_norm2",
-        mlp_in=f"{layer}.mlp.fc1",
-        mlp_out=f"{layer}.mlp.fc2",
-        ln_final=f"{clip}.final_layer_norm",
+        clip=clip,
+        tokens=f"{clip}embeddings.token_embedding.weight",
+        positions=f"{clip}embeddings.position_embedding.weight",
+        layer=f"{clip}encoder.layers.{{i}}.layer_norm1.weight",
       )
   if "textual_head.token_embedding.weight" in state:
-    layer = "textual_head.transformer.layers.{i}"
     return dict(
-      kind="transformer",
+      clip="",
       tokens="textual_head.token_embedding.weight",
       positions="textual_head.position_embedding.weight",
-      ln_1=f"{layer}.0.norm",
-      attention=f"{layer}.0.fn",
-      ln_2=f"{layer}.1.norm",
-      mlp_in=f"{layer}.1.fn.mlp.0",
-      mlp_out=f"{layer}.1.fn.mlp.3",
-      ln_final="textual_head.transformer.norm_out",  # The original's ln_final is never called.
+      layer="textual_head.transformer.layers.{i}.0.fn.to_qkv.weight",
     )
   raise UserError(
     "the checkpoint has no textual_head.token_embedding nor textual_head.text_model: its text model is neither "
@@ -82,7 +67,7 @@ def muscall_config(
   """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays
   (`text_heads` 0: MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel)."""
   names = _text_names(state)
-  clip = names["kind"] == "clip"
+  clip = bool(names["clip"])
   if "audio_backbone.attnpool.positional_embedding" not in state:
     raise UserError("the checkpoint's audio backbone has no attention pooling; only pooling=attention can be imported")
   if "logit_scale" not in state:
@@ -115,7 +100,7 @@ def muscall_config(
         ),
         text=dict(
           kind="transformer",
-          layers=state_dict.count(state, f"{names['ln_1']}.weight"),
+          layers=state_dict.count(state, names["layer"]),
           width=width,
           heads=text_heads or (width // 64 if clip else 8),
           mask="causal",
@@ -149,7 +134,7 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
   them; the original keys left unused)."""
   tracked = state_dict.Tracked(state, "MusCALL")
   a = "audio_backbone"
-  variables: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}, "text": {"blocks": {}}}
+  variables: dict[str, Any] = {"audio": {"stem": {}, "blocks": {}}}
   audio = variables["audio"]
   for i in range(3):
     audio["stem"][i] = _conv_bn(tracked, f"{a}.conv{i + 1}", f"{a}.bn{i + 1}")
@@ -173,37 +158,41 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
       "out_proj": state_dict.linear(tracked, f"{pool}.c_proj"),
     },
   }
-  text, names = variables["text"], _text_names(state)
-  text["token_embedding"] = {"embedding": tracked[names["tokens"]]}
-  text["positional_embedding"] = tracked[names["positions"]]
-  for i in range(config.model.text.layers):
-    name = {part: names[part].format(i=i) for part in ("ln_1", "attention", "ln_2", "mlp_in", "mlp_out")}
-    text["blocks"][i] = {
-      "ln_1": state_dict.layer_norm(tracked, name["ln_1"]),
-      "attention": _attention(tracked, name["attention"], names["kind"]),
-      "ln_2": state_dict.layer_norm(tracked, name["ln_2"]),
-      "mlp_in": state_dict.linear(tracked, name["mlp_in"]),
-      "mlp_out": state_dict.linear(tracked, name["mlp_out"]),
-    }
-  text["ln_final"] = state_dict.layer_norm(tracked, names["ln_final"])
+  if clip := _text_names(state)["clip"]:
+    variables["text"] = clip_text.variables(tracked, clip)
+  else:
+    variables["text"] = _text_transformer(tracked, config.model.text.layers)
   variables["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
   variables["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
   variables["logit_scale_param"] = tracked["logit_scale"]
   return variables, sorted(set(state) - tracked.used)
 
 
-def _attention(state: dict[str, np.ndarray], name: str, kind: str) -> dict[str, dict[str, np.ndarray]]:
-  """mclap's `Attention` variables from a CLIPTextModel's q/k/v/out projections, or from MusCALL's
-  one bias-free qkv projection (output features q, k, v in that order: torch's chunk(3))."""
-  if kind == "clip":
-    return {p: state_dict.linear(state, f"{name}.{p}") for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
-  q, k, v = np.split(state[f"{name}.to_qkv.weight"], 3, axis=0)
-  zeros = np.zeros(q.shape[0], q.dtype)
-  projections = {"q_proj": q, "k_proj": k, "v_proj": v}
-  return {
-    **{p: {"kernel": w.T, "bias": zeros} for p, w in projections.items()},
-    "out_proj": state_dict.linear(state, f"{name}.out_projection"),
-  }
+def _text_transformer(state: dict[str, np.ndarray], layers: int) -> dict[str, Any]:
+  """The text tower's variables from MusCALL's own TextTransformer."""
+  t = "textual_head"
+  text: dict[str, Any] = {"blocks": {}}
+  text["token_embedding"] = {"embedding": state[f"{t}.token_embedding.weight"]}
+  text["positional_embedding"] = state[f"{t}.position_embedding.weight"]
+  for i in range(layers):
+    layer = f"{t}.transformer.layers.{i}"
+    # One bias-free qkv projection; its output features are q, k, v in that order (torch's chunk(3)).
+    q, k, v = np.split(state[f"{layer}.0.fn.to_qkv.weight"], 3, axis=0)
+    zeros = np.zeros(q.shape[0], q.dtype)
+    text["blocks"][i] = {
+      "ln_1": state_dict.layer_norm(state, f"{layer}.0.norm"),
+      "attention": {
+        "q_proj": {"kernel": q.T, "bias": zeros},
+        "k_proj": {"kernel": k.T, "bias": zeros},
+        "v_proj": {"kernel": v.T, "bias": zeros},
+        "out_proj": state_dict.linear(state, f"{layer}.0.fn.out_projection"),
+      },
+      "ln_2": state_dict.layer_norm(state, f"{layer}.1.norm"),
+      "mlp_in": state_dict.linear(state, f"{layer}.1.fn.mlp.0"),
+      "mlp_out": state_dict.linear(state, f"{layer}.1.fn.mlp.3"),
+    }
+  text["ln_final"] = state_dict.layer_norm(state, f"{t}.transformer.norm_out")  # Its ln_final is never called.
+  return text
 
 
 # Original keys that carry nothing the mclap model needs.

@@ -1,0 +1,55 @@
+"""A pretrained CLIP text encoder as the text tower (`model.text.kind=clip`, MusCALL's
+`CLIPTextModel`): read from a Hugging Face CLIPModel directory, it computes what transformers
+computed from it (tests/data/make_clip_hf_fixture.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from flax import nnx
+
+from mclap import cli
+from mclap.data import tokenizer as tokenizer_lib
+from mclap.errors import ConfigError, UserError
+from mclap.models import build_model, spec_from_config, weights
+
+CLIP_DIR = ROOT / "tests" / "data" / "clip_hf"
+
+
+def clip_config(directory=CLIP_DIR):
+  config = cli.load_config("configs/muscall.py:demo")
+  config.model.text.update(kind="clip", pretrained_dir=str(directory))
+  config.data.max_tokens = 77
+  return config
+
+
+def test_the_clip_text_tower_computes_what_transformers_computed():
+  reference = np.load(ROOT / "tests" / "data" / "clip_hf_reference.npz")
+  config = clip_config()
+  spec = spec_from_config(config)
+  assert spec.text == dict(
+    kind="transformer", vocab_size=520, max_len=77, width=64, layers=2, heads=2, mask="causal", pooling="eot",
+    activation="quick_gelu",
+  )  # fmt: skip
+  model = build_model(spec, nnx.Rngs(0))
+  weights.load_pretrained(model, config)
+  tokens, mask = tokenizer_lib.for_config(config)(list(reference["texts"]))  # The directory's own tokenizer.
+  np.testing.assert_array_equal(np.where(mask == 1, tokens, 0), reference["ids"])
+  np.testing.assert_allclose(model.text_features(tokens, mask), reference["pooler_output"], atol=2e-5)
+
+
+def test_a_clip_directory_that_is_not_one_is_named(tmp_path):
+  config = clip_config("")
+  with pytest.raises(ConfigError, match=r"kind=clip needs config.model.text.pretrained_dir"):
+    spec_from_config(config)
+  shutil.copytree(CLIP_DIR, tmp_path / "clip")
+  settings = json.loads((tmp_path / "clip" / "config.json").read_text())
+  settings["text_config"]["hidden_act"] = "relu"
+  (tmp_path / "clip" / "config.json").write_text(json.dumps(settings))
+  with pytest.raises(UserError, match=r"config.json: hidden_act 'relu'; the tower computes gelu, quick_gelu"):
+    spec_from_config(clip_config(tmp_path / "clip"))
+  (tmp_path / "clip" / "config.json").write_text(json.dumps({**settings, "model_type": "bert"}))
+  with pytest.raises(UserError, match=r"model_type 'bert', not a CLIPModel or CLIPTextModel"):
+    spec_from_config(clip_config(tmp_path / "clip"))
