@@ -129,11 +129,12 @@ def embed_folder(
   }
   output.mkdir(parents=True, exist_ok=True)
   previous = index_lib.existing(output)
-  # What each file was when it was embedded or rejected; a file since changed is embedded again.
-  # Files of indexes written before their state was kept count as unchanged.
-  known = {i["path"]: i.get("file_state") for i in previous.items} if previous is not None else {}
-  known.update({i["path"]: i.get("file_state") for i in index_lib.read_parts(output)[1]})
-  known.update({p: r.get("file_state") for p, r in index_lib.read_rejects(output).items()})
+  # What each file was when it was embedded or rejected: a file done as it is now is not done again.
+  known = collections.defaultdict(list)
+  for item in [*(previous.items if previous is not None else []), *index_lib.read_parts(output)[1]]:
+    known[item["path"]].append(item.get("file_state"))
+  for path, reject in index_lib.read_rejects(output).items():
+    known[path].append(reject.get("file_state"))
   if previous is not None:
     before = {"crop": "mel", **previous.info}  # Indices written before the crop key cropped the mel.
     for key in ("bundle_id", "audio_dir", "crops", "crop"):
@@ -143,7 +144,7 @@ def embed_folder(
           "another bundle, folder or crop setting"
         )
   states = {f: paths.file_state(audio_dir / f) for f in files}
-  todo = [f for f in files if f not in known or known[f] not in (None, states[f])]
+  todo = [f for f in files if not any(index_lib.is_current(s, states[f]) for s in known.get(f, []))]
   changed, gone = sum(f in known for f in todo), len(known.keys() - states.keys())
   print(
     f"{len(files)} {kind} files under {audio_dir}: {len(todo)} to embed"
@@ -193,7 +194,7 @@ def embed_folder(
       bar.close()
       sys.exit(f"interrupted; the finished parts are kept in {output}. Run the same command to resume.")
     bar.close()
-  info = index_lib.consolidate(output, info, set(files))
+  info = index_lib.consolidate(output, info, states)
   print(
     f"index {output}: {info['count']} files ({len(todo) - new_rejects} new); rejected {new_rejects} new, "
     f"{len(index_lib.read_rejects(output))} in all (see {index_lib.REJECTS_FILE})"

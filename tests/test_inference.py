@@ -343,6 +343,12 @@ def test_a_re_run_follows_the_folder_changed_removed_and_mended_files(trained, m
   # Nothing changed since: nothing to embed again, nothing lost.
   again = embed.embed_folder(trained[2], folder, tmp_path / "index", show_progress=False, model=model)
   assert again["count"] == 3 and [i["path"] for i in index_lib.Index(tmp_path / "index").items] == files
+  # An embedded file replaced by a broken one: its old row goes, its reject stays, and stays done.
+  (folder / "jazz" / "b.flac").write_bytes(b"fLaC but cut off")
+  for _ in range(2):
+    info = embed.embed_folder(trained[2], folder, tmp_path / "index", show_progress=False, model=model)
+    assert [i["path"] for i in index_lib.Index(tmp_path / "index").items] == ["a.wav", "silent.wav"]
+    assert sorted(index_lib.read_rejects(tmp_path / "index")) == ["broken.mp3", "jazz/b.flac"]
 
 
 def info_data(tmp_path):

@@ -120,22 +120,34 @@ def add_reject(directory: pathlib.Path, path: str, reason: str, file_state: list
     f.write(json.dumps({"path": path, "reason": reason, "file_state": file_state}, ensure_ascii=False) + "\n")
 
 
-def consolidate(directory: pathlib.Path, info: dict[str, Any], present: set[str] | None = None) -> dict[str, Any]:
+def is_current(recorded: list[int] | None, now: list[int] | None) -> bool:
+  """Whether a row or reject made of a file in the `recorded` state is of the file as it is `now`
+  (indexes written before the state was kept recorded none: taken as current)."""
+  return recorded is None or recorded == now
+
+
+def consolidate(
+  directory: pathlib.Path, info: dict[str, Any], states: dict[str, list[int] | None] | None = None
+) -> dict[str, Any]:
   """Merges the last consolidation and the finished parts into a new data directory, then points
-  `index.json` at it (the commit) and removes what it replaces. Rows and rejects of files not in
-  `present` (the folder's files now; default: keep all) are left out. Returns the new index.json."""
+  `index.json` at it (the commit) and removes what it replaces. With `states` (the folder's files
+  now and their `paths.file_state`), rows and rejects of files gone or since changed are left
+  out. Returns the new index.json."""
   old = existing(directory)
   part_embeddings, part_items = read_parts(directory)
   items = old.items if old is not None else []
   blocks = ([old.embeddings] if old is not None else []) + part_embeddings
   embeddings = np.concatenate(blocks) if blocks else np.zeros((0, info["dim"]), np.float32)
   items = items + part_items
-  # A file's last row is its newest embedding: a file changed since is embedded again, and a job
-  # stopped after its commit but before removing the parts would add them twice.
-  last = {item["path"]: row for row, item in enumerate(items) if present is None or item["path"] in present}
+
+  def current(path: str, record: dict[str, Any]) -> bool:  # Made of a file of the folder as it is now.
+    return states is None or (path in states and is_current(record.get("file_state"), states[path]))
+
+  # A job stopped after its commit but before removing the parts would add rows twice: one each.
+  last = {item["path"]: row for row, item in enumerate(items) if current(item["path"], item)}
   keep = sorted(last.values())
   embeddings, items = embeddings[keep], [items[i] for i in keep]
-  rejects = [r for p, r in read_rejects(directory).items() if p not in last and (present is None or p in present)]
+  rejects = [r for p, r in read_rejects(directory).items() if p not in last and current(p, r)]
   lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
   records.write_text_atomic(directory / REJECTS_FILE, lines)
   data = f"data-{uuid.uuid4().hex[:8]}"
