@@ -25,6 +25,16 @@ def clip_tokenizer_files(directory):
   return len(vocab)
 
 
+def muscall_ids(tokenizer, texts):
+  """Token ids `[len(texts), MAX_LEN]` as MusCALL gives them (a Hugging Face CLIP `tokenizer`, cut
+  to MAX_LEN, zero-padded after the end of text) and their mask (True on real tokens)."""
+  ids, mask = np.zeros((len(texts), MAX_LEN), np.int64), np.zeros((len(texts), MAX_LEN), bool)
+  for row, text in enumerate(texts):
+    encoded = tokenizer(text, max_length=MAX_LEN, truncation=True)["input_ids"]
+    ids[row, : len(encoded)], mask[row, : len(encoded)] = encoded, True
+  return ids, mask
+
+
 def linspace(start, end, steps, dtype):
   """torch.linspace: the step in `dtype`, the first half counted up from start and the second half
   down from end, in `dtype` arithmetic (numpy's linspace computes in float64 and rounds once)."""

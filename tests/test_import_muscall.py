@@ -18,13 +18,13 @@ from conftest import ROOT, tone
 from flax import nnx, traverse_util
 from muscall_reference import (
   CROP_SECONDS,
-  MAX_LEN,
   SR,
   TEXT_LAYERS,
   TEXT_WIDTH,
   clip_tokenizer_files,
   htk_filterbank,
   muscall_audio,
+  muscall_ids,
   muscall_state_dict,
   muscall_text,
   normalized,
@@ -169,11 +169,7 @@ def test_imported_embeddings_equal_the_original_forward_pass(imported):
   from transformers import CLIPTokenizer  # An independent tokenizer implementation of the same files.
 
   texts = ["calm piano", "Piano, PIANO!", ""]
-  reference = CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True)
-  ids = np.zeros((len(texts), MAX_LEN), np.int64)  # MusCALL pads with 0 after the end of text.
-  for row, text in enumerate(texts):
-    encoded = reference(text, max_length=MAX_LEN, truncation=True)["input_ids"]
-    ids[row, : len(encoded)] = encoded
+  ids, _ = muscall_ids(CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True), texts)
   ours, mask = model.tokenizer(texts)
   np.testing.assert_array_equal(np.where(mask == 1, ours, 0), ids)
   np.testing.assert_allclose(model.embed_text(texts), normalized(muscall_text(state, ids)), atol=2e-4)

@@ -16,7 +16,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from muscall_reference import MAX_LEN, clip_tokenizer_files  # noqa: E402
+from muscall_reference import MAX_LEN, clip_tokenizer_files, muscall_ids  # noqa: E402
 
 TEXTS = ["calm piano", "Piano, PIANO!", "", "piano " * 100]  # The last one is cut to 77 tokens.
 OUT = HERE / "clip_hf"
@@ -25,10 +25,7 @@ shutil.rmtree(OUT, ignore_errors=True)
 with tempfile.TemporaryDirectory() as tmp:
   vocab = clip_tokenizer_files(pathlib.Path(tmp) / "clip")
   tokenizer = CLIPTokenizerFast.from_pretrained(str(pathlib.Path(tmp) / "clip"), local_files_only=True)
-  ids, mask = np.zeros((len(TEXTS), MAX_LEN), np.int64), np.zeros((len(TEXTS), MAX_LEN), bool)
-  for row, text in enumerate(TEXTS):
-    encoded = tokenizer(text, max_length=MAX_LEN, truncation=True)["input_ids"]
-    ids[row, : len(encoded)], mask[row, : len(encoded)] = encoded, True
+  ids, mask = muscall_ids(tokenizer, TEXTS)
 
 torch.manual_seed(1)
 text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)

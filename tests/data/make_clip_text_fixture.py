@@ -21,17 +21,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from muscall_reference import MAX_LEN, clip_tokenizer_files  # noqa: E402
+from muscall_reference import MAX_LEN, clip_tokenizer_files, muscall_ids  # noqa: E402
 
 TEXTS = ["calm piano", "Piano, PIANO!", "", "piano " * 100]  # The last one is cut to 77 tokens.
 
 with tempfile.TemporaryDirectory() as tmp:
   vocab = clip_tokenizer_files(pathlib.Path(tmp) / "clip")
-  tokenizer = CLIPTokenizer.from_pretrained(str(pathlib.Path(tmp) / "clip"), local_files_only=True)
-  ids, mask = np.zeros((len(TEXTS), MAX_LEN), np.int64), np.zeros((len(TEXTS), MAX_LEN), bool)
-  for row, text in enumerate(TEXTS):
-    encoded = tokenizer(text, max_length=MAX_LEN, truncation=True)["input_ids"]
-    ids[row, : len(encoded)], mask[row, : len(encoded)] = encoded, True
+  ids, mask = muscall_ids(CLIPTokenizer.from_pretrained(str(pathlib.Path(tmp) / "clip"), local_files_only=True), TEXTS)
 
 torch.manual_seed(0)
 config = CLIPTextConfig(
