@@ -37,6 +37,10 @@ def search(
   index = index if isinstance(index, index_lib.Index) else index_lib.Index(index)
   if not queries and not like:
     raise UserError('give a text query ("calm piano") or --like FILE')
+  if top_k < 1:
+    raise UserError(f"--top_k={top_k}: ask for at least one result")
+  if any(not query.strip() for query in queries):
+    raise UserError('an empty text query ranks nothing: give words ("calm piano") or --like FILE')
   for query in queries:  # `mclap.search --index E take1.flac`: no caption, a file to find music like.
     if pathlib.Path(query).suffix.lower() in _FILE_SUFFIXES and pathlib.Path(query).is_file():
       raise UserError(f"{query} is a file: to find music like it, pass --like {query}")

@@ -380,6 +380,10 @@ def test_search_refuses_a_query_file_it_cannot_use_in_one_line(trained, model, m
   ]:
     with pytest.raises(UserError, match=message):
       search.search(tmp_path / "index", [], like=[str(like)])
+  with pytest.raises(UserError, match=r"--top_k=0: ask for at least one result"):
+    search.search(tmp_path / "index", ["calm piano"], top_k=0)
+  with pytest.raises(UserError, match=r"an empty text query ranks nothing"):
+    search.search(tmp_path / "index", ["calm piano", " "])
   # A file given as a text query is what --like is for: "a.wav" is no caption.
   with pytest.raises(UserError, match=r"a.wav is a file: to find music like it, pass --like .*a.wav"):
     search.search(tmp_path / "index", [str(music / "a.wav")])
