@@ -44,6 +44,14 @@ def test_a_clip_directory_that_is_not_one_is_named(tmp_path):
   config = clip_config("")
   with pytest.raises(ConfigError, match=r"kind=clip needs config.model.text.pretrained_dir"):
     spec_from_config(config)
+  config = clip_config()
+  config.data.max_tokens = 78
+  with pytest.raises(ConfigError, match=r"max_tokens=78 is longer than the pretrained text tower's 77 positions"):
+    spec_from_config(config)
+  config = clip_config()
+  config.data.tokenizer_dir = str(tokenizer_lib.default_tokenizer_dir())  # MiniLM's WordPiece: ids past CLIP's.
+  with pytest.raises(ConfigError, match=r"has 30522 tokens, the pretrained text tower 520: tokenize with the tower"):
+    spec_from_config(config)
   shutil.copytree(CLIP_DIR, tmp_path / "clip")
   settings = json.loads((tmp_path / "clip" / "config.json").read_text())
   settings["text_config"]["hidden_act"] = "relu"

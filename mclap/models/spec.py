@@ -143,10 +143,17 @@ def from_config(config: ml_collections.ConfigDict, vocab_size: int | None = None
     vocab_size = tokenizer_lib.for_config(config).vocab_size
   text = _text(config, vocab_size)
   rows, frames = input_shape(config)
-  if text["kind"] == "bert" and (positions := text["max_positions"] - text["position_offset"]) < config.data.max_tokens:
+  # A pretrained text tower (BERT, CLIP) has the positions and vocabulary it was trained with.
+  positions = text["max_positions"] - text["position_offset"] if text["kind"] == "bert" else text["max_len"]
+  if positions < config.data.max_tokens:
     raise ConfigError(
       f"config.data.max_tokens={config.data.max_tokens} is longer than the pretrained text tower's {positions} "
       f"positions; set --config.data.max_tokens={positions} or less"
+    )
+  if text["vocab_size"] < vocab_size:
+    raise ConfigError(
+      f"the tokenizer of {tokenizer_lib.for_config(config).directory} has {vocab_size} tokens, the pretrained text "
+      f"tower {text['vocab_size']}: tokenize with the tower's own (leave config.data.tokenizer_dir empty)"
     )
   return ModelSpec(
     audio=_audio(config),
