@@ -270,6 +270,15 @@ def _alive(pid: int) -> bool:
     return False
 
 
+def test_a_worker_starting_after_its_trainer_died_ends_itself():
+  """A worker still starting when its parent was killed (a busy machine: its imports are slow) is
+  adopted before its start-up runs, and must not take the adoptive process for its parent."""
+  code = "from mclap.data import pipeline; import time; pipeline.start_worker(0, 1, parent=-1); time.sleep(60)"
+  started = time.time()
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=50, capture_output=True, text=True)
+  assert (result.returncode, result.stderr) == (1, "") and time.time() - started < 50  # Ended by its watch.
+
+
 def test_grain_workers_exit_when_their_trainer_is_killed(tiny_corpus, tmp_path):
   """kill -9 of a process reading through Grain workers: the workers (and multiprocessing's
   resource tracker) must not live on as orphans."""

@@ -9,6 +9,7 @@ process reads its own interleaved slice of the global order (multi-host ready).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -463,23 +464,25 @@ def iterate(ds: grain.MapDataset, num_workers: int, prefetch: int) -> grain.Data
     raise ConfigError(f"config.data.prefetch={prefetch}; use 1 or more batches (2 keeps a step's input ready)")
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
   if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=start_worker)
+    start = functools.partial(start_worker, parent=os.getpid())
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=start)
   return iter(it_ds)
 
 
-def start_worker(worker_index: int, worker_count: int) -> None:
-  """Grain worker start-up: the parent alone decides when its workers stop.
+def start_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
+  """Grain worker start-up: the parent (the process that started the workers, `parent`) alone
+  decides when its workers stop.
 
   Ctrl-C in a terminal (SIGINT) and Slurm's SIGTERM reach every process of the job; a worker that
   died of them printed a traceback and lost its batches in flight while the trainer was finishing
   its step and saving. Workers ignore both, and stop when the parent closes its iterator (Grain's
   stop event). A parent killed with SIGKILL (or by the OOM killer) cannot stop them, so each
-  worker ends itself within a second of its parent's death rather than live on holding its memory.
+  worker ends itself within a second of its parent's death rather than live on holding its memory,
+  also a worker still starting when its parent died (it finds itself adopted by another process).
   """
   del worker_index, worker_count
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, signal.SIG_IGN)
-  parent = os.getppid()
 
   def watch() -> None:
     while os.getppid() == parent:  # A dead parent's children are adopted by another process.
