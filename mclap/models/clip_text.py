@@ -19,7 +19,6 @@ from safetensors.numpy import load_file
 
 from mclap.errors import UserError
 from mclap.models.text import ACTIVATIONS
-from mclap.tools import state_dict
 
 # Where a CLIPModel or CLIPTextModel keeps the text encoder's arrays (under transformers 5, a
 # CLIPTextModel's are at the top).
@@ -63,23 +62,25 @@ def architecture(directory: str | pathlib.Path) -> dict[str, Any]:
 def variables(state: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
   """`TextTransformer` variables (nested dicts) from a CLIP text encoder's arrays named
   `{prefix}embeddings...`, `{prefix}encoder.layers.N...`, `{prefix}final_layer_norm...`."""
+  linear = lambda name: {"kernel": state[f"{name}.weight"].T, "bias": state[f"{name}.bias"]}  # noqa: E731
+  norm = lambda name: {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}  # noqa: E731
   blocks, i = {}, 0
   while f"{prefix}encoder.layers.{i}.layer_norm1.weight" in state:
     layer = f"{prefix}encoder.layers.{i}"
     projections = ("q_proj", "k_proj", "v_proj", "out_proj")
     blocks[i] = {
-      "ln_1": state_dict.layer_norm(state, f"{layer}.layer_norm1"),
-      "attention": {p: state_dict.linear(state, f"{layer}.self_attn.{p}") for p in projections},
-      "ln_2": state_dict.layer_norm(state, f"{layer}.layer_norm2"),
-      "mlp_in": state_dict.linear(state, f"{layer}.mlp.fc1"),
-      "mlp_out": state_dict.linear(state, f"{layer}.mlp.fc2"),
+      "ln_1": norm(f"{layer}.layer_norm1"),
+      "attention": {p: linear(f"{layer}.self_attn.{p}") for p in projections},
+      "ln_2": norm(f"{layer}.layer_norm2"),
+      "mlp_in": linear(f"{layer}.mlp.fc1"),
+      "mlp_out": linear(f"{layer}.mlp.fc2"),
     }
     i += 1
   return {
     "token_embedding": {"embedding": state[f"{prefix}embeddings.token_embedding.weight"]},
     "positional_embedding": state[f"{prefix}embeddings.position_embedding.weight"],
     "blocks": blocks,
-    "ln_final": state_dict.layer_norm(state, f"{prefix}final_layer_norm"),
+    "ln_final": norm(f"{prefix}final_layer_norm"),
   }
 
 
