@@ -4,10 +4,12 @@ Every audio file under D (WAV, FLAC, OGG, MP3, MusCALL .npy; by extension, any d
 turned into a log-mel as `prepare` does and embedded by the bundle's model into an index
 (`mclap.serve.index`): embeddings, paths and durations. Files are decoded by `--num_workers` threads
 while the model embeds; every `--part_size` files are saved as a part, so an interrupted job
-(Ctrl-C, kill) resumes where it stopped when run again, and a re-run after files were added embeds
-only the new ones. Files that cannot be used are listed in E/rejects.jsonl with the reason and
-skipped. A bundle over precomputed features indexes a folder of feature files instead
-(`--features_dir D`: `.npy`/`.npz`, checked as `prepare --source features` checks them).
+(Ctrl-C, kill) resumes where it stopped when run again, and a re-run embeds only files added or
+changed since (deleted ones leave the index). A folder moved elsewhere (renamed, or the library on
+another disk) keeps its index: a re-run with the new `--audio_dir` follows it. Files that cannot be
+used are listed in E/rejects.jsonl with the reason and skipped. A bundle over precomputed features
+indexes a folder of feature files instead (`--features_dir D`: `.npy`/`.npz`, checked as `prepare
+--source features` checks them).
 
 `--corpus C --features_out F` writes frame-level features instead: the bundle's audio tower (frozen)
 over crops of each record of the prepared corpus C every `--features_hop_seconds`, one `.npy`
@@ -93,6 +95,15 @@ def _ahead(pool: concurrent.futures.Executor, fn, items: list, depth: int):
     yield done, future.result()
 
 
+def _moved_here(old: pathlib.Path, index: index_lib.Index, files: list[str]) -> bool:
+  """Whether the folder an index was built from was moved to the one holding `files`: it is gone,
+  and at least half of the indexed files are here under the same names (a moved music library;
+  files that kept their size and time are not embedded again)."""
+  here = set(files)
+  found = sum(item["path"] in here for item in index.items)
+  return not old.exists() and found > 0 and 2 * found >= len(index.items)
+
+
 def embed_folder(
   bundle: str | pathlib.Path,
   audio_dir: str | pathlib.Path,
@@ -137,6 +148,9 @@ def embed_folder(
     known[path].append(reject.get("file_state"))
   if previous is not None:
     before = {"crop": "mel", **previous.info}  # Indices written before the crop key cropped the mel.
+    if before["audio_dir"] != info["audio_dir"] and _moved_here(pathlib.Path(before["audio_dir"]), previous, files):
+      print(f"{before['audio_dir']} is gone and {audio_dir} holds its files: the index follows them there")
+      before["audio_dir"] = info["audio_dir"]
     for key in ("bundle_id", "audio_dir", "crops", "crop"):
       if before[key] != info[key]:
         raise UserError(

@@ -1,6 +1,6 @@
 """The original MusCALL in NumPy, for the tests of its import and of the PyTorch re-creation: a
 random state_dict under the original's names and shapes, a small CLIP tokenizer, and the
-original's forward pass (torchaudio mel, modified ResNet with attention pool, causal text
+original's forward pass (torchaudio mel, modified ResNet with attention or average pool, causal text
 Transformer) written out from its code."""
 
 import json
@@ -57,7 +57,7 @@ def htk_filterbank(dtype=np.float64, fmax=11025.0):
   return np.maximum(dtype(0.0), np.minimum(down, up))  # [freqs, mels]
 
 
-def muscall_state_dict(vocab, rng):
+def muscall_state_dict(vocab, rng, pooling="attention"):
   state = {}
   normal = lambda *shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
 
@@ -93,10 +93,13 @@ def muscall_state_dict(vocab, rng):
       if i == 0:
         conv(f"{p}.downsample.0", planes * 4, inplanes, 1), bn(f"{p}.downsample.1", planes * 4)
       inplanes = planes * 4
-  state[f"{a}.attnpool.positional_embedding"] = normal(POOL_TOKENS, inplanes, scale=inplanes**-0.5)
-  for name in ("q_proj", "k_proj", "v_proj"):
-    linear(f"{a}.attnpool.{name}", inplanes, inplanes)
-  linear(f"{a}.attnpool.c_proj", AUDIO_DIM, inplanes)
+  if pooling == "average":
+    linear(f"{a}.final_linear", AUDIO_DIM, inplanes)  # Hard-coded nn.Linear(512, 256) there.
+  else:
+    state[f"{a}.attnpool.positional_embedding"] = normal(POOL_TOKENS, inplanes, scale=inplanes**-0.5)
+    for name in ("q_proj", "k_proj", "v_proj"):
+      linear(f"{a}.attnpool.{name}", inplanes, inplanes)
+    linear(f"{a}.attnpool.c_proj", AUDIO_DIM, inplanes)
   t = "textual_head"
   state[f"{t}.token_embedding.weight"] = normal(vocab, TEXT_WIDTH, scale=0.02)
   state[f"{t}.position_embedding.weight"] = normal(MAX_LEN, TEXT_WIDTH, scale=0.01)
@@ -197,6 +200,9 @@ def muscall_audio_from_mels(s, mels):
       if f"{p}.downsample.0.weight" in s:
         identity = batch_norm(conv2d(avg_pool(x, stride), s[f"{p}.downsample.0.weight"]), s, f"{p}.downsample.1")
       x = relu(out + identity)
+  if f"{a}.final_linear.weight" in s:  # pooling: average (AdaptiveAvgPool2d((1, 1)), final_linear).
+    features = x.mean(axis=(2, 3)) @ s[f"{a}.final_linear.weight"].T + s[f"{a}.final_linear.bias"]
+    return features @ s["audio_projection.weight"].T
   tokens = x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)  # [n, HW, C], HW row-major.
   tokens = np.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1)
   tokens = tokens + s[f"{a}.attnpool.positional_embedding"]

@@ -201,6 +201,21 @@ def test_a_muscall_trained_with_clip_text_model_embeds_texts_as_hugging_face_com
   np.testing.assert_allclose(model.embed_text(texts), expected, atol=2e-5)
 
 
+@pytest.mark.slow
+def test_a_muscall_with_average_pooling_embeds_audio_as_the_original(imported, tmp_path):
+  """MusCALL's other audio pooling (`pooling: average`: the mean over the last feature map, then
+  `final_linear`) imports and embeds as the original's forward pass."""
+  _, clip_dir, _ = imported
+  vocab = json.loads((clip_dir / "vocab.json").read_text())
+  state = muscall_state_dict(len(vocab), np.random.default_rng(2), pooling="average")
+  np.savez(tmp_path / "average.npz", **state)
+  model = mclap.load(import_muscall.import_muscall(tmp_path / "average.npz", clip_dir, tmp_path / "bundle"))
+  assert model.spec.audio["pooling"] == "average" and model.spec.audio["output_dim"] == 256
+  waves = [tone(CROP_SECONDS, SR, freq=330.0).astype(np.float32), tone(CROP_SECONDS, SR, freq=1250.0) * 0.3]
+  expected = normalized(muscall_audio({k: v.astype(np.float64) for k, v in state.items()}, waves))
+  np.testing.assert_allclose(model.embed_audio(waves), expected, atol=2e-4)
+
+
 def test_configs_finetune_starts_from_an_imported_muscall_bundle(imported):
   """A MusCALL checkpoint people have is a starting point: `configs/finetune.py:BUNDLE` rebuilds
   the bundle's model, reads its mels, crops and tokens, and starts from every one of its weights."""

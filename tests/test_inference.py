@@ -351,6 +351,26 @@ def test_a_re_run_follows_the_folder_changed_removed_and_mended_files(trained, m
     assert sorted(index_lib.read_rejects(tmp_path / "index")) == ["broken.mp3", "jazz/b.flac"]
 
 
+def test_a_moved_music_folder_keeps_its_index(trained, model, music, tmp_path, capsys):
+  folder = tmp_path / "music"
+  shutil.copytree(music, folder, copy_function=shutil.copy2)
+  embed.embed_folder(trained[2], folder, tmp_path / "index", show_progress=False, model=model)
+  rows = index_lib.Index(tmp_path / "index").embeddings.copy()
+  shutil.copytree(folder, tmp_path / "elsewhere", copy_function=shutil.copy2)  # Another folder with the same files.
+  with pytest.raises(UserError, match=r"was built with audio_dir .*music'?, not .*elsewhere"):
+    embed.embed_folder(trained[2], tmp_path / "elsewhere", tmp_path / "index", show_progress=False, model=model)
+  shutil.rmtree(tmp_path / "elsewhere")
+  folder.rename(tmp_path / "library")  # Moved: the old folder is gone, its files are all here.
+  capsys.readouterr()
+  info = embed.embed_folder(trained[2], tmp_path / "library", tmp_path / "index", show_progress=False, model=model)
+  out = capsys.readouterr().out
+  assert "music is gone and" in out and "library holds its files: the index follows them there" in out
+  assert "0 to embed" in out and info["audio_dir"] == str(tmp_path / "library")
+  np.testing.assert_array_equal(index_lib.Index(tmp_path / "index").embeddings, rows)
+  (like,) = search.search(tmp_path / "index", [], like=[str(tmp_path / "library/a.wav")], model=model)
+  assert "a.wav" not in [r["path"] for r in like["results"]]  # The query file is known in its new place.
+
+
 def info_data(tmp_path):
   return json.loads((tmp_path / "index" / "index.json").read_text())["data"]
 

@@ -3,7 +3,8 @@
 `ModifiedResNet` is CLIP's ResNet as MusCALL uses it: three stem convolutions, average pooling
 instead of max pooling, anti-aliased strides (average pooling before strided convolutions),
 bottleneck stages (3, 4, 6, 3) of width `w, 2w, 4w, 8w` (x4 expansion: 32w output channels),
-and attention pooling (mean token prepended, learned positional embedding, its output taken).
+and attention pooling (mean token prepended, learned positional embedding, its output taken) or
+MusCALL's other option, `average`: the mean over frequency and time through a linear layer.
 Convolutions use PyTorch's explicit padding so imported weights see identical inputs.
 """
 
@@ -89,7 +90,7 @@ class ModifiedResNet(nnx.Module):
     dtype: Any,
     rngs: nnx.Rngs,
   ):
-    self.n_mels, self.frames, self.remat = n_mels, frames, remat
+    self.n_mels, self.frames, self.pooling, self.remat, self.output_dim = n_mels, frames, pooling, remat, output_dim
     self.stem = nnx.List(
       [
         _ConvBN(1, width // 2, 3, stride=2, dtype=dtype, rngs=rngs),
@@ -109,10 +110,8 @@ class ModifiedResNet(nnx.Module):
       raise ConfigError(f"a {n_mels}x{frames} mel is too small for the ResNet's 32x downsampling; use longer crops")
     if pooling == "attention":
       self.pool = AttentionPool(grid[0] * grid[1], inplanes, heads, output_dim, dtype=dtype, rngs=rngs)
-      self.output_dim = output_dim
-    elif pooling == "average":
-      self.pool = None
-      self.output_dim = inplanes
+    elif pooling == "average":  # MusCALL's `final_avgpool` then `final_linear` (with bias).
+      self.pool = nnx.Linear(inplanes, output_dim, dtype=dtype, rngs=rngs)
     else:
       raise ConfigError(f"config.model.audio.pooling={pooling!r}; use attention or average")
 
@@ -129,7 +128,7 @@ class ModifiedResNet(nnx.Module):
     x = avg_pool(x, 2)
     for block in self.blocks:
       x = maybe_remat(lambda b, y: b(y, train), self.remat)(block, x)
-    return self.pool(x) if self.pool is not None else x.mean(axis=(1, 2))
+    return self.pool(x if self.pooling == "attention" else x.mean(axis=(1, 2)))
 
 
 class SimpleCNN(nnx.Module):

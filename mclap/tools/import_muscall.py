@@ -2,7 +2,7 @@
 best_model.pth.tar --tokenizer_dir CLIP_DIR --output B`.
 
 Maps the PyTorch state_dict of MusCALL (Manco et al.; ModifiedResNet audio backbone with attention
-pooling, bias-free audio/text projections, logit_scale; batch-norm running statistics included)
+or average pooling, bias-free audio/text projections, logit_scale; batch-norm running statistics included)
 into an mclap bundle with the torchaudio-matching mel preset (`mel.muscall_torchaudio_config`), so
 the imported model sees the inputs it was trained on. Either of MusCALL's text models imports: its
 own `TextTransformer`, or `CLIPTextModel` (Hugging Face's CLIP text encoder, pooled at the end of
@@ -61,6 +61,20 @@ def _text_names(state: dict[str, np.ndarray]) -> dict[str, str]:
   )
 
 
+_POOLS = {"attention": "attnpool.c_proj", "average": "final_linear"}  # Each pooling's last layer.
+
+
+def _pooling(state: dict[str, np.ndarray]) -> str:
+  """The audio backbone's `pooling` (MusCALL's config option), told by the layers it has."""
+  if "audio_backbone.attnpool.positional_embedding" in state:
+    return "attention"
+  if "audio_backbone.final_linear.weight" in state:
+    return "average"
+  raise UserError(
+    "the checkpoint's audio backbone has neither attnpool (pooling: attention) nor final_linear (pooling: average)"
+  )
+
+
 def muscall_config(
   state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 0, crop_seconds: float = 20.0
 ) -> ml_collections.ConfigDict:
@@ -68,8 +82,7 @@ def muscall_config(
   (`text_heads` 0: MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel)."""
   names = _text_names(state)
   clip = bool(names["clip"])
-  if "audio_backbone.attnpool.positional_embedding" not in state:
-    raise UserError("the checkpoint's audio backbone has no attention pooling; only pooling=attention can be imported")
+  pooling = _pooling(state)
   if "logit_scale" not in state:
     raise UserError("the checkpoint has no logit_scale (trained with a fixed temperature); that is not supported")
   layers = tuple(state_dict.count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
@@ -93,9 +106,9 @@ def muscall_config(
           kind="modified_resnet",
           width=int(state["audio_backbone.conv1.weight"].shape[0]) * 2,
           layers=layers,
-          pooling="attention",
+          pooling=pooling,
           heads=audio_heads,
-          output_dim=int(state["audio_backbone.attnpool.c_proj.weight"].shape[0]),
+          output_dim=int(state[f"audio_backbone.{_POOLS[pooling]}.weight"].shape[0]),
           head=linear_head,
         ),
         text=dict(
@@ -148,16 +161,19 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
       if f"{prefix}.downsample.0.weight" in state:
         audio["blocks"][block]["downsample"] = _conv_bn(tracked, f"{prefix}.downsample.0", f"{prefix}.downsample.1")
       block += 1
-  pool = f"{a}.attnpool"
-  audio["pool"] = {
-    "positional_embedding": tracked[f"{pool}.positional_embedding"],
-    "attention": {
-      "q_proj": state_dict.linear(tracked, f"{pool}.q_proj"),
-      "k_proj": state_dict.linear(tracked, f"{pool}.k_proj"),
-      "v_proj": state_dict.linear(tracked, f"{pool}.v_proj"),
-      "out_proj": state_dict.linear(tracked, f"{pool}.c_proj"),
-    },
-  }
+  if config.model.audio.pooling == "average":
+    audio["pool"] = state_dict.linear(tracked, f"{a}.final_linear")
+  else:
+    pool = f"{a}.attnpool"
+    audio["pool"] = {
+      "positional_embedding": tracked[f"{pool}.positional_embedding"],
+      "attention": {
+        "q_proj": state_dict.linear(tracked, f"{pool}.q_proj"),
+        "k_proj": state_dict.linear(tracked, f"{pool}.k_proj"),
+        "v_proj": state_dict.linear(tracked, f"{pool}.v_proj"),
+        "out_proj": state_dict.linear(tracked, f"{pool}.c_proj"),
+      },
+    }
   if clip := _text_names(state)["clip"]:
     variables["text"] = clip_text.variables(tracked, clip)
   else:
