@@ -34,6 +34,7 @@ from muscall_reference import (
 import mclap
 from mclap import cli, evaluation
 from mclap import eval as eval_lib
+from mclap.data import mel as mel_lib
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.evaluation import metrics
@@ -297,7 +298,7 @@ def _leaves(tree):
 def test_import_errors_say_what_is_wrong(imported, tmp_path):
   state, clip_dir, _ = imported
   np.savez(tmp_path / "wrong_crop.npz", **state)
-  with pytest.raises(UserError, match="set --crop_seconds"):
+  with pytest.raises(UserError, match=r"\(the audio length: it was trained on 20 s crops\)$"):
     import_muscall.import_muscall(tmp_path / "wrong_crop.npz", clip_dir, tmp_path / "b1", crop_seconds=10.0)
   extra = dict(state, **{"audio_backbone.extra_head.weight": np.zeros(3)})
   np.savez(tmp_path / "extra.npz", **extra)
@@ -311,6 +312,29 @@ def test_import_errors_say_what_is_wrong(imported, tmp_path):
   with pytest.raises(UserError, match="vocab.json \\+ merges.txt"):
     import_muscall.import_muscall(tmp_path / "wrong_crop.npz", tmp_path / "empty_tokenizer", tmp_path / "b3")
   assert not any(p.name.startswith(("b1", "b2", "b3", "b4", ".b")) for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_audio_length_a_muscall_was_trained_on_is_read_from_its_attention_pool(imported, tmp_path):
+  """MusCALL's `audio_len_seconds` sizes its attention pool's positional embedding (AttentionPool2d
+  of (n_mels // 32) * (((seconds * sr) // (n_fft // 2) + 1) // 32) + 1 positions, from its code):
+  a checkpoint trained on other crops than 20 s imports without being told."""
+  state, clip_dir, _ = imported
+  mel = mel_lib.complete(mel_lib.muscall_torchaudio_config().to_dict())
+  pool = "audio_backbone.attnpool.positional_embedding"
+  for seconds in (1, 3, 5, 10, 20, 30, 46, 60):  # Not 2 s or 45 s: the original's pool is sized wrong there.
+    cells = (128 // 32) * ((seconds * 16000 // 512 + 1) // 32)
+    assert import_muscall.fitting_seconds({pool: np.zeros((cells + 1, 8))}, mel) == [seconds]
+  np.savez(tmp_path / "odd.npz", **dict(state, **{pool: np.zeros((8, 512), np.float32)}))
+  with pytest.raises(UserError, match=r"attention pool has 7 positions, which no crop of 1-600 s gives: pass --crop"):
+    import_muscall.import_muscall(tmp_path / "odd.npz", clip_dir, tmp_path / "odd")
+  rng = np.random.default_rng(3)
+  state = dict(state, **{pool: (rng.standard_normal((37, 512)) / np.sqrt(512)).astype(np.float32)})  # 10 s.
+  np.savez(tmp_path / "ten.npz", **state)
+  model = mclap.load(import_muscall.import_muscall(tmp_path / "ten.npz", clip_dir, tmp_path / "bundle"))
+  assert model.config.data.crop_seconds == 10.0
+  wave = tone(10.0, SR, freq=440.0).astype(np.float32)
+  np.testing.assert_allclose(model.embed_audio([wave]), normalized(muscall_audio(state, [wave])), atol=2e-4)
 
 
 def test_a_filterbank_torchaudio_computed_in_float32_is_accepted(imported):

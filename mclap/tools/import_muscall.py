@@ -10,7 +10,8 @@ text: its `pooler_output`), both the mclap `transformer` text tower with their o
 
 The checkpoint is read without torch (`mclap.tools.torch_checkpoint`); a `.npz` of the state_dict's
 arrays under their original names works too. The architecture (widths, depths, vocabulary, text
-length, projection size) is read from the arrays' shapes; attention heads are not visible there
+length, projection size; the audio length from the attention pool's positions) is read from the
+arrays' shapes; attention heads are not visible there
 and default to MusCALL's 8 (a `CLIPTextModel`'s: one per 64 channels, as in every CLIP text
 encoder). The tokenizer is CLIP's BPE from a local directory: tokenizer.json, or the vocab.json +
 merges.txt of `openai/clip-vit-base-patch32`.
@@ -18,6 +19,7 @@ merges.txt of `openai/clip-vit-base-patch32`.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import re
 import tempfile
@@ -32,6 +34,7 @@ from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
 from mclap.models import clip_text, spec_from_config, weights
+from mclap.models.audio import resnet_output_grid
 from mclap.serve import bundle
 from mclap.tools import state_dict
 
@@ -75,11 +78,41 @@ def _pooling(state: dict[str, np.ndarray]) -> str:
   )
 
 
+def fitting_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> list[int]:
+  """The whole seconds of audio (MusCALL's `audio_len_seconds`, 1-600) that give the attention
+  pool its positions, one per cell of the last feature map. The original sizes its pool as
+  (n_mels // 32) * (frames // 32), which its network's output matches only at some lengths (not
+  2 s, 45 s ...): it trains at those alone. Average pooling keeps no trace of the length: MusCALL's
+  default, 20."""
+  if _pooling(state) == "average":
+    return [20]
+  cells = state["audio_backbone.attnpool.positional_embedding"].shape[0] - 1
+  fits = []
+  for seconds in range(1, 601):
+    frames = mel_lib.num_frames(seconds, mel)
+    sized = (mel["n_mels"] // 32) * (frames // 32)
+    if sized == math.prod(resnet_output_grid(mel["n_mels"], frames)) == cells:
+      fits.append(seconds)
+  return fits
+
+
+def _trained_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> float:
+  if len(fits := fitting_seconds(state, mel)) == 1:
+    return float(fits[0])
+  cells = state["audio_backbone.attnpool.positional_embedding"].shape[0] - 1
+  which = f"crops of {' or '.join(map(str, fits))} s give alike" if fits else "no crop of 1-600 s gives"
+  raise UserError(
+    f"the checkpoint's attention pool has {cells} positions, which {which}: pass --crop_seconds with the "
+    "audio_len_seconds it was trained with"
+  )
+
+
 def muscall_config(
-  state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 0, crop_seconds: float = 20.0
+  state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 0, crop_seconds: float = 0.0
 ) -> ml_collections.ConfigDict:
   """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays
-  (`text_heads` 0: MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel)."""
+  (`text_heads` 0: MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel;
+  `crop_seconds` 0: the audio length the checkpoint was trained on, `fitting_seconds`)."""
   names = _text_names(state)
   clip = bool(names["clip"])
   pooling = _pooling(state)
@@ -90,12 +123,13 @@ def muscall_config(
   mel = mel_lib.muscall_torchaudio_config()
   if "audio_backbone.spec.mel_scale.fb" in state:
     mel.n_mels = int(state["audio_backbone.spec.mel_scale.fb"].shape[1])
+  mel = mel_lib.complete(mel.to_dict())
   linear_head = dict(kind="linear", hidden=(), activation="tanh")
   config = ml_collections.ConfigDict(
     dict(
       data=dict(
-        mel=mel_lib.complete(mel.to_dict()),
-        crop_seconds=crop_seconds,
+        mel=mel,
+        crop_seconds=crop_seconds or _trained_seconds(state, mel),
         eval_crops=1,  # MusCALL evaluates the central crop,
         crop="waveform",  # of the waveform, then takes its mel.
         max_tokens=int(state[names["positions"]].shape[0]),
@@ -265,7 +299,7 @@ def import_muscall(
   *,
   audio_heads: int = 8,
   text_heads: int = 0,
-  crop_seconds: float = 20.0,
+  crop_seconds: float = 0.0,
   overwrite: bool = False,
 ) -> pathlib.Path:
   """Writes the bundle of a MusCALL checkpoint; returns its directory."""
@@ -290,7 +324,8 @@ def import_muscall(
     spec = spec_from_config(config)
     expected = weights.flat_shapes(bundle.abstract_variables(spec))
     if problem := weights.shape_difference(expected, weights.flat_shapes(variables)):
-      hint = " (the audio length: set --crop_seconds)" if "pool/positional_embedding" in problem else ""
+      fits = fitting_seconds(state, config.data.mel) if "pool/positional_embedding" in problem else []
+      hint = f" (the audio length: it was trained on {' or '.join(map(str, fits))} s crops)" if fits else ""
       raise UserError(f"{checkpoint}: {problem}{hint}")
     source = {"muscall_checkpoint": str(pathlib.Path(checkpoint).absolute())}
     out = bundle.write(output, config, spec, variables, source=source, tokenizer_dir=tokenizer, overwrite=overwrite)
@@ -337,7 +372,9 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_integer(
     "text_heads", 0, "Attention heads of the text model (0: MusCALL's TextTransformer 8, a CLIPTextModel width / 64)."
   )
-  flags.DEFINE_float("crop_seconds", 20.0, "Audio length the model was trained on (MusCALL: audio_len_seconds, 20).")
+  flags.DEFINE_float(
+    "crop_seconds", 0.0, "Audio length the model was trained on (audio_len_seconds); 0: read from the checkpoint."
+  )
   flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
   for name in ("checkpoint", "tokenizer_dir", "output"):
     flags.mark_flag_as_required(name)
