@@ -1,6 +1,7 @@
 """What a user meant by a path that is one level off: the folder above or below the one a job
 needs, a file inside it, or a name with a typo. Jobs name that folder in their one-line error
-instead of only saying what is missing. And whether a file changed since a job last read it."""
+instead of only saying what is missing. A Hugging Face hub cache folder stands for the model
+folder it holds. And whether a file changed since a job last read it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import difflib
 import os
 import pathlib
 from collections.abc import Callable
+
+from mclap.errors import UserError
 
 _MAX_FOLDERS = 200  # Subfolders looked into per level: a folder of a hundred thousand clips stays cheap.
 
@@ -62,6 +65,31 @@ def not_found(
     return f"{path} {state}: {remedy}"
   options = " or ".join(f"{flag}{p}" if flag.endswith("=") else f"{flag} {p}".strip() for p in found[:3])
   return f"{path} {state}; did you mean {options}?" + (f" Else {remedy}" if not path.exists() else "")
+
+
+def hub_snapshot(path: str | os.PathLike) -> pathlib.Path:
+  """The model folder a Hugging Face hub cache folder (`models--org--name`, as `huggingface-cli
+  download` leaves it without `--local-dir`) holds: the snapshot its `refs/main` names, or its only
+  one. Any other path is itself."""
+  path = pathlib.Path(path)
+  snapshots = path / "snapshots"
+  if not snapshots.is_dir():
+    return path
+  ref = path / "refs" / "main"
+  if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+    return snapshots / ref.read_text().strip()
+  found = _subfolders(snapshots)
+  return found[0] if len(found) == 1 else path
+
+
+def model_file(directory: str | os.PathLike, name: str, remedy: str, flag: str = "") -> pathlib.Path:
+  """The file `name` of a model folder (a hub cache folder stands for its snapshot); else a
+  one-line error naming a folder one level off that has it, or `remedy`."""
+  path = hub_snapshot(directory) / name
+  if path.is_file():
+    return path
+  has_it = lambda p: (hub_snapshot(p) / name).is_file()  # noqa: E731
+  raise UserError(not_found(hub_snapshot(directory), f"a folder with {name}", has_it, remedy, flag))
 
 
 def file_state(path: str | os.PathLike) -> list[int] | None:

@@ -45,6 +45,22 @@ def tone(seconds, rate, channels=1, freq=440.0):
   return np.stack([wave] * channels, axis=1) if channels > 1 else wave
 
 
+def hub_cache(model_dir, cache, repo="org/model"):
+  """`model_dir` as `huggingface-cli download` leaves a model in its cache without `--local-dir`:
+  `models--org--model/` with the files in `blobs/`, linked from `snapshots/<commit>/`, and
+  `refs/main` naming that commit. Returns that folder (what users pass)."""
+  folder = cache / f"models--{repo.replace('/', '--')}"
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  (folder / "blobs").mkdir(parents=True)
+  (folder / "snapshots" / commit).mkdir(parents=True)
+  (folder / "refs").mkdir()
+  (folder / "refs" / "main").write_text(commit)
+  for n, path in enumerate(sorted(pathlib.Path(model_dir).iterdir())):
+    shutil.copy(path, folder / "blobs" / f"blob{n}")
+    (folder / "snapshots" / commit / path.name).symlink_to(f"../../blobs/blob{n}")
+  return folder
+
+
 def prepare(*args):
   """Runs `python -m mclap.data.prepare` in-line (no workers) with 32 mels; must succeed."""
   result = subprocess.run(

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, fit_one_batch, small
+from conftest import ROOT, fit_one_batch, hub_cache, small
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -59,6 +59,17 @@ def close(ours, theirs, atol):
   np.testing.assert_allclose(ours, theirs, atol=atol)
   cosine = (ours * theirs).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(theirs, axis=-1)
   assert cosine.min() >= 0.9999
+
+
+def test_a_hub_cache_folder_imports_as_the_model_it_holds(imported, tmp_path):
+  """`huggingface-cli download laion/larger_clap_music` without `--local-dir`: the cache folder
+  users pass is the snapshot it holds, tokenizer included."""
+  cache = hub_cache(DATA / "clap_hf", tmp_path / "hub", "laion/larger_clap_music")
+  out = import_clap.import_clap(cache, tmp_path / "bundle")
+  ours, theirs = (mclap.load(b) for b in (out, imported))
+  np.testing.assert_array_equal(ours.embed_text(CAPTIONS), theirs.embed_text(CAPTIONS))
+  with pytest.raises(UserError, match=rf"hub is not a folder with config.json; did you mean --checkpoint {cache}\?$"):
+    import_clap.import_clap(tmp_path / "hub", tmp_path / "bundle2")
 
 
 def test_the_clap_preset_is_the_released_front_end(reference):

@@ -5,9 +5,10 @@ computed from it (tests/data/make_clip_hf_fixture.py)."""
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, hub_cache
 from flax import nnx
 
 from mclap import cli
@@ -61,3 +62,24 @@ def test_a_clip_directory_that_is_not_one_is_named(tmp_path):
   (tmp_path / "clip" / "config.json").write_text(json.dumps({**settings, "model_type": "bert"}))
   with pytest.raises(UserError, match=r"model_type 'bert', not a CLIPModel or CLIPTextModel"):
     spec_from_config(clip_config(tmp_path / "clip"))
+
+
+def test_a_hub_cache_folder_is_the_model_it_holds(tmp_path):
+  """`huggingface-cli download openai/clip-vit-base-patch32` without `--local-dir` leaves the model
+  in `models--openai--clip-vit-base-patch32/snapshots/<commit>/`: the folder users pass works."""
+  cache = hub_cache(CLIP_DIR, tmp_path / "hub", "openai/clip-vit-base-patch32")
+  config, direct = clip_config(cache), clip_config()
+  spec = spec_from_config(config)
+  assert spec == spec_from_config(direct)
+  models = [build_model(spec, nnx.Rngs(0)), build_model(spec, nnx.Rngs(1))]
+  weights.load_pretrained(models[0], config)
+  weights.load_pretrained(models[1], direct)
+  for a, b in zip(*(jax.tree.leaves(nnx.state(m.text)) for m in models)):
+    np.testing.assert_array_equal(a, b)
+  texts = ["calm piano", "loud drums"]
+  np.testing.assert_array_equal(tokenizer_lib.for_config(config)(texts), tokenizer_lib.for_config(direct)(texts))
+  # The folder above the model's (here: the hub cache itself) is named with the one it holds.
+  with pytest.raises(
+    UserError, match=rf"hub is not a folder with \S+; did you mean --config.model.text.pretrained_dir={cache}\?$"
+  ):
+    spec_from_config(clip_config(tmp_path / "hub"))

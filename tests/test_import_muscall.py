@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, tone
+from conftest import ROOT, hub_cache, tone
 from flax import nnx, traverse_util
 from muscall_reference import (
   CROP_SECONDS,
@@ -335,6 +335,14 @@ def test_the_audio_length_a_muscall_was_trained_on_is_read_from_its_attention_po
   assert model.config.data.crop_seconds == 10.0
   wave = tone(10.0, SR, freq=440.0).astype(np.float32)
   np.testing.assert_allclose(model.embed_audio([wave]), normalized(muscall_audio(state, [wave])), atol=2e-4)
+
+
+def test_clips_tokenizer_from_a_hub_cache_folder(imported, tmp_path):
+  """`--tokenizer_dir ~/.cache/huggingface/hub/models--openai--clip-vit-base-patch32`: the snapshot."""
+  _, clip_dir, _ = imported
+  (tmp_path / "scratch").mkdir()
+  found = import_muscall.clip_tokenizer_dir(hub_cache(clip_dir, tmp_path / "hub"), tmp_path / "scratch")
+  assert (found / "tokenizer.json").is_file()
 
 
 def test_a_filterbank_torchaudio_computed_in_float32_is_accepted(imported):

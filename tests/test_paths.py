@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import hub_cache
 
 from mclap import export, paths, train
 from mclap.data import records
@@ -117,3 +118,20 @@ def test_a_home_folder_after_an_equals_sign_is_expanded(tmp_path):
     result.stderr
   )
   assert not (tmp_path / "~").exists()
+
+
+def test_a_hub_cache_folder_stands_for_the_snapshot_refs_main_names(tmp_path):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "config.json").write_text("{}")
+  cache = hub_cache(model, tmp_path / "hub")
+  (snapshot,) = (cache / "snapshots").iterdir()
+  assert paths.hub_snapshot(cache) == snapshot and paths.hub_snapshot(model) == model
+  assert paths.model_file(cache, "config.json", "") == snapshot / "config.json"
+  (cache / "snapshots" / "older").mkdir()  # Two snapshots: refs/main says which,
+  assert paths.hub_snapshot(cache) == snapshot
+  (cache / "refs" / "main").unlink()  # and without it none is chosen, but the one with the file is named.
+  with pytest.raises(
+    UserError, match=rf"models--org--model is not a folder with config.json; did you mean {snapshot}\?$"
+  ):
+    paths.model_file(cache, "config.json", "download it again")

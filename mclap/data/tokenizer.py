@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import tokenizers
 
+from mclap import paths
 from mclap.errors import UserError
 
 
@@ -35,12 +36,13 @@ class TextTokenizer:
   """Turns captions into fixed-length int32 token ids and a validity mask.
 
   Padding and truncation are set here, not taken from `tokenizer.json` (whose own settings
-  may pad to another length). Loaded lazily so instances pickle into Grain workers.
+  may pad to another length). Loaded lazily so instances pickle into Grain workers. `key`: the
+  config key that named `directory`, for errors.
   """
 
-  def __init__(self, directory: str | pathlib.Path | None, max_len: int):
-    self.directory = pathlib.Path(directory) if directory else default_tokenizer_dir()
-    self.max_len = max_len
+  def __init__(self, directory: str | pathlib.Path | None, max_len: int, key: str = "data.tokenizer_dir"):
+    self.directory = paths.hub_snapshot(directory) if directory else default_tokenizer_dir()
+    self.max_len, self.key = max_len, key
     self._tokenizer: tokenizers.Tokenizer | None = None
 
   def __getstate__(self):
@@ -49,12 +51,8 @@ class TextTokenizer:
   @property
   def tokenizer(self) -> tokenizers.Tokenizer:
     if self._tokenizer is None:
-      path = self.directory / "tokenizer.json"
-      if not path.is_file():
-        raise TokenizerError(
-          f"{path} not found: config.data.tokenizer_dir must be a local Hugging Face tokenizer "
-          "directory containing tokenizer.json"
-        )
+      remedy = f"config.{self.key} must be a local Hugging Face directory with tokenizer.json"
+      path = paths.model_file(self.directory, "tokenizer.json", remedy, f"--config.{self.key}=")
       tok = tokenizers.Tokenizer.from_file(str(path))
       tok.no_padding()
       tok.enable_truncation(max_length=self.max_len)
@@ -100,7 +98,7 @@ class TextRows:
 def for_config(config) -> TextTokenizer:
   """The tokenizer a config trains with: `data.tokenizer_dir`, else a pretrained text tower's own
   directory, else all-MiniLM-L6-v2's WordPiece."""
-  directory = config.data.tokenizer_dir
+  directory, key = config.data.tokenizer_dir, "data.tokenizer_dir"
   if not directory and config.model.text.kind in ("bert", "clip"):
-    directory = config.model.text.pretrained_dir
-  return TextTokenizer(directory or None, config.data.max_tokens)
+    directory, key = config.model.text.pretrained_dir, "model.text.pretrained_dir"
+  return TextTokenizer(directory or None, config.data.max_tokens, key)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from mclap import paths
 from mclap.errors import ConfigError, UserError
 from mclap.models.layers import Attention, maybe_remat
 
@@ -102,9 +103,8 @@ class BertEncoder(nnx.Module):
 
 
 def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
-  path = pathlib.Path(directory) / "config.json"
-  if not path.is_file():
-    raise UserError(f"{path} not found: a pretrained text tower needs a Hugging Face directory with config.json")
+  remedy = "a pretrained text tower needs a Hugging Face directory with config.json"
+  path = paths.model_file(directory, "config.json", remedy, "--config.model.text.pretrained_dir=")
   config = json.loads(path.read_text())
   if config.get("model_type") not in LAYOUTS:
     raise UserError(f"{path}: model_type {config.get('model_type')!r} is not one of {', '.join(LAYOUTS)}")
@@ -202,9 +202,8 @@ def torch_variables(weights: dict[str, np.ndarray], prefix: str = "") -> tuple[d
 
 def load_weights(tower: BertEncoder, directory: str | pathlib.Path) -> None:
   """Copies the checkpoint's weights into `tower` (in place); every tower weight must be found."""
-  path = pathlib.Path(directory) / "model.safetensors"
-  if not path.is_file():
-    raise UserError(f"{path} not found: a pretrained text tower needs model.safetensors in {directory}")
+  remedy = "a pretrained text tower needs its weights, model.safetensors"
+  path = paths.model_file(directory, "model.safetensors", remedy, "--config.model.text.pretrained_dir=")
   variables, unexpected = torch_variables(load_file(str(path)))
   if unexpected:
     raise UserError(f"{path}: unexpected weight {unexpected[0]!r} for a {', '.join(LAYOUTS)} encoder")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
+from mclap import paths
 from mclap.errors import UserError
 from mclap.models.text import ACTIVATIONS
 
@@ -28,9 +29,8 @@ PREFIXES = ("text_model.", "")
 def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
   """The text encoder's settings from a Hugging Face CLIP directory's config.json, checked against
   what the tower computes."""
-  path = pathlib.Path(directory) / "config.json"
-  if not path.is_file():
-    raise UserError(f"{path} not found: model.text.kind=clip needs a Hugging Face CLIP directory (config.json)")
+  remedy = "model.text.kind=clip needs a Hugging Face CLIP directory (config.json)"
+  path = paths.model_file(directory, "config.json", remedy, "--config.model.text.pretrained_dir=")
   config = json.loads(path.read_text())
   kind = config.get("model_type")
   if kind not in ("clip", "clip_text_model"):
@@ -86,9 +86,8 @@ def variables(state: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
 
 def read_variables(directory: str | pathlib.Path) -> dict[str, Any]:
   """The text encoder's `TextTransformer` variables from `directory`'s model.safetensors."""
-  path = pathlib.Path(directory) / "model.safetensors"
-  if not path.is_file():
-    raise UserError(f"{path} not found: model.text.kind=clip needs the model's weights in {directory}")
+  remedy = "model.text.kind=clip needs the model's weights, model.safetensors"
+  path = paths.model_file(directory, "model.safetensors", remedy, "--config.model.text.pretrained_dir=")
   state = load_file(str(path))
   prefix = next((p for p in PREFIXES if f"{p}embeddings.token_embedding.weight" in state), None)
   if prefix is None:

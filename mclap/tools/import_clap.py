@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 from safetensors.numpy import load_file
 
-from mclap import cli
+from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.models import bert, spec_from_config, weights
@@ -44,17 +44,19 @@ _IGNORED = re.compile(
 )
 
 
+_HF_FILES = ("config.json", "model.safetensors")
+
+
 def read_directory(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
   """(config.json, preprocessor_config.json or {}, the state dict) of a Hugging Face CLAP export."""
-  paths = {name: directory / name for name in ("config.json", "model.safetensors")}
-  if missing := [name for name, path in paths.items() if not path.is_file()]:
-    raise UserError(f"{directory} lacks {', '.join(missing)}: --checkpoint must be a Hugging Face ClapModel directory")
-  config = json.loads(paths["config.json"].read_text())
+  remedy = "--checkpoint must be a Hugging Face ClapModel directory"
+  files = {name: paths.model_file(directory, name, remedy, "--checkpoint") for name in _HF_FILES}
+  config = json.loads(files["config.json"].read_text())
   if config.get("model_type") != "clap":
-    raise UserError(f"{paths['config.json']}: model_type {config.get('model_type')!r}, not a ClapModel ('clap')")
-  preprocessor = directory / "preprocessor_config.json"
+    raise UserError(f"{files['config.json']}: model_type {config.get('model_type')!r}, not a ClapModel ('clap')")
+  preprocessor = files["config.json"].parent / "preprocessor_config.json"
   front = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
-  return config, front, load_file(str(paths["model.safetensors"]))
+  return config, front, load_file(str(files["model.safetensors"]))
 
 
 # laion_clap's names -> Hugging Face's, for the arrays they share (the rest is `_IGNORED`).
@@ -348,12 +350,12 @@ def import_clap(
   path = pathlib.Path(checkpoint)
   if path.is_dir():
     hf, front, state = read_directory(path)
-    tokenizer = path / "tokenizer.json"
+    tokenizer = paths.hub_snapshot(path) / "tokenizer.json"
   elif path.is_file():
     if tokenizer_dir is None:
       raise UserError("a laion_clap checkpoint needs --tokenizer_dir: a directory with roberta-base's tokenizer.json")
     hf, front, state = read_laion(path, text_heads=text_heads, crop_seconds=crop_seconds)
-    tokenizer = pathlib.Path(tokenizer_dir) / "tokenizer.json"
+    tokenizer = paths.hub_snapshot(tokenizer_dir) / "tokenizer.json"
   else:
     raise UserError(f"--checkpoint {path} not found: give a Hugging Face ClapModel directory or a laion_clap .pt")
   if not tokenizer.is_file():

@@ -335,7 +335,8 @@ def import_muscall(
 
 def clip_tokenizer_dir(directory: pathlib.Path, scratch: pathlib.Path) -> pathlib.Path:
   """A directory with CLIP's tokenizer.json: `directory` itself, or a tokenizer built from its
-  vocab.json + merges.txt (offline) in `scratch`."""
+  vocab.json + merges.txt (offline) in `scratch`. A hub cache folder stands for its snapshot."""
+  directory = paths.hub_snapshot(directory)
   if (directory / "tokenizer.json").is_file():
     return directory
   if not _is_clip_tokenizer(directory):
