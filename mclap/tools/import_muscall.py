@@ -2,19 +2,20 @@
 best_model.pth.tar --tokenizer_dir CLIP_DIR --output B`.
 
 Maps the PyTorch state_dict of MusCALL (Manco et al.; ModifiedResNet audio backbone with attention
-or average pooling, bias-free audio/text projections, logit_scale; batch-norm running statistics included)
-into an mclap bundle with the torchaudio-matching mel preset (`mel.muscall_torchaudio_config`), so
-the imported model sees the inputs it was trained on. Either of MusCALL's text models imports: its
-own `TextTransformer`, or `CLIPTextModel` (Hugging Face's CLIP text encoder, pooled at the end of
-text: its `pooler_output`), both the mclap `transformer` text tower with their own GELU.
+or average pooling, bias-free audio/text projections, logit_scale; batch-norm running statistics
+included) into an mclap bundle with the torchaudio-matching mel preset
+(`mel.muscall_torchaudio_config`), so the imported model sees the inputs it was trained on. Either
+of MusCALL's text models imports: its own `TextTransformer`, or `CLIPTextModel` (Hugging Face's CLIP
+text encoder, pooled at the end of text: its `pooler_output`), both the mclap `transformer` text
+tower with their own GELU.
 
 The checkpoint is read without torch (`mclap.tools.torch_checkpoint`); a `.npz` of the state_dict's
 arrays under their original names works too. The architecture (widths, depths, vocabulary, text
 length, projection size; the audio length from the attention pool's positions) is read from the
-arrays' shapes; attention heads are not visible there
-and default to MusCALL's 8 (a `CLIPTextModel`'s: one per 64 channels, as in every CLIP text
-encoder). The tokenizer is CLIP's BPE from a local directory: tokenizer.json, or the vocab.json +
-merges.txt of `openai/clip-vit-base-patch32`.
+arrays' shapes; attention heads are not visible there and default to MusCALL's 8 (a
+`CLIPTextModel`'s: one per 64 channels, as in every CLIP text encoder). The tokenizer is CLIP's BPE
+from a local directory: tokenizer.json, or the vocab.json + merges.txt of
+`openai/clip-vit-base-patch32`.
 """
 
 from __future__ import annotations
