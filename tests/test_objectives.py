@@ -7,10 +7,13 @@ from conftest import fit_one_batch, make_tiny_config
 from flax import nnx
 
 from mclap import objectives, parallel
+from mclap.config_files import CONFIG_FILE
 from mclap.data import pipeline
+from mclap.data import tokenizer as tokenizer_lib
 from mclap.data.tokenizer import default_tokenizer_dir
 from mclap.errors import ConfigError
-from mclap.models import bert
+from mclap.models import bert, spec_from_config
+from mclap.serve import bundle
 from mclap.training import checkpoints, trainer
 
 pytestmark = pytest.mark.slow
@@ -43,28 +46,39 @@ def test_choi_word_branch_is_a_trained_linear_map_of_fixed_label_vectors(tiny_co
   assert not np.allclose(trained(state), trained(first))
 
 
-def _save_trained_muscall(corpus, workdir):
-  """A muscall demo model after a few steps, saved as a training workdir's checkpoint."""
-  _, _, state, _ = fit_one_batch(make_tiny_config("configs/muscall.py:demo", corpus), steps=2)
-  mgr = checkpoints.manager(workdir / "checkpoints", None)
-  checkpoints.save(mgr, 2, state)
-  mgr.wait_until_finished()
+def _save_trained_muscall(corpus, directory, as_bundle):
+  """A muscall demo model after a few steps, saved as a training workdir's checkpoint or exported
+  as a bundle (as an imported MusCALL is)."""
+  config = make_tiny_config("configs/muscall.py:demo", corpus)
+  _, _, state, model_def = fit_one_batch(config, steps=2)
+  if as_bundle:
+    variables = bundle.variables_of(model_def.merge(state).model)
+    tokenizer = tokenizer_lib.for_config(config).directory
+    bundle.write(directory, config, spec_from_config(config), variables, source={}, tokenizer_dir=tokenizer)
+  else:
+    directory.mkdir()
+    (directory / CONFIG_FILE).write_text(config.to_json_best_effort())
+    mgr = checkpoints.manager(directory / "checkpoints", None)
+    checkpoints.save(mgr, 2, state)
+    mgr.wait_until_finished()
   return jax.device_get(state)
 
 
-@pytest.mark.parametrize("variant", ["demo", "demo,gan"])
-def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(variant, tiny_corpus, tmp_path):
-  source = _save_trained_muscall(tiny_corpus, tmp_path)
+@pytest.mark.parametrize("variant, source", [("demo", "workdir"), ("demo,gan", "bundle")])
+def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(variant, source, tiny_corpus, tmp_path):
   config = make_tiny_config(f"configs/generator.py:{variant}", tiny_corpus)
-  config.model.audio.init_from = str(tmp_path)
+  config.model.audio.init_from = str(tmp_path / source)
+  trained = _save_trained_muscall(tiny_corpus, tmp_path / source, as_bundle=source == "bundle")
+  other = config.copy_and_resolve_references()
+  other.data.mel.fmax = 4000.0  # Mels of other settings than the tower was trained on: refused.
+  with pytest.raises(ConfigError, match=rf"init_from=.*{source}: its tower was trained on other mel settings .*fmax"):
+    trainer.init_state(other, parallel.make_mesh(other.mesh), trainer.make_optimizer(other, 10))
   config.optim.lr = 0.05  # SGD at the paper's 1e-3 moves too little in a few steps to test.
   losses, first, state, model_def = fit_one_batch(config)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   # The audio tower (weights and batch statistics) is the checkpoint's, and stays so.
-  for group, trained in (("frozen", source["params"]), ("batch_stats", source["batch_stats"])):
-    jax.tree.map(
-      np.testing.assert_array_equal, jax.device_get(state[group]["model"]["audio"]), trained["model"]["audio"]
-    )
+  for group, saved in (("frozen", trained["params"]), ("batch_stats", trained["batch_stats"])):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state[group]["model"]["audio"]), saved["model"]["audio"])
   # Trained: the generator (4 layers into the 384-d MiniLM space) and the logit scale only.
   assert set(state["params"]) == {"model"}
   assert set(state["params"]["model"]) == {"audio_projection", "logit_scale_param"}

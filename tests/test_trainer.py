@@ -229,7 +229,7 @@ def test_load_tower_copies_weights_and_statistics_and_explains_mismatches(tmp_pa
   tower = lambda width, seed: nnx.Sequential(  # noqa: E731
     nnx.Linear(3, width, rngs=nnx.Rngs(seed)), nnx.BatchNorm(width, rngs=nnx.Rngs(seed))
   )
-  with pytest.raises(UserError, match="is not a training workdir with checkpoints: init_from must name"):
+  with pytest.raises(UserError, match="is not a training workdir with checkpoints or a bundle: init_from must name"):
     weights.load_tower(tower(4, 0), tmp_path, "audio")
   source = tower(4, 1)
   source.layers[1].mean[...] = jnp.arange(4.0)

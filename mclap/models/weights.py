@@ -22,12 +22,13 @@ from flax import nnx
 
 from mclap import paths
 from mclap.config_files import CONFIG_FILE, load_config
+from mclap.data import mel as mel_lib
 from mclap.errors import ConfigError, UserError, first_line
 from mclap.models import DualEncoder, ModelSpec, bert, build_model, clip_text, spec_from_config
 from mclap.models.spec import text_pretrained_dir
 
 SPEC_ITEM = "spec"  # The model spec, saved beside the state in every checkpoint.
-BUNDLE_VARIABLES = "variables"  # Where a bundle (`serve.bundle`) keeps the model's variables.
+BUNDLE_META, BUNDLE_VARIABLES = "bundle.json", "variables"  # A bundle's (`serve.bundle`) settings and variables.
 
 
 def is_workdir(path: pathlib.Path) -> bool:
@@ -146,17 +147,69 @@ def copy_variables(target: nnx.Module, saved: dict[str, Any], where: str, allow_
         variable.value = jnp.asarray(np.asarray(leaf), variable.dtype)
 
 
-def load_tower(tower: nnx.Module, workdir: str | pathlib.Path, name: str) -> None:
-  """Copies the trained weights and batch statistics of the `name` tower, from the latest
-  checkpoint of an mclap training workdir, into `tower` (in place)."""
-  directory = pathlib.Path(workdir) / "checkpoints"
+def is_bundle(path: pathlib.Path) -> bool:
+  """Whether `path` is an inference bundle (`mclap.export` or an importer wrote it)."""
+  return (path / BUNDLE_META).is_file() and (path / BUNDLE_VARIABLES).is_dir()
+
+
+def bundle_variables(bundle: str | pathlib.Path, key: str) -> dict[str, Any]:
+  """A bundle's variables (one nested dict: parameters and batch statistics together), for the
+  config key `key` that named it."""
+  try:
+    return read_arrays(pathlib.Path(bundle) / BUNDLE_VARIABLES)
+  except Exception as e:  # Orbax and TensorStore report damage in types of their own.
+    problem = f"{type(e).__name__}: {first_line(e)}"
+    raise ConfigError(
+      f"config.{key}={bundle}: cannot read its variables ({problem}); name an intact bundle (written by "
+      "mclap.export or an importer)"
+    ) from e
+
+
+def load_tower(
+  tower: nnx.Module, source: str | pathlib.Path, name: str, data: ml_collections.ConfigDict | None = None
+) -> None:
+  """Copies the trained weights and batch statistics of the `name` tower into `tower` (in place):
+  from the latest checkpoint of an mclap training workdir, or from a bundle (an export, or an
+  imported MusCALL or LAION-CLAP model). With `data`, the config's data settings, the tower must
+  have been trained on the same input (mel settings, or precomputed features)."""
+  source, key = pathlib.Path(source), f"model.{name}.init_from"
+  if is_bundle(source):
+    trained_on = ml_collections.ConfigDict(json.loads((source / BUNDLE_META).read_text())["config"]).data
+    if data is not None:
+      _check_same_input(trained_on, data, f"config.{key}={source}")
+    saved = bundle_variables(source, key).get(name, {})
+    copy_variables(tower, {"params": saved, "batch_stats": saved}, f"bundle {source} ({name} tower)")
+    return
+  directory = source / "checkpoints"
   steps = checkpoint_steps(directory)
   if not steps:
-    what, remedy = "a training workdir with checkpoints", "init_from must name a workdir written by mclap.train"
-    raise UserError(paths.not_found(workdir, what, is_workdir, remedy, "--config.model.audio.init_from="))
+    what = "a training workdir with checkpoints or a bundle"
+    remedy = "init_from must name a workdir written by mclap.train, or a bundle"
+    found = lambda p: is_workdir(p) or is_bundle(p)  # noqa: E731
+    raise UserError(paths.not_found(source, what, found, remedy, f"--config.{key}="))
+  if data is not None:
+    _check_same_input(workdir_config(source).data, data, f"config.{key}={source}")
   saved = saved_state(directory, steps[-1])
   towers = {group: _model_part(saved, group).get(name, {}) for group in ("params", "batch_stats")}
   copy_variables(tower, towers, f"{directory} ({name} tower)")
+
+
+def _check_same_input(trained_on: ml_collections.ConfigDict, data: ml_collections.ConfigDict, where: str) -> None:
+  """A tower taken from elsewhere reads what it was trained on: the same mel settings (every
+  weight would otherwise be applied to other features, silently), or the same features."""
+  kind = "features" if "features" in data else "mel"
+  if kind not in trained_on:
+    raise ConfigError(f"{where}: its tower was trained on {'features' if kind == 'mel' else 'log-mels'}, not {kind}")
+  theirs, ours = (c[kind].to_dict() for c in (trained_on, data))
+  if kind == "mel":
+    theirs, ours = mel_lib.complete(theirs), mel_lib.complete(ours)
+  if diff := [k for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)]:
+    details = "; ".join(f"{k}: trained on {theirs.get(k)!r}, config {ours.get(k)!r}" for k in diff)
+    flags = " ".join(f"--config.data.{kind}.{k}={theirs.get(k)}" for k in diff)
+    raise ConfigError(
+      f"{where}: its tower was trained on other {kind} settings than config.data.{kind} ({details}); set them "
+      f"({flags}) and prepare the corpus with that config"
+    )
 
 
 def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
@@ -168,14 +221,7 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
       raise ConfigError(
         "config.model.init_from starts the whole model from a bundle; leave model.audio.init_from empty"
       )
-    try:
-      saved = read_arrays(pathlib.Path(bundle) / BUNDLE_VARIABLES)
-    except Exception as e:  # Orbax and TensorStore report damage in types of their own.
-      problem = f"{type(e).__name__}: {first_line(e)}"
-      raise ConfigError(
-        f"config.model.init_from={bundle}: cannot read its variables ({problem}); name an intact bundle (written by "
-        "mclap.export or an importer)"
-      ) from e
+    saved = bundle_variables(bundle, "model.init_from")
     copy_variables(model, {"params": saved, "batch_stats": saved}, f"bundle {bundle}")
     return
   if config.model.text.kind == "bert":
@@ -183,8 +229,8 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
   if config.model.text.kind == "clip":
     directory = text_pretrained_dir(config)
     copy_variables(model.text, {"params": clip_text.read_variables(directory)}, str(directory / "model.safetensors"))
-  if workdir := config.model.audio.get("init_from", ""):
-    load_tower(model.audio, workdir, "audio")
+  if source := config.model.audio.get("init_from", ""):
+    load_tower(model.audio, source, "audio", config.data)
 
 
 def _frozen_towers(config: ml_collections.ConfigDict) -> set[str]:

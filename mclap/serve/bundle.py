@@ -39,7 +39,7 @@ from mclap.errors import UserError, first_line
 from mclap.models import DualEncoder, ModelSpec, build_model, spec_from_config, weights
 
 FORMAT, VERSION = "mclap.bundle", 2
-BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = "bundle.json", weights.BUNDLE_VARIABLES, "tokenizer"
+BUNDLE_FILE, VARIABLES_DIR, TOKENIZER_DIR = weights.BUNDLE_META, weights.BUNDLE_VARIABLES, "tokenizer"
 DTYPES = ("float32", "bfloat16")
 DTYPE_NAMES = {"float32": "float32", "f32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # Short names too.
 # Tokenizer directories can hold a model's weights too; the bundle has its own.
@@ -163,10 +163,6 @@ def _params_to_bfloat16(variables: dict[str, Any]) -> dict[str, Any]:
   return jax.tree_util.tree_map_with_path(cast, variables)
 
 
-def is_bundle(path: pathlib.Path) -> bool:
-  return (path / BUNDLE_FILE).is_file()
-
-
 def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
   """bundle.json of a bundle, checked; its config's directories made absolute and its `spec` a
   `ModelSpec`."""
@@ -174,7 +170,7 @@ def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
   path = directory / BUNDLE_FILE
   if not path.is_file():
     what = f"an mclap bundle (no {BUNDLE_FILE} in it)"
-    raise BundleError(paths.not_found(directory, what, is_bundle, "make one with python -m mclap.export"))
+    raise BundleError(paths.not_found(directory, what, weights.is_bundle, "make one with python -m mclap.export"))
   try:
     meta = json.loads(path.read_text())
   except json.JSONDecodeError as e:
