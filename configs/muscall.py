@@ -3,7 +3,9 @@
 Variants after the colon, combinable with commas: `demo` is a small setting that trains on the
 built-in synthetic corpus on 2 CPU cores in minutes; `weighted` is MusCALL's content-aware loss
 weighting (paper Table 1, "w/ weighting"); `ssl` adds the audio self-supervised loss
-(MusCALL_SSL). Override any key: `--config.train.batch_size=16`.
+(MusCALL_SSL); `torchaudio` takes the released code's mel front end (`mel.muscall_torchaudio_config`),
+which an imported MusCALL's towers read: to fine-tune or start from one (`model.audio.init_from`).
+Override any key: `--config.train.batch_size=16`.
 """
 
 import math
@@ -12,7 +14,7 @@ import ml_collections
 
 from mclap.data import augment, mel
 
-VARIANTS = ("demo", "weighted", "ssl")
+VARIANTS = ("demo", "weighted", "ssl", "torchaudio")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -78,6 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # code's augmentations are approximated by mclap's mel-domain ones.
     c.loss = dict(name="ssl", weight=0.3, temperature=0.5, projection_dim=128)
     c.data.views = 2
+  if "torchaudio" in variants:
+    c.data.mel = mel.muscall_torchaudio_config()
     c.data.augment.update(gain_prob=0.5, noise_prob=0.5, pitch_prob=0.5, time_masks=1, freq_masks=1)
 
   c.optim = ml_collections.ConfigDict()

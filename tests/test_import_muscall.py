@@ -36,7 +36,7 @@ from mclap import cli, evaluation
 from mclap import eval as eval_lib
 from mclap.data import mel as mel_lib
 from mclap.data import records
-from mclap.errors import UserError
+from mclap.errors import ConfigError, UserError
 from mclap.evaluation import metrics
 from mclap.models import build_model, spec_from_config, weights
 from mclap.serve import bundle
@@ -335,6 +335,25 @@ def test_the_audio_length_a_muscall_was_trained_on_is_read_from_its_attention_po
   assert model.config.data.crop_seconds == 10.0
   wave = tone(10.0, SR, freq=440.0).astype(np.float32)
   np.testing.assert_allclose(model.embed_audio([wave]), normalized(muscall_audio(state, [wave])), atol=2e-4)
+
+
+def test_a_new_model_starts_its_audio_tower_from_an_imported_muscall(imported):
+  """Seth's generator over MusCALL's released audio tower: `model.audio.init_from` names the
+  imported bundle, and the `torchaudio` variant gives the mels that tower reads."""
+  _, _, bundle_dir = imported
+  config = cli.load_config("configs/generator.py:torchaudio")
+  config.model.audio.init_from = str(bundle_dir)
+  model = build_model(spec_from_config(config), nnx.Rngs(0))
+  weights.load_pretrained(model, config)
+  saved = weights.flat_leaves(weights.read_arrays(bundle_dir / bundle.VARIABLES_DIR)["audio"])
+  loaded = weights.flat_leaves(nnx.state(model.audio))
+  assert loaded.keys() == saved.keys()
+  for name, value in loaded.items():
+    np.testing.assert_array_equal(value, saved[name])
+  config = cli.load_config("configs/generator.py")  # mclap's own mels: refused, by the settings that differ.
+  config.model.audio.init_from = str(bundle_dir)
+  with pytest.raises(ConfigError, match=r"trained on other mel settings than config.data.mel \(fmax: trained on 11025"):
+    weights.load_pretrained(build_model(spec_from_config(config), nnx.Rngs(0)), config)
 
 
 def test_clips_tokenizer_from_a_hub_cache_folder(imported, tmp_path):
