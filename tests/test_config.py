@@ -129,7 +129,8 @@ def test_cli_fails_at_start_with_one_line():
   ]
   variant = _run_cli("--config", CONFIG + ":dmeo")  # Both were tracebacks.
   assert variant.stderr.strip().splitlines() == [
-    f"error: {CONFIG}:dmeo: unknown variant(s) ['dmeo'] of configs/muscall.py; known: ('demo', 'weighted', 'ssl', 'torchaudio')"
+    f"error: {CONFIG}:dmeo: unknown variant(s) ['dmeo'] of configs/muscall.py; "
+    "known: ('demo', 'weighted', 'ssl', 'torchaudio')"
   ]
   dict_flag = _run_cli("--mel.nmels", "64")
   assert dict_flag.stderr.strip().splitlines() == [

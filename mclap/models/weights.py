@@ -205,10 +205,12 @@ def _check_same_input(trained_on: ml_collections.ConfigDict, data: ml_collection
     theirs, ours = mel_lib.complete(theirs), mel_lib.complete(ours)
   if diff := [k for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)]:
     details = "; ".join(f"{k}: trained on {theirs.get(k)!r}, config {ours.get(k)!r}" for k in diff)
-    flags = " ".join(f"--config.data.{kind}.{k}={theirs.get(k)}" for k in diff)
+    remedy = "set them (" + " ".join(f"--config.data.{kind}.{k}={theirs.get(k)}" for k in diff) + ")"
+    if theirs == mel_lib.complete(mel_lib.muscall_torchaudio_config().to_dict()):  # An imported MusCALL's.
+      remedy = "they are the released MusCALL's: add the torchaudio variant (configs/muscall.py:torchaudio)"
     raise ConfigError(
-      f"{where}: its tower was trained on other {kind} settings than config.data.{kind} ({details}); set them "
-      f"({flags}) and prepare the corpus with that config"
+      f"{where}: its tower was trained on other {kind} settings than config.data.{kind} ({details}); {remedy} "
+      "and prepare the corpus with that config"
     )
 
 
