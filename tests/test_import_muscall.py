@@ -232,6 +232,9 @@ def test_configs_finetune_starts_from_an_imported_muscall_bundle(imported):
   for kind in (nnx.Param, nnx.BatchStat):
     for path, value in traverse_util.flatten_dict(nnx.state(model, kind).to_pure_dict()).items():
       np.testing.assert_array_equal(value, saved[tuple(map(str, path))], err_msg=str(path))
+  config.data.mel.fmax = 8000.0  # Its weights would read other mels, silently: refused.
+  with pytest.raises(ConfigError, match=r"init_from=.*: it was trained on other mel settings .*\(fmax: trained on 11"):
+    weights.load_pretrained(model, config)
 
 
 def muscall_crop(wave):

@@ -71,7 +71,7 @@ def test_generator_maps_a_frozen_pretrained_audio_tower_into_the_text_space(vari
   trained = _save_trained_muscall(tiny_corpus, tmp_path / source, as_bundle=source == "bundle")
   other = config.copy_and_resolve_references()
   other.data.mel.fmax = 4000.0  # Mels of other settings than the tower was trained on: refused.
-  with pytest.raises(ConfigError, match=rf"init_from=.*{source}: its tower was trained on other mel settings .*fmax"):
+  with pytest.raises(ConfigError, match=rf"init_from=.*{source}: it was trained on other mel settings .*fmax"):
     trainer.init_state(other, parallel.make_mesh(other.mesh), trainer.make_optimizer(other, 10))
   config.optim.lr = 0.05  # SGD at the paper's 1e-3 moves too little in a few steps to test.
   losses, first, state, model_def = fit_one_batch(config)

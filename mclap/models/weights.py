@@ -174,9 +174,8 @@ def load_tower(
   have been trained on the same input (mel settings, or precomputed features)."""
   source, key = pathlib.Path(source), f"model.{name}.init_from"
   if is_bundle(source):
-    trained_on = ml_collections.ConfigDict(json.loads((source / BUNDLE_META).read_text())["config"]).data
     if data is not None:
-      _check_same_input(trained_on, data, f"config.{key}={source}")
+      _check_same_input(_bundle_data(source), data, f"config.{key}={source}")
     saved = bundle_variables(source, key).get(name, {})
     copy_variables(tower, {"params": saved, "batch_stats": saved}, f"bundle {source} ({name} tower)")
     return
@@ -194,12 +193,17 @@ def load_tower(
   copy_variables(tower, towers, f"{directory} ({name} tower)")
 
 
+def _bundle_data(bundle: pathlib.Path) -> ml_collections.ConfigDict:
+  """The data settings a bundle's model reads (its inference config's)."""
+  return ml_collections.ConfigDict(json.loads((bundle / BUNDLE_META).read_text())["config"]).data
+
+
 def _check_same_input(trained_on: ml_collections.ConfigDict, data: ml_collections.ConfigDict, where: str) -> None:
-  """A tower taken from elsewhere reads what it was trained on: the same mel settings (every
-  weight would otherwise be applied to other features, silently), or the same features."""
+  """A model or tower taken from elsewhere reads what it was trained on: the same mel settings
+  (every weight would otherwise be applied to other features, silently), or the same features."""
   kind = "features" if "features" in data else "mel"
   if kind not in trained_on:
-    raise ConfigError(f"{where}: its tower was trained on {'features' if kind == 'mel' else 'log-mels'}, not {kind}")
+    raise ConfigError(f"{where}: it was trained on {'features' if kind == 'mel' else 'log-mels'}, not {kind}")
   theirs, ours = (c[kind].to_dict() for c in (trained_on, data))
   if kind == "mel":
     theirs, ours = mel_lib.complete(theirs), mel_lib.complete(ours)
@@ -209,7 +213,7 @@ def _check_same_input(trained_on: ml_collections.ConfigDict, data: ml_collection
     if theirs == mel_lib.complete(mel_lib.muscall_torchaudio_config().to_dict()):  # An imported MusCALL's.
       remedy = "they are the released MusCALL's: add the torchaudio variant (configs/muscall.py:torchaudio)"
     raise ConfigError(
-      f"{where}: its tower was trained on other {kind} settings than config.data.{kind} ({details}); {remedy} "
+      f"{where}: it was trained on other {kind} settings than config.data.{kind} ({details}); {remedy} "
       "and prepare the corpus with that config"
     )
 
@@ -223,6 +227,7 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
       raise ConfigError(
         "config.model.init_from starts the whole model from a bundle; leave model.audio.init_from empty"
       )
+    _check_same_input(_bundle_data(pathlib.Path(bundle)), config.data, f"config.model.init_from={bundle}")
     saved = bundle_variables(bundle, "model.init_from")
     copy_variables(model, {"params": saved, "batch_stats": saved}, f"bundle {bundle}")
     return
