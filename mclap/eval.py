@@ -97,7 +97,7 @@ def evaluate(
   modules = evaluation.select(config, names)  # Mistakes in the evaluators' settings before the model.
   model, which, step = load(config, workdir, bundle, step, best)
   out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
-  context = make_context(config, model, out)
+  context = make_context(config, model, out, show_progress=True)
   tables, results = {}, {}
 
   def write(name: str, result: dict) -> None:
@@ -115,12 +115,14 @@ def evaluate(
   return results
 
 
-def make_context(config, model: DualEncoder, out: pathlib.Path | None = None) -> evaluation.EvalContext:
+def make_context(
+  config, model: DualEncoder, out: pathlib.Path | None = None, show_progress: bool = False
+) -> evaluation.EvalContext:
   """What the evaluators get: the model embedding through an `Embedder` over the config's mesh."""
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_sizes(mesh, **{"data.eval_batch_size": config.data.eval_batch_size})
   embedder, state = Embedder.for_model(model, mesh, config.data.eval_batch_size, config.data.token_bucket)
-  return evaluation.EvalContext(config, embedder, state, out_dir=out)
+  return evaluation.EvalContext(config, embedder, state, out_dir=out, show_progress=show_progress)
 
 
 REPORT = "report.md"

@@ -53,10 +53,11 @@ def model(trained):
   return mclap.load(trained[2], batch_size=4)
 
 
-def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model, tmp_path):
+def test_a_bundle_evaluates_and_embeds_as_its_workdir_checkpoint(trained, model, tmp_path, capsys):
   config, workdir, bundle_dir = trained
   names = ["retrieval", "zero_shot"]
   from_workdir = eval_lib.evaluate(config, workdir, names=names, output=tmp_path / "w")
+  assert re.search(rf"embed {config.data.dir} test: 100%.* (\d+)/\1 ", capsys.readouterr().err)  # Progress shows.
   from_bundle = eval_lib.evaluate(config, bundle=bundle_dir, names=names, output=tmp_path / "b")
   # Without --config, a workdir is evaluated with its own (mclap.eval --workdir W used to fail with
   # a traceback); a bundle, which holds no corpus, asks for one.

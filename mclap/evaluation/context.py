@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 
 from mclap.data import pipeline, records
 from mclap.data import tokenizer as tokenizer_lib
@@ -38,6 +40,7 @@ class EvalContext:
   embedder: Embedder
   state: Any
   out_dir: pathlib.Path | None = None  # Where plots are written (None: no plots).
+  show_progress: bool = False  # A bar while a split is embedded (`mclap.eval`; not during training).
   _cache: dict = dataclasses.field(default_factory=dict)
 
   def corpus_config(self, corpus_dir: str = "") -> ml_collections.ConfigDict:
@@ -62,7 +65,14 @@ class EvalContext:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )
-      batches = pipeline.iterate(ds, num_workers=0, prefetch=self.config.data.prefetch)
+      batches = tqdm.tqdm(
+        pipeline.iterate(ds, num_workers=0, prefetch=self.config.data.prefetch),
+        total=len(ds),
+        desc=f"embed {key[0]} {split}",
+        unit="batch",
+        disable=not self.show_progress or jax.process_index() != 0,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # Keep logs of batch jobs short.
+      )
       self._cache[key] = self.embedder.dataset(self.state, batches)
     return self._cache[key]
 
