@@ -292,6 +292,8 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
     log.write(step, {**values, "record_ids": ids}, prefix="skipped")
 
   nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, report_skipped)
+  if jax.process_index() == 0:  # The first step compiles: a minute or more on a large model, silent otherwise.
+    print(f"training steps {start + 1}-{steps} into {workdir}; compiling the train step first", flush=True)
   window_start, window_steps, input_wait, step, stopped = time.perf_counter(), 0, 0.0, start, None
   startup = {}
   with guards.StopSignals() as stop_signals:
@@ -310,22 +312,21 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
         if step % config.train.log_every == 0 or step == steps:
           nonfinite.flush()
           values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-          window = max(time.perf_counter() - window_start, 1e-9)
-          rate = window_steps / window
-          values.update(
-            lr=float(schedule(step - 1)),
-            skipped_steps=nonfinite.total,
-            steps_per_s=rate,
-            examples_per_s=rate * config.train.batch_size,
-            # Each step's time split into waiting for its batch and the rest (the step itself and
-            # logging; validation and checkpoint saves are left out): a wait fraction near 1 means the
-            # run is input-bound.
-            input_wait_s=input_wait / max(window_steps, 1),
-            step_s=(window - input_wait) / max(window_steps, 1),
-            input_wait_fraction=min(input_wait / window, 1.0) if window_steps else 0.0,
-            eta_min=(steps - step) / max(rate, 1e-9) / 60,
-            **startup,
-          )
+          values.update(lr=float(schedule(step - 1)), skipped_steps=nonfinite.total, **startup)
+          if window_steps:  # None when only the compiling first step was logged: no rate yet.
+            window = max(time.perf_counter() - window_start, 1e-9)
+            rate = window_steps / window
+            values.update(
+              steps_per_s=rate,
+              examples_per_s=rate * config.train.batch_size,
+              # Each step's time split into waiting for its batch and the rest (the step itself and
+              # logging; validation and checkpoint saves are left out): a wait fraction near 1 means
+              # the run is input-bound.
+              input_wait_s=input_wait / window_steps,
+              step_s=(window - input_wait) / window_steps,
+              input_wait_fraction=min(input_wait / window, 1.0),
+              eta_min=(steps - step) / rate / 60,
+            )
           startup = {}
           log.write(step, values)
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
