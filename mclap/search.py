@@ -33,7 +33,8 @@ def search(
   bundle: str | pathlib.Path = "",
   model: mclap.serve.inference.Model | None = None,
 ) -> list[dict]:
-  """Per query (texts, then audio files), {"query", "results": [{"rank", "score", "path"}]}."""
+  """Per query (texts, then audio files), {"query", "results": [{"rank", "score", "path", "file"}]}:
+  `path` as indexed (relative to the indexed folder), `file` where it is, to open or play."""
   index = index if isinstance(index, index_lib.Index) else index_lib.Index(index)
   if not queries and not like:
     raise UserError('give a text query ("calm piano") or --like FILE')
@@ -80,9 +81,10 @@ def _check_like(index: index_lib.Index, path: str) -> None:
 
 
 def _ranked(index, names, embeddings, top_k, exclude=None) -> list[dict]:
-  out = []
+  out, folder = [], pathlib.Path(index.info["audio_dir"])
   for name, hits in zip(names, index.search(embeddings, top_k, exclude)):
-    ranked = [{"rank": r + 1, "score": round(s, 4), "path": index.items[i]["path"]} for r, (i, s) in enumerate(hits)]
+    found = [(index.items[i]["path"], score) for i, score in hits]
+    ranked = [dict(rank=r, score=round(s, 4), path=p, file=str(folder / p)) for r, (p, s) in enumerate(found, 1)]
     out.append({"query": name, "results": ranked})
   return out
 
@@ -96,7 +98,7 @@ def main(argv):
       continue
     print(result["query"])
     for hit in result["results"]:
-      print(f"  {hit['rank']:3d}  {hit['score']:.4f}  {hit['path']}")
+      print(f"  {hit['rank']:3d}  {hit['score']:.4f}  {hit['file']}")
 
 
 if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.

@@ -386,6 +386,7 @@ def test_search_ranks_by_cosine_and_leaves_the_query_file_out(trained, model, mu
   assert [r["path"] for r in text["results"]] == [index.items[i]["path"] for i in order]
   np.testing.assert_allclose([r["score"] for r in text["results"]], scores[order], atol=1e-4)
   assert "a.wav" not in [r["path"] for r in like["results"]] and len(like["results"]) == 2
+  assert [r["file"] for r in text["results"]] == [str(music / r["path"]) for r in text["results"]]  # To play.
   printed, _ = run("mclap.search", "--index", tmp_path / "index", "--top_k", 1, "--json", query)
   assert json.loads(printed)["results"][0]["path"] == text["results"][0]["path"]
 
