@@ -292,7 +292,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
     log.write(step, {**values, "record_ids": ids}, prefix="skipped")
 
   nonfinite = guards.NonFiniteSteps(config.train.max_nonfinite_in_a_row, report_skipped)
-  if jax.process_index() == 0:  # The first step compiles: a minute or more on a large model, silent otherwise.
+  if start < steps and jax.process_index() == 0:  # The first step compiles: a minute or more on a large model.
     print(f"training steps {start + 1}-{steps} into {workdir}; compiling the train step first", flush=True)
   window_start, window_steps, input_wait, step, stopped = time.perf_counter(), 0, 0.0, start, None
   startup = {}
