@@ -169,7 +169,7 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
   metrics = (tmp_path / "cut/metrics.jsonl").read_text()
   train.train(None, tmp_path / "cut")  # Finished already: said, not silently done again.
   printed = capsys.readouterr().out
-  assert f"nothing to train: {tmp_path / 'cut'} is at step 4 of train.steps=4." in printed and "compiling" not in printed
+  assert f"nothing to train: {run} is at step 4 of train.steps=4." in printed and "compiling" not in printed
   assert (tmp_path / "cut/metrics.jsonl").read_text() == metrics
   jax.tree.map(np.testing.assert_array_equal, whole_params, cut)
 
