@@ -80,9 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # code's augmentations are approximated by mclap's mel-domain ones.
     c.loss = dict(name="ssl", weight=0.3, temperature=0.5, projection_dim=128)
     c.data.views = 2
+    c.data.augment.update(gain_prob=0.5, noise_prob=0.5, pitch_prob=0.5, time_masks=1, freq_masks=1)
   if "torchaudio" in variants:
     c.data.mel = mel.muscall_torchaudio_config()
-    c.data.augment.update(gain_prob=0.5, noise_prob=0.5, pitch_prob=0.5, time_masks=1, freq_masks=1)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # Or "sgd" (with `momentum`; weight decay then adds to the gradient).

@@ -26,6 +26,30 @@ def test_base_config_reads_like_the_muscall_table():
   assert (c.optim.lr, c.optim.weight_decay, c.optim.b2, c.optim.eps, c.train.batch_size) == (5e-5, 0.2, 0.98, 1e-6, 256)
 
 
+@pytest.mark.parametrize(
+  "variant, changed",
+  [
+    ("torchaudio", {"data.mel"}),
+    ("ssl", {"loss", "data.views", "data.augment"}),
+    ("weighted", {"loss"}),
+  ],
+)
+def test_a_variant_changes_its_own_keys_and_no_others(variant, changed):
+  """What each variant of configs/muscall.py sets, and only that (`torchaudio` once took the SSL
+  variant's augmentations over)."""
+  base, other = (_flat(cli.load_config(spec).to_dict()) for spec in (CONFIG, f"{CONFIG}:{variant}"))
+  differ = {k for k in base.keys() | other.keys() if base.get(k) != other.get(k)}
+  assert all(any(k.startswith(p) for p in changed) for k in differ), sorted(differ)  # Nothing else,
+  assert {p for p in changed if any(k.startswith(p) for k in differ)} == changed  # and each of its own.
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+  return out
+
+
 def _run_cli(*args):
   """Runs a job entry point (`cli.run`) that prints the config it was given as JSON."""
   code = (
