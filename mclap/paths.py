@@ -76,8 +76,8 @@ def hub_snapshot(path: str | os.PathLike) -> pathlib.Path:
   if not snapshots.is_dir():
     return path
   ref = path / "refs" / "main"
-  if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-    return snapshots / ref.read_text().strip()
+  if ref.is_file() and (named := snapshots / ref.read_text().strip()).is_dir():
+    return named
   found = _subfolders(snapshots)
   return found[0] if len(found) == 1 else path
 
@@ -85,11 +85,11 @@ def hub_snapshot(path: str | os.PathLike) -> pathlib.Path:
 def model_file(directory: str | os.PathLike, name: str, remedy: str, flag: str = "") -> pathlib.Path:
   """The file `name` of a model folder (a hub cache folder stands for its snapshot); else a
   one-line error naming a folder one level off that has it, or `remedy`."""
-  path = hub_snapshot(directory) / name
-  if path.is_file():
-    return path
+  folder = hub_snapshot(directory)
+  if (folder / name).is_file():
+    return folder / name
   has_it = lambda p: (hub_snapshot(p) / name).is_file()  # noqa: E731
-  raise UserError(not_found(hub_snapshot(directory), f"a folder with {name}", has_it, remedy, flag))
+  raise UserError(not_found(folder, f"a folder with {name}", has_it, remedy, flag))
 
 
 def file_state(path: str | os.PathLike) -> list[int] | None:
