@@ -10,8 +10,12 @@ from tokenizers.pre_tokenizers import ByteLevel
 
 WIDTH, LAYERS, AUDIO_DIM, HEADS = 16, (3, 4, 6, 3), 256, 8
 TEXT_WIDTH, TEXT_LAYERS, MAX_LEN, PROJECTION = 512, 4, 77, 512
-N_MELS, SR, N_FFT, CROP_SECONDS = 128, 16000, 1024, 20.0
-POOL_TOKENS = (N_MELS // 32) * ((int(CROP_SECONDS * SR) // (N_FFT // 2) + 1) // 32) + 1
+N_MELS, SR, N_FFT, FMAX, CROP_SECONDS = 128, 16000, 1024, 11025.0, 20.0
+
+
+def pool_tokens(seconds=CROP_SECONDS, sr=SR, n_fft=N_FFT):
+  """The attention pool's positions, as the original sizes them."""
+  return (N_MELS // 32) * ((int(seconds * sr) // (n_fft // 2) + 1) // 32) + 1
 
 
 def clip_tokenizer_files(directory):
@@ -45,10 +49,10 @@ def linspace(start, end, steps, dtype):
   return np.where(i < steps // 2, up, down).astype(dtype)
 
 
-def htk_filterbank(dtype=np.float64, fmax=11025.0):
-  """torchaudio.functional.melscale_fbanks(513, 0, fmax, 128, 16000, norm=None, mel_scale='htk'), by its
-  formula, computed in `dtype` (torchaudio: float32, the buffer a MusCALL checkpoint saves)."""
-  freqs = linspace(0, SR // 2, N_FFT // 2 + 1, dtype)
+def htk_filterbank(dtype=np.float64, fmax=FMAX, sr=SR, n_fft=N_FFT):
+  """torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0, fmax, 128, sr, norm=None, mel_scale='htk'),
+  by its formula, computed in `dtype` (torchaudio: float32, the buffer a MusCALL checkpoint saves)."""
+  freqs = linspace(0, sr // 2, n_fft // 2 + 1, dtype)
   mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731  (torchaudio: Python floats)
   points = dtype(700.0) * (dtype(10.0) ** (linspace(mel(0.0), mel(fmax), N_MELS + 2, dtype) / dtype(2595.0)) - 1)
   diff = np.diff(points)
@@ -57,7 +61,8 @@ def htk_filterbank(dtype=np.float64, fmax=11025.0):
   return np.maximum(dtype(0.0), np.minimum(down, up))  # [freqs, mels]
 
 
-def muscall_state_dict(vocab, rng, pooling="attention"):
+def muscall_state_dict(vocab, rng, pooling="attention", seconds=CROP_SECONDS, sr=SR, n_fft=N_FFT, fmax=FMAX):
+  """The state_dict of a MusCALL whose config.yaml has these `pooling`, `audio_len_seconds` and mel settings."""
   state = {}
   normal = lambda *shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
 
@@ -77,8 +82,8 @@ def muscall_state_dict(vocab, rng, pooling="attention"):
       state[f"{name}.bias"] = normal(out, scale=0.02)
 
   a = "audio_backbone"
-  state[f"{a}.spec.spectrogram.window"] = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
-  state[f"{a}.spec.mel_scale.fb"] = htk_filterbank(np.float32)
+  state[f"{a}.spec.spectrogram.window"] = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+  state[f"{a}.spec.mel_scale.fb"] = htk_filterbank(np.float32, fmax, sr, n_fft)
   for i, (cin, cout) in enumerate([(1, WIDTH // 2), (WIDTH // 2, WIDTH // 2), (WIDTH // 2, WIDTH)]):
     conv(f"{a}.conv{i + 1}", cout, cin, 3)
     bn(f"{a}.bn{i + 1}", cout)
@@ -96,7 +101,8 @@ def muscall_state_dict(vocab, rng, pooling="attention"):
   if pooling == "average":
     linear(f"{a}.final_linear", AUDIO_DIM, inplanes)  # Hard-coded nn.Linear(512, 256) there.
   else:
-    state[f"{a}.attnpool.positional_embedding"] = normal(POOL_TOKENS, inplanes, scale=inplanes**-0.5)
+    tokens = pool_tokens(seconds, sr, n_fft)
+    state[f"{a}.attnpool.positional_embedding"] = normal(tokens, inplanes, scale=inplanes**-0.5)
     for name in ("q_proj", "k_proj", "v_proj"):
       linear(f"{a}.attnpool.{name}", inplanes, inplanes)
     linear(f"{a}.attnpool.c_proj", AUDIO_DIM, inplanes)
@@ -126,15 +132,15 @@ def muscall_state_dict(vocab, rng, pooling="attention"):
 # ---------------------------------------------------------------- The original forward pass, in numpy.
 
 
-def torchaudio_log_mel(wave):
-  """MelSpectrogram(16000, n_fft=1024, f_min=0, f_max=11025, n_mels=128, power=2, normalized=True),
+def torchaudio_log_mel(wave, sr=SR, n_fft=N_FFT, fmax=FMAX):
+  """MelSpectrogram(sr, n_fft=n_fft, f_min=0, f_max=fmax, n_mels=128, power=2, normalized=True),
   then AmplitudeToDB(top_db=100), for one clip."""
-  hop = N_FFT // 2
-  padded = np.pad(wave.astype(np.float64), N_FFT // 2, mode="reflect")
-  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)  # Periodic Hann.
-  frames = np.stack([padded[i : i + N_FFT] for i in range(0, len(padded) - N_FFT + 1, hop)])
+  hop = n_fft // 2
+  padded = np.pad(wave.astype(np.float64), n_fft // 2, mode="reflect")
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # Periodic Hann.
+  frames = np.stack([padded[i : i + n_fft] for i in range(0, len(padded) - n_fft + 1, hop)])
   power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2 / np.sum(window**2)
-  db = 10 * np.log10(np.maximum(power @ htk_filterbank(), 1e-10)).T
+  db = 10 * np.log10(np.maximum(power @ htk_filterbank(np.float64, fmax, sr, n_fft), 1e-10)).T
   return np.maximum(db, db.max() - 100.0)
 
 
@@ -180,8 +186,9 @@ def attention(q, k, v, heads, mask=None):
   return (softmax(logits) @ split(v)).transpose(0, 2, 1, 3).reshape(n, lq, d)
 
 
-def muscall_audio(s, waves):
-  return muscall_audio_from_mels(s, np.stack([torchaudio_log_mel(w) for w in waves]))
+def muscall_audio(s, waves, **mel):
+  """The audio embeddings of `waves`, with the mel settings (`torchaudio_log_mel`'s) `mel`."""
+  return muscall_audio_from_mels(s, np.stack([torchaudio_log_mel(w, **mel) for w in waves]))
 
 
 def muscall_audio_from_mels(s, mels):
@@ -223,8 +230,9 @@ def gelu(x):
   return 0.5 * x * (1 + erf(x / np.sqrt(2)))
 
 
-def muscall_text(s, ids):
-  """TextTransformer on MusCALL's zero-padded ids, pooled at argmax(ids) (the end-of-text token)."""
+def muscall_text(s, ids, heads=HEADS):
+  """TextTransformer (`heads`: its num_attention_heads) on MusCALL's zero-padded ids, pooled at
+  argmax(ids) (the end-of-text token)."""
   t = "textual_head"
   n = ids.shape[1]
   x = s[f"{t}.token_embedding.weight"][ids] + s[f"{t}.position_embedding.weight"][:n]
@@ -233,7 +241,7 @@ def muscall_text(s, ids):
     p = f"{t}.transformer.layers.{i}"
     h = layer_norm(x, s, f"{p}.0.norm")
     q, k, v = np.split(h @ s[f"{p}.0.fn.to_qkv.weight"].T, 3, axis=-1)
-    attended = attention(q, k, v, HEADS, mask)
+    attended = attention(q, k, v, heads, mask)
     x = x + attended @ s[f"{p}.0.fn.out_projection.weight"].T + s[f"{p}.0.fn.out_projection.bias"]
     h = layer_norm(x, s, f"{p}.1.norm")
     h = gelu(h @ s[f"{p}.1.fn.mlp.0.weight"].T + s[f"{p}.1.fn.mlp.0.bias"])

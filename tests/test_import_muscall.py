@@ -217,6 +217,77 @@ def test_a_muscall_with_average_pooling_embeds_audio_as_the_original(imported, t
   np.testing.assert_allclose(model.embed_audio(waves), expected, atol=2e-4)
 
 
+# What MusCALL's trainer saves as config.yaml in the experiment folder (OmegaConf.save of the run's
+# merged config; parts left out), for a run with its own mel settings, audio length and text heads.
+RUN_CONFIG = """\
+env:
+  experiment_id: 2022-05-01-10_00_00
+  experiments_dir: save/experiments
+model_config:
+  model_name: muscall
+  projection_dim: 512
+  temperature: null
+  audio:
+    model: ModifiedResNet
+    pooling: attention
+    audio_len_seconds: 10
+    hidden_size: 256
+    conv_out_channels: 16
+    n_mels: 128
+    sample_rate: 22050
+    n_fft: 2048
+    f_min: 0
+    f_max: null
+  text:
+    model: TextTransformer
+    pretrained: openai/clip-vit-base-patch32
+    num_hidden_layers: 4
+    hidden_size: 512
+    num_attention_heads: 4
+    max_position_embeddings: 77
+  loss: clip
+"""
+
+
+@pytest.mark.slow
+def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(imported, tmp_path, capsys):
+  """A MusCALL trained at 22.05 kHz with n_fft 2048, f_max the Nyquist frequency, 10 s crops and a
+  4-head text model: the arrays show none of that but the filterbank's shape, and such a checkpoint
+  was refused (a 4-head one with the released mel settings imported as 8 heads, silently wrong).
+  The run's config.yaml beside the checkpoint (or --muscall_config) gives them."""
+  _, clip_dir, _ = imported
+  mel = dict(sr=22050, n_fft=2048, fmax=11025.0)
+  vocab = len(json.loads((clip_dir / "vocab.json").read_text()))
+  state = muscall_state_dict(vocab, np.random.default_rng(4), seconds=10, **mel)
+  run, elsewhere = tmp_path / "2022-05-01-10_00_00", tmp_path / "copied"
+  for folder in (run, elsewhere):
+    folder.mkdir()
+    np.savez(folder / "best_model.npz", **state)
+  (run / "config.yaml").write_text(RUN_CONFIG)
+  (elsewhere / "config.yaml").write_text("")  # Beside, but not MusCALL's: said and passed over.
+  with pytest.raises(UserError, match=r"has shape \[1025, 128\], the released config's settings \(sample_rate 16000"):
+    import_muscall.import_muscall(elsewhere / "best_model.npz", clip_dir, tmp_path / "b1")
+  assert "config.yaml has no model_config.audio" in capsys.readouterr().out
+  assert import_muscall.saved_settings(elsewhere / "best_model.npz", run)[0]["text"]["num_attention_heads"] == 4
+  other = RUN_CONFIG.replace("sample_rate: 22050", "sample_rate: 16000").replace("n_fft: 2048", "n_fft: 1024")
+  (elsewhere / "other.yaml").write_text(other)  # Another run's settings.
+  with pytest.raises(UserError, match=r"the settings of .*other.yaml .* give \[513, 128\]: the checkpoint is not of"):
+    import_muscall.import_muscall(
+      elsewhere / "best_model.npz", clip_dir, tmp_path / "b2", muscall_config_file=elsewhere / "other.yaml"
+    )
+
+  model = mclap.load(import_muscall.import_muscall(run / "best_model.npz", clip_dir, tmp_path / "bundle"))
+  assert model.spec.text["heads"] == 4 and model.config.data.crop_seconds == 10.0
+  assert (model.config.data.mel.sample_rate, model.config.data.mel.hop_length) == (22050, 1024)
+  state = {k: v.astype(np.float64) for k, v in state.items()}
+  waves = [tone(10.0, 22050, freq=330.0).astype(np.float32), tone(10.0, 22050, freq=2500.0).astype(np.float32) * 0.3]
+  np.testing.assert_allclose(model.embed_audio(waves), normalized(muscall_audio(state, waves, **mel)), atol=2e-4)
+  texts = ["calm piano", "a fast drum loop with distorted bass"]
+  tokens, mask = model.tokenizer(texts)
+  expected = normalized(muscall_text(state, np.where(mask == 1, tokens, 0), heads=4))
+  np.testing.assert_allclose(model.embed_text(texts), expected, atol=2e-4)
+
+
 def test_configs_finetune_starts_from_an_imported_muscall_bundle(imported):
   """A MusCALL checkpoint people have is a starting point: `configs/finetune.py:BUNDLE` rebuilds
   the bundle's model, reads its mels, crops and tokens, and starts from every one of its weights."""

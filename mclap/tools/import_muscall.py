@@ -12,9 +12,13 @@ tower with their own GELU.
 The checkpoint is read without torch (`mclap.tools.torch_checkpoint`); a `.npz` of the state_dict's
 arrays under their original names works too. The architecture (widths, depths, vocabulary, text
 length, projection size; the audio length from the attention pool's positions) is read from the
-arrays' shapes; attention heads are not visible there and default to MusCALL's 8 (a
-`CLIPTextModel`'s: one per 64 channels, as in every CLIP text encoder). The tokenizer is CLIP's BPE
-from a local directory: tokenizer.json, or the vocab.json + merges.txt of
+arrays' shapes. What shapes do not show comes from the run's `config.yaml`, which MusCALL's trainer
+saves in the experiment folder beside `best_model.pth.tar` (or `--muscall_config`): the mel settings
+(sample_rate, n_fft, f_min, f_max; hop n_fft / 2, torchaudio's default), `audio_len_seconds` and
+the text model's `num_attention_heads`. Without that file they are the released config's (16 kHz,
+n_fft 1024, 0-11025 Hz, 8 heads; a `CLIPTextModel`'s heads: one per 64 channels, as in every CLIP
+text encoder), and a checkpoint whose saved mel filterbank shows other settings is refused. The
+tokenizer is CLIP's BPE from a local directory: tokenizer.json, or the vocab.json + merges.txt of
 `openai/clip-vit-base-patch32`.
 """
 
@@ -28,6 +32,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import yaml
 from absl import flags
 
 from mclap import cli, paths
@@ -97,6 +102,49 @@ def fitting_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> list[i
   return fits
 
 
+SETTINGS_FILE = "config.yaml"  # The run's settings, which MusCALL's trainer saves beside its checkpoints.
+
+
+def saved_settings(checkpoint: str | pathlib.Path, given: str | pathlib.Path = "") -> tuple[dict[str, Any], str]:
+  """(`model_config` of the MusCALL run's config.yaml, its path): the file `given`, else the one
+  beside the checkpoint; ({}, "") when there is none, or when the file beside is not MusCALL's."""
+  path = pathlib.Path(given) if given else pathlib.Path(checkpoint).parent / SETTINGS_FILE
+  if given and path.is_dir():  # The experiment folder, one level above its config.yaml.
+    path = path / SETTINGS_FILE
+  if not path.is_file():
+    if given:
+      raise UserError(f"--muscall_config {given}: {path} does not exist; name the run's {SETTINGS_FILE}")
+    return {}, ""
+  try:
+    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); pass the run's config.yaml as saved") from e
+  model = saved.get("model_config", saved) if isinstance(saved, dict) else None
+  if isinstance(model, dict) and isinstance(model.get("audio"), dict):
+    return model, str(path)
+  if given:
+    raise UserError(f"{path} has no model_config.audio: it is not the config.yaml of a MusCALL run")
+  print(f"note: {path} has no model_config.audio (not a MusCALL run's config.yaml); it is not used", flush=True)
+  return {}, ""
+
+
+def _mel(audio: dict[str, Any]) -> ml_collections.ConfigDict:
+  """torchaudio's front end with a run's `model_config.audio` settings (the released ones if unset)."""
+  mel = mel_lib.muscall_torchaudio_config()
+  sample_rate = int(audio.get("sample_rate") or mel.sample_rate)
+  n_fft = int(audio.get("n_fft") or mel.n_fft)
+  f_max = audio.get("f_max", mel.fmax)
+  mel.update(
+    sample_rate=sample_rate,
+    n_fft=n_fft,
+    hop_length=n_fft // 2,  # MelSpectrogram's default: win_length // 2, with win_length = n_fft.
+    n_mels=int(audio.get("n_mels") or mel.n_mels),
+    fmin=float(audio.get("f_min") or 0.0),
+    fmax=float(sample_rate / 2 if f_max is None else f_max),  # torchaudio: None is the Nyquist frequency.
+  )
+  return mel
+
+
 def _trained_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> float:
   if len(fits := fitting_seconds(state, mel)) == 1:
     return float(fits[0])
@@ -109,11 +157,18 @@ def _trained_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> float
 
 
 def muscall_config(
-  state: dict[str, np.ndarray], *, audio_heads: int = 8, text_heads: int = 0, crop_seconds: float = 0.0
+  state: dict[str, np.ndarray],
+  *,
+  settings: dict[str, Any] | None = None,
+  audio_heads: int = 8,
+  text_heads: int = 0,
+  crop_seconds: float = 0.0,
 ) -> ml_collections.ConfigDict:
-  """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays
-  (`text_heads` 0: MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel;
-  `crop_seconds` 0: the audio length the checkpoint was trained on, `fitting_seconds`)."""
+  """The mclap inference config of a MusCALL state_dict, its sizes read from the arrays and the
+  rest from the run's `settings` (`saved_settings`). `text_heads` 0: the settings'
+  `num_attention_heads`, else MusCALL's 8 for its TextTransformer, width / 64 for a CLIPTextModel;
+  `crop_seconds` 0: the settings' `audio_len_seconds`, else the length the pool was sized for."""
+  settings = settings or {}
   names = _text_names(state)
   clip = bool(names["clip"])
   pooling = _pooling(state)
@@ -121,10 +176,13 @@ def muscall_config(
     raise UserError("the checkpoint has no logit_scale (trained with a fixed temperature); that is not supported")
   layers = tuple(state_dict.count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
   width = int(state[names["tokens"]].shape[1])
-  mel = mel_lib.muscall_torchaudio_config()
-  if "audio_backbone.spec.mel_scale.fb" in state:
+  mel = _mel(settings.get("audio") or {})
+  if "audio_backbone.spec.mel_scale.fb" in state and "n_mels" not in (settings.get("audio") or {}):
     mel.n_mels = int(state["audio_backbone.spec.mel_scale.fb"].shape[1])
   mel = mel_lib.complete(mel.to_dict())
+  crop_seconds = crop_seconds or float((settings.get("audio") or {}).get("audio_len_seconds") or 0)
+  if not (text_heads or clip):
+    text_heads = int((settings.get("text") or {}).get("num_attention_heads") or 0)
   linear_head = dict(kind="linear", hidden=(), activation="tanh")
   config = ml_collections.ConfigDict(
     dict(
@@ -256,8 +314,9 @@ _IGNORED = (
 )
 
 
-def check_filterbank(state: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> None:
-  """The checkpoint's own mel filterbank buffer, if saved, must be the preset's.
+def check_filterbank(state: dict[str, np.ndarray], config: ml_collections.ConfigDict, settings_file: str = "") -> None:
+  """The checkpoint's own mel filterbank buffer, if saved, must be that of the mel settings (the
+  run's `settings_file`, else the released config's).
 
   torchaudio computes and saves the filters in float32: the frequencies carry a rounding error of
   about eps32 * Nyquist, which a triangle's slope divides by the narrowest band's width, so filters
@@ -269,16 +328,23 @@ def check_filterbank(state: dict[str, np.ndarray], config: ml_collections.Config
     return
   mel = config.data.mel
   ours = mel_lib.filterbank(mel.to_dict()).T
+  given = f"the settings of {settings_file}" if settings_file else "the released config's settings"
+  remedy = (
+    "the checkpoint is not of that run"
+    if settings_file
+    else f"pass the run's {SETTINGS_FILE} (saved in its experiment folder) with --muscall_config"
+  )
+  settings = f"sample_rate {mel.sample_rate}, n_fft {mel.n_fft}, f_min {mel.fmin:g}, f_max {mel.fmax:g}"
   if fb.shape != ours.shape:
     raise UserError(
-      f"the checkpoint's mel filterbank has shape {list(fb.shape)}, torchaudio's MusCALL settings give "
-      f"{list(ours.shape)}; it cannot be imported"
+      f"the checkpoint's mel filterbank has shape {list(fb.shape)}, {given} ({settings}, n_mels {mel.n_mels}) "
+      f"give {list(ours.shape)}: {remedy}"
     )
   tolerance = 8 * np.finfo(np.float32).eps * (mel.sample_rate / 2) / _narrowest_band(mel) * float(np.abs(ours).max())
   if (worst := float(np.abs(fb - ours).max())) > tolerance:
     raise UserError(
-      f"the checkpoint's mel filterbank differs from torchaudio's MusCALL settings by up to {worst:.2g} (float32 "
-      f"rounding explains {tolerance:.2g}); it was computed with other mel settings and cannot be imported"
+      f"the checkpoint's mel filterbank differs from that of {given} ({settings}) by up to {worst:.2g} (float32 "
+      f"rounding explains {tolerance:.2g}), so it was trained on other mel settings: {remedy}"
     )
 
 
@@ -298,16 +364,21 @@ def import_muscall(
   tokenizer_dir: str | pathlib.Path,
   output: str | pathlib.Path,
   *,
+  muscall_config_file: str | pathlib.Path = "",
   audio_heads: int = 8,
   text_heads: int = 0,
   crop_seconds: float = 0.0,
   overwrite: bool = False,
 ) -> pathlib.Path:
-  """Writes the bundle of a MusCALL checkpoint; returns its directory."""
+  """Writes the bundle of a MusCALL checkpoint; returns its directory. The run's settings come
+  from `muscall_config_file`, else the config.yaml beside the checkpoint (`saved_settings`)."""
   bundle.check_output(output, overwrite)
   state = state_dict.read(checkpoint)
-  config = muscall_config(state, audio_heads=audio_heads, text_heads=text_heads, crop_seconds=crop_seconds)
-  check_filterbank(state, config)
+  settings, settings_file = saved_settings(checkpoint, muscall_config_file)
+  config = muscall_config(
+    state, settings=settings, audio_heads=audio_heads, text_heads=text_heads, crop_seconds=crop_seconds
+  )
+  check_filterbank(state, config, settings_file)
   variables, unused = muscall_variables(state, config)
   if unknown := [k for k in unused if not any(p.fullmatch(k) for p in _IGNORED)]:
     raise UserError(f"{len(unknown)} arrays of the checkpoint have no place in the model, e.g. {unknown[:3]}")
@@ -329,6 +400,8 @@ def import_muscall(
       hint = f" (the audio length: it was trained on {' or '.join(map(str, fits))} s crops)" if fits else ""
       raise UserError(f"{checkpoint}: {problem}{hint}")
     source = {"muscall_checkpoint": str(pathlib.Path(checkpoint).absolute())}
+    if settings_file:
+      source["muscall_config"] = str(pathlib.Path(settings_file).absolute())
     out = bundle.write(output, config, spec, variables, source=source, tokenizer_dir=tokenizer, overwrite=overwrite)
   print(f"imported {checkpoint} to {out}; load it with mclap.load({str(out)!r})")
   return out
@@ -359,6 +432,7 @@ def main(argv):
     f.checkpoint,
     f.tokenizer_dir,
     f.output,
+    muscall_config_file=f.muscall_config,
     audio_heads=f.audio_heads,
     text_heads=f.text_heads,
     crop_seconds=f.crop_seconds,
@@ -370,12 +444,20 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_string("checkpoint", None, "MusCALL checkpoint (.pth.tar / .pth, or .npz of its state_dict).")
   flags.DEFINE_string("tokenizer_dir", None, "CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt).")
   flags.DEFINE_string("output", None, "Bundle directory to write.")
+  flags.DEFINE_string(
+    "muscall_config", "", f"The run's {SETTINGS_FILE} (default: the one beside --checkpoint, if there is one)."
+  )
   flags.DEFINE_integer("audio_heads", 8, "Attention-pooling heads of the audio backbone (MusCALL: 8).")
   flags.DEFINE_integer(
-    "text_heads", 0, "Attention heads of the text model (0: MusCALL's TextTransformer 8, a CLIPTextModel width / 64)."
+    "text_heads",
+    0,
+    f"Attention heads of the text model (0: {SETTINGS_FILE}'s num_attention_heads, else MusCALL's TextTransformer "
+    "8, a CLIPTextModel width / 64).",
   )
   flags.DEFINE_float(
-    "crop_seconds", 0.0, "Audio length the model was trained on (audio_len_seconds); 0: read from the checkpoint."
+    "crop_seconds",
+    0.0,
+    f"Audio length the model was trained on (0: {SETTINGS_FILE}'s audio_len_seconds, else read from the checkpoint).",
   )
   flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
   for name in ("checkpoint", "tokenizer_dir", "output"):
