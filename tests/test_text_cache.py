@@ -1,6 +1,8 @@
 """A frozen text tower as a table (`mclap.training.text_cache`): the rows stand for exactly the
 texts the tokenizer would have been given, and the step on rows and tables is the step on tokens."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,11 +48,16 @@ def test_rows_stand_for_the_texts_the_tokenizer_would_get(tiny_config, settings)
       }
 
 
-def test_corpus_texts_are_the_captions_of_both_splits(tiny_config):
+def test_corpus_texts_are_the_captions_of_both_splits(tiny_config, tmp_path):
+  """Read from texts.jsonl, or from the records of a corpus prepared before that file existed."""
   captions = set()
   for split in SPLITS:
     reader = records.CorpusReader(tiny_config.data.dir, split)
     captions.update(c.strip() for i in range(len(reader)) for c in reader[i]["captions"] if c.strip())
+  assert pipeline.corpus_texts(tiny_config, SPLITS) == sorted(captions)
+  older = shutil.copytree(tiny_config.data.dir, tmp_path / "older")
+  (older / records.TEXTS_FILE).unlink()
+  tiny_config.data.dir = str(older)
   assert pipeline.corpus_texts(tiny_config, SPLITS) == sorted(captions)
 
 

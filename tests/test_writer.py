@@ -126,12 +126,43 @@ def test_a_corpus_prepared_by_mclap_0_1_is_resumed_not_refused(tmp_path):
   """tests/data/prepared_by_0.1 holds the progress files of `python -m mclap.data.prepare --source
   synthetic --num_clips 64 --clip_seconds 1 --mel.n_mels 16 --num_workers 0` run by mclap 0.1
   (commit b7da2d2): the same command now writes the same settings and shard fingerprints, so a
-  re-run on that corpus finds every shard done instead of calling it another corpus."""
+  re-run on that corpus finds every shard done instead of calling it another corpus. (Manifests
+  now also keep each record's texts, for `texts.jsonl`.)"""
   args = ["--source", "synthetic", "--num_clips", "64", "--clip_seconds", "1", "--mel.n_mels", "16"]
   command = [sys.executable, "-m", "mclap.prepare", *args, "--num_workers", "0", "--output", str(tmp_path)]
   subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
   for before in sorted((ROOT / "tests/data/prepared_by_0.1").glob("*.json")):
-    assert json.loads((tmp_path / ".progress" / before.name).read_text()) == json.loads(before.read_text()), before.name
+    now = json.loads((tmp_path / ".progress" / before.name).read_text())
+    now.pop("texts", None)
+    assert now == json.loads(before.read_text()), before.name
+
+
+def test_texts_jsonl_holds_every_records_texts_and_a_rerun_writes_it_for_an_older_corpus(tmp_path):
+  """texts.jsonl: each record's id, captions and tags, split by split in record order, which
+  `CorpusReader.texts` gives without reading mels. A corpus prepared before it existed (manifests
+  without texts, no file) gets it from a re-run of the same command, which redoes no shard."""
+  info = build_synthetic(tmp_path)
+  texts = (tmp_path / records.TEXTS_FILE).read_text()
+  for split in info["splits"]:
+    reader = records.CorpusReader(tmp_path, split)
+    expected = [{k: reader[i][k] for k in ("id", "captions", "tags")} for i in range(len(reader))]
+    assert reader.texts() == expected and expected
+  (tmp_path / records.TEXTS_FILE).unlink()
+  for manifest in (tmp_path / records.PROGRESS_DIR).glob("*.array_record.json"):
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "texts"}))
+  assert reader.texts() is reader  # Read from the records.
+  shards = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.array_record")}
+  build_synthetic(tmp_path)
+  assert (tmp_path / records.TEXTS_FILE).read_text() == texts
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.array_record")} == shards
+  lines = texts.splitlines()
+  (tmp_path / records.TEXTS_FILE).write_text("\n".join(lines[:-1]) + "\n")
+  short = rf"lists {len(reader) - 1} records of split '{split}'.*re-run the same"
+  with pytest.raises(records.CorpusError, match=short):
+    reader.texts()
+  (tmp_path / records.TEXTS_FILE).write_text("\n".join([*lines[:-1], lines[-1][:20]]) + "\n")
+  with pytest.raises(records.CorpusError, match=rf"line {len(lines)} is damaged .*re-run the same prepare command"):
+    reader.texts()
 
 
 def test_whole_file_decoding_is_described_as_by_mclap_0_1():

@@ -221,7 +221,8 @@ class ToExample:
   texts_per_clip: int = 1
   other_text: str = ""  # "" | negative | match.
   augmenter: augment.Augmenter | None = None
-  partners: Any = None  # The split's records, to draw mixup partners and negative texts from.
+  partners: Any = None  # The split's records, to draw mixup partners from.
+  partner_texts: Any = None  # The split's records' texts (`CorpusReader.texts`), to draw negative texts from.
   views: int = 1  # 2: a second, independently augmented view of the same crop (`mel_view2`, for SSL).
   with_text: bool = True  # False: audio, label and tags only (zero-shot evaluation of caption-less corpora).
   eval_crops: int = 1  # > 1 (evaluation): that many evenly spaced crops, `mel [crops, n_mels, frames]`.
@@ -262,8 +263,8 @@ class ToExample:
       if self.positives == "tags":
         pool = self.tag_vocab
       else:
-        other = int(rng.integers(len(self.partners) - 1))
-        pool = self._positives(self.partners[other + (other >= record["index"])])
+        other = int(rng.integers(len(self.partner_texts) - 1))
+        pool = self._positives(self.partner_texts[other + (other >= record["index"])])
       if pool := [t for t in pool if t not in own]:
         return pool[rng.integers(len(pool))]
     raise records.CorpusError(f"no text unlike record {record['id']!r}'s found for a negative in 100 draws")
@@ -364,7 +365,8 @@ def _reader_and_transform(
     texts_per_clip=config.data.texts_per_clip if train else 1,
     other_text=config.data.other_text if train else "",
     augmenter=augmenter,
-    partners=reader if (augmenter and augmenter.mixup_prob) or (train and config.data.other_text) else None,
+    partners=reader if augmenter and augmenter.mixup_prob else None,
+    partner_texts=reader.texts() if train and config.data.other_text and config.data.positives != "tags" else None,
     views=views,
     with_text=with_text,
     eval_crops=1 if train else config.data.eval_crops,
@@ -423,8 +425,8 @@ def corpus_texts(config: ml_collections.ConfigDict, splits: Sequence[str]) -> li
     reader, transform = _reader_and_transform(config, split, train=True)
     if transform.positives == "tags":
       texts.update(transform.tag_vocab)
-    for index in range(len(reader)):
-      texts.update(transform.texts_of(reader[index]))
+    for record in reader.texts():
+      texts.update(transform.texts_of(record))
   return sorted(texts)
 
 

@@ -3,10 +3,12 @@
 A corpus directory holds, per split, ArrayRecord shards `<split>-NNNNN-of-MMMMM.array_record`
 whose records are msgpack maps {id, mel (float16 [n_mels, frames]), captions, tags, label},
 plus `dataset_info.json` (mel settings, splits with shard names and counts, tag vocabulary,
-source, prepare version) and `rejects.jsonl`. Every source writes this format and one reader
-serves all of them. A corpus of precomputed features (`prepare --source features`) stores
-`features` (float16 [dim, frames]) where others store the mel, and its `dataset_info.json` a
-`features` section (dim, frame rate) instead of `mel`.
+source, prepare version), `rejects.jsonl` and `texts.jsonl` (every record's id, captions and tags,
+split by split in record order: what reads texts alone, a frozen text tower's table or a negative
+text, need not read the mels). Every source writes this format and one reader serves all of
+them. A corpus of precomputed features (`prepare --source features`) stores `features` (float16
+[dim, frames]) where others store the mel, and its `dataset_info.json` a `features` section (dim,
+frame rate) instead of `mel`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import grain
@@ -30,6 +32,7 @@ from mclap.errors import UserError
 
 INFO_FILE = "dataset_info.json"
 REJECTS_FILE = "rejects.jsonl"
+TEXTS_FILE = "texts.jsonl"  # Corpora prepared by earlier versions have none: their texts are read from the records.
 PROGRESS_DIR = ".progress"  # What prepare has done so far; a corpus without INFO_FILE is unfinished.
 FORMAT_VERSION = 1
 
@@ -174,6 +177,31 @@ class CorpusReader:
 
   def __len__(self) -> int:
     return self._starts[-1]
+
+  def texts(self) -> Sequence[dict[str, Any]]:
+    """{id, captions, tags} of each record, in order: from the corpus's `texts.jsonl`, else (a
+    corpus prepared before it existed) the records themselves, read when asked for."""
+    path = self.corpus_dir / TEXTS_FILE
+    if not path.is_file():
+      return self
+    entries = []
+    with open(path, encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        try:
+          entry = json.loads(line)
+          if entry["split"] == self.split:
+            entries.append({"id": entry["id"], "captions": list(entry["captions"]), "tags": list(entry["tags"])})
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+          raise CorpusError(
+            f"{path} line {number} is damaged ({type(e).__name__}: {e}); re-run the same prepare command, which "
+            "rewrites it"
+          ) from e
+    if len(entries) != len(self):
+      raise CorpusError(
+        f"{path} lists {len(entries)} records of split '{self.split}', {INFO_FILE} {len(self)}: re-run the "
+        "same prepare command, which rewrites it"
+      )
+    return entries
 
   def __getstate__(self):
     return {**self.__dict__, "_sources": [None] * len(self.shards)}

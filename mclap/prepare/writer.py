@@ -211,7 +211,7 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
         "--output, or pass --overwrite to replace it"
       )
     shutil.rmtree(out / records.PROGRESS_DIR, ignore_errors=True)
-    for name in (records.INFO_FILE, records.REJECTS_FILE):
+    for name in (records.INFO_FILE, records.REJECTS_FILE, records.TEXTS_FILE):
       (out / name).unlink(missing_ok=True)
     _remove_stale(out, keep=set())
   (out / records.PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def _other_files(out: pathlib.Path) -> list[str]:
   or a home directory): its shards would be mixed in among them."""
   if not out.is_dir():
     return []
-  corpus = {records.INFO_FILE, records.REJECTS_FILE}
+  corpus = {records.INFO_FILE, records.REJECTS_FILE, records.TEXTS_FILE}
   names = sorted(
     p.name for p in out.iterdir() if not (p.name in corpus or p.name.startswith(".") or _SHARD_PATTERN.match(p.name))
   )
@@ -458,7 +458,7 @@ def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
   manifest; returns the manifest."""
   tmp = out / (shard.file + ".tmp")
   writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
-  manifest = {"fingerprint": shard.fingerprint, "ids": [], "tags": [], "rejects": []}
+  manifest = {"fingerprint": shard.fingerprint, "ids": [], "texts": [], "tags": [], "rejects": []}
   tags = set()
   try:
     for item in shard.items:
@@ -475,6 +475,7 @@ def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
       writer.write(records.encode(result))
       seen_ids.add(result["id"])
       manifest["ids"].append(result["id"])
+      manifest["texts"].append(_texts(result))
       tags.update(result.get("tags", []))
   finally:
     writer.close()
@@ -484,9 +485,38 @@ def _write_shard(out, shard, results, seen_ids, watch, bar) -> dict[str, Any]:
   return manifest
 
 
+def _texts(record: dict[str, Any]) -> list[list[str]]:
+  """A record's [captions, tags], as a manifest keeps them for `texts.jsonl`."""
+  return [[str(c) for c in record.get("captions", [])], [str(t) for t in record.get("tags", [])]]
+
+
+def _write_texts(out: pathlib.Path, shards: list[_Shard], manifests: dict[str, dict[str, Any]]) -> None:
+  """`texts.jsonl` from the manifests, split by split in record order; a shard finished by an
+  earlier version, whose manifest has no texts, is read for them."""
+
+  def texts(shard: _Shard) -> list[list[list[str]]]:
+    if "texts" in manifests[shard.file]:
+      return manifests[shard.file]["texts"]
+    source = array_record_module.ArrayRecordReader(str(out / shard.file))
+    try:
+      return [_texts(records.decode(data)) for data in source.read_all()]
+    except ValueError as e:
+      raise UserError(f"shard {out / shard.file}: {e}; delete it and re-run the same command") from e
+    finally:
+      source.close()
+
+  def write(f) -> None:
+    for shard in shards:
+      for id_, (captions, tags) in zip(manifests[shard.file]["ids"], texts(shard), strict=True):
+        line = {"split": shard.split, "id": id_, "captions": captions, "tags": tags}
+        f.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+
+  records.write_atomic(out / records.TEXTS_FILE, write)
+
+
 def _finish(out, shards, manifests, split_names, input_info, source, extra_info, watch, total) -> dict[str, Any]:
-  """Writes `rejects.jsonl` and, unless most items failed for one reason, `dataset_info.json`
-  from the shard manifests."""
+  """Writes `rejects.jsonl` and, unless most items failed for one reason, `texts.jsonl` and
+  `dataset_info.json` from the shard manifests."""
   rejects = [
     {**{k: v for k, v in r.items() if k != "file_state"}, "split": s.split}
     for s in shards
@@ -496,6 +526,7 @@ def _finish(out, shards, manifests, split_names, input_info, source, extra_info,
     out / records.REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
   )
   watch.finish(rejects, total)
+  _write_texts(out, shards, manifests)
   split_info = {}
   for name in split_names:
     parts = [{"file": s.file, "count": len(manifests[s.file]["ids"])} for s in shards if s.split == name]
