@@ -10,6 +10,7 @@ same names.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from typing import Any
@@ -19,6 +20,7 @@ from safetensors.numpy import load_file
 
 from mclap import paths
 from mclap.errors import UserError
+from mclap.models import torch_names
 from mclap.models.text import ACTIVATIONS
 
 # Where a CLIPModel or CLIPTextModel keeps the text encoder's arrays (under transformers 5, a
@@ -62,8 +64,8 @@ def architecture(directory: str | pathlib.Path) -> dict[str, Any]:
 def variables(state: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
   """`TextTransformer` variables (nested dicts) from a CLIP text encoder's arrays named
   `{prefix}embeddings...`, `{prefix}encoder.layers.N...`, `{prefix}final_layer_norm...`."""
-  linear = lambda name: {"kernel": state[f"{name}.weight"].T, "bias": state[f"{name}.bias"]}  # noqa: E731
-  norm = lambda name: {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}  # noqa: E731
+  linear = functools.partial(torch_names.linear, state)
+  norm = functools.partial(torch_names.layer_norm, state)
   blocks, i = {}, 0
   while f"{prefix}encoder.layers.{i}.layer_norm1.weight" in state:
     layer = f"{prefix}encoder.layers.{i}"

@@ -32,7 +32,7 @@ from safetensors.numpy import load_file
 from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
-from mclap.models import bert, spec_from_config, weights
+from mclap.models import bert, spec_from_config, torch_names, weights
 from mclap.serve import bundle
 from mclap.tools import state_dict
 
@@ -241,7 +241,7 @@ def clap_config(hf: dict[str, Any], front: dict[str, Any], tokenizer_dir: str) -
 
 def _head(state: dict[str, np.ndarray], name: str) -> dict[str, Any]:
   """A projection MLP (`mlp` of dual_encoder: layers 0 and 2 around the activation)."""
-  return {"layers": {0: state_dict.linear(state, f"{name}.linear1"), 2: state_dict.linear(state, f"{name}.linear2")}}
+  return {"layers": {0: torch_names.linear(state, f"{name}.linear1"), 2: torch_names.linear(state, f"{name}.linear2")}}
 
 
 def _conv1x1(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -265,9 +265,9 @@ def _fusion_variables(state: dict[str, np.ndarray], prefix: str) -> dict[str, An
     out["feature_fusion"].update(
       {
         f"{part}_in": _conv1x1(state, f"{fusion}.{name}.{first}"),
-        f"{part}_norm_in": state_dict.batch_norm(state, f"{fusion}.{name}.{first_norm}"),
+        f"{part}_norm_in": torch_names.batch_norm(state, f"{fusion}.{name}.{first_norm}"),
         f"{part}_out": _conv1x1(state, f"{fusion}.{name}.{second}"),
-        f"{part}_norm_out": state_dict.batch_norm(state, f"{fusion}.{name}.{second_norm}"),
+        f"{part}_norm_out": torch_names.batch_norm(state, f"{fusion}.{name}.{second_norm}"),
       }
     )
   return out
@@ -278,11 +278,11 @@ def htsat_variables(
 ) -> dict[str, Any]:
   """An `htsat.HTSAT`'s variables (batch-norm statistics included) from Hugging Face's names."""
   out: dict[str, Any] = {
-    "input_norm": state_dict.batch_norm(state, f"{prefix}.batch_norm"),
+    "input_norm": torch_names.batch_norm(state, f"{prefix}.batch_norm"),
     "patch_kernel": state[f"{prefix}.patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
     "patch_bias": state[f"{prefix}.patch_embed.proj.bias"],
-    "patch_norm": state_dict.layer_norm(state, f"{prefix}.patch_embed.norm"),
-    "norm": state_dict.layer_norm(state, f"{prefix}.norm"),
+    "patch_norm": torch_names.layer_norm(state, f"{prefix}.patch_embed.norm"),
+    "norm": torch_names.layer_norm(state, f"{prefix}.norm"),
     "stages": {},
     "merges": {},
   }
@@ -292,24 +292,24 @@ def htsat_variables(
       block = f"{prefix}.layers.{stage}.blocks.{i}"
       attention = f"{block}.attention"
       blocks[i] = {
-        "norm1": state_dict.layer_norm(state, f"{block}.layernorm_before"),
+        "norm1": torch_names.layer_norm(state, f"{block}.layernorm_before"),
         "attention": {
-          "q_proj": state_dict.linear(state, f"{attention}.self.query"),
-          "k_proj": state_dict.linear(state, f"{attention}.self.key"),
-          "v_proj": state_dict.linear(state, f"{attention}.self.value"),
-          "out_proj": state_dict.linear(state, f"{attention}.output.dense"),
+          "q_proj": torch_names.linear(state, f"{attention}.self.query"),
+          "k_proj": torch_names.linear(state, f"{attention}.self.key"),
+          "v_proj": torch_names.linear(state, f"{attention}.self.value"),
+          "out_proj": torch_names.linear(state, f"{attention}.output.dense"),
           "relative_position_bias": state[f"{attention}.self.relative_position_bias_table"],
         },
-        "norm2": state_dict.layer_norm(state, f"{block}.layernorm_after"),
-        "fc1": state_dict.linear(state, f"{block}.intermediate.dense"),
-        "fc2": state_dict.linear(state, f"{block}.output.dense"),
+        "norm2": torch_names.layer_norm(state, f"{block}.layernorm_after"),
+        "fc1": torch_names.linear(state, f"{block}.intermediate.dense"),
+        "fc2": torch_names.linear(state, f"{block}.output.dense"),
       }
     out["stages"][stage] = blocks
     if stage < len(depths) - 1:
       merge = f"{prefix}.layers.{stage}.downsample"
       out["merges"][stage] = {
-        "norm": state_dict.layer_norm(state, f"{merge}.norm"),
-        "reduction": state_dict.linear(state, f"{merge}.reduction"),
+        "norm": torch_names.layer_norm(state, f"{merge}.norm"),
+        "reduction": torch_names.linear(state, f"{merge}.reduction"),
       }
   return {**out, **_fusion_variables(state, prefix)} if fusion else out
 

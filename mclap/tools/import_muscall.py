@@ -39,7 +39,7 @@ from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import UserError
-from mclap.models import clip_text, spec_from_config, weights
+from mclap.models import clip_text, spec_from_config, torch_names, weights
 from mclap.models.audio import resnet_output_grid
 from mclap.serve import bundle
 from mclap.tools import state_dict
@@ -231,7 +231,7 @@ def _conv_bn(state, conv: str, bn: str) -> dict:
   (OIHW) and BatchNorm2d."""
   return {
     "conv": {"kernel": state[f"{conv}.weight"].transpose(2, 3, 1, 0)},
-    "bn": state_dict.batch_norm(state, bn),
+    "bn": torch_names.batch_norm(state, bn),
   }
 
 
@@ -255,16 +255,16 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
         audio["blocks"][block]["downsample"] = _conv_bn(tracked, f"{prefix}.downsample.0", f"{prefix}.downsample.1")
       block += 1
   if config.model.audio.pooling == "average":
-    audio["pool"] = state_dict.linear(tracked, f"{a}.final_linear")
+    audio["pool"] = torch_names.linear(tracked, f"{a}.final_linear")
   else:
     pool = f"{a}.attnpool"
     audio["pool"] = {
       "positional_embedding": tracked[f"{pool}.positional_embedding"],
       "attention": {
-        "q_proj": state_dict.linear(tracked, f"{pool}.q_proj"),
-        "k_proj": state_dict.linear(tracked, f"{pool}.k_proj"),
-        "v_proj": state_dict.linear(tracked, f"{pool}.v_proj"),
-        "out_proj": state_dict.linear(tracked, f"{pool}.c_proj"),
+        "q_proj": torch_names.linear(tracked, f"{pool}.q_proj"),
+        "k_proj": torch_names.linear(tracked, f"{pool}.k_proj"),
+        "v_proj": torch_names.linear(tracked, f"{pool}.v_proj"),
+        "out_proj": torch_names.linear(tracked, f"{pool}.c_proj"),
       },
     }
   if clip := _text_names(state)["clip"]:
@@ -289,18 +289,18 @@ def _text_transformer(state: dict[str, np.ndarray], layers: int) -> dict[str, An
     q, k, v = np.split(state[f"{layer}.0.fn.to_qkv.weight"], 3, axis=0)
     zeros = np.zeros(q.shape[0], q.dtype)
     text["blocks"][i] = {
-      "ln_1": state_dict.layer_norm(state, f"{layer}.0.norm"),
+      "ln_1": torch_names.layer_norm(state, f"{layer}.0.norm"),
       "attention": {
         "q_proj": {"kernel": q.T, "bias": zeros},
         "k_proj": {"kernel": k.T, "bias": zeros},
         "v_proj": {"kernel": v.T, "bias": zeros},
-        "out_proj": state_dict.linear(state, f"{layer}.0.fn.out_projection"),
+        "out_proj": torch_names.linear(state, f"{layer}.0.fn.out_projection"),
       },
-      "ln_2": state_dict.layer_norm(state, f"{layer}.1.norm"),
-      "mlp_in": state_dict.linear(state, f"{layer}.1.fn.mlp.0"),
-      "mlp_out": state_dict.linear(state, f"{layer}.1.fn.mlp.3"),
+      "ln_2": torch_names.layer_norm(state, f"{layer}.1.norm"),
+      "mlp_in": torch_names.linear(state, f"{layer}.1.fn.mlp.0"),
+      "mlp_out": torch_names.linear(state, f"{layer}.1.fn.mlp.3"),
     }
-  text["ln_final"] = state_dict.layer_norm(state, f"{t}.transformer.norm_out")  # Its ln_final is never called.
+  text["ln_final"] = torch_names.layer_norm(state, f"{t}.transformer.norm_out")  # Its ln_final is never called.
   return text
 
 

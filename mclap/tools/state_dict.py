@@ -85,28 +85,6 @@ class Tracked(dict):
     return np.asarray(super().__getitem__(key), np.float32)
 
 
-def linear(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  """An `nnx.Linear`'s variables from torch's `[out, in]` weight (and bias, if any)."""
-  out = {"kernel": state[f"{name}.weight"].T}
-  if f"{name}.bias" in state:
-    out["bias"] = state[f"{name}.bias"]
-  return out
-
-
-def layer_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
-
-
-def batch_norm(state: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-  """mclap's `layers.BatchNorm` variables (running statistics included) from a torch BatchNorm."""
-  return {
-    "scale": state[f"{name}.weight"],
-    "bias": state[f"{name}.bias"],
-    "mean": state[f"{name}.running_mean"],
-    "var": state[f"{name}.running_var"],
-  }
-
-
 def count(state: dict[str, np.ndarray], pattern: str) -> int:
   """How many distinct indices `{i}` the names matching `pattern` have (sizes the arrays show)."""
   regex = re.compile(pattern.replace(".", r"\.").replace("{i}", r"(\d+)"))
