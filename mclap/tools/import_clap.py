@@ -349,8 +349,9 @@ def import_clap(
   bundle.check_output(output, overwrite)
   path = pathlib.Path(checkpoint)
   if path.is_dir():
+    path = paths.hub_snapshot(path)
     hf, front, state = read_directory(path)
-    tokenizer = paths.hub_snapshot(path) / "tokenizer.json"
+    tokenizer = path / "tokenizer.json"
   elif path.is_file():
     if tokenizer_dir is None:
       raise UserError("a laion_clap checkpoint needs --tokenizer_dir: a directory with roberta-base's tokenizer.json")
