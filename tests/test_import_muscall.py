@@ -218,11 +218,18 @@ def test_a_muscall_with_average_pooling_embeds_audio_as_the_original(imported, t
 
 
 # What MusCALL's trainer saves as config.yaml in the experiment folder (OmegaConf.save of the run's
-# merged config; parts left out), for a run with its own mel settings, audio length and text heads.
+# merged config; parts left out), for a run with its own mel settings, audio length (written as an
+# interpolation, which OmegaConf saves unresolved) and text heads.
 RUN_CONFIG = """\
 env:
   experiment_id: 2022-05-01-10_00_00
   experiments_dir: save/experiments
+dataset_config:
+  dataset_name: audiocaption
+  data_dir: ${env.data_root}/datasets/${dataset_config.dataset_name}
+  audio:
+    sr: 22050
+    crop_length: 10
 model_config:
   model_name: muscall
   projection_dim: 512
@@ -230,7 +237,7 @@ model_config:
   audio:
     model: ModifiedResNet
     pooling: attention
-    audio_len_seconds: 10
+    audio_len_seconds: ${dataset_config.audio.crop_length}
     hidden_size: 256
     conv_out_channels: 16
     n_mels: 128
@@ -268,7 +275,26 @@ def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(im
   with pytest.raises(UserError, match=r"has shape \[1025, 128\], the released config's settings \(sample_rate 16000"):
     import_muscall.import_muscall(elsewhere / "best_model.npz", clip_dir, tmp_path / "b1")
   assert "config.yaml has no model_config.audio" in capsys.readouterr().out
-  assert import_muscall.saved_settings(elsewhere / "best_model.npz", run)[0]["text"]["num_attention_heads"] == 4
+  assert import_muscall.saved_settings(elsewhere / "best_model.npz", run) == (
+    {
+      "audio.sample_rate": 22050,
+      "audio.n_fft": 2048,
+      "audio.n_mels": 128,
+      "audio.f_min": 0.0,
+      "audio.f_max": None,
+      "audio.audio_len_seconds": 10.0,
+      "text.num_attention_heads": 4,
+    },
+    str(run / "config.yaml"),
+  )
+  wrong = {
+    "sample_rate: 22050": ("sample_rate: fast", "sample_rate is 'fast', not a number"),
+    "crop_length: 10": ("", r"refers to \$\{dataset_config.audio.crop_length\}, which the file does not set"),
+  }
+  for line, (replaced, message) in wrong.items():
+    (elsewhere / "wrong.yaml").write_text(RUN_CONFIG.replace(line, replaced))
+    with pytest.raises(UserError, match=message):
+      import_muscall.saved_settings(elsewhere / "best_model.npz", elsewhere / "wrong.yaml")
   other = RUN_CONFIG.replace("sample_rate: 22050", "sample_rate: 16000").replace("n_fft: 2048", "n_fft: 1024")
   (elsewhere / "other.yaml").write_text(other)  # Another run's settings.
   with pytest.raises(UserError, match=r"the settings of .*other.yaml .* give \[513, 128\]: the checkpoint is not of"):

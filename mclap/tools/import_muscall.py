@@ -103,11 +103,33 @@ def fitting_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> list[i
 
 
 SETTINGS_FILE = "config.yaml"  # The run's settings, which MusCALL's trainer saves beside its checkpoints.
+# What the arrays do not show, as `model_config` of that file names it, and its type (None: unset, allowed).
+_SETTINGS = {
+  "audio.sample_rate": int,
+  "audio.n_fft": int,
+  "audio.n_mels": int,
+  "audio.f_min": float,
+  "audio.f_max": float,  # None: the Nyquist frequency, as torchaudio takes it.
+  "audio.audio_len_seconds": float,
+  "text.num_attention_heads": int,
+}
+_REFERENCE = re.compile(r"\$\{([\w.]+)\}")  # An OmegaConf interpolation of a whole value: ${dataset_config.x}.
+_UNSET = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+  """The value at `dotted` in nested dicts, or _UNSET."""
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return _UNSET
+    tree = tree[part]
+  return tree
 
 
 def saved_settings(checkpoint: str | pathlib.Path, given: str | pathlib.Path = "") -> tuple[dict[str, Any], str]:
-  """(`model_config` of the MusCALL run's config.yaml, its path): the file `given`, else the one
-  beside the checkpoint; ({}, "") when there is none, or when the file beside is not MusCALL's."""
+  """({`_SETTINGS` key: value} that the MusCALL run's config.yaml sets, its path): the file
+  `given`, else the one beside the checkpoint; ({}, "") when there is none, or when the file
+  beside is not MusCALL's. OmegaConf interpolations of whole values are followed."""
   path = pathlib.Path(given) if given else pathlib.Path(checkpoint).parent / SETTINGS_FILE
   if given and path.is_dir():  # The experiment folder, one level above its config.yaml.
     path = path / SETTINGS_FILE
@@ -120,27 +142,44 @@ def saved_settings(checkpoint: str | pathlib.Path, given: str | pathlib.Path = "
   except (yaml.YAMLError, UnicodeDecodeError) as e:
     raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); pass the run's config.yaml as saved") from e
   model = saved.get("model_config", saved) if isinstance(saved, dict) else None
-  if isinstance(model, dict) and isinstance(model.get("audio"), dict):
-    return model, str(path)
-  if given:
-    raise UserError(f"{path} has no model_config.audio: it is not the config.yaml of a MusCALL run")
-  print(f"note: {path} has no model_config.audio (not a MusCALL run's config.yaml); it is not used", flush=True)
-  return {}, ""
+  if not (isinstance(model, dict) and isinstance(model.get("audio"), dict)):
+    if given:
+      raise UserError(f"{path} has no model_config.audio: it is not the config.yaml of a MusCALL run")
+    print(f"note: {path} has no model_config.audio (not a MusCALL run's config.yaml); it is not used", flush=True)
+    return {}, ""
+  settings = {}
+  for key, kind in _SETTINGS.items():
+    value = _lookup(model, key)
+    for _ in range(8):  # Interpolations may name interpolations.
+      if not (isinstance(value, str) and (reference := _REFERENCE.fullmatch(value.strip()))):
+        break
+      if (value := _lookup(saved, reference[1])) is _UNSET:
+        raise UserError(f"{path}: model_config.{key} refers to {reference[0]}, which the file does not set")
+    if value is _UNSET:
+      continue
+    if value is None and key == "audio.f_max":
+      settings[key] = None
+      continue
+    try:
+      settings[key] = kind(value)
+    except (TypeError, ValueError):
+      raise UserError(f"{path}: model_config.{key} is {value!r}, not a number; set it to the run's value") from None
+  return settings, str(path)
 
 
-def _mel(audio: dict[str, Any]) -> ml_collections.ConfigDict:
-  """torchaudio's front end with a run's `model_config.audio` settings (the released ones if unset)."""
+def _mel(settings: dict[str, Any]) -> ml_collections.ConfigDict:
+  """torchaudio's front end with a run's settings (the released config's where unset)."""
   mel = mel_lib.muscall_torchaudio_config()
-  sample_rate = int(audio.get("sample_rate") or mel.sample_rate)
-  n_fft = int(audio.get("n_fft") or mel.n_fft)
-  f_max = audio.get("f_max", mel.fmax)
+  sample_rate = settings.get("audio.sample_rate", mel.sample_rate)
+  n_fft = settings.get("audio.n_fft", mel.n_fft)
+  f_max = settings.get("audio.f_max", mel.fmax)
   mel.update(
     sample_rate=sample_rate,
     n_fft=n_fft,
     hop_length=n_fft // 2,  # MelSpectrogram's default: win_length // 2, with win_length = n_fft.
-    n_mels=int(audio.get("n_mels") or mel.n_mels),
-    fmin=float(audio.get("f_min") or 0.0),
-    fmax=float(sample_rate / 2 if f_max is None else f_max),  # torchaudio: None is the Nyquist frequency.
+    n_mels=settings.get("audio.n_mels", mel.n_mels),
+    fmin=settings.get("audio.f_min", mel.fmin),
+    fmax=float(sample_rate / 2 if f_max is None else f_max),
   )
   return mel
 
@@ -176,13 +215,13 @@ def muscall_config(
     raise UserError("the checkpoint has no logit_scale (trained with a fixed temperature); that is not supported")
   layers = tuple(state_dict.count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
   width = int(state[names["tokens"]].shape[1])
-  mel = _mel(settings.get("audio") or {})
-  if "audio_backbone.spec.mel_scale.fb" in state and "n_mels" not in (settings.get("audio") or {}):
+  mel = _mel(settings)
+  if "audio_backbone.spec.mel_scale.fb" in state and "audio.n_mels" not in settings:
     mel.n_mels = int(state["audio_backbone.spec.mel_scale.fb"].shape[1])
   mel = mel_lib.complete(mel.to_dict())
-  crop_seconds = crop_seconds or float((settings.get("audio") or {}).get("audio_len_seconds") or 0)
+  crop_seconds = crop_seconds or settings.get("audio.audio_len_seconds", 0.0)
   if not (text_heads or clip):
-    text_heads = int((settings.get("text") or {}).get("num_attention_heads") or 0)
+    text_heads = settings.get("text.num_attention_heads", 0)
   linear_head = dict(kind="linear", hidden=(), activation="tanh")
   config = ml_collections.ConfigDict(
     dict(
