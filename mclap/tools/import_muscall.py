@@ -179,7 +179,7 @@ def _mel(settings: dict[str, Any]) -> ml_collections.ConfigDict:
     hop_length=n_fft // 2,  # MelSpectrogram's default: win_length // 2, with win_length = n_fft.
     n_mels=settings.get("audio.n_mels", mel.n_mels),
     fmin=settings.get("audio.f_min", mel.fmin),
-    fmax=float(sample_rate / 2 if f_max is None else f_max),
+    fmax=float(sample_rate // 2 if f_max is None else f_max),  # torchaudio takes None for sample_rate // 2.
   )
   return mel
 
