@@ -2,6 +2,7 @@ import functools
 import json
 import os
 import pathlib
+import pickle
 import re
 import signal
 import subprocess
@@ -146,7 +147,8 @@ def test_texts_jsonl_holds_every_records_texts_and_a_rerun_writes_it_for_an_olde
   for split in info["splits"]:
     reader = records.CorpusReader(tmp_path, split)
     expected = [{k: reader[i][k] for k in ("id", "captions", "tags")} for i in range(len(reader))]
-    assert reader.texts() == expected and expected
+    assert list(reader.texts()) == expected and expected
+    assert list(pickle.loads(pickle.dumps(reader.texts()))) == expected  # As worker processes get it.
   (tmp_path / records.TEXTS_FILE).unlink()
   for manifest in (tmp_path / records.PROGRESS_DIR).glob("*.array_record.json"):
     manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "texts"}))
@@ -157,12 +159,15 @@ def test_texts_jsonl_holds_every_records_texts_and_a_rerun_writes_it_for_an_olde
   assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.array_record")} == shards
   lines = texts.splitlines()
   (tmp_path / records.TEXTS_FILE).write_text("\n".join(lines[:-1]) + "\n")
-  short = rf"lists {len(reader) - 1} records of split '{split}'.*re-run the same"
+  short = rf"has {len(lines) - 1} lines, dataset_info.json lists {len(lines)} records: re-run the same prepare"
   with pytest.raises(records.CorpusError, match=short):
     reader.texts()
   (tmp_path / records.TEXTS_FILE).write_text("\n".join([*lines[:-1], lines[-1][:20]]) + "\n")
   with pytest.raises(records.CorpusError, match=rf"line {len(lines)} is damaged .*re-run the same prepare command"):
-    reader.texts()
+    reader.texts()[len(reader) - 1]
+  (tmp_path / records.TEXTS_FILE).write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # Another order.
+  with pytest.raises(records.CorpusError, match=rf"line {len(lines)} is damaged .*it is of split 'train'"):
+    reader.texts()[len(reader) - 1]
 
 
 def test_whole_file_decoding_is_described_as_by_mclap_0_1():

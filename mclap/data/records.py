@@ -16,7 +16,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import itertools
 import json
+import mmap
 import os
 import pathlib
 from collections.abc import Callable, Sequence
@@ -182,26 +184,7 @@ class CorpusReader:
     """{id, captions, tags} of each record, in order: from the corpus's `texts.jsonl`, else (a
     corpus prepared before it existed) the records themselves, read when asked for."""
     path = self.corpus_dir / TEXTS_FILE
-    if not path.is_file():
-      return self
-    entries = []
-    with open(path, encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        try:
-          entry = json.loads(line)
-          if entry["split"] == self.split:
-            entries.append({"id": entry["id"], "captions": list(entry["captions"]), "tags": list(entry["tags"])})
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise CorpusError(
-            f"{path} line {number} is damaged ({type(e).__name__}: {e}); re-run the same prepare command, which "
-            "rewrites it"
-          ) from e
-    if len(entries) != len(self):
-      raise CorpusError(
-        f"{path} lists {len(entries)} records of split '{self.split}', {INFO_FILE} {len(self)}: re-run the "
-        "same prepare command, which rewrites it"
-      )
-    return entries
+    return SplitTexts(path, self.split, self.info) if path.is_file() else self
 
   def __getstate__(self):
     return {**self.__dict__, "_sources": [None] * len(self.shards)}
@@ -252,3 +235,57 @@ class CorpusReader:
         "fix the source and re-run prepare (it rejects empty captions)."
       )
     return record
+
+
+class SplitTexts(Sequence):
+  """The texts of one split's records, each line of `texts.jsonl` parsed when read. The file is
+  mapped, not loaded: the worker processes that draw negative texts share its pages instead of
+  each holding a copy of every caption."""
+
+  def __init__(self, path: pathlib.Path, split: str, info: dict[str, Any]):
+    counts = {name: int(s["count"]) for name, s in info["splits"].items()}  # The file's order.
+    self.path, self.split = path, split
+    self._first = sum(counts[name] for name in itertools.takewhile(lambda name: name != split, counts))
+    self._count, self._total = counts[split], sum(counts.values())
+    self._lines: tuple[mmap.mmap, np.ndarray] | None = None
+    self._open()  # Checked here, before any worker starts.
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getstate__(self):
+    return {**self.__dict__, "_lines": None}  # Each process maps the file itself.
+
+  def _open(self) -> tuple[mmap.mmap, np.ndarray]:
+    """(the mapped file, the offsets of its line ends)."""
+    if self._lines is None:
+      with open(self.path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self._total else b""
+      ends, at = [], data.find(b"\n")
+      while at >= 0:
+        ends.append(at)
+        at = data.find(b"\n", at + 1)
+      if len(ends) != self._total:
+        raise CorpusError(
+          f"{self.path} has {len(ends)} lines, {INFO_FILE} lists {self._total} records: re-run the same prepare "
+          "command, which rewrites it"
+        )
+      self._lines = data, np.asarray(ends, np.int64)
+    return self._lines
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not 0 <= index < self._count:
+      raise IndexError(f"record {index} out of range for split '{self.split}' ({self._count})")
+    data, ends = self._open()
+    line = self._first + index
+    start = int(ends[line - 1]) + 1 if line else 0
+    try:
+      entry = json.loads(data[start : int(ends[line])])
+      if entry["split"] != self.split:
+        raise ValueError(f"it is of split '{entry['split']}', where {INFO_FILE} puts split '{self.split}'")
+      return {"id": entry["id"], "captions": list(entry["captions"]), "tags": list(entry["tags"])}
+    except (ValueError, KeyError, TypeError) as e:
+      raise CorpusError(
+        f"{self.path} line {line + 1} is damaged ({type(e).__name__}: {e}); re-run the same prepare command, which "
+        "rewrites it"
+      ) from e
