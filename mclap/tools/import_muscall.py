@@ -103,13 +103,13 @@ def fitting_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> list[i
 
 
 SETTINGS_FILE = "config.yaml"  # The run's settings, which MusCALL's trainer saves beside its checkpoints.
-# What the arrays do not show, as `model_config` of that file names it, and its type (None: unset, allowed).
+# What the arrays do not show, as `model_config` of that file names it, and its type.
 _SETTINGS = {
   "audio.sample_rate": int,
   "audio.n_fft": int,
   "audio.n_mels": int,
   "audio.f_min": float,
-  "audio.f_max": float,  # None: the Nyquist frequency, as torchaudio takes it.
+  "audio.f_max": float,  # Or null, which torchaudio takes for sample_rate // 2.
   "audio.audio_len_seconds": float,
   "text.num_attention_heads": int,
 }
