@@ -29,12 +29,12 @@ def clip_tokenizer_files(directory):
   return len(vocab)
 
 
-def muscall_ids(tokenizer, texts):
-  """Token ids `[len(texts), MAX_LEN]` as MusCALL gives them (a Hugging Face CLIP `tokenizer`, cut
-  to MAX_LEN, zero-padded after the end of text) and their mask (True on real tokens)."""
-  ids, mask = np.zeros((len(texts), MAX_LEN), np.int64), np.zeros((len(texts), MAX_LEN), bool)
+def muscall_ids(tokenizer, texts, max_len=MAX_LEN):
+  """Token ids `[len(texts), max_len]` as MusCALL gives them (a Hugging Face CLIP `tokenizer`, cut
+  to its `max_seq_length`, zero-padded after the end of text) and their mask (True on real tokens)."""
+  ids, mask = np.zeros((len(texts), max_len), np.int64), np.zeros((len(texts), max_len), bool)
   for row, text in enumerate(texts):
-    encoded = tokenizer(text, max_length=MAX_LEN, truncation=True)["input_ids"]
+    encoded = tokenizer(text, max_length=max_len, truncation=True)["input_ids"]
     ids[row, : len(encoded)], mask[row, : len(encoded)] = encoded, True
   return ids, mask
 

@@ -227,6 +227,9 @@ env:
 dataset_config:
   dataset_name: audiocaption
   data_dir: ${env.data_root}/datasets/${dataset_config.dataset_name}
+  text:
+    max_seq_length: 32
+    tokenizer: cliptokenizer
   audio:
     sr: 22050
     crop_length: 10
@@ -277,19 +280,21 @@ def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(im
   assert "config.yaml has no model_config.audio" in capsys.readouterr().out
   assert import_muscall.saved_settings(elsewhere / "best_model.npz", run) == (
     {
-      "audio.sample_rate": 22050,
-      "audio.n_fft": 2048,
-      "audio.n_mels": 128,
-      "audio.f_min": 0.0,
-      "audio.f_max": None,
-      "audio.audio_len_seconds": 10.0,
-      "text.num_attention_heads": 4,
+      "model_config.audio.sample_rate": 22050,
+      "model_config.audio.n_fft": 2048,
+      "model_config.audio.n_mels": 128,
+      "model_config.audio.f_min": 0.0,
+      "model_config.audio.f_max": None,
+      "model_config.audio.audio_len_seconds": 10.0,
+      "model_config.text.num_attention_heads": 4,
+      "dataset_config.text.max_seq_length": 32,
     },
     str(run / "config.yaml"),
   )
   wrong = {
     "sample_rate: 22050": ("sample_rate: fast", "sample_rate is 'fast', not a number"),
     "crop_length: 10": ("", r"refers to \$\{dataset_config.audio.crop_length\}, which the file does not set"),
+    "tokenizer: cliptokenizer": ("tokenizer: berttokenizer", "tokenized with 'berttokenizer'"),
   }
   for line, (replaced, message) in wrong.items():
     (elsewhere / "wrong.yaml").write_text(RUN_CONFIG.replace(line, replaced))
@@ -304,14 +309,19 @@ def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(im
 
   model = mclap.load(import_muscall.import_muscall(run / "best_model.npz", clip_dir, tmp_path / "bundle"))
   assert model.spec.text["heads"] == 4 and model.config.data.crop_seconds == 10.0
+  assert model.config.data.max_tokens == 32  # Where the run cut its captions (its text has 77 positions).
   assert (model.config.data.mel.sample_rate, model.config.data.mel.hop_length) == (22050, 1024)
   state = {k: v.astype(np.float64) for k, v in state.items()}
   waves = [tone(10.0, 22050, freq=330.0).astype(np.float32), tone(10.0, 22050, freq=2500.0).astype(np.float32) * 0.3]
   np.testing.assert_allclose(model.embed_audio(waves), normalized(muscall_audio(state, waves, **mel)), atol=2e-4)
-  texts = ["calm piano", "a fast drum loop with distorted bass"]
+  from transformers import CLIPTokenizer
+
+  texts = ["calm piano", "a fast drum loop with distorted bass"]  # The second is cut at 32 tokens.
+  ids, _ = muscall_ids(CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True), texts, max_len=32)
   tokens, mask = model.tokenizer(texts)
-  expected = normalized(muscall_text(state, np.where(mask == 1, tokens, 0), heads=4))
-  np.testing.assert_allclose(model.embed_text(texts), expected, atol=2e-4)
+  np.testing.assert_array_equal(np.where(mask == 1, tokens, 0), ids)
+  assert (ids[1] > 0).all()
+  np.testing.assert_allclose(model.embed_text(texts), normalized(muscall_text(state, ids, heads=4)), atol=2e-4)
 
 
 def test_configs_finetune_starts_from_an_imported_muscall_bundle(imported):
@@ -408,10 +418,18 @@ def test_import_errors_say_what_is_wrong(imported, tmp_path):
     np.savez(tmp_path / f"{name}.npz", **dict(state, **{"audio_backbone.spec.mel_scale.fb": fb}))
     with pytest.raises(UserError, match="other mel settings"):
       import_muscall.import_muscall(tmp_path / f"{name}.npz", clip_dir, tmp_path / "b4")
+  vocab = json.loads((clip_dir / "vocab.json").read_text())
+  end, start = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
+  vocab.update({"<|endoftext|>": start, "<|startoftext|>": end})  # Texts end below the highest id.
+  (tmp_path / "reordered").mkdir()
+  (tmp_path / "reordered" / "vocab.json").write_text(json.dumps(vocab))
+  (tmp_path / "reordered" / "merges.txt").write_text((clip_dir / "merges.txt").read_text())
+  with pytest.raises(UserError, match="does not end texts with its highest id"):
+    import_muscall.import_muscall(tmp_path / "wrong_crop.npz", tmp_path / "reordered", tmp_path / "b5")
   (tmp_path / "empty_tokenizer").mkdir()
   with pytest.raises(UserError, match="vocab.json \\+ merges.txt"):
     import_muscall.import_muscall(tmp_path / "wrong_crop.npz", tmp_path / "empty_tokenizer", tmp_path / "b3")
-  assert not any(p.name.startswith(("b1", "b2", "b3", "b4", ".b")) for p in tmp_path.iterdir())
+  assert not any(p.name.startswith(("b1", "b2", "b3", "b4", "b5", ".b")) for p in tmp_path.iterdir())
 
 
 @pytest.mark.slow

@@ -103,15 +103,16 @@ def fitting_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> list[i
 
 
 SETTINGS_FILE = "config.yaml"  # The run's settings, which MusCALL's trainer saves beside its checkpoints.
-# What the arrays do not show, as `model_config` of that file names it, and its type.
+# What the arrays do not show, under its name in that file, and its type.
 _SETTINGS = {
-  "audio.sample_rate": int,
-  "audio.n_fft": int,
-  "audio.n_mels": int,
-  "audio.f_min": float,
-  "audio.f_max": float,  # Or null, which torchaudio takes for sample_rate // 2.
-  "audio.audio_len_seconds": float,
-  "text.num_attention_heads": int,
+  "model_config.audio.sample_rate": int,
+  "model_config.audio.n_fft": int,
+  "model_config.audio.n_mels": int,
+  "model_config.audio.f_min": float,
+  "model_config.audio.f_max": float,  # Or null, which torchaudio takes for sample_rate // 2.
+  "model_config.audio.audio_len_seconds": float,
+  "model_config.text.num_attention_heads": int,
+  "dataset_config.text.max_seq_length": int,  # Where captions were cut, at most the text's positions.
 }
 _REFERENCE = re.compile(r"\$\{([\w.]+)\}")  # An OmegaConf interpolation of a whole value: ${dataset_config.x}.
 _UNSET = object()
@@ -141,44 +142,48 @@ def saved_settings(checkpoint: str | pathlib.Path, given: str | pathlib.Path = "
     saved = yaml.safe_load(path.read_text(encoding="utf-8"))
   except (yaml.YAMLError, UnicodeDecodeError) as e:
     raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); pass the run's config.yaml as saved") from e
-  model = saved.get("model_config", saved) if isinstance(saved, dict) else None
-  if not (isinstance(model, dict) and isinstance(model.get("audio"), dict)):
+  if not isinstance(_lookup(saved, "model_config.audio"), dict):
     if given:
       raise UserError(f"{path} has no model_config.audio: it is not the config.yaml of a MusCALL run")
     print(f"note: {path} has no model_config.audio (not a MusCALL run's config.yaml); it is not used", flush=True)
     return {}, ""
+  if (tokenizer := _lookup(saved, "dataset_config.text.tokenizer")) not in (_UNSET, "cliptokenizer"):
+    raise UserError(
+      f"{path}: the run tokenized with {tokenizer!r} (dataset_config.text.tokenizer); mclap imports MusCALLs "
+      "trained with CLIP's tokenizer (cliptokenizer), whose end-of-text token is the highest id the original pools at"
+    )
   settings = {}
   for key, kind in _SETTINGS.items():
-    value = _lookup(model, key)
+    value = _lookup(saved, key)
     for _ in range(8):  # Interpolations may name interpolations.
       if not (isinstance(value, str) and (reference := _REFERENCE.fullmatch(value.strip()))):
         break
       if (value := _lookup(saved, reference[1])) is _UNSET:
-        raise UserError(f"{path}: model_config.{key} refers to {reference[0]}, which the file does not set")
+        raise UserError(f"{path}: {key} refers to {reference[0]}, which the file does not set")
     if value is _UNSET:
       continue
-    if value is None and key == "audio.f_max":
+    if value is None and key == "model_config.audio.f_max":
       settings[key] = None
       continue
     try:
       settings[key] = kind(value)
     except (TypeError, ValueError):
-      raise UserError(f"{path}: model_config.{key} is {value!r}, not a number; set it to the run's value") from None
+      raise UserError(f"{path}: {key} is {value!r}, not a number; set it to the run's value") from None
   return settings, str(path)
 
 
 def _mel(settings: dict[str, Any]) -> ml_collections.ConfigDict:
   """torchaudio's front end with a run's settings (the released config's where unset)."""
   mel = mel_lib.muscall_torchaudio_config()
-  sample_rate = settings.get("audio.sample_rate", mel.sample_rate)
-  n_fft = settings.get("audio.n_fft", mel.n_fft)
-  f_max = settings.get("audio.f_max", mel.fmax)
+  sample_rate = settings.get("model_config.audio.sample_rate", mel.sample_rate)
+  n_fft = settings.get("model_config.audio.n_fft", mel.n_fft)
+  f_max = settings.get("model_config.audio.f_max", mel.fmax)
   mel.update(
     sample_rate=sample_rate,
     n_fft=n_fft,
     hop_length=n_fft // 2,  # MelSpectrogram's default: win_length // 2, with win_length = n_fft.
-    n_mels=settings.get("audio.n_mels", mel.n_mels),
-    fmin=settings.get("audio.f_min", mel.fmin),
+    n_mels=settings.get("model_config.audio.n_mels", mel.n_mels),
+    fmin=settings.get("model_config.audio.f_min", mel.fmin),
     fmax=float(sample_rate // 2 if f_max is None else f_max),  # torchaudio takes None for sample_rate // 2.
   )
   return mel
@@ -216,12 +221,15 @@ def muscall_config(
   layers = tuple(state_dict.count(state, f"audio_backbone.layer{s}.{{i}}.conv1.weight") for s in range(1, 5))
   width = int(state[names["tokens"]].shape[1])
   mel = _mel(settings)
-  if "audio_backbone.spec.mel_scale.fb" in state and "audio.n_mels" not in settings:
+  if "audio_backbone.spec.mel_scale.fb" in state and "model_config.audio.n_mels" not in settings:
     mel.n_mels = int(state["audio_backbone.spec.mel_scale.fb"].shape[1])
   mel = mel_lib.complete(mel.to_dict())
-  crop_seconds = crop_seconds or settings.get("audio.audio_len_seconds", 0.0)
+  positions = int(state[names["positions"]].shape[0])
+  if (max_tokens := settings.get("dataset_config.text.max_seq_length", positions)) > positions:
+    raise UserError(f"dataset_config.text.max_seq_length {max_tokens} exceeds the text's {positions} positions")
+  crop_seconds = crop_seconds or settings.get("model_config.audio.audio_len_seconds", 0.0)
   if not (text_heads or clip):
-    text_heads = settings.get("text.num_attention_heads", 0)
+    text_heads = settings.get("model_config.text.num_attention_heads", 0)
   linear_head = dict(kind="linear", hidden=(), activation="tanh")
   config = ml_collections.ConfigDict(
     dict(
@@ -230,7 +238,7 @@ def muscall_config(
         crop_seconds=crop_seconds or _trained_seconds(state, mel),
         eval_crops=1,  # MusCALL evaluates the central crop,
         crop="waveform",  # of the waveform, then takes its mel.
-        max_tokens=int(state[names["positions"]].shape[0]),
+        max_tokens=max_tokens,
         tokenizer_dir="",
       ),
       model=dict(
@@ -310,6 +318,8 @@ def muscall_variables(state: dict[str, np.ndarray], config: ml_collections.Confi
     variables["text"] = clip_text.variables(tracked, clip)
   else:
     variables["text"] = _text_transformer(tracked, config.model.text.layers)
+  # The run cut its captions at max_seq_length tokens (`max_tokens`): positions past it never served.
+  variables["text"]["positional_embedding"] = variables["text"]["positional_embedding"][: config.data.max_tokens]
   variables["audio_projection"] = {"kernel": tracked["audio_projection.weight"].T}
   variables["text_projection"] = {"kernel": tracked["text_projection.weight"].T}
   variables["logit_scale_param"] = tracked["logit_scale"]
@@ -425,10 +435,19 @@ def import_muscall(
     tokenizer = clip_tokenizer_dir(pathlib.Path(tokenizer_dir), pathlib.Path(tmp))
     config.data.tokenizer_dir = str(tokenizer)
     vocab = state[_text_names(state)["tokens"]].shape[0]
-    if (tokens := tokenizer_lib.for_config(config).vocab_size) != vocab:
+    text_tokenizer = tokenizer_lib.for_config(config)
+    if (tokens := text_tokenizer.vocab_size) != vocab:
       raise UserError(
         f"the tokenizer in {tokenizer_dir} has {tokens} tokens, the checkpoint's text embedding {vocab}: "
         "use the tokenizer the model was trained with (MusCALL: openai/clip-vit-base-patch32's)"
+      )
+    # The original pools at the highest id, which is the last real token only if the tokenizer ends
+    # each text with its highest id (CLIP's <|endoftext|>; BERT's [SEP] is not).
+    ids, mask = text_tokenizer(["music"])
+    if ids[0, int(mask[0].sum()) - 1] != vocab - 1:
+      raise UserError(
+        f"the tokenizer in {tokenizer_dir} does not end texts with its highest id, the end-of-text token the "
+        "original pools at: use CLIP's tokenizer (openai/clip-vit-base-patch32), which MusCALL trains with"
       )
     # Every variable of the mclap model gets a value of its shape, else the checkpoint is not the
     # architecture its shapes suggested, or the audio length differs.
