@@ -141,33 +141,40 @@ def test_a_corpus_prepared_by_mclap_0_1_is_resumed_not_refused(tmp_path):
 def test_texts_jsonl_holds_every_records_texts_and_a_rerun_writes_it_for_an_older_corpus(tmp_path):
   """texts.jsonl: each record's id, captions and tags, split by split in record order, which
   `CorpusReader.texts` gives without reading mels. A corpus prepared before it existed (manifests
-  without texts, no file) gets it from a re-run of the same command, which redoes no shard."""
+  without texts, dataset_info.json without it) is read from its records, even where a stale file
+  is left (an earlier version re-preparing a corpus rewrites dataset_info.json, not texts.jsonl),
+  and gets the file from a re-run of the same command, which redoes no shard."""
   info = build_synthetic(tmp_path)
   texts = (tmp_path / records.TEXTS_FILE).read_text()
+  assert info["texts"] == {"file": records.TEXTS_FILE, "bytes": len(texts.encode())}
   for split in info["splits"]:
     reader = records.CorpusReader(tmp_path, split)
     expected = [{k: reader[i][k] for k in ("id", "captions", "tags")} for i in range(len(reader))]
     assert list(reader.texts()) == expected and expected
     assert list(pickle.loads(pickle.dumps(reader.texts()))) == expected  # As worker processes get it.
-  (tmp_path / records.TEXTS_FILE).unlink()
+  (tmp_path / records.TEXTS_FILE).write_text(texts.replace("a", "b"))  # Stale.
   for manifest in (tmp_path / records.PROGRESS_DIR).glob("*.array_record.json"):
     manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "texts"}))
+  (tmp_path / records.INFO_FILE).write_text(json.dumps({k: v for k, v in info.items() if k != "texts"}))
+  reader = records.CorpusReader(tmp_path, split)
   assert reader.texts() is reader  # Read from the records.
   shards = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.array_record")}
   build_synthetic(tmp_path)
   assert (tmp_path / records.TEXTS_FILE).read_text() == texts
   assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.array_record")} == shards
-  lines = texts.splitlines()
-  (tmp_path / records.TEXTS_FILE).write_text("\n".join(lines[:-1]) + "\n")
-  short = rf"has {len(lines) - 1} lines, dataset_info.json lists {len(lines)} records: re-run the same prepare"
-  with pytest.raises(records.CorpusError, match=short):
-    reader.texts()
-  (tmp_path / records.TEXTS_FILE).write_text("\n".join([*lines[:-1], lines[-1][:20]]) + "\n")
-  with pytest.raises(records.CorpusError, match=rf"line {len(lines)} is damaged .*re-run the same prepare command"):
-    reader.texts()[len(reader) - 1]
-  (tmp_path / records.TEXTS_FILE).write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # Another order.
-  with pytest.raises(records.CorpusError, match=rf"line {len(lines)} is damaged .*it is of split 'train'"):
-    reader.texts()[len(reader) - 1]
+
+  reader, lines = records.CorpusReader(tmp_path, split), texts.splitlines()
+  last = len(lines)
+  damaged = {  # One byte short, then three of the size dataset_info.json lists.
+    texts[:-1]: f"is missing or not the file dataset_info.json lists \\({len(texts.encode())} bytes\\)",
+    "\n".join(lines[:-2]) + " " + "\n".join(lines[-2:]) + "\n": f"has {last - 1} lines, dataset_info.json lists {last}",
+    "\n".join([*lines[:-1], lines[-1][:20] + "x" * (len(lines[-1]) - 20)]) + "\n": f"line {last} is damaged",
+    "\n".join(lines[1:] + lines[:1]) + "\n": f"line {last} is damaged .*it is of split 'train'",  # Another order.
+  }
+  for text, message in damaged.items():
+    (tmp_path / records.TEXTS_FILE).write_text(text)
+    with pytest.raises(records.CorpusError, match=message + ".*re-run the same prepare command"):
+      reader.texts()[len(reader) - 1]
 
 
 def test_whole_file_decoding_is_described_as_by_mclap_0_1():

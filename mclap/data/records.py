@@ -3,9 +3,9 @@
 A corpus directory holds, per split, ArrayRecord shards `<split>-NNNNN-of-MMMMM.array_record`
 whose records are msgpack maps {id, mel (float16 [n_mels, frames]), captions, tags, label},
 plus `dataset_info.json` (mel settings, splits with shard names and counts, tag vocabulary,
-source, prepare version), `rejects.jsonl` and `texts.jsonl` (every record's id, captions and tags,
-split by split in record order: what reads texts alone, a frozen text tower's table or a negative
-text, need not read the mels). Every source writes this format and one reader serves all of
+source, prepare version, the texts file's size), `rejects.jsonl` and `texts.jsonl` (every record's
+id, captions and tags, split by split in record order: what reads texts alone, a frozen text
+tower's table or a negative text, need not read the mels). Every source writes this format and one reader serves all of
 them. A corpus of precomputed features (`prepare --source features`) stores `features` (float16
 [dim, frames]) where others store the mel, and its `dataset_info.json` a `features` section (dim,
 frame rate) instead of `mel`.
@@ -34,7 +34,7 @@ from mclap.errors import UserError
 
 INFO_FILE = "dataset_info.json"
 REJECTS_FILE = "rejects.jsonl"
-TEXTS_FILE = "texts.jsonl"  # Corpora prepared by earlier versions have none: their texts are read from the records.
+TEXTS_FILE = "texts.jsonl"  # Not in corpora of earlier versions: their texts are read from the records.
 PROGRESS_DIR = ".progress"  # What prepare has done so far; a corpus without INFO_FILE is unfinished.
 FORMAT_VERSION = 1
 
@@ -182,9 +182,17 @@ class CorpusReader:
 
   def texts(self) -> Sequence[dict[str, Any]]:
     """{id, captions, tags} of each record, in order: from the corpus's `texts.jsonl`, else (a
-    corpus prepared before it existed) the records themselves, read when asked for."""
-    path = self.corpus_dir / TEXTS_FILE
-    return SplitTexts(path, self.split, self.info) if path.is_file() else self
+    corpus prepared before it existed, or whose `dataset_info.json` an earlier version rewrote
+    without it) the records themselves, read when asked for."""
+    if not (entry := self.info.get("texts")):
+      return self
+    path = self.corpus_dir / entry["file"]
+    if not path.is_file() or path.stat().st_size != entry["bytes"]:
+      raise CorpusError(
+        f"{path} is missing or not the file {INFO_FILE} lists ({entry['bytes']} bytes): re-run the same prepare "
+        "command, which rewrites it"
+      )
+    return SplitTexts(path, self.split, self.info)
 
   def __getstate__(self):
     return {**self.__dict__, "_sources": [None] * len(self.shards)}

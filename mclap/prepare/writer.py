@@ -490,9 +490,10 @@ def _texts(record: dict[str, Any]) -> list[list[str]]:
   return [[str(c) for c in record.get("captions", [])], [str(t) for t in record.get("tags", [])]]
 
 
-def _write_texts(out: pathlib.Path, shards: list[_Shard], manifests: dict[str, dict[str, Any]]) -> None:
+def _write_texts(out: pathlib.Path, shards: list[_Shard], manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """`texts.jsonl` from the manifests, split by split in record order; a shard finished by an
-  earlier version, whose manifest has no texts, is read for them."""
+  earlier version, whose manifest has no texts, is read for them. Returns its entry in
+  `dataset_info.json`, which ties the file to the corpus it was written with."""
 
   def texts(shard: _Shard) -> list[list[list[str]]]:
     if "texts" in manifests[shard.file]:
@@ -512,6 +513,7 @@ def _write_texts(out: pathlib.Path, shards: list[_Shard], manifests: dict[str, d
         f.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
 
   records.write_atomic(out / records.TEXTS_FILE, write)
+  return {"file": records.TEXTS_FILE, "bytes": (out / records.TEXTS_FILE).stat().st_size}
 
 
 def _finish(out, shards, manifests, split_names, input_info, source, extra_info, watch, total) -> dict[str, Any]:
@@ -526,7 +528,7 @@ def _finish(out, shards, manifests, split_names, input_info, source, extra_info,
     out / records.REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
   )
   watch.finish(rejects, total)
-  _write_texts(out, shards, manifests)
+  texts = _write_texts(out, shards, manifests)
   split_info = {}
   for name in split_names:
     parts = [{"file": s.file, "count": len(manifests[s.file]["ids"])} for s in shards if s.split == name]
@@ -537,6 +539,7 @@ def _finish(out, shards, manifests, split_names, input_info, source, extra_info,
     "source": source,
     **input_info,
     "splits": split_info,
+    "texts": texts,
     "tags": sorted({t for m in manifests.values() for t in m["tags"]}),
     "num_rejected": len(rejects),
     "rejected_by_reason": dict(collections.Counter(r["reason"] for r in rejects)),
