@@ -177,7 +177,7 @@ def test_eval_sees_every_record_once_in_order_with_padding_masked(tiny_config):
 
 def test_mel_settings_mismatch_is_explained(tiny_config):
   tiny_config.data.mel.n_mels = 64
-  with pytest.raises(records.CorpusError, match="n_mels: corpus 32, config 64.*--mel"):
+  with pytest.raises(records.CorpusError, match=r"n_mels: corpus 32, config 64.*configs/finetune.py:BUNDLE.*--mel"):
     pipeline.train_dataset(tiny_config)
 
 

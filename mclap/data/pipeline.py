@@ -139,7 +139,8 @@ def check_corpus(info: dict[str, Any], config: ml_collections.ConfigDict, corpus
     raise records.CorpusError(
       f"{corpus_dir} was prepared with other mel settings than config.data.mel ({details}). A model reads only "
       "the mels it was made for: prepare the corpus for it with `python -m mclap.data.prepare --config <this "
-      "config> ...` (or matching --mel.* flags); --config.data.mel.* set to the corpus values suits only a new model"
+      "config> ...` (a bundle's: --config configs/finetune.py:BUNDLE; or matching --mel.* flags); "
+      "--config.data.mel.* set to the corpus values suits only a new model"
     )
 
 
