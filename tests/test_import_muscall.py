@@ -260,11 +260,12 @@ model_config:
 
 
 @pytest.mark.slow
-def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(imported, tmp_path, capsys):
+def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(imported, tmp_path, capsys, monkeypatch):
   """A MusCALL trained at 22.05 kHz with n_fft 2048, f_max the Nyquist frequency, 10 s crops and a
   4-head text model: the arrays show none of that but the filterbank's shape, and such a checkpoint
   was refused (a 4-head one with the released mel settings imported as 8 heads, silently wrong).
-  The run's config.yaml beside the checkpoint (or --muscall_config) gives them."""
+  The run's config.yaml beside the checkpoint (or --muscall_config) gives them. The run's folder
+  stands for its best_model.pth.tar, as MusCALL's own evaluation reads it."""
   _, clip_dir, _ = imported
   mel = dict(sr=22050, n_fft=2048, fmax=11025.0)
   vocab = len(json.loads((clip_dir / "vocab.json").read_text()))
@@ -307,7 +308,11 @@ def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(im
       elsewhere / "best_model.npz", clip_dir, tmp_path / "b2", muscall_config_file=elsewhere / "other.yaml"
     )
 
-  model = mclap.load(import_muscall.import_muscall(run / "best_model.npz", clip_dir, tmp_path / "bundle"))
+  best, read = run / "best_model.pth.tar", state_dict.read
+  best.write_bytes(b"")  # Read as the .npz beside it.
+  monkeypatch.setattr(state_dict, "read", lambda path: read(run / "best_model.npz") if path == best else pytest.fail())
+  model = mclap.load(import_muscall.import_muscall(run, clip_dir, tmp_path / "bundle"))
+  assert f"reading {best}, the run's best model" in capsys.readouterr().out
   assert model.spec.text["heads"] == 4 and model.config.data.crop_seconds == 10.0
   assert model.config.data.max_tokens == 32  # Where the run cut its captions (its text has 77 positions).
   assert (model.config.data.mel.sample_rate, model.config.data.mel.hop_length) == (22050, 1024)

@@ -102,7 +102,8 @@ def fitting_seconds(state: dict[str, np.ndarray], mel: dict[str, Any]) -> list[i
   return fits
 
 
-SETTINGS_FILE = "config.yaml"  # The run's settings, which MusCALL's trainer saves beside its checkpoints.
+SETTINGS_FILE = "config.yaml"  # The run's settings, which MusCALL's trainer saves beside its checkpoints,
+BEST_MODEL = "best_model.pth.tar"  # the one of its best validation loss (and checkpoint.pth.tar, its last).
 # What the arrays do not show, under its name in that file, and its type.
 _SETTINGS = {
   "model_config.audio.sample_rate": int,
@@ -422,6 +423,9 @@ def import_muscall(
   """Writes the bundle of a MusCALL checkpoint; returns its directory. The run's settings come
   from `muscall_config_file`, else the config.yaml beside the checkpoint (`saved_settings`)."""
   bundle.check_output(output, overwrite)
+  if (best := pathlib.Path(checkpoint) / BEST_MODEL).is_file():  # Its run's folder, as MusCALL's evaluation reads it.
+    print(f"reading {best}, the run's best model", flush=True)
+    checkpoint = best
   state = state_dict.read(checkpoint)
   settings, settings_file = saved_settings(checkpoint, muscall_config_file)
   config = muscall_config(
@@ -499,7 +503,9 @@ def main(argv):
 
 
 if __name__ == "__main__":  # Flags defined here: the functions above import beside other jobs.
-  flags.DEFINE_string("checkpoint", None, "MusCALL checkpoint (.pth.tar / .pth, or .npz of its state_dict).")
+  flags.DEFINE_string(
+    "checkpoint", None, f"MusCALL checkpoint (.pth.tar, .pth, .npz of the state_dict) or its run folder ({BEST_MODEL})."
+  )
   flags.DEFINE_string("tokenizer_dir", None, "CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt).")
   flags.DEFINE_string("output", None, "Bundle directory to write.")
   flags.DEFINE_string(
