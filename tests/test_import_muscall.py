@@ -312,7 +312,9 @@ def test_a_run_with_its_own_mel_settings_and_heads_imports_by_its_config_yaml(im
   best.write_bytes(b"")  # Read as the .npz beside it.
   monkeypatch.setattr(state_dict, "read", lambda path: read(run / "best_model.npz") if path == best else pytest.fail())
   model = mclap.load(import_muscall.import_muscall(run, clip_dir, tmp_path / "bundle"))
-  assert f"reading {best}, the run's best model" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert f"reading {best}, the run's best model" in out
+  assert f"the run's settings from {run / 'config.yaml'}: model_config.audio.sample_rate 22050, " in out
   assert model.spec.text["heads"] == 4 and model.config.data.crop_seconds == 10.0
   assert model.config.data.max_tokens == 32  # Where the run cut its captions (its text has 77 positions).
   assert (model.config.data.mel.sample_rate, model.config.data.mel.hop_length) == (22050, 1024)

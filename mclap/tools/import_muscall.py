@@ -428,6 +428,8 @@ def import_muscall(
     checkpoint = best
   state = state_dict.read(checkpoint)
   settings, settings_file = saved_settings(checkpoint, muscall_config_file)
+  if settings_file:
+    print(f"the run's settings from {settings_file}: " + ", ".join(f"{k} {v}" for k, v in settings.items()), flush=True)
   config = muscall_config(
     state, settings=settings, audio_heads=audio_heads, text_heads=text_heads, crop_seconds=crop_seconds
   )
