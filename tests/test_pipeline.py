@@ -224,7 +224,7 @@ def test_several_sentences_per_clip_are_distinct_positives(tiny_config):
 @pytest.mark.parametrize("unit", ["tags", "sentences"])
 def test_negative_texts_do_not_describe_the_clip(tiny_config, unit, monkeypatch):
   """Drawn from the corpus's texts.jsonl: each example reads its own record and no other (another
-  record's mels were read for its captions: 35-40% of a worker's time on 30 s clips)."""
+  record's mels were read for its captions: about 30% of a worker's time on 30 s clips)."""
   tiny_config.data.update(positives=unit, other_text="negative")
   tokenizer = tokenizer_lib.for_config(tiny_config)
   recs = _records(tiny_config)
