@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import hub_cache
+from conftest import ROOT, hub_cache
 
-from mclap import export, paths, train
+from mclap import cli, export, paths, train
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.models import weights
@@ -82,6 +82,10 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
   for slip in (tmp_path / "bundles", exported / bundle.VARIABLES_DIR):
     with pytest.raises(UserError, match=rf"is not an mclap bundle .*did you mean {exported}\?"):
       bundle.read_meta(slip)
+  finetune = cli.load_config(str(ROOT / "configs/muscall.py:demo"))
+  finetune.model.init_from = str(tmp_path / "bundles")  # Was a FileNotFoundError traceback.
+  with pytest.raises(UserError, match=rf"bundles is not a bundle.*did you mean --config.model.init_from={exported}\?"):
+    weights.load_pretrained(None, finetune)
 
   built = tmp_path / "indexes/music"
   built.mkdir(parents=True)

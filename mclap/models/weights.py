@@ -227,6 +227,9 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
       raise ConfigError(
         "config.model.init_from starts the whole model from a bundle; leave model.audio.init_from empty"
       )
+    if not is_bundle(pathlib.Path(bundle)):
+      remedy = "model.init_from must name a bundle (written by mclap.export or an importer)"
+      raise ConfigError(paths.not_found(bundle, "a bundle", is_bundle, remedy, "--config.model.init_from="))
     _check_same_input(_bundle_data(pathlib.Path(bundle)), config.data, f"config.model.init_from={bundle}")
     saved = bundle_variables(bundle, "model.init_from")
     copy_variables(model, {"params": saved, "batch_stats": saved}, f"bundle {bundle}")
