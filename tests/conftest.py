@@ -18,9 +18,13 @@ from absl import flags
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # One compilation cache for the session, set before JAX is imported: tests that build the same
 # program (the same config's step in several files) and the jobs they start compile it once, and
-# nothing goes into the user's cache.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mclap-tests-compilation-cache-")
-atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# nothing goes into the user's cache. Made by the first process of the session, which removes it
+# at exit; the processes started below it that import this file (xdist workers, Grain workers,
+# scripts) take that one, as they are often killed before an exit handler could remove their own.
+if "MCLAP_TESTS_CACHE" not in os.environ:
+  os.environ["MCLAP_TESTS_CACHE"] = tempfile.mkdtemp(prefix="mclap-tests-compilation-cache-")
+  atexit.register(shutil.rmtree, os.environ["MCLAP_TESTS_CACHE"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MCLAP_TESTS_CACHE"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
