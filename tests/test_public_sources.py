@@ -1,6 +1,7 @@
 """The public datasets' own layouts, rebuilt in miniature with audio synthesized here."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from conftest import ROOT, corpus_records, corpus_rejects, prepare, tone
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.prepare import listing
-from mclap.prepare.sources import tinysol
+from mclap.prepare.sources import musiccaps, tinysol
 
 RATE = 16000
 
@@ -52,6 +53,24 @@ def test_musiccaps_segments_splits_and_aspects(tmp_path):
   assert rec["long_rec123"]["captions"] == ["A mellow piano. Soft drums join later."]
   assert rec["long_rec123"]["tags"] == ["pop", "mellow piano"]
   assert corpus_rejects(out) == {"absent": "missing file"}
+
+
+def test_musiccaps_clips_downloaded_as_m4a_are_found_and_a_converted_one_is_preferred(tmp_path):
+  # yt-dlp leaves .m4a or .webm unless told to convert: such clips were rejected as missing files
+  # (the job stopped saying no listed file exists), not with the command that converts them.
+  root = tmp_path / "musiccaps"
+  for name in ("onlym4a0001.m4a", "converted01.m4a", "converted01.flac", "prefixed001.webm", "prefixed001_0_10.wav"):
+    (root / "audio" / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / "audio" / name).write_bytes(b"")
+  rows = ["ytid,start_s,end_s,caption"] + [f"{y},0,10,A clip." for y in ("onlym4a0001", "converted01", "prefixed001")]
+  (root / "musiccaps-public.csv").write_text("\n".join(rows) + "\n")
+  found = musiccaps.list_items(root, seed=0)
+  paths = {item.id: pathlib.Path(item.path).name for items in found.splits.values() for item in items}
+  assert paths == {
+    "onlym4a0001": "onlym4a0001.m4a",
+    "converted01": "converted01.flac",
+    "prefixed001": "prefixed001_0_10.wav",
+  }
 
 
 def test_song_describer_keeps_a_tracks_captions_together(tmp_path):

@@ -26,12 +26,22 @@ from mclap.prepare.listing import (
 
 def _index_by_ytid(audio_root: pathlib.Path) -> dict[str, pathlib.Path]:
   """Every audio file under `audio_root` by its name without suffix, and by the 11-character
-  YouTube id it starts with (downloaders also write `<ytid>_30000_40000.wav`, `[<ytid>]-....wav`)."""
+  YouTube id it starts with (downloaders also write `<ytid>_30000_40000.wav`, `[<ytid>]-....wav`).
+
+  Files `prepare` cannot decode (`.m4a`, `.webm`: what YouTube downloaders leave unless told to
+  convert) are indexed too, after the decodable ones: their clips are then rejected with the
+  command that converts them, not as missing, and a clip converted beside its download is read.
+  """
   index = {}
-  for p in sorted(audio_root.rglob("*")):
+  files = sorted(audio_root.rglob("*"))
+  for p in files:
     if p.suffix.lower() in audio.AUDIO_SUFFIXES:
       index.setdefault(p.stem.lstrip("[")[:11], p)
       index[p.stem] = p
+  for p in files:
+    if p.suffix.lower() in audio.OTHER_AUDIO_SUFFIXES:
+      index.setdefault(p.stem.lstrip("[")[:11], p)
+      index.setdefault(p.stem, p)
   return index
 
 
