@@ -194,6 +194,25 @@ def test_folder_with_jsonl_splits_and_tag_lists(tmp_path):
   assert reject["detail"] == "meta.jsonl puts 'y.mp3' in different splits (row 2 train, row 3 test)"
 
 
+def test_a_file_converted_as_its_rejection_says_is_read_by_the_rerun(tmp_path):
+  """An .m4a is rejected with `ffmpeg -i x.m4a x.flac`; the metadata still names the .m4a, so the
+  re-run after converting rejected it again (and kept its shard: the .m4a had not changed)."""
+  root = tmp_path / "music"
+  root.mkdir()
+  for name in ("a", "b", "c"):
+    soundfile.write(root / f"{name}.wav", tone(1.2, RATE), RATE)
+  (root / "live.m4a").write_bytes(b"\0\0\0\x20ftypM4A " + bytes(64))
+  (root / "metadata.csv").write_text(
+    "path,caption,split\n" + "".join(f"{n},{n} song,train\n" for n in ("a.wav", "b.wav", "c.wav", "live.m4a"))
+  )
+  out = tmp_path / "corpus"
+  prepare("--source", "folder", "--input", root, "--output", out)
+  assert corpus_rejects(out) == {"live.m4a": "unreadable"}
+  soundfile.write(root / "live.flac", tone(1.2, RATE, freq=330.0), RATE)
+  prepare("--source", "folder", "--input", root, "--output", out)
+  assert corpus_rejects(out) == {} and corpus_records(out, "train")["live.m4a"]["captions"] == ["live.m4a song"]
+
+
 def test_folder_metadata_from_a_spreadsheet_with_semicolons_or_a_json_list(tmp_path):
   """Spreadsheets of locales with decimal commas save CSV with `;`: read as one column, it had no
   'path'. A JSON list of objects (`metadata.json`) was read as CSV."""

@@ -19,7 +19,7 @@ from mclap import cli, paths
 from mclap.data import mel as mel_lib
 from mclap.errors import UserError
 from mclap.prepare import decode, features_source, synthetic, tfds_source, writer
-from mclap.prepare.listing import Listing, check_files_exist
+from mclap.prepare.listing import Listing, check_files_exist, read_converted
 from mclap.prepare.sources import REGISTRY
 
 _SOURCE = flags.DEFINE_string(
@@ -170,7 +170,7 @@ def _recorded(name: str, mel_config: dict, cut: decode.WaveformCut | None):
     fold=_FOLD.value,
     split_lists=_split_lists(),
   )
-  listing = source.list_items(root, **{option: values[option] for option in source.options})
+  listing = read_converted(source.list_items(root, **{option: values[option] for option in source.options}))
   listing.extra["input"] = str(root.absolute())
   return listing, decode.work_function(decode.decode_record, settings, cut)
 

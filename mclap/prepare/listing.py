@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mclap import paths
+from mclap.data import audio
 from mclap.errors import UserError
 
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
@@ -135,6 +136,22 @@ def find_audio(audio_root: pathlib.Path, rel: str, variants: tuple[str, ...] = (
     candidates = (path.with_name(f"{path.stem}{infix}{path.suffix}") for infix in variants)
     path = next((c for c in candidates if c.is_file()), path)
   return str(path)
+
+
+def read_converted(listing: Listing) -> Listing:
+  """`listing` with every file of a format `prepare` does not decode (`x.m4a`) swapped for one
+  converted beside it (`x.flac`, or another decodable suffix), which its rejection tells users to
+  make: the re-run after converting reads them with the metadata unedited, and redoes their
+  shards (their items changed)."""
+
+  def converted(item: AudioItem) -> AudioItem:
+    path = pathlib.Path(item.path)
+    if not item.path or path.suffix.lower() not in audio.OTHER_AUDIO_SUFFIXES:
+      return item
+    found = next((c for s in audio.AUDIO_SUFFIXES if (c := path.with_suffix(s)).is_file()), None)
+    return dataclasses.replace(item, path=str(found)) if found else item
+
+  return dataclasses.replace(listing, splits={k: [converted(i) for i in v] for k, v in listing.splits.items()})
 
 
 def check_files_exist(file_root: FileRoot | None, items: list[Any], sample: int = 20) -> None:
