@@ -50,7 +50,12 @@ def list_audio(audio_dir: pathlib.Path, suffixes: tuple[str, ...] = audio_lib.AU
   found = sorted(str(p.relative_to(audio_dir)) for p in files if p.suffix.lower() in suffixes)
   other = collections.Counter()  # Audio libsndfile cannot decode: said, not silently left out.
   if suffixes == audio_lib.AUDIO_SUFFIXES:
-    other.update(p.suffix.lower() for p in files if p.suffix.lower() in audio_lib.OTHER_AUDIO_SUFFIXES)
+    converted = {p.with_suffix("") for p in files if p.suffix.lower() in suffixes}  # Beside it, as told.
+    other.update(
+      p.suffix.lower()
+      for p in files
+      if p.suffix.lower() in audio_lib.OTHER_AUDIO_SUFFIXES and p.with_suffix("") not in converted
+    )
   left_out = ", ".join(f"{n} {suffix}" for suffix, n in other.most_common())
   if not found:  # An index of nothing would "succeed": a wrong folder must not look like an empty one.
     held = f" (it holds {left_out}, which libsndfile does not decode: {audio_lib.CONVERT_HINT})" if other else ""

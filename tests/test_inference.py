@@ -267,6 +267,9 @@ def test_bad_bundles_and_inputs_fail_in_one_line(model, tmp_path, capsys):
   capsys.readouterr()
   assert embed.list_audio(tmp_path / "itunes") == ["d.wav"]
   assert "warning: left out 2 .m4a, 1 .wma files under" in capsys.readouterr().err
+  soundfile.write(tmp_path / "itunes/a.flac", good, 16000)  # Converted as told: a.m4a is no longer left out.
+  assert embed.list_audio(tmp_path / "itunes") == ["a.flac", "d.wav"]
+  assert "warning: left out 1 .m4a, 1 .wma files under" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
