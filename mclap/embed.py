@@ -156,11 +156,17 @@ def embed_folder(
     if before["audio_dir"] != info["audio_dir"] and _moved_here(pathlib.Path(before["audio_dir"]), previous, files):
       print(f"{before['audio_dir']} is gone and {audio_dir} holds its files: the index follows them there")
       before["audio_dir"] = info["audio_dir"]
-    for key in ("bundle_id", "audio_dir", "crops", "crop"):
+    if before["bundle_id"] != info["bundle_id"]:  # A model trained on, or exported again to the same folder.
+      now = "the one exported there since" if before["bundle"] == info["bundle"] else info["bundle"]
+      raise UserError(
+        f"{output} was built with the bundle {before['bundle']} (id {before['bundle_id']}), not {now} (id "
+        f"{info['bundle_id']}); use a new --output for this bundle, or delete {output} to embed the folder again"
+      )
+    for key in ("audio_dir", "crops", "crop"):
       if before[key] != info[key]:
         raise UserError(
           f"{output} was built with {key} {before[key]!r}, not {info[key]!r}; use a new --output for "
-          "another bundle, folder or crop setting"
+          "another folder or crop setting"
         )
   states = {f: paths.file_state(audio_dir / f) for f in files}
   todo = [f for f in files if not any(index_lib.is_current(s, states[f]) for s in known.get(f, []))]

@@ -375,6 +375,24 @@ def test_a_moved_music_folder_keeps_its_index(trained, model, music, tmp_path, c
   assert "a.wav" not in [r["path"] for r in like["results"]]  # The query file is known in its new place.
 
 
+def test_an_index_names_the_bundle_it_was_built_with(trained, model, music, tmp_path):
+  """A model trained on and exported again (to the same folder, or another) cannot extend an index
+  of the one before: the refusal named two ids and no bundle, and not how to rebuild the index."""
+  embed.embed_folder(trained[2], music, tmp_path / "index", show_progress=False, model=model)
+  again = tmp_path / "again"
+  shutil.copytree(trained[2], again)
+  meta = json.loads((again / bundle.BUNDLE_FILE).read_text())
+  (again / bundle.BUNDLE_FILE).write_text(json.dumps({**meta, "id": "0" * 32}))  # As an export writes it.
+  with pytest.raises(
+    UserError, match=rf"built with the bundle {trained[2]} \(id \w+\), not {again} \(id 0+\); .*or delete"
+  ):
+    embed.embed_folder(again, music, tmp_path / "index", show_progress=False, model=mclap.load(again))
+  index_json = json.loads((tmp_path / "index/index.json").read_text())
+  (tmp_path / "index/index.json").write_text(json.dumps({**index_json, "bundle": str(again)}))
+  with pytest.raises(UserError, match=rf"bundle {again} \(id \w+\), not the one exported there since \(id 0+\)"):
+    embed.embed_folder(again, music, tmp_path / "index", show_progress=False, model=mclap.load(again))
+
+
 def info_data(tmp_path):
   return json.loads((tmp_path / "index" / "index.json").read_text())["data"]
 
