@@ -132,8 +132,8 @@ def check_splits(config: ml_collections.ConfigDict, info: dict) -> None:
       fix = f"set --config.data.{key} to one of them"
       if key == "val_split" and have == [config.data.train_split]:  # Validating on the training data is no fix.
         fix = (
-          "prepare it again with a split to hold out (--source folder: rows with an empty split column "
-          "are split 80/10/10 by a hash of the path)"
+          "prepare it again with rows held out in a validation split (--source folder: name it in a split "
+          "column; rows left without one are split 80/10/10 by a hash of the path)"
         )
       raise ConfigError(
         f"config.data.{key} is '{config.data[key]}', not a split of {config.data.dir} (it has: {have}); {fix}"

@@ -274,5 +274,7 @@ def test_a_corpus_without_the_validation_split_names_data_val_split(tiny_config,
   with pytest.raises(ConfigError, match=r"config.data.val_split is 'valid', not a split of .*; set --config.data.val_"):
     train.train(tiny_config, tmp_path / "run")
   # A corpus of one's own with every row in train has nothing to validate on: the fix is not a key.
-  with pytest.raises(ConfigError, match=r"\(it has: \['train'\]\); prepare it again with a split to hold out"):
+  with pytest.raises(
+    ConfigError, match=r"\(it has: \['train'\]\); prepare it again with rows held out in a validation"
+  ):
     train.check_splits(tiny_config, {"splits": {"train": {}}})
