@@ -62,19 +62,32 @@ def define_config_flag(name: str = "config") -> flags.FlagHolder:
 
 def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
   """Raises ConfigError if `dotted_key` (e.g. 'train.batch_size') is not a key of `config`."""
-  node, walked = config, []
-  for part in dotted_key.split("."):
+  node, walked, parts = config, [], dotted_key.split(".")
+  for n, part in enumerate(parts):
     keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
     if part not in keys:
       where = ".".join(walked) or "the top level"
-      close = difflib.get_close_matches(part, keys, n=3)
-      hint = f"did you mean {', '.join(repr('.'.join(walked + [c])) for c in close)}? " if close else ""
+      close = [".".join(walked + [c]) for c in difflib.get_close_matches(part, keys, n=3)]
+      # The key under another parent (`train.lr` for `optim.lr`, `data.n_mels` for `data.mel.n_mels`).
+      tail = ".".join(parts[n:])
+      elsewhere = [k for k in _dotted_keys(config) if k.endswith(f".{tail}") or k == tail]
+      hint = f"did you mean {', '.join(map(repr, [*elsewhere, *close][:3]))}? " if elsewhere or close else ""
       raise ConfigError(
         f"unknown config key '{dotted_key}': '{part}' is not in {where}; {hint}"
         f"valid keys there: {', '.join(sorted(keys))}"
       )
     node = node[part]
     walked.append(part)
+
+
+def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every key of `config`, nested ones as `a.b.c`."""
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += _dotted_keys(value, f"{prefix}{key}.")
+  return keys
 
 
 def _node(config: ml_collections.ConfigDict, dotted_key: str):

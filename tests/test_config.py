@@ -113,6 +113,8 @@ def test_overrides_reach_every_level():
     ("train.bogus", r"unknown config key 'train.bogus': 'bogus' is not in train; valid keys there: .*batch_size"),
     ("trian.batch_size", r"'trian' is not in the top level; did you mean 'train'\?"),
     ("data.mel.nmels", r"did you mean 'data.mel.n_mels'\?"),
+    ("train.lr", r"'lr' is not in train; did you mean 'optim.lr'\?"),  # Under another parent.
+    ("data.n_mels", r"'n_mels' is not in data; did you mean 'data.mel.n_mels', "),
   ],
 )
 def test_unknown_keys_are_named(key, message):
