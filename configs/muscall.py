@@ -124,6 +124,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Steps with a non-finite loss or gradient are skipped (state unchanged) and logged; this many
   # in a row stop the run.
   c.train.max_nonfinite_in_a_row = 10
+  # > 0: a profiler trace of this many steps, `profile_after` steps into each start (past compiling
+  # and warm-up), in the workdir for TensorBoard's profile tab or ui.perfetto.dev.
+  c.train.profile_steps = 0
+  c.train.profile_after = 10
 
   # data=-1: all remaining devices. fsdp: parameters and optimizer state split over the data axis
   # (per-device state memory / devices; same updates as data parallelism), for large text towers.

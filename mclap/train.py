@@ -30,7 +30,7 @@ from mclap.errors import ConfigError, UserError
 from mclap.evaluation import metrics
 from mclap.models import weights
 from mclap.models.embedder import Embedder
-from mclap.training import checkpoints, guards, tensorboard, text_cache, trainer
+from mclap.training import checkpoints, guards, profile, tensorboard, text_cache, trainer
 
 CORPUS_FILE = "corpus.json"  # Records per split of the corpus a run last started on.
 
@@ -301,15 +301,21 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
     print(f"training steps {start + 1}-{steps} into {workdir}; compiling the train step first", flush=True)
   window_start, window_steps, input_wait, step, stopped = time.perf_counter(), 0, 0.0, start, None
   startup = {}
+  # Past the compiling first step and warm-up: the steps as they run for the rest of the job.
+  trace = profile.StepTrace(
+    workdir, start + 1 + config.train.get("profile_after", 0), config.train.get("profile_steps", 0)
+  )
   with guards.StopSignals() as stop_signals:
     try:
       for step in range(start + 1, steps + 1):
+        trace.before(step)
         waiting = time.perf_counter()
         batch = parallel.trim_token_padding(next(data_iter), config.data.token_bucket)
         input_wait += time.perf_counter() - waiting
         state, step_metrics = train_step(state, parallel.to_global(batch, mesh), lookup.tables)
         nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
         window_steps += 1
+        window_start += trace.after(step, state)  # Writing the trace, left out of the rates.
         if step == start + 1:  # Leave compilation out of the rates; report it once.
           jax.block_until_ready(state)
           window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
@@ -367,6 +373,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
       nonfinite.flush()
       checkpoints.wait(ckpts)
     finally:
+      trace.stop(step)
       data_iter.close()
       log.close()
       checkpoints.close(ckpts, best_ckpt)

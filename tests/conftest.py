@@ -150,6 +150,7 @@ def trained_demo(tiny_corpus, tmp_path_factory):
 
   config.evals.retrieval.every = 2
   config.optim.eps = 1.0
+  config.train.update(profile_after=1, profile_steps=2)  # Steps 2-3 traced (test_trainer).
   workdir = tmp_path_factory.mktemp("trained_demo")
   train.train(config, workdir)
   return config, workdir

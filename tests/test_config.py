@@ -147,7 +147,7 @@ def test_cli_fails_at_start_with_one_line():
   assert result.stderr.strip().splitlines() == [
     "error: unknown config key 'train.batch_sise': 'batch_sise' is not in train; did you mean "
     "'train.batch_size'? valid keys there: batch_size, cache_text, ckpt_every, dtype, ema_decay, epochs, eval_every, "
-    "keep_checkpoints, log_every, max_nonfinite_in_a_row, remat, seed, steps, sub_batches"
+    "keep_checkpoints, log_every, max_nonfinite_in_a_row, profile_after, profile_steps, remat, seed, steps, sub_batches"
   ]
   missing = _run_cli("--config", "configs/nope.py")
   assert missing.stderr.strip().splitlines() == [

@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import jax
@@ -163,6 +164,11 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
   assert "warning: resuming" not in printed.err  # The same config: nothing to report.
   run = tmp_path / "cut"
   assert f"resumed from {run / 'checkpoints'} at step 2\ntraining steps 3-4 into {run}; compiling" in printed.out
+  # The profiled steps (steps 2-3 of the whole run: train.profile_after 1) count from each start,
+  # and a run ending inside them still writes its trace.
+  assert f"traced steps 4-4 into {run / 'plugins/profile'}/" in printed.out
+  (trace,) = whole.glob("plugins/profile/*/perfetto_trace.json.gz")  # Where TensorBoard looks, beside the events.
+  assert "PjitFunction(step)" in gzip.decompress(trace.read_bytes()).decode() and any(trace.parent.glob("*.xplane.pb"))
 
   whole_params, cut = _final_params(config, whole), _final_params(config, tmp_path / "cut")
   assert int(cut["step"]) == 4
