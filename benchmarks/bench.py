@@ -32,7 +32,9 @@ versus: mclap's train step beside the PyTorch MusCALL of benchmarks/torch_muscal
 loop: the real job, `python -m mclap.train` on the input corpus with `data.num_workers` =
   `--workers`, for `--loop_steps` steps: examples/s and the input-wait share from its
   metrics.jsonl (the first step, compilation, is left out by the job), its start-up from a cold
-  compilation cache, then the same job again in a new workdir with that cache warm.
+  compilation cache, then the same job again in a new workdir with that cache warm. With
+  `--profile_dir`, the warm job traces a few steps (train.profile_steps): the windows logged across
+  them are left out of its rate, and the trace is copied there.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +97,12 @@ _WORKERS = flags.DEFINE_list("workers", [], "Input worker counts for input/loop 
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 300, "Steps of the loop benchmark's training run.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of the versus benchmark.")
 _SET = flags.DEFINE_multi_string("set", [], "key=value set in every benchmarked config (data.tokenizer_dir=DIR).")
+_PROFILE_DIR = flags.DEFINE_string(
+  "profile_dir",
+  "",
+  "loop: trace --profile_steps steps of the warm start (train.profile_steps) and copy the trace here.",
+)
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps the loop's trace holds (with --profile_dir).")
 
 
 def load_config(spec: str):
@@ -431,6 +440,11 @@ def bench_loop(spec: str) -> list[dict]:
         "train.eval_every": steps,
         "train.ckpt_every": steps,
       }
+      traced = range(0)
+      if start == "warm" and _PROFILE_DIR.value:
+        after = overrides["train.log_every"] + 1  # Past the first window, which also holds warm-up.
+        overrides.update({"train.profile_steps": _PROFILE_STEPS.value, "train.profile_after": after})
+        traced = range(after + 1, after + 1 + _PROFILE_STEPS.value)
       args = ["--config", str(ROOT / spec), "--workdir", str(workdir), f"--compilation_cache={cache}"]
       args += [f"--config.{item}" for item in _SET.value] + [f"--config.{k}={v}" for k, v in overrides.items()]
       began = time.perf_counter()
@@ -441,6 +455,8 @@ def bench_loop(spec: str) -> list[dict]:
       logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
       train_rows = [r for r in logged if "train/loss" in r]
       steady = [r for r in train_rows if "train/startup_s" not in r]  # The first row may time no step.
+      window = overrides["train.log_every"]  # A row times the steps since the row before it.
+      steady = [r for r in steady if not any(r["step"] - window < t <= r["step"] for t in traced)]
       row = {
         "bench": "loop",
         "config": spec,
@@ -452,6 +468,14 @@ def bench_loop(spec: str) -> list[dict]:
         "startup_s": train_rows[0]["train/startup_s"],
         "job_wall_s": round(wall, 1),
       }
+      if traced:
+        out = pathlib.Path(_PROFILE_DIR.value)
+        out.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^\w.-]", "_", spec)
+        for file in (workdir / "plugins/profile").glob("*/*"):  # TensorBoard's xplane.pb and Perfetto's trace.
+          if file.name.endswith(("xplane.pb", "perfetto_trace.json.gz")):
+            shutil.copy(file, out / f"{name}-{file.name}")
+        row["profiled_steps"] = f"{traced.start}-{traced.stop - 1}"
       if steady:
         row["examples_per_s"] = round(float(np.median([r["train/examples_per_s"] for r in steady])), 2)
         row["input_wait_fraction"] = round(float(np.mean([r["train/input_wait_fraction"] for r in steady])), 3)

@@ -252,6 +252,8 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
   # The splits training reads, then the evaluators that run during training: their settings are
   # checked before anything slow.
   check_splits(config, info)
+  if bad := [k for k in ("profile_steps", "profile_after") if config.train.get(k, 0) < 0]:
+    raise ConfigError(f"config.train.{bad[0]}={config.train[bad[0]]}: give a number of steps, 0 or more")
   eval_config, every = periodic_evals(config)
   periodic = evaluation.select(eval_config, list(every))
 

@@ -284,3 +284,7 @@ def test_a_corpus_without_the_validation_split_names_data_val_split(tiny_config,
     ConfigError, match=r"\(it has: \['train'\]\); prepare it again with rows held out in a validation"
   ):
     train.check_splits(tiny_config, {"splits": {"train": {}}})
+  tiny_config.data.val_split = "validation"
+  tiny_config.train.profile_after = -1  # Would never trace: said before anything slow.
+  with pytest.raises(ConfigError, match=r"config.train.profile_after=-1: give a number of steps, 0 or more"):
+    train.train(tiny_config, tmp_path / "run")
