@@ -375,6 +375,16 @@ def test_a_moved_music_folder_keeps_its_index(trained, model, music, tmp_path, c
   assert "a.wav" not in [r["path"] for r in like["results"]]  # The query file is known in its new place.
 
 
+def test_a_run_stopped_before_its_first_validation_says_it_has_no_best_checkpoint(trained, tmp_path):
+  """`--best` of a run killed before validation kept a best checkpoint was told to train first."""
+  run = tmp_path / "run"
+  shutil.copytree(trained[1], run, ignore=shutil.ignore_patterns("best", "best.json", "eval"))
+  with pytest.raises(
+    ConfigError, match=r"run has no best checkpoint yet .*; leave out --best for its latest \(step 4\)$"
+  ):
+    weights.read_model(run, best=True)
+
+
 def test_an_index_names_the_bundle_it_was_built_with(trained, model, music, tmp_path):
   """A model trained on and exported again (to the same folder, or another) cannot extend an index
   of the one before: the refusal named two ids and no bundle, and not how to rebuild the index."""

@@ -276,6 +276,11 @@ def read_model(
   directory = workdir / ("best" if best else "checkpoints")
   available = checkpoint_steps(directory)
   if not available:
+    if best and (latest := checkpoint_steps(workdir / "checkpoints")):  # Stopped before its first validation.
+      raise ConfigError(
+        f"{workdir} has no best checkpoint yet (validation keeps one, every train.eval_every steps); leave out "
+        f"--best for its latest (step {latest[-1]})"
+      )
     raise ConfigError(f"no checkpoints in {directory}; train first with python -m mclap.train --workdir {workdir}")
   step = available[-1] if step is None else step
   if step not in available:
