@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclap.errors import UserError
 from mclap.evaluation import metrics, ontology, plots
 from mclap.evaluation import prompts as prompts_lib
-from mclap.evaluation.context import SPACES
+from mclap.evaluation.context import SPACES, NotApplicable
 
 
 def class_scores(context, settings, audio: dict[str, np.ndarray], labels, names: list[str]) -> dict[str, np.ndarray]:
@@ -57,7 +56,7 @@ def run(context, settings) -> dict:
   counts = np.bincount(emb["label"], minlength=len(names))
   keep = counts[emb["label"]] > 1
   if len(np.unique(emb["label"][keep])) < 2:
-    raise UserError(f"split '{settings['split']}' needs two or more clips in each of two or more classes")
+    raise NotApplicable(f"split '{settings['split']}' needs two or more clips in each of two or more classes")
   audio = {k: v[keep] for k, v in emb.items()}
   labels = audio["label"]
   scores = class_scores(context, settings, audio, labels, names)
