@@ -127,6 +127,7 @@ def embed_folder(
   the index at `output`; returns index.json. `model`: the bundle already loaded (its own batch
   size and `max_seconds` then apply)."""
   audio_dir, output = pathlib.Path(audio_dir).absolute(), pathlib.Path(output)
+  paths.check_not_file(output, "--output", index_lib.is_index)
   model = model or mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
   crops = crops or model.config.data.eval_crops
   crop = crop or model.crop
@@ -238,8 +239,9 @@ def write_features(
 ) -> dict[str, Any]:
   """Writes frame-level features of every record of a prepared corpus (see the module docstring);
   returns the `features.json` written. Records whose file exists already are skipped."""
-  model = mclap.load(bundle, batch_size=batch_size)
   output = pathlib.Path(output)
+  paths.check_not_file(output, "--features_out")
+  model = mclap.load(bundle, batch_size=batch_size)
   info = records.read_info(corpus)
   if records.input_field(info) != "mel" or info["mel"] != model.mel_config:
     raise UserError(f"{corpus} was not prepared with the mel settings of {bundle}; prepare it with them (--mel.*)")

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from mclap import cli, evaluation, parallel
+from mclap import cli, evaluation, parallel, paths
 from mclap.data import records
 from mclap.data import tokenizer as tokenizer_lib
 from mclap.errors import ConfigError, UserError
@@ -85,6 +85,8 @@ def evaluate(
 ) -> dict[str, dict]:
   if (workdir is None) == (bundle is None):
     raise UserError("evaluate a training workdir (--workdir) or a bundle (--bundle), one of them")
+  out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
+  paths.check_not_file(out, "--output")
   if config is None and bundle is not None:
     raise UserError(
       "evaluating a bundle needs --config FILE for the corpora and evaluators (a bundle holds the model only), "
@@ -96,7 +98,6 @@ def evaluate(
   names = list(names or config.evals.keys())
   modules = evaluation.select(config, names)  # Mistakes in the evaluators' settings before the model.
   model, which, step = load(config, workdir, bundle, step, best)
-  out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
   context = make_context(config, model, out, show_progress=True)
   tables, results = {}, {}
 

@@ -92,6 +92,15 @@ def model_file(directory: str | os.PathLike, name: str, remedy: str, flag: str =
   raise UserError(not_found(folder, f"a folder with {name}", has_it, remedy, flag))
 
 
+def check_not_file(path: pathlib.Path, flag: str, is_target: Callable[[pathlib.Path], bool] = lambda p: False) -> None:
+  """Refuses `path`, a folder a job writes into, when it names a file (a shard or config.json of
+  the folder meant, or any file): one line, naming its folder when that is a folder the job writes
+  (`is_target`), instead of the traceback of making a folder there."""
+  if path.exists() and not path.is_dir():
+    hint = f" (did you mean {flag} {path.parent}?)" if is_target(path.parent) else ""
+    raise UserError(f"{flag} {path} is a file, not a folder{hint}")
+
+
 def file_state(path: str | os.PathLike) -> list[int] | None:
   """(size, modification time) of a file, None if there is none: jobs that resume keep it beside
   what they made of the file, and redo it when the file was replaced (downloaded again, edited)."""

@@ -162,7 +162,9 @@ def periodic_evals(config) -> tuple[ml_collections.ConfigDict, dict[str, int]]:
 def check_not_beside_workdirs(workdir: pathlib.Path) -> None:
   """A run goes in a new folder or resumes its own: an existing folder that is not a workdir, but
   holds one or lies in one (`runs` for `runs/demo`, or `runs/demo/checkpoints`), is a slip that
-  would start a new run from scratch where the old one's files are."""
+  would start a new run from scratch where the old one's files are. A file (its config.json) is
+  refused too."""
+  paths.check_not_file(workdir, "--workdir", weights.is_workdir)
   if workdir.is_dir() and not (workdir / weights.CONFIG_FILE).is_file():
     if found := paths.near(workdir, weights.is_workdir):
       which = f"{found[0]} is one: name it" if len(found) == 1 else f"{' and '.join(map(str, found[:3]))} are: name one"

@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import ROOT, hub_cache
 
-from mclap import cli, export, paths, train
+from mclap import cli, embed, export, paths, train
+from mclap import eval as eval_lib
 from mclap.data import records
 from mclap.errors import UserError
 from mclap.models import weights
@@ -75,6 +76,13 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
     with pytest.raises(UserError, match=rf"is not a training workdir, but {demo} is one: name it in --workdir"):
       train.train(None, slip)  # Refused before the config is read: nothing is written into the old run.
   assert sorted(p.name for p in demo.iterdir()) == ["checkpoints", "config.json"]
+  # A folder a job writes named by a file in it, or any file: these were tracebacks of making a folder there.
+  with pytest.raises(
+    UserError, match=rf"--workdir {demo}/config.json is a file, not a folder \(did you mean --workdir {demo}\?\)$"
+  ):
+    train.train(None, demo / "config.json")
+  with pytest.raises(UserError, match=rf"^--output {demo}/config.json is a file, not a folder$"):
+    eval_lib.evaluate(None, demo, output=demo / "config.json")
 
   exported = tmp_path / "bundles/b1"
   (exported / bundle.VARIABLES_DIR).mkdir(parents=True)
@@ -92,6 +100,11 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
   (built / index.INDEX_FILE).write_text(json.dumps({}))
   with pytest.raises(UserError, match=rf"indexes is not a search index .*did you mean {built}\?"):
     index.Index(tmp_path / "indexes")
+  for job, flag in ((embed.embed_folder, "--output"), (embed.write_features, "--features_out")):
+    with pytest.raises(UserError, match=rf"{flag} {built}/index.json is a file, not a folder"):
+      job(exported, tmp_path, built / index.INDEX_FILE)  # Before the bundle is read.
+  with pytest.raises(UserError, match=rf"\(did you mean --output {built}\?\)$"):
+    embed.embed_folder(exported, tmp_path, built / index.INDEX_FILE)
 
 
 def test_a_download_folder_one_level_off_names_the_right_input(tmp_path):

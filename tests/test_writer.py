@@ -356,10 +356,10 @@ def test_an_output_folder_of_another_corpus_is_refused_unless_overwrite(tmp_path
   (tmp_path / "new/.DS_Store").write_text("")  # A new folder that a file browser made is empty.
   writer.write_corpus(tmp_path / "new", second, fake_record, source="second", **kwargs)
   for file, hint in (
-    (tmp_path / "notes.txt", ""),
-    (next(tmp_path.glob("test-*.array_record")), re.escape(f" {tmp_path}?)")),
+    (music / "a.wav", ""),
+    (next(tmp_path.glob("test-*.array_record")), re.escape(f" (did you mean --output {tmp_path}?)")),
   ):
-    with pytest.raises(UserError, match=rf"--output {file} is a file, not a folder; name the corpus's folder.*{hint}$"):
+    with pytest.raises(UserError, match=rf"--output {file} is a file, not a folder{hint}$"):
       writer.write_corpus(file, second, fake_record, source="second", **kwargs)  # Was a NotADirectoryError.
 
 

@@ -396,9 +396,7 @@ def write_corpus(
   """
   _check_main_module(num_workers)
   out = pathlib.Path(output_dir)
-  if out.exists() and not out.is_dir():
-    hint = f" (did you mean --output {out.parent}?)" if (out.parent / records.INFO_FILE).is_file() else ""
-    raise UserError(f"--output {out} is a file, not a folder; name the corpus's folder{hint}")
+  paths.check_not_file(out, "--output", records.is_corpus)
   if (mel_config is None) == (features is None):
     raise ValueError("write_corpus takes mel_config or features, one of them")
   field, input_info = ("mel", dict(mel_config)) if features is None else ("features", dict(features))
