@@ -82,5 +82,5 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_bool("best", False, "Export the checkpoint with the best validation R@10.")
   flags.DEFINE_integer("average_last", 0, "Export the mean of the last K checkpoints (weight averaging).")
   flags.DEFINE_enum("dtype", "float32", list(bundle.DTYPE_NAMES), "Parameters and compute dtype (bf16 = bfloat16).")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output (a bundle only).")
   cli.run(main)

@@ -90,6 +90,13 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
   for slip in (tmp_path / "bundles", exported / bundle.VARIABLES_DIR):
     with pytest.raises(UserError, match=rf"is not an mclap bundle .*did you mean {exported}\?"):
       bundle.read_meta(slip)
+  # --overwrite replaces a bundle, not the run named by a slip (it deleted its checkpoints), nor a file.
+  with pytest.raises(UserError, match=rf"^{demo} is not a bundle \(it holds checkpoints, config.json\); --overwrite"):
+    export.export(demo, demo, overwrite=True)
+  with pytest.raises(UserError, match=rf"--output {exported}/bundle.json is a file, not a folder \(did you mean"):
+    export.export(demo, exported / bundle.BUNDLE_FILE, overwrite=True)
+  assert sorted(p.name for p in demo.iterdir()) == ["checkpoints", "config.json"]
+  assert bundle.check_output(exported, overwrite=True) == exported  # A bundle is replaced.
   finetune = cli.load_config(str(ROOT / "configs/muscall.py:demo"))
   finetune.model.init_from = str(tmp_path / "bundles")  # Was a FileNotFoundError traceback.
   with pytest.raises(UserError, match=rf"bundles is not a bundle.*did you mean --config.model.init_from={exported}\?"):

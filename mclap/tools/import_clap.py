@@ -400,7 +400,7 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
   flags.DEFINE_integer("text_heads", None, "laion_clap .pt: attention heads of the text tower (default: width / 64).")
   flags.DEFINE_float("crop_seconds", 10.0, "laion_clap .pt: the audio length the model takes (laion_clap: 10).")
   flags.DEFINE_string("output", None, "Bundle directory to write.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output (a bundle only).")
   for name in ("checkpoint", "output"):
     flags.mark_flag_as_required(name)
   cli.run(main)

@@ -525,7 +525,7 @@ if __name__ == "__main__":  # Flags defined here: the functions above import bes
     0.0,
     f"Audio length the model was trained on (0: {SETTINGS_FILE}'s audio_len_seconds, else read from the checkpoint).",
   )
-  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --output (a bundle only).")
   for name in ("checkpoint", "tokenizer_dir", "output"):
     flags.mark_flag_as_required(name)
   cli.run(main)
