@@ -112,6 +112,15 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
       job(exported, tmp_path, built / index.INDEX_FILE)  # Before the bundle is read.
   with pytest.raises(UserError, match=rf"\(did you mean --output {built}\?\)$"):
     embed.embed_folder(exported, tmp_path, built / index.INDEX_FILE)
+  # A folder of other files (the folder above the index, the music itself) is no place for one: the
+  # index's commit deleted every folder in it named data-* (`data-2019`, the user's).
+  (tmp_path / "indexes/data-2019").mkdir()
+  with pytest.raises(
+    UserError,
+    match=rf"indexes already holds files that are not an index's \(data-2019, music\); did you mean --output {built}\?",
+  ):
+    embed.embed_folder(exported, tmp_path, tmp_path / "indexes")
+  assert (tmp_path / "indexes/data-2019").is_dir()
 
 
 def test_a_download_folder_one_level_off_names_the_right_input(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import uuid
 from typing import Any
@@ -33,6 +34,7 @@ from mclap.errors import UserError
 
 VERSION = 1
 INDEX_FILE, PARTS_DIR, REJECTS_FILE, DECODER_LOG = "index.json", "parts", "rejects.jsonl", "decoder.log"
+_DATA_DIR = re.compile(r"data-[0-9a-f]{8}")  # An index's embeddings and items, named anew at each commit.
 
 
 class IndexFileError(UserError):
@@ -99,6 +101,14 @@ def read_parts(directory: pathlib.Path) -> tuple[list[np.ndarray], list[dict]]:
   return embeddings, items
 
 
+def other_files(directory: pathlib.Path) -> list[str]:
+  """Names in `directory` that an index (finished, or of a job stopped before its first commit)
+  does not hold, hidden ones aside: a folder of other files, where an index must not go."""
+  own = {INDEX_FILE, PARTS_DIR, REJECTS_FILE, DECODER_LOG}
+  names = (p.name for p in directory.iterdir()) if directory.is_dir() else ()
+  return sorted(n for n in names if not (n in own or n.startswith(".") or _DATA_DIR.fullmatch(n)))
+
+
 def write_part(directory: pathlib.Path, embeddings: np.ndarray, items: list[dict]) -> None:
   parts = directory / PARTS_DIR
   parts.mkdir(parents=True, exist_ok=True)
@@ -157,7 +167,7 @@ def consolidate(
   info = {**info, "version": VERSION, "count": len(items), "data": data}
   records.write_json_atomic(directory / INDEX_FILE, info)
   for stale in directory.glob("data-*"):  # The replaced one, and any left by a job stopped before its commit.
-    if stale.name != data:
+    if stale.name != data and _DATA_DIR.fullmatch(stale.name):
       shutil.rmtree(stale, ignore_errors=True)
   shutil.rmtree(directory / PARTS_DIR, ignore_errors=True)
   return info
