@@ -18,16 +18,22 @@ import pathlib
 
 import ml_collections
 
-from mclap import config_files
+from mclap import config_files, paths
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   bundle, _, variants = (arg or "").partition(",")
   meta_file = pathlib.Path(bundle) / "bundle.json"
-  if not bundle or not meta_file.is_file():
+  remedy = (
+    "configs/finetune.py fine-tunes a bundle (written by mclap.export, mclap.tools.import_muscall or import_clap); "
+    "use --config configs/finetune.py:BUNDLE"
+  )
+  if not bundle:
+    raise ValueError(f"no bundle given: {remedy}")
+  if not meta_file.is_file():  # The folder above the bundle, a file in it, a typo: the bundle meant is named.
+    is_bundle = lambda folder: (folder / "bundle.json").is_file()  # noqa: E731
     raise ValueError(
-      f"{meta_file if bundle else 'no bundle given'}: configs/finetune.py fine-tunes a bundle (written by "
-      "mclap.export, mclap.tools.import_muscall or import_clap); use --config configs/finetune.py:BUNDLE"
+      paths.not_found(bundle, "a bundle (no bundle.json in it)", is_bundle, remedy, "configs/finetune.py:")
     )
   meta = config_files.from_json(json.loads(meta_file.read_text()))
   if "spec" not in meta:

@@ -57,13 +57,14 @@ def not_found(
   path: str | os.PathLike, what: str, is_target: Callable[[pathlib.Path], bool], remedy: str, flag: str = ""
 ) -> str:
   """One line for a `path` that is not `what`: that it does not exist or is not one, the folders
-  one level off that are (after `flag`, as the user would type it: `--input`, or `--config.x=`),
+  one level off that are (after `flag`, as the user would type it: `--input`, `--config.x=` or
+  `configs/finetune.py:`),
   and `remedy` unless the path exists (then it was a slip, not a step left out)."""
   path = pathlib.Path(path)
   state = "does not exist" if not path.exists() else "is a file" if path.is_file() else f"is not {what}"
   if not (found := near(path, is_target)):
     return f"{path} {state}: {remedy}"
-  options = " or ".join(f"{flag}{p}" if flag.endswith("=") else f"{flag} {p}".strip() for p in found[:3])
+  options = " or ".join(f"{flag}{p}" if flag.endswith(("=", ":")) else f"{flag} {p}".strip() for p in found[:3])
   return f"{path} {state}; did you mean {options}?" + (f" Else {remedy}" if not path.exists() else "")
 
 

@@ -90,6 +90,10 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
   for slip in (tmp_path / "bundles", exported / bundle.VARIABLES_DIR):
     with pytest.raises(UserError, match=rf"is not an mclap bundle .*did you mean {exported}\?"):
       bundle.read_meta(slip)
+    with pytest.raises(UserError, match=rf"is not a bundle .*did you mean configs/finetune.py:{exported}\?$"):
+      cli.load_config(f"{ROOT}/configs/finetune.py:{slip}")  # Named no bundle: said what it fine-tunes.
+  with pytest.raises(UserError, match=rf"bundle.json is a file; did you mean configs/finetune.py:{exported}\?$"):
+    cli.load_config(f"{ROOT}/configs/finetune.py:{exported / bundle.BUNDLE_FILE}")
   # --overwrite replaces a bundle, not the run named by a slip (it deleted its checkpoints), nor a file.
   with pytest.raises(UserError, match=rf"^{demo} is not a bundle \(it holds checkpoints, config.json\); --overwrite"):
     export.export(demo, demo, overwrite=True)
