@@ -129,10 +129,11 @@ def embed_folder(
   audio_dir, output = pathlib.Path(audio_dir).absolute(), pathlib.Path(output)
   paths.check_not_file(output, "--output", index_lib.is_index)
   if others := index_lib.other_files(output):  # The music folder itself, a home directory.
-    names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     meant = paths.near(output, index_lib.is_index)
     fix = f"did you mean --output {meant[0]}? Else choose" if meant else "choose"
-    raise UserError(f"{output} already holds files that are not an index's ({names}); {fix} a new or empty --output")
+    raise UserError(
+      f"{output} already holds files that are not an index's ({paths.few(others)}); {fix} a new or empty --output"
+    )
   model = model or mclap.load(bundle, batch_size=batch_size, max_seconds=max_seconds)
   crops = crops or model.config.data.eval_crops
   crop = crop or model.crop

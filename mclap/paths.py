@@ -102,6 +102,11 @@ def check_not_file(path: pathlib.Path, flag: str, is_target: Callable[[pathlib.P
     raise UserError(f"{flag} {path} is a file, not a folder{hint}")
 
 
+def few(names: list[str], shown: int = 3) -> str:
+  """The first `shown` of `names`, and "..." for the rest: what a folder holds, in one line."""
+  return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def file_state(path: str | os.PathLike) -> list[int] | None:
   """(size, modification time) of a file, None if there is none: jobs that resume keep it beside
   what they made of the file, and redo it when the file was replaced (downloaded again, edited)."""

@@ -200,7 +200,7 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
     before.update(mel=mel_lib.complete(info.get("mel", {})), source=info.get("source"))
   if before is None and (others := _other_files(out)):
     raise UserError(
-      f"{out} already holds files that are not a corpus ({', '.join(others)}): prepare writes a corpus into a new "
+      f"{out} already holds files that are not a corpus ({paths.few(others)}): prepare writes a corpus into a new "
       "or empty folder; choose another --output"
     )
   if before is not None and before != settings:
@@ -219,15 +219,14 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
 
 
 def _other_files(out: pathlib.Path) -> list[str]:
-  """Up to three names in `out` that a corpus does not write (`--output` naming the audio folder,
+  """The names in `out` that a corpus does not write (`--output` naming the audio folder,
   or a home directory): its shards would be mixed in among them."""
   if not out.is_dir():
     return []
   corpus = {records.INFO_FILE, records.REJECTS_FILE, records.TEXTS_FILE}
-  names = sorted(
+  return sorted(
     p.name for p in out.iterdir() if not (p.name in corpus or p.name.startswith(".") or _SHARD_PATTERN.match(p.name))
   )
-  return names[:3] + ["..."] * (len(names) > 3)
 
 
 def _read_json(path: pathlib.Path) -> Any:

@@ -99,13 +99,14 @@ def check_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
   """Fails early if `output` exists and may not be replaced: `overwrite` replaces a bundle, never
   another folder (a slip naming the training workdir deleted its checkpoints)."""
   output = pathlib.Path(output)
-  paths.check_not_file(output, "--output", lambda folder: (folder / BUNDLE_FILE).is_file())
+  paths.check_not_file(output, "--output", weights.is_bundle)
   if output.exists() and not overwrite:
     raise UserError(f"{output} exists; choose another --output or pass --overwrite")
+  # A damaged bundle (its bundle.json left) is still one to replace.
   if output.exists() and not (output / BUNDLE_FILE).is_file() and (held := sorted(p.name for p in output.iterdir())):
-    names = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
     raise UserError(
-      f"{output} is not a bundle (it holds {names}); --overwrite replaces a bundle only: choose another --output"
+      f"{output} is not a bundle (it holds {paths.few(held)}); --overwrite replaces a bundle only: choose another "
+      "--output"
     )
   return output
 
