@@ -269,16 +269,13 @@ class SplitTexts(Sequence):
     if self._lines is None:
       with open(self.path, "rb") as f:
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self._total else b""
-      ends, at = [], data.find(b"\n")
-      while at >= 0:
-        ends.append(at)
-        at = data.find(b"\n", at + 1)
+      ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
       if len(ends) != self._total:
         raise CorpusError(
           f"{self.path} has {len(ends)} lines, {INFO_FILE} lists {self._total} records: re-run the same prepare "
           "command, which rewrites it"
         )
-      self._lines = data, np.asarray(ends, np.int64)
+      self._lines = data, ends
     return self._lines
 
   def __getitem__(self, index: int) -> dict[str, Any]:
