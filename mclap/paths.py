@@ -102,6 +102,13 @@ def check_not_file(path: pathlib.Path, flag: str, is_target: Callable[[pathlib.P
     raise UserError(f"{flag} {path} is a file, not a folder{hint}")
 
 
+def other_names(folder: pathlib.Path, is_own: Callable[[str], bool]) -> list[str]:
+  """The names in `folder` (if it is one) that a job's own files do not have (`is_own`), hidden
+  ones aside: a folder of someone else's files, which a job must not write into."""
+  names = (p.name for p in folder.iterdir()) if folder.is_dir() else ()
+  return sorted(n for n in names if not (n.startswith(".") or is_own(n)))
+
+
 def few(names: list[str], shown: int = 3) -> str:
   """The first `shown` of `names`, and "..." for the rest: what a folder holds, in one line."""
   return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")

@@ -221,12 +221,8 @@ def _claim(out: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None
 def _other_files(out: pathlib.Path) -> list[str]:
   """The names in `out` that a corpus does not write (`--output` naming the audio folder,
   or a home directory): its shards would be mixed in among them."""
-  if not out.is_dir():
-    return []
   corpus = {records.INFO_FILE, records.REJECTS_FILE, records.TEXTS_FILE}
-  return sorted(
-    p.name for p in out.iterdir() if not (p.name in corpus or p.name.startswith(".") or _SHARD_PATTERN.match(p.name))
-  )
+  return paths.other_names(out, lambda name: name in corpus or bool(_SHARD_PATTERN.match(name)))
 
 
 def _read_json(path: pathlib.Path) -> Any:

@@ -105,8 +105,7 @@ def other_files(directory: pathlib.Path) -> list[str]:
   """Names in `directory` that an index (finished, or of a job stopped before its first commit)
   does not hold, hidden ones aside: a folder of other files, where an index must not go."""
   own = {INDEX_FILE, PARTS_DIR, REJECTS_FILE, DECODER_LOG}
-  names = (p.name for p in directory.iterdir()) if directory.is_dir() else ()
-  return sorted(n for n in names if not (n in own or n.startswith(".") or _DATA_DIR.fullmatch(n)))
+  return paths.other_names(directory, lambda name: name in own or bool(_DATA_DIR.fullmatch(name)))
 
 
 def write_part(directory: pathlib.Path, embeddings: np.ndarray, items: list[dict]) -> None:
