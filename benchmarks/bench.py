@@ -398,6 +398,10 @@ def bench_versus(spec: str) -> list[dict]:
     for name, run in runs.items():
       rates[name].append(_STEPS.value * config.train.batch_size / time_batches(run, _STEPS.value))
   ours = max(rates[f"mclap {config.train.dtype}"])
+  # Both sides do the same work, so XLA's count of mclap's step is the FLOPs of either; set against
+  # the best kernel each framework runs on this device, it bounds what any ratio can reach.
+  work = flops(step.lower(holder["state"], batch).compile()) / config.train.batch_size
+  peaks = {**measure_peak(config.train.dtype), **_torch_peak(torch, device, config.train.dtype)}
   return [
     {
       "bench": "versus",
@@ -408,10 +412,21 @@ def bench_versus(spec: str) -> list[dict]:
       "device": device,
       "examples_per_s_by_round": [round(r, 2) for r in per_round],
       "mclap_ratio": round(ours / max(per_round), 2),
+      "gflops_per_example": round(work / 1e9, 3),
+      "best_gflop_per_s": round(max(per_round) * work / 1e9, 1),
+      **peaks,
       "torch": torch.__version__,
     }
     for name, per_round in rates.items()
   ]
+
+
+def _torch_peak(torch, device: str, dtype: str) -> dict:
+  """PyTorch's rate on a 4096^2 matmul in mclap's dtype, the counterpart of `measure_peak`'s."""
+  a = torch.randn(4096, 4096, device=device, dtype=getattr(torch, dtype))
+  run = lambda: (a @ a, _sync(torch, device))  # noqa: E731
+  seconds = time_batches(run, 5) / 5
+  return {"torch_peak_matmul_gflop_per_s": round(2 * 4096**3 / seconds / 1e9, 1)}
 
 
 def _sync(torch, device: str) -> None:
