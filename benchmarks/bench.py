@@ -6,8 +6,9 @@ input: Grain training pipeline throughput (crops/s, batches/s) in the main proce
 prepare: `prepare --source folder` throughput in tracks/min for 30 s 44.1 kHz stereo tracks
   (MP3 and FLAC) with every core, and the per-track time of each stage (decode, resample, mel).
 train_step, embed: examples/s of the jitted train step (forward, loss, backward, AdamW update)
-  and of inference embedding (audio + text), and model FLOPs per example from XLA's cost
-  analysis of the compiled computation, at `--model_batch` on all local devices, with texts
+  and of inference embedding (audio + text), and model FLOPs per example (the matrix products and
+  convolutions of its jaxpr, `model_flops.py`: the same on every backend; XLA's cost analysis of
+  the compiled computation beside it), at `--model_batch` on all local devices, with texts
   padded to `max_tokens` and trimmed by `data.token_bucket` (`--token_buckets`). MFU is the
   achieved FLOP/s over the peak measured in the same run (the faster of a large matmul and a
   large convolution in the same dtype); memory is XLA's memory analysis of the compiled step
@@ -64,6 +65,7 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mclap  # noqa: E402
+from benchmarks import model_flops  # noqa: E402
 from mclap import cli, embed, parallel, search  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, records  # noqa: E402
@@ -299,7 +301,7 @@ def measure_peak(dtype: str) -> dict:
   rates = {}
   for name, fn, args in (("matmul", lambda a: a @ a, (a,)), ("conv", conv, (x, w))):
     jitted = jax.jit(fn)
-    work = flops(jitted.lower(*args).compile())
+    work = model_flops.count(jitted, *args)
     seconds = time_batches(lambda jitted=jitted, args=args: jax.block_until_ready(jitted(*args)), 5) / 5
     rates[f"peak_{name}_gflop_per_s"] = round(work / seconds / 1e9, 1)
   return rates
@@ -351,7 +353,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
       seconds = time_batches(run, _STEPS.value)
       state = holder["state"]
       per_s = _STEPS.value * config.train.batch_size / seconds
-      per_example = flops(compiled) / config.train.batch_size
+      per_example = model_flops.count(fn, state, batch) / config.train.batch_size
       stats = jax.local_devices()[0].memory_stats() or {}
       rows.append(
         {
@@ -359,6 +361,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
           **common,
           "examples_per_s": round(per_s, 2),
           "gflops_per_example": round(per_example / 1e9, 3),
+          "xla_gflops_per_example": round(flops(compiled) / config.train.batch_size / 1e9, 3),
           "gflop_per_s": round(per_s * per_example / 1e9, 1),
           "mfu": round(per_s * per_example / 1e9 / best_peak, 3),
           "xla_memory_mb": memory_mb(compiled),
@@ -398,9 +401,9 @@ def bench_versus(spec: str) -> list[dict]:
     for name, run in runs.items():
       rates[name].append(_STEPS.value * config.train.batch_size / time_batches(run, _STEPS.value))
   ours = max(rates[f"mclap {config.train.dtype}"])
-  # Both sides do the same work, so XLA's count of mclap's step is the FLOPs of either; set against
+  # Both sides do the same work, so the count of mclap's step is the FLOPs of either; set against
   # the best kernel each framework runs on this device, it bounds what any ratio can reach.
-  work = flops(step.lower(holder["state"], batch).compile()) / config.train.batch_size
+  work = model_flops.count(step, holder["state"], batch) / config.train.batch_size
   peaks = {**measure_peak(config.train.dtype), **_torch_peak(torch, device, config.train.dtype)}
   return [
     {
@@ -517,7 +520,7 @@ def bench_towers(spec: str) -> list[dict]:
   rows = []
   for tower, fn, inputs, length in parts:
     for mode, jitted in (("forward", jax.jit(fn)), ("forward+backward", jax.jit(jax.grad(fn)))):
-      work = flops(jitted.lower(params, *inputs).compile())
+      work = model_flops.count(jitted, params, *inputs)
       seconds = time_batches(lambda j=jitted, i=inputs: jax.block_until_ready(j(params, *i)), _STEPS.value)
       rows.append(
         {
@@ -572,7 +575,7 @@ def bench_audio_towers(spec: str) -> list[dict]:
     graphdef, state = nnx.split(tower)
     forward = jax.jit(lambda s, mel, g=graphdef: nnx.merge(g, s)(mel, False))
     mel = jnp.asarray(rng.normal(-40.0, 15.0, size=(batch, n_mels, length)), jnp.float32)
-    work = flops(forward.lower(state, mel).compile())
+    work = model_flops.count(forward, state, mel)
     elapsed = time_batches(lambda f=forward, m=mel, s=state: jax.block_until_ready(f(s, m)), _STEPS.value)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(tower, nnx.Param)))
     rows.append(
