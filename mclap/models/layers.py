@@ -13,8 +13,9 @@ from mclap.errors import ConfigError
 
 class Attention(nnx.Module):
   """Multi-head attention with separate q/k/v projections (CLIP's layout); logits and softmax in
-  float32. Through `jax.nn.dot_product_attention`, which takes cuDNN's fused (flash) kernel on GPUs
-  where it applies and XLA's einsum-softmax-einsum elsewhere.
+  float32. Through `jax.nn.dot_product_attention`'s default implementation, XLA's
+  einsum-softmax-einsum on every backend (jax 0.10-0.11 take cuDNN's fused kernel only when asked):
+  at MusCALL's 77 tokens, q·k and the weighted sum are under 3% of the text tower's matmul FLOPs.
 
   Queries and keys/values may differ in length (attention pooling asks one query of many tokens).
   """
