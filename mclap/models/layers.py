@@ -13,9 +13,9 @@ from mclap.errors import ConfigError
 
 class Attention(nnx.Module):
   """Multi-head attention with separate q/k/v projections (CLIP's layout); logits and softmax in
-  float32. Through `jax.nn.dot_product_attention`'s default implementation, XLA's
-  einsum-softmax-einsum on every backend (jax 0.10-0.11 take cuDNN's fused kernel only when asked):
-  at MusCALL's 77 tokens, q·k and the weighted sum are under 3% of the text tower's matmul FLOPs.
+  float32. Through `jax.nn.dot_product_attention`'s default implementation, which in jax 0.10.2 is
+  XLA's einsum-softmax-einsum on every backend (cuDNN's fused kernel only when asked for): at
+  MusCALL's 77 tokens, q·k and the weighted sum are under 3% of the text tower's matmul FLOPs.
 
   Queries and keys/values may differ in length (attention pooling asks one query of many tokens).
   """
