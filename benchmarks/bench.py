@@ -7,7 +7,7 @@ prepare: `prepare --source folder` throughput in tracks/min for 30 s 44.1 kHz st
   (MP3 and FLAC) with every core, and the per-track time of each stage (decode, resample, mel).
 train_step, embed: examples/s of the jitted train step (forward, loss, backward, AdamW update)
   and of inference embedding (audio + text), and model FLOPs per example (the matrix products and
-  convolutions of its jaxpr, `model_flops.py`: the same on every backend; XLA's cost analysis of
+  convolutions of its jaxpr, `mclap/training/flops.py`: the same on every backend; XLA's cost analysis of
   the compiled computation beside it), at `--model_batch` on all local devices, with texts
   padded to `max_tokens` and trimmed by `data.token_bucket` (`--token_buckets`). MFU is the
   achieved FLOP/s over the peak measured in the same run (the faster of a large matmul and a
@@ -31,8 +31,8 @@ versus: mclap's train step beside the PyTorch MusCALL of benchmarks/torch_muscal
   alternating rounds in one process so that both see the same machine; needs torch. On a GPU the
   PyTorch step runs as the original ships (fp16 AMP) and in bf16 AMP.
 loop: the real job, `python -m mclap.train` on the input corpus with `data.num_workers` =
-  `--workers`, for `--loop_steps` steps: examples/s and the input-wait share from its
-  metrics.jsonl (the first step, compilation, is left out by the job), its start-up from a cold
+  `--workers`, for `--loop_steps` steps: examples/s, the input-wait share and TFLOP/s per device
+  from its metrics.jsonl (the first step, compilation, is left out by the job), its start-up from a cold
   compilation cache, then the same job again in a new workdir with that cache warm. With
   `--profile_dir`, the warm job traces a few steps (train.profile_steps): the windows logged across
   them are left out of its rate, and the trace is copied there.
@@ -65,7 +65,6 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import mclap  # noqa: E402
-from benchmarks import model_flops  # noqa: E402
 from mclap import cli, embed, parallel, search  # noqa: E402
 from mclap.data import mel as mel_lib  # noqa: E402
 from mclap.data import pipeline, records  # noqa: E402
@@ -79,7 +78,7 @@ from mclap.prepare import decode, synthetic, writer  # noqa: E402
 from mclap.prepare.sources import folder  # noqa: E402
 from mclap.serve import bundle  # noqa: E402
 from mclap.serve import index as index_lib  # noqa: E402
-from mclap.training import memory, trainer  # noqa: E402
+from mclap.training import flops, memory, trainer  # noqa: E402
 
 _BENCHMARKS = flags.DEFINE_list(
   "benchmarks", ["input", "prepare", "model", "towers", "search"], "Which benchmarks to run."
@@ -279,7 +278,7 @@ def bench_prepare() -> list[dict]:
   ]
 
 
-def flops(compiled) -> float:
+def xla_flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
   return float(analysis.get("flops", float("nan")))
@@ -301,7 +300,7 @@ def measure_peak(dtype: str) -> dict:
   rates = {}
   for name, fn, args in (("matmul", lambda a: a @ a, (a,)), ("conv", conv, (x, w))):
     jitted = jax.jit(fn)
-    work = model_flops.count(jitted, *args)
+    work = flops.count(jitted, *args)
     seconds = time_batches(lambda jitted=jitted, args=args: jax.block_until_ready(jitted(*args)), 5) / 5
     rates[f"peak_{name}_gflop_per_s"] = round(work / seconds / 1e9, 1)
   return rates
@@ -353,7 +352,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
       seconds = time_batches(run, _STEPS.value)
       state = holder["state"]
       per_s = _STEPS.value * config.train.batch_size / seconds
-      per_example = model_flops.count(fn, state, batch) / config.train.batch_size
+      per_example = flops.count(fn, state, batch) / config.train.batch_size
       stats = jax.local_devices()[0].memory_stats() or {}
       rows.append(
         {
@@ -361,7 +360,7 @@ def bench_model(spec: str, peak: dict) -> list[dict]:
           **common,
           "examples_per_s": round(per_s, 2),
           "gflops_per_example": round(per_example / 1e9, 3),
-          "xla_gflops_per_example": round(flops(compiled) / config.train.batch_size / 1e9, 3),
+          "xla_gflops_per_example": round(xla_flops(compiled) / config.train.batch_size / 1e9, 3),
           "gflop_per_s": round(per_s * per_example / 1e9, 1),
           "mfu": round(per_s * per_example / 1e9 / best_peak, 3),
           "xla_memory_mb": memory_mb(compiled),
@@ -403,7 +402,7 @@ def bench_versus(spec: str) -> list[dict]:
   ours = max(rates[f"mclap {config.train.dtype}"])
   # Both sides do the same work, so the count of mclap's step is the FLOPs of either; set against
   # the best kernel each framework runs on this device, it bounds what any ratio can reach.
-  work = model_flops.count(step, holder["state"], batch) / config.train.batch_size
+  work = flops.count(step, holder["state"], batch) / config.train.batch_size
   peaks = {**measure_peak(config.train.dtype), **_torch_peak(torch, device, config.train.dtype)}
   return [
     {
@@ -497,6 +496,7 @@ def bench_loop(spec: str) -> list[dict]:
       if steady:
         row["examples_per_s"] = round(float(np.median([r["train/examples_per_s"] for r in steady])), 2)
         row["input_wait_fraction"] = round(float(np.mean([r["train/input_wait_fraction"] for r in steady])), 3)
+        row["tflop_per_s_per_device"] = round(float(np.median([r["train/tflop_per_s_per_device"] for r in steady])), 4)
         row["validation_s"] = next(r["val/seconds"] for r in logged if "val/seconds" in r)
       rows.append(row)
   return rows
@@ -520,7 +520,7 @@ def bench_towers(spec: str) -> list[dict]:
   rows = []
   for tower, fn, inputs, length in parts:
     for mode, jitted in (("forward", jax.jit(fn)), ("forward+backward", jax.jit(jax.grad(fn)))):
-      work = model_flops.count(jitted, params, *inputs)
+      work = flops.count(jitted, params, *inputs)
       seconds = time_batches(lambda j=jitted, i=inputs: jax.block_until_ready(j(params, *i)), _STEPS.value)
       rows.append(
         {
@@ -575,7 +575,7 @@ def bench_audio_towers(spec: str) -> list[dict]:
     graphdef, state = nnx.split(tower)
     forward = jax.jit(lambda s, mel, g=graphdef: nnx.merge(g, s)(mel, False))
     mel = jnp.asarray(rng.normal(-40.0, 15.0, size=(batch, n_mels, length)), jnp.float32)
-    work = model_flops.count(forward, state, mel)
+    work = flops.count(forward, state, mel)
     elapsed = time_batches(lambda f=forward, m=mel, s=state: jax.block_until_ready(f(s, m)), _STEPS.value)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(tower, nnx.Param)))
     rows.append(

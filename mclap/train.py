@@ -30,7 +30,7 @@ from mclap.errors import ConfigError, UserError
 from mclap.evaluation import metrics
 from mclap.models import weights
 from mclap.models.embedder import Embedder
-from mclap.training import checkpoints, guards, profile, tensorboard, text_cache, trainer
+from mclap.training import checkpoints, flops, guards, profile, tensorboard, text_cache, trainer
 
 CORPUS_FILE = "corpus.json"  # Records per split of the corpus a run last started on.
 
@@ -304,6 +304,7 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
   if start < steps and jax.process_index() == 0:  # The first step compiles: a minute or more on a large model.
     print(f"training steps {start + 1}-{steps} into {workdir}; compiling the train step first", flush=True)
   window_start, window_steps, input_wait, step, stopped = time.perf_counter(), 0, 0.0, start, None
+  step_flops, window_flops = flops.StepCounter(train_step), 0.0
   startup = {}
   # Past the compiling first step and warm-up: the steps as they run for the rest of the job.
   trace = profile.StepTrace(
@@ -316,13 +317,16 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
         waiting = time.perf_counter()
         batch = parallel.trim_token_padding(next(data_iter), config.data.token_bucket)
         input_wait += time.perf_counter() - waiting
-        state, step_metrics = train_step(state, parallel.to_global(batch, mesh), lookup.tables)
+        args = (state, parallel.to_global(batch, mesh), lookup.tables)
+        work = step_flops(*args)
+        window_flops = None if work is None or window_flops is None else window_flops + work
+        state, step_metrics = train_step(*args)
         nonfinite.observe(step, step_metrics.pop("skipped"), batch["index"])
         window_steps += 1
         window_start += trace.after(step, state)  # Writing the trace, left out of the rates.
         if step == start + 1:  # Leave compilation out of the rates; report it once.
           jax.block_until_ready(state)
-          window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
+          window_start, window_steps, input_wait, window_flops = time.perf_counter(), 0, 0.0, 0.0
           startup = {"startup_s": window_start - started}
         if step % config.train.log_every == 0 or step == steps:
           nonfinite.flush()
@@ -342,9 +346,11 @@ def train(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path)
               input_wait_fraction=min(input_wait / window, 1.0),
               eta_min=(steps - step) / rate / 60,
             )
+            if window_flops is not None:  # Matrix products and convolutions (`flops`): the numerator of MFU.
+              values["tflop_per_s_per_device"] = window_flops / window / jax.device_count() / 1e12
           startup = {}
           log.write(step, values)
-          window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
+          window_start, window_steps, input_wait, window_flops = time.perf_counter(), 0, 0.0, 0.0
         if step % config.train.eval_every == 0 or step == steps:
           began = time.perf_counter()
           found = validate(config, embedder, validation_loss_fn, trainer.evaluated_state(state), mesh, lookup)

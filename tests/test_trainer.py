@@ -16,7 +16,7 @@ from mclap.data import pipeline
 from mclap.errors import ConfigError, UserError
 from mclap.models import weights
 from mclap.models.embedder import Embedder
-from mclap.training import checkpoints, trainer
+from mclap.training import checkpoints, flops, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -130,9 +130,10 @@ def _interrupt_after(make_step, limit):
     step, calls = make_step(*args, **kwargs), []
 
     def interrupted(state, batch, tables=None):
-      if len(calls) == limit:
-        raise KeyboardInterrupt
-      calls.append(1)
+      if not isinstance(jax.tree.leaves(state)[0], jax.core.Tracer):  # A call, not the loop's FLOP count.
+        if len(calls) == limit:
+          raise KeyboardInterrupt
+        calls.append(1)
       return step(state, batch, tables)
 
     return interrupted
@@ -186,6 +187,16 @@ def test_interrupted_run_resumes_to_identical_state(trained_demo, tmp_path, monk
   assert logged | {"train/input_wait_fraction", "train/input_wait_s", "train/step_s"} <= set(train_rows[-1])
   last = train_rows[-1]
   assert 0.0 <= last["train/input_wait_fraction"] <= 1.0 and last["train/input_wait_s"] >= 0 < last["train/step_s"]
+  # FLOP rate: the step's count (tests/test_flops.py) over the same intervals as the step rates.
+  mesh = parallel.make_mesh(config.mesh)
+  tx = trainer.make_optimizer(config, 4)
+  model_def, state = trainer.init_state(config, mesh, tx)
+  batch = parallel.trim_token_padding(pipeline.train_dataset(config)[0], config.data.token_bucket)
+  batch = parallel.to_global(batch, mesh)
+  per_step = flops.count(trainer.make_train_step(config, model_def, tx, mesh), state, batch)
+  for row in train_rows[1:]:
+    rate = per_step * row["train/steps_per_s"] / jax.device_count() / 1e12
+    assert row["train/tflop_per_s_per_device"] == pytest.approx(rate, rel=1e-4, abs=1e-6)  # Logged to 6 decimals.
   interval = last["train/input_wait_s"] + last["train/step_s"]  # Per step: 1 / steps_per_s.
   assert interval == pytest.approx(1 / last["train/steps_per_s"], rel=1e-3)
   assert [r["step"] for r in train_rows if "train/startup_s" in r] == [1] and train_rows[0]["train/startup_s"] > 0

@@ -6,7 +6,11 @@ GFLOP per example there against 9.55 on a CPU). The jaxpr is the same on every b
 `dot_general` and `conv_general_dilated` in it (forward, and the transposed ones of the backward
 pass) counts 2 FLOPs per multiply-add, padding taps left out as XLA counts them; elementwise work,
 norms and softmax are left out, as MFU conventionally does. Work under `shard_map` counts once per
-device of its manual axes, a `scan` body once per iteration, a `cond` by its costliest branch.
+device of its manual axes, a `scan` body once per iteration (feature caching's second forward
+pass included), a `cond` by its costliest branch.
+
+`mclap.train` logs the rate per device (`train/tflop_per_s_per_device`) and the benchmarks divide it
+by a peak measured in the same run (MFU).
 """
 
 from __future__ import annotations
@@ -21,6 +25,24 @@ from jax.extend import core as jax_core
 def count(fn, *args, **kwargs) -> float:
   """FLOPs of the matrix products and convolutions of `fn(*args, **kwargs)`, traced, not run."""
   return jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+
+
+class StepCounter:
+  """FLOPs of each call of a jitted step, counted once per distinct input shape (a token bucket's
+  length): `jax.jit` keeps the trace that counting makes for the call that follows, so the count
+  costs a walk of the jaxpr, not a second trace. None where the step cannot be counted."""
+
+  def __init__(self, step):
+    self.step, self.known = step, {}
+
+  def __call__(self, *args) -> float | None:
+    shapes = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args))
+    if shapes not in self.known:
+      try:
+        self.known[shapes] = count(self.step, *args)
+      except ValueError:  # A while loop of matrix products: no rate rather than a wrong one.
+        self.known[shapes] = None
+    return self.known[shapes]
 
 
 def jaxpr_flops(jaxpr) -> float:
