@@ -87,6 +87,11 @@ def evaluate(
     raise UserError("evaluate a training workdir (--workdir) or a bundle (--bundle), one of them")
   out = pathlib.Path(output or pathlib.Path(workdir or bundle) / "eval")
   paths.check_not_file(out, "--output")
+  # The report and each evaluator's numbers and plots are written over: not in a folder of other files.
+  if others := paths.other_names(out, lambda name: name == REPORT or name.endswith((".json", ".png"))):
+    raise UserError(
+      f"--output {out} holds files an evaluation does not write ({paths.few(others)}); give a new or empty folder"
+    )
   if config is None and bundle is not None:
     raise UserError(
       "evaluating a bundle needs --config FILE for the corpora and evaluators (a bundle holds the model only), "

@@ -83,6 +83,16 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
     train.train(None, demo / "config.json")
   with pytest.raises(UserError, match=rf"^--output {demo}/config.json is a file, not a folder$"):
     eval_lib.evaluate(None, demo, output=demo / "config.json")
+  # A folder of other files (a report.md of one's own among them), or the run itself: refused
+  # before anything is read, not written over.
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "report.md").write_text("mine")
+  (notes / "todo.txt").write_text("")
+  for folder, others in ((notes, "todo.txt"), (demo, "checkpoints")):
+    with pytest.raises(UserError, match=rf"^--output {folder} holds files an evaluation does not write \({others}\);"):
+      eval_lib.evaluate(None, demo, output=folder)
+  assert (notes / "report.md").read_text() == "mine"
 
   exported = tmp_path / "bundles/b1"
   (exported / bundle.VARIABLES_DIR).mkdir(parents=True)
