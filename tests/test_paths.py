@@ -89,9 +89,9 @@ def test_every_job_names_the_folder_the_user_meant(tmp_path):
   notes.mkdir()
   (notes / "report.md").write_text("mine")
   (notes / "todo.txt").write_text("")
-  for folder, others in ((notes, "todo.txt"), (demo, "checkpoints")):
-    with pytest.raises(UserError, match=rf"^--output {folder} holds files an evaluation does not write \({others}\);"):
-      eval_lib.evaluate(None, demo, output=folder)
+  for output, others in ((notes, "todo.txt"), (demo, "checkpoints")):
+    with pytest.raises(UserError, match=rf"^--output {output} holds files an evaluation does not write \({others}\);"):
+      eval_lib.evaluate(None, demo, output=output)
   assert (notes / "report.md").read_text() == "mine"
 
   exported = tmp_path / "bundles/b1"

@@ -22,6 +22,10 @@ import numpy as np
 from jax.extend import core as jax_core
 
 
+class Uncountable(ValueError):
+  """A loop of matrix products whose trip count the jaxpr does not hold (`while`)."""
+
+
 def count(fn, *args, **kwargs) -> float:
   """FLOPs of the matrix products and convolutions of `fn(*args, **kwargs)`, traced, not run."""
   return jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
@@ -40,12 +44,13 @@ class StepCounter:
     if shapes not in self.known:
       try:
         self.known[shapes] = count(self.step, *args)
-      except ValueError:  # A while loop of matrix products: no rate rather than a wrong one.
+      except Uncountable:  # No rate rather than a wrong one.
         self.known[shapes] = None
     return self.known[shapes]
 
 
 def jaxpr_flops(jaxpr) -> float:
+  """The count of `jaxpr` and the jaxprs inside it (calls, remat, custom derivatives, loops)."""
   total = 0.0
   for eqn in _live(jaxpr):
     name = eqn.primitive.name
@@ -55,7 +60,7 @@ def jaxpr_flops(jaxpr) -> float:
       total += _conv_flops(eqn)
     elif name == "while":
       if any(jaxpr_flops(sub) for sub in jax_core.jaxprs_in_params(eqn.params)):
-        raise ValueError("a while loop holds matrix products; its trip count is not known to the count")
+        raise Uncountable("a while loop holds matrix products; its trip count is not known to the count")
     elif name == "cond":
       total += max(jaxpr_flops(branch.jaxpr) for branch in eqn.params["branches"])
     else:
