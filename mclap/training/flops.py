@@ -6,8 +6,8 @@ GFLOP per example there against 9.55 on a CPU). The jaxpr is the same on every b
 `dot_general` and `conv_general_dilated` in it (forward, and the transposed ones of the backward
 pass) counts 2 FLOPs per multiply-add, padding taps left out as XLA counts them; elementwise work,
 norms and softmax are left out, as MFU conventionally does. Work under `shard_map` counts once per
-device of its manual axes, a `scan` body once per iteration (feature caching's second forward
-pass included), a `cond` by its costliest branch.
+device of its manual axes, a `scan` body once per iteration, a `cond` by its costliest branch.
+Recomputation (`train.remat`, feature caching's second forward pass) counts: what the device does.
 
 `mclap.train` logs the rate per device (`train/tflop_per_s_per_device`) and the benchmarks divide it
 by a peak measured in the same run (MFU).
