@@ -17,7 +17,7 @@ from conftest import ROOT, make_tiny_config, small
 
 from mclap import parallel, train
 from mclap.data import records
-from mclap.errors import ConfigError, UserError
+from mclap.errors import ConfigError, UserError, first_line
 from mclap.models import weights
 from mclap.training import checkpoints, trainer
 
@@ -164,10 +164,21 @@ def test_failed_checkpoint_write_is_reported_and_the_previous_one_stays_intact(
   assert len(errors) == 1, out
   error = errors[0]
   assert error.startswith(f"error: writing a checkpoint to {tmp_path / 'checkpoints'} failed (ValueError:")
-  assert "File too large" in error
+  assert "File too large" in error, out
   assert f"complete checkpoints there: steps [{STEPS - 2 * CKPT_EVERY}, {STEPS - CKPT_EVERY}, {STEPS}]" in error
   assert "run the same command to resume" in error
   _assert_bit_identical(_final_state(uninterrupted), _final_state(tmp_path))
+
+
+def test_a_long_storage_error_keeps_its_reason_in_one_line():
+  path = "/data/runs/" + "x" * 200
+  at_end = OSError(f"Error writing local file {path}: Failed to write 1024 bytes: File too large [os_error_code='27']")
+  assert first_line(at_end).endswith("File too large [os_error_code='27']") and len(first_line(at_end)) < 310
+  # Followed by more context than the kept tail (a spec, source locations): it was cut out.
+  in_middle = OSError(f"Error writing local file {path}: No space left on device [source='{'y' * 200}']")
+  kept = first_line(in_middle)
+  assert kept.startswith("Error writing local file /data/runs/xxx") and " … No space left on device … " in kept
+  assert len(kept) < 340 and "\n" not in kept
 
 
 def test_a_write_that_fails_while_closing_is_reported_in_one_line(tmp_path):
